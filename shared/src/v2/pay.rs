@@ -1,0 +1,225 @@
+//! The typed payment result notification (支付结果通知), after its signature was verified.
+//!
+//! Fields from <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_7>. Only
+//! `return_code` is always present: when it is not `SUCCESS` the notification carries no
+//! business data (the other required fields are then left empty / zero). Amounts are
+//! integers in fen (分).
+
+use chrono::{DateTime, Utc};
+
+use super::xml::{XmlError, XmlFields};
+use super::{optional, parse_beijing_time, parse_fen, parse_optional_fen, SUCCESS};
+
+/// A payment result notification (支付结果通知).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayNotification {
+    /// `SUCCESS` or `FAIL`: communication status, not the payment result.
+    pub return_code: String,
+    /// Reason when `return_code` is not `SUCCESS`.
+    pub return_msg: Option<String>,
+    /// `SUCCESS` or `FAIL`: the payment result.
+    pub result_code: Option<String>,
+    /// Error code when `result_code` is `FAIL`.
+    pub err_code: Option<String>,
+    /// Error description when `result_code` is `FAIL`.
+    pub err_code_des: Option<String>,
+    /// The app id the order was paid in (empty when `return_code` is not `SUCCESS`).
+    pub appid: String,
+    /// The merchant (empty when `return_code` is not `SUCCESS`).
+    pub mch_id: String,
+    /// The merchant's order number (empty when `return_code` is not `SUCCESS`).
+    pub out_trade_no: String,
+    /// WeChat Pay's order number (empty when `return_code` is not `SUCCESS`).
+    pub transaction_id: String,
+    /// Order amount in fen (0 when `return_code` is not `SUCCESS` and it is absent).
+    pub total_fee: i64,
+    /// Amount paid in cash, in fen.
+    pub cash_fee: Option<i64>,
+    /// Currency, `CNY` by default.
+    pub fee_type: Option<String>,
+    /// `JSAPI`, `NATIVE`, `APP`, `MWEB`, …
+    pub trade_type: Option<String>,
+    /// Payment time, `yyyyMMddHHmmss` in Beijing time.
+    pub time_end: Option<String>,
+    /// The merchant's data echoed back.
+    pub attach: Option<String>,
+}
+
+impl PayNotification {
+    /// Reads the typed view. `return_code` is required; `appid`, `mch_id`,
+    /// `out_trade_no`, `transaction_id` and `total_fee` too when it is `SUCCESS`.
+    /// Amounts, when present, must be non-negative integers (`1.00` is invalid).
+    pub fn from_fields(fields: &XmlFields) -> Result<Self, XmlError> {
+        let return_code = fields.require("return_code")?;
+        let ok = return_code == SUCCESS;
+        let text = |name: &'static str| -> Result<String, XmlError> {
+            if ok {
+                fields.require(name).map(str::to_owned)
+            } else {
+                Ok(fields.get(name).unwrap_or_default().to_owned())
+            }
+        };
+        let total_fee = match fields.get("total_fee") {
+            Some(v) if !v.is_empty() => parse_fen("total_fee", v)?,
+            _ if ok => return Err(XmlError::MissingField("total_fee")),
+            _ => 0,
+        };
+        Ok(Self {
+            return_code: return_code.to_owned(),
+            return_msg: optional(fields, "return_msg"),
+            result_code: optional(fields, "result_code"),
+            err_code: optional(fields, "err_code"),
+            err_code_des: optional(fields, "err_code_des"),
+            appid: text("appid")?,
+            mch_id: text("mch_id")?,
+            out_trade_no: text("out_trade_no")?,
+            transaction_id: text("transaction_id")?,
+            total_fee,
+            cash_fee: parse_optional_fen(fields, "cash_fee")?,
+            fee_type: optional(fields, "fee_type"),
+            trade_type: optional(fields, "trade_type"),
+            time_end: optional(fields, "time_end"),
+            attach: optional(fields, "attach"),
+        })
+    }
+
+    /// Whether the order was paid: `return_code` and `result_code` both `SUCCESS`.
+    pub fn is_success(&self) -> bool {
+        self.return_code == SUCCESS && self.result_code.as_deref() == Some(SUCCESS)
+    }
+
+    /// `time_end` (`yyyyMMddHHmmss`, Beijing time UTC+8) as an instant; `None` when absent
+    /// or not a valid time.
+    pub fn paid_at(&self) -> Option<DateTime<Utc>> {
+        parse_beijing_time(self.time_end.as_deref()?, "%Y%m%d%H%M%S", 14)
+    }
+
+    /// The fields of this notification (without `sign`, `nonce_str`, …), for the
+    /// simulator to extend and sign.
+    pub fn to_fields(&self) -> XmlFields {
+        let mut f = XmlFields::new();
+        f.insert("return_code", self.return_code.as_str());
+        let optional = [
+            ("return_msg", &self.return_msg),
+            ("result_code", &self.result_code),
+            ("err_code", &self.err_code),
+            ("err_code_des", &self.err_code_des),
+        ];
+        for (k, v) in optional {
+            if let Some(v) = v {
+                f.insert(k, v.as_str());
+            }
+        }
+        f.insert("appid", self.appid.as_str());
+        f.insert("mch_id", self.mch_id.as_str());
+        f.insert("out_trade_no", self.out_trade_no.as_str());
+        f.insert("transaction_id", self.transaction_id.as_str());
+        f.insert("total_fee", self.total_fee.to_string());
+        if let Some(cash) = self.cash_fee {
+            f.insert("cash_fee", cash.to_string());
+        }
+        let optional = [
+            ("fee_type", &self.fee_type),
+            ("trade_type", &self.trade_type),
+            ("time_end", &self.time_end),
+            ("attach", &self.attach),
+        ];
+        for (k, v) in optional {
+            if let Some(v) = v {
+                f.insert(k, v.as_str());
+            }
+        }
+        f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> XmlFields {
+        [
+            ("return_code", "SUCCESS"),
+            ("result_code", "SUCCESS"),
+            ("appid", "wx2421b1c4370ec43b"),
+            ("mch_id", "10000100"),
+            ("out_trade_no", "1409811653"),
+            ("transaction_id", "1004400740201409030005092168"),
+            ("total_fee", "1"),
+            ("cash_fee", "1"),
+            ("fee_type", "CNY"),
+            ("trade_type", "JSAPI"),
+            ("time_end", "20140903131540"),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn reads_a_successful_notification() {
+        let n = PayNotification::from_fields(&sample()).expect("valid");
+        assert!(n.is_success());
+        assert_eq!(n.total_fee, 1);
+        assert_eq!(n.cash_fee, Some(1));
+        assert_eq!(n.attach, None);
+        assert_eq!(
+            n.paid_at().map(|t| t.to_rfc3339()).as_deref(),
+            Some("2014-09-03T05:15:40+00:00")
+        );
+        assert_eq!(PayNotification::from_fields(&n.to_fields()), Ok(n));
+    }
+
+    #[test]
+    fn requires_business_fields_on_success_only() {
+        let mut f = sample();
+        f.remove("transaction_id");
+        assert_eq!(
+            PayNotification::from_fields(&f),
+            Err(XmlError::MissingField("transaction_id"))
+        );
+        let fail: XmlFields = [("return_code", "FAIL"), ("return_msg", "签名失败")]
+            .into_iter()
+            .collect();
+        let n = PayNotification::from_fields(&fail).expect("valid");
+        assert!(!n.is_success());
+        assert_eq!(n.total_fee, 0);
+        assert_eq!(n.appid, "");
+        assert_eq!(
+            PayNotification::from_fields(&XmlFields::new()),
+            Err(XmlError::MissingField("return_code"))
+        );
+    }
+
+    #[test]
+    fn result_fail_is_not_success() {
+        let mut f = sample();
+        f.insert("result_code", "FAIL");
+        let n = PayNotification::from_fields(&f).expect("valid");
+        assert!(!n.is_success());
+    }
+
+    #[test]
+    fn rejects_non_integer_amounts() {
+        for (field, bad) in [
+            ("total_fee", "1.00"),
+            ("total_fee", "-1"),
+            ("cash_fee", "x"),
+        ] {
+            let mut f = sample();
+            f.insert(field, bad);
+            assert!(
+                matches!(
+                    PayNotification::from_fields(&f),
+                    Err(XmlError::InvalidField { field: got, .. }) if got == field
+                ),
+                "{field}={bad} accepted"
+            );
+        }
+        let mut f = sample();
+        f.insert("total_fee", "");
+        assert_eq!(
+            PayNotification::from_fields(&f),
+            Err(XmlError::MissingField("total_fee"))
+        );
+    }
+}

@@ -1,0 +1,492 @@
+//! The one configuration file (TOML), every key overridable by `WXPAY__SECTION__KEY`.
+//!
+//! Resolution of the file: `--config PATH`, else `$WXPAY_CONFIG`, else `config/wxpay.toml`.
+//! Secrets are [`SecretString`]: their `Debug` is redacted, so a logged configuration never
+//! shows a key. [`Settings::merchants`] validates every merchant once at start-up and turns
+//! the PEMs into keys; an error names the merchant and the field, never the secret.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::v3::keys::{load_private_key_pem, load_public_key_pem, PlatformKeys};
+
+/// Environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "WXPAY_CONFIG";
+/// Where the configuration is read from when neither `--config` nor `WXPAY_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/wxpay.toml";
+/// Prefix of overriding environment variables: `WXPAY__RABBITMQ__URL` sets `rabbitmq.url`.
+pub const ENV_PREFIX: &str = "WXPAY";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub gateway: GatewaySettings,
+    #[serde(default)]
+    pub worker: WorkerSettings,
+    #[serde(default)]
+    pub rabbitmq: RabbitmqSettings,
+    #[serde(default)]
+    pub redis: RedisSettings,
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    #[serde(default)]
+    pub wechatpay: WechatpaySettings,
+    #[serde(default)]
+    pub reconciler: ReconcilerSettings,
+    #[serde(default)]
+    pub merchants: Vec<MerchantSettings>,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Serves the notify routes and /healthz /readyz /metrics.
+    pub listen: String,
+    /// Larger bodies are answered 413 before any parsing.
+    pub body_limit_bytes: usize,
+    /// No broker confirm by then: answer FAIL so WeChat Pay re-sends.
+    pub publish_timeout_ms: u64,
+    /// Long-lived confirm channels that publishes are spread over.
+    pub publish_channels: usize,
+    /// Upper bound on a graceful drain after SIGTERM.
+    pub shutdown_timeout_ms: u64,
+    /// HTTP worker threads (0: one per core).
+    pub http_workers: usize,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            listen: "0.0.0.0:8080".into(),
+            body_limit_bytes: 65_536,
+            publish_timeout_ms: 2_000,
+            publish_channels: 4,
+            shutdown_timeout_ms: 10_000,
+            http_workers: 0,
+        }
+    }
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Serves /healthz /readyz /metrics.
+    pub metrics_listen: String,
+    /// Unacknowledged deliveries the broker hands this worker; also bounds concurrency.
+    pub prefetch: u16,
+    /// Delays of the retry tiers; past the last one a message is parked.
+    pub retry_delays_ms: Vec<u64>,
+    /// Lifetime of a Redis claim taken before work (a crashed worker's claim expires).
+    pub claim_ttl_ms: u64,
+    /// Lifetime of a Redis `done` marker: longer than WeChat Pay's ~24 h of re-sends and
+    /// the reconciler's horizon.
+    pub done_ttl_secs: u64,
+    /// PostgreSQL connections of the pool.
+    pub db_pool_size: usize,
+    /// How often the outbox relay looks for unpublished events.
+    pub outbox_poll_ms: u64,
+    /// Upper bound on a graceful drain after SIGTERM.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            metrics_listen: "0.0.0.0:9091".into(),
+            prefetch: 200,
+            retry_delays_ms: vec![1_000, 10_000, 60_000, 600_000],
+            claim_ttl_ms: 30_000,
+            done_ttl_secs: 72 * 3600,
+            db_pool_size: 16,
+            outbox_poll_ms: 200,
+            shutdown_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `[rabbitmq]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RabbitmqSettings {
+    /// Holds the broker password: a secret.
+    pub url: SecretString,
+    /// The quorum queue; derived: `<queue>.retry.<tier>`, `<queue>.parked`.
+    pub queue: String,
+    /// Topic exchange of the outbox's domain events.
+    pub events_exchange: String,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for RabbitmqSettings {
+    fn default() -> Self {
+        RabbitmqSettings {
+            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            queue: "wxpay.notify".into(),
+            events_exchange: "wxpay.events".into(),
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl RabbitmqSettings {
+    /// The parking (dead-letter) queue of poison and exhausted messages.
+    pub fn parked_queue(&self) -> String {
+        format!("{}.parked", self.queue)
+    }
+
+    /// The delay queue of retry tier `tier` (0-based).
+    pub fn retry_queue(&self, tier: usize) -> String {
+        format!("{}.retry.{tier}", self.queue)
+    }
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// May hold a password: a secret.
+    pub url: SecretString,
+    /// Every key the worker writes starts with it.
+    pub key_prefix: String,
+    /// Redis is a fast path: past this the worker carries on with PostgreSQL alone.
+    pub response_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: SecretString::from("redis://127.0.0.1:6379"),
+            key_prefix: "wxpay:".into(),
+            response_timeout_ms: 200,
+            connect_timeout_ms: 1_000,
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// May hold a password: a secret. The database is created by `wxpay-worker migrate`.
+    pub url: SecretString,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: SecretString::from("postgres://postgres@127.0.0.1:5432/wxpay"),
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[wechatpay]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WechatpaySettings {
+    /// WeChat Pay's API, or the simulator's URL in tests.
+    pub api_base: String,
+    pub request_timeout_ms: u64,
+}
+
+impl Default for WechatpaySettings {
+    fn default() -> Self {
+        WechatpaySettings {
+            api_base: "https://api.mch.weixin.qq.com".into(),
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[reconciler]`: the active order query for notifications that never came.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconcilerSettings {
+    /// Pause between rounds.
+    pub interval_secs: u64,
+    /// Orders younger than this are left to the notification.
+    pub min_age_secs: u64,
+    /// Orders older than this are no longer queried.
+    pub horizon_secs: u64,
+    /// Orders and refunds looked at per round.
+    pub batch_size: i64,
+    /// Queries per second per merchant.
+    pub rate_per_merchant: u32,
+    /// Move a `NOTPAY` order to `CLOSED` when WeChat Pay says CLOSED / PAYERROR / REVOKED.
+    pub close_unpaid: bool,
+    /// Serves /healthz /readyz /metrics of `wxpay-worker reconcile`.
+    pub metrics_listen: String,
+}
+
+impl Default for ReconcilerSettings {
+    fn default() -> Self {
+        ReconcilerSettings {
+            interval_secs: 60,
+            min_age_secs: 120,
+            horizon_secs: 48 * 3600,
+            batch_size: 200,
+            rate_per_merchant: 10,
+            close_unpaid: true,
+            metrics_listen: "0.0.0.0:9092".into(),
+        }
+    }
+}
+
+/// One `[[merchants]]` entry as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MerchantSettings {
+    pub mch_id: String,
+    pub appids: Vec<String>,
+    /// API v2 key (32 ASCII chars): v2 signatures and refund `req_info`. Needed by v3
+    /// merchants too: hand-made refunds are notified in v2 format.
+    pub api_v2_key: SecretString,
+    /// APIv3 key (32 bytes): decrypts v3 resources.
+    #[serde(default)]
+    pub api_v3_key: Option<SecretString>,
+    /// Serial (`PUB_KEY_ID_…` or certificate serial) → PEM; several side by side for rotation.
+    #[serde(default)]
+    pub platform_public_keys: BTreeMap<String, String>,
+    /// Signs the reconciler's v3 API calls.
+    #[serde(default)]
+    pub merchant_private_key_pem: Option<SecretString>,
+    #[serde(default)]
+    pub merchant_serial: Option<String>,
+}
+
+/// A merchant ready for use: keys checked and parsed once.
+pub struct Merchant {
+    pub mch_id: String,
+    pub appids: Vec<String>,
+    pub api_v2_key: SecretString,
+    pub api_v3_key: Option<SecretString>,
+    pub platform_keys: PlatformKeys,
+    /// Present when the merchant can call API v3 (reconciler).
+    pub signer: Option<MerchantSigner>,
+}
+
+impl Merchant {
+    /// Whether `appid` is one of this merchant's.
+    pub fn has_appid(&self, appid: &str) -> bool {
+        self.appids.iter().any(|own| own == appid)
+    }
+
+    /// Whether this merchant receives v3 notifications (and is queried through API v3).
+    pub fn uses_v3(&self) -> bool {
+        self.api_v3_key.is_some() && !self.platform_keys.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Merchant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Merchant")
+            .field("mch_id", &self.mch_id)
+            .field("appids", &self.appids)
+            .field("platform_keys", &self.platform_keys)
+            .field("v3", &self.api_v3_key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The merchant's own API certificate key and its serial.
+pub struct MerchantSigner {
+    pub serial: String,
+    pub private_key: rsa::RsaPrivateKey,
+}
+
+/// The configured merchants by `mch_id`.
+#[derive(Debug, Clone, Default)]
+pub struct Merchants(HashMap<String, Arc<Merchant>>);
+
+impl Merchants {
+    pub fn get(&self, mch_id: &str) -> Option<&Arc<Merchant>> {
+        self.0.get(mch_id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Merchant>> {
+        self.0.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Why the configuration cannot be used. Never carries a secret's value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("merchant {mch_id}: {field}: {reason}")]
+    Merchant { mch_id: String, field: &'static str, reason: String },
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// The configuration file to read: `--config`, else `$WXPAY_CONFIG`, else the default.
+pub fn resolve_path(cli: Option<&Path>) -> PathBuf {
+    match cli {
+        Some(path) => path.to_path_buf(),
+        None => std::env::var_os(CONFIG_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH)),
+    }
+}
+
+impl Settings {
+    /// Reads the file and the process environment's `WXPAY__…` overrides, and validates.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given (tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let load_error = |reason: String| ConfigError::Load { path: path.to_path_buf(), reason };
+        if !path.is_file() {
+            return Err(load_error("no such file (pass --config or set WXPAY_CONFIG)".into()));
+        }
+        let prefix = format!("{ENV_PREFIX}__");
+        let overrides: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .collect();
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(overrides)),
+            )
+            .build()
+            .and_then(|built| built.try_deserialize())
+            .map_err(|error| load_error(error.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what can be checked without a network: limits, and every merchant's keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.into() });
+        if self.gateway.body_limit_bytes == 0 {
+            return invalid("gateway.body_limit_bytes", "must be positive");
+        }
+        if self.gateway.publish_timeout_ms == 0 {
+            return invalid("gateway.publish_timeout_ms", "must be positive");
+        }
+        if self.gateway.publish_channels == 0 {
+            return invalid("gateway.publish_channels", "must be positive");
+        }
+        if self.worker.prefetch == 0 {
+            return invalid("worker.prefetch", "must be positive");
+        }
+        if self.worker.retry_delays_ms.is_empty() || self.worker.retry_delays_ms.contains(&0) {
+            return invalid("worker.retry_delays_ms", "needs at least one positive delay");
+        }
+        if self.rabbitmq.queue.is_empty() {
+            return invalid("rabbitmq.queue", "must not be empty");
+        }
+        self.merchants().map(|_| ())
+    }
+
+    /// The merchants, validated, with their keys parsed.
+    pub fn merchants(&self) -> Result<Merchants, ConfigError> {
+        let mut merchants = HashMap::with_capacity(self.merchants.len());
+        for entry in &self.merchants {
+            let merchant = entry.validate()?;
+            if merchants.insert(merchant.mch_id.clone(), Arc::new(merchant)).is_some() {
+                return Err(ConfigError::Merchant {
+                    mch_id: entry.mch_id.clone(),
+                    field: "mch_id",
+                    reason: "configured twice".into(),
+                });
+            }
+        }
+        Ok(Merchants(merchants))
+    }
+}
+
+impl MerchantSettings {
+    fn validate(&self) -> Result<Merchant, ConfigError> {
+        let error = |field, reason: String| ConfigError::Merchant {
+            mch_id: self.mch_id.clone(),
+            field,
+            reason,
+        };
+        if self.mch_id.is_empty() || !self.mch_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(error("mch_id", "must be the digits of a WeChat Pay merchant id".into()));
+        }
+        if self.appids.is_empty() || self.appids.iter().any(String::is_empty) {
+            return Err(error("appids", "needs at least one non-empty appid".into()));
+        }
+        // https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=4_3 : the key is 32 characters.
+        let v2_key = self.api_v2_key.expose_secret();
+        if v2_key.len() != 32 || !v2_key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(error(
+                "api_v2_key",
+                format!("must be 32 printable ASCII characters (got {})", v2_key.len()),
+            ));
+        }
+        if let Some(v3_key) = &self.api_v3_key {
+            let length = v3_key.expose_secret().len();
+            if length != 32 {
+                return Err(error("api_v3_key", format!("must be 32 bytes (got {length})")));
+            }
+        }
+        let mut platform_keys = PlatformKeys::new();
+        for (serial, pem) in &self.platform_public_keys {
+            let key = load_public_key_pem(pem).map_err(|reason| {
+                error("platform_public_keys", format!("serial {serial}: {reason}"))
+            })?;
+            platform_keys.insert(serial.clone(), key);
+        }
+        if self.api_v3_key.is_some() && platform_keys.is_empty() {
+            return Err(error(
+                "platform_public_keys",
+                "an APIv3 merchant needs at least one platform public key to verify notifications"
+                    .into(),
+            ));
+        }
+        let signer = match (&self.merchant_private_key_pem, &self.merchant_serial) {
+            (Some(pem), Some(serial)) => Some(MerchantSigner {
+                serial: serial.clone(),
+                private_key: load_private_key_pem(pem.expose_secret()).map_err(|reason| {
+                    error("merchant_private_key_pem", reason.to_string())
+                })?,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(error("merchant_serial", "needed with merchant_private_key_pem".into()))
+            }
+            (None, Some(_)) => {
+                return Err(error("merchant_private_key_pem", "needed with merchant_serial".into()))
+            }
+        };
+        Ok(Merchant {
+            mch_id: self.mch_id.clone(),
+            appids: self.appids.clone(),
+            api_v2_key: self.api_v2_key.clone(),
+            api_v3_key: self.api_v3_key.clone(),
+            platform_keys,
+            signer,
+        })
+    }
+}

@@ -1,0 +1,108 @@
+//! JSON logs with a `step` field, and the Prometheus recorder.
+//!
+//! Every log line on the notification's path carries `step` (see [`step`]) and the request
+//! id, so one notification can be followed through gateway and worker. Bodies hold personal
+//! data and keys are secrets: log ids (mch_id, out_trade_no, request id), never those.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+/// Values of the `step` log field, in the order the data flows.
+pub mod step {
+    pub const RECEIVE: &str = "receive";
+    pub const VERIFY: &str = "verify";
+    pub const PUBLISH: &str = "publish";
+    pub const ANSWER: &str = "answer";
+    pub const CONSUME: &str = "consume";
+    pub const DECODE: &str = "decode";
+    pub const DEDUPE: &str = "dedupe";
+    pub const APPLY: &str = "apply";
+    pub const OUTBOX: &str = "outbox";
+    pub const RETRY: &str = "retry";
+    pub const PARK: &str = "park";
+    pub const RECONCILE: &str = "reconcile";
+    pub const STARTUP: &str = "startup";
+    pub const SHUTDOWN: &str = "shutdown";
+}
+
+/// Metric names of the contract (DESIGN.md "Metric names"), one place for all services.
+pub mod metric {
+    pub const GATEWAY_REQUESTS_TOTAL: &str = "wxpay_gateway_requests_total";
+    pub const GATEWAY_REQUEST_DURATION_SECONDS: &str = "wxpay_gateway_request_duration_seconds";
+    pub const GATEWAY_PUBLISH_DURATION_SECONDS: &str = "wxpay_gateway_publish_duration_seconds";
+    pub const GATEWAY_BROKER_CONNECTED: &str = "wxpay_gateway_broker_connected";
+    pub const WORKER_MESSAGES_TOTAL: &str = "wxpay_worker_messages_total";
+    pub const WORKER_PROCESS_DURATION_SECONDS: &str = "wxpay_worker_process_duration_seconds";
+    pub const WORKER_LAG_SECONDS: &str = "wxpay_worker_lag_seconds";
+    pub const WORKER_DEDUPE_HITS_TOTAL: &str = "wxpay_worker_dedupe_hits_total";
+    pub const WORKER_ANOMALIES_TOTAL: &str = "wxpay_worker_anomalies_total";
+    pub const WORKER_RETRIES_TOTAL: &str = "wxpay_worker_retries_total";
+    pub const WORKER_PARKED_TOTAL: &str = "wxpay_worker_parked_total";
+    pub const WORKER_BROKER_CONNECTED: &str = "wxpay_worker_broker_connected";
+    pub const WORKER_REDIS_ERRORS_TOTAL: &str = "wxpay_worker_redis_errors_total";
+    pub const OUTBOX_PENDING: &str = "wxpay_outbox_pending";
+    pub const OUTBOX_PUBLISHED_TOTAL: &str = "wxpay_outbox_published_total";
+    pub const RECONCILER_CHECKED_TOTAL: &str = "wxpay_reconciler_checked_total";
+    pub const RECONCILER_RECOVERED_TOTAL: &str = "wxpay_reconciler_recovered_total";
+    pub const RECONCILER_ERRORS_TOTAL: &str = "wxpay_reconciler_errors_total";
+    pub const RECONCILER_ROUND_DURATION_SECONDS: &str = "wxpay_reconciler_round_duration_seconds";
+}
+
+/// Histogram buckets (seconds): sub-millisecond answers up to the 10-minute retry tier.
+const BUCKETS_SECONDS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0, 300.0, 900.0,
+];
+
+/// Installs JSON logging for `service` (filter from `RUST_LOG`, default `info`). A second
+/// call (tests spawning several apps in one process) is a no-op.
+pub fn init_logging(service: &'static str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let installed = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_env_filter(filter)
+        .try_init()
+        .is_ok();
+    if installed {
+        tracing::info!(step = step::STARTUP, service, "logging initialised");
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use; render it on `/metrics`.
+///
+/// Installed once per process: tests that spawn several apps share it.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(BUCKETS_SECONDS)
+                .map(PrometheusBuilder::build_recorder)
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Histograms buffer samples until upkeep drains them: without a periodic
+            // upkeep an unscraped process would grow without bound.
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(step = step::STARTUP, %error, "metrics upkeep thread not started");
+            }
+            // Fails only when another recorder was installed first; ours then stays
+            // unused, and /metrics shows what ours has (nothing): visible, not silent.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(step = step::STARTUP, "a metrics recorder was already installed");
+            }
+            handle
+        })
+        .clone()
+}

@@ -1,0 +1,178 @@
+//! Start-up validation of the configuration: a bad merchant fails with one clear message
+//! naming the merchant and the field, never the secret.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use wxpay_shared::config::{ConfigError, Settings};
+
+const V2_KEY: &str = "192006250b4c09247ec02edce69f6a2d";
+const V3_KEY: &str = "Zyxwvutsrqponmlkjihgfedcba543210";
+
+/// A platform public key made by the openssl command line, not by our code.
+fn openssl_public_key_pem(dir: &std::path::Path) -> String {
+    let private = dir.join("platform.pem");
+    let public = dir.join("platform.pub.pem");
+    let status = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .arg(&private)
+        .status()
+        .expect("openssl must be installed for the tests");
+    assert!(status.success());
+    let status = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    std::fs::read_to_string(public).expect("public key")
+}
+
+fn merchant_toml(mch_id: &str, v2_key: &str, v3_key: &str, pem: &str, appids: &str) -> String {
+    format!(
+        r#"
+[[merchants]]
+mch_id = "{mch_id}"
+appids = {appids}
+api_v2_key = "{v2_key}"
+api_v3_key = "{v3_key}"
+[merchants.platform_public_keys]
+"PUB_KEY_ID_0119000001092025" = """{pem}"""
+"#
+    )
+}
+
+fn write(dir: &tempfile::TempDir, body: &str) -> PathBuf {
+    let path = dir.path().join("wxpay.toml");
+    std::fs::write(&path, body).expect("write config");
+    path
+}
+
+fn load(path: &PathBuf) -> Result<Settings, ConfigError> {
+    Settings::load_with_env(path, Vec::<(String, String)>::new())
+}
+
+#[test]
+fn a_good_file_loads_with_defaults_and_parsed_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = openssl_public_key_pem(dir.path());
+    let body = format!(
+        "[gateway]\npublish_timeout_ms = 1500\n{}",
+        merchant_toml("1900000109", V2_KEY, V3_KEY, &pem, r#"["wxd930ea5d5a258f4f"]"#)
+    );
+    let settings = load(&write(&dir, &body)).expect("valid configuration");
+    assert_eq!(settings.gateway.publish_timeout_ms, 1500);
+    assert_eq!(settings.gateway.body_limit_bytes, 65_536);
+    assert_eq!(settings.rabbitmq.queue, "wxpay.notify");
+    assert_eq!(settings.rabbitmq.parked_queue(), "wxpay.notify.parked");
+    assert_eq!(settings.rabbitmq.retry_queue(2), "wxpay.notify.retry.2");
+    let merchants = settings.merchants().expect("merchants");
+    let merchant = merchants.get("1900000109").expect("merchant");
+    assert!(merchant.has_appid("wxd930ea5d5a258f4f"));
+    assert!(merchant.uses_v3());
+    assert!(merchant.platform_keys.get("PUB_KEY_ID_0119000001092025").is_some());
+}
+
+#[test]
+fn environment_overrides_any_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(&dir, "[rabbitmq]\nqueue = \"from.file\"\n");
+    let env = vec![
+        ("WXPAY__RABBITMQ__QUEUE".to_string(), "from.env".to_string()),
+        ("WXPAY__GATEWAY__BODY_LIMIT_BYTES".to_string(), "1024".to_string()),
+        ("UNRELATED".to_string(), "x".to_string()),
+    ];
+    let settings = Settings::load_with_env(&path, env).expect("loads");
+    assert_eq!(settings.rabbitmq.queue, "from.env");
+    assert_eq!(settings.gateway.body_limit_bytes, 1024);
+}
+
+fn merchant_error(body: &str) -> (String, &'static str, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    match load(&write(&dir, body)) {
+        Err(ConfigError::Merchant { mch_id, field, reason }) => (mch_id, field, reason),
+        other => panic!("expected a merchant error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_key_of_the_wrong_length_names_merchant_and_field_not_the_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = openssl_public_key_pem(dir.path());
+    let secret = "short-secret-key";
+    let (mch_id, field, reason) =
+        merchant_error(&merchant_toml("1900000109", secret, V3_KEY, &pem, r#"["wx1"]"#));
+    assert_eq!((mch_id.as_str(), field), ("1900000109", "api_v2_key"));
+    assert!(!reason.contains(secret));
+
+    let (_, field, reason) =
+        merchant_error(&merchant_toml("1900000109", V2_KEY, "too-short-v3", &pem, r#"["wx1"]"#));
+    assert_eq!(field, "api_v3_key");
+    assert!(!reason.contains("too-short-v3"));
+}
+
+#[test]
+fn an_unreadable_pem_fails_start_up() {
+    let (mch_id, field, reason) = merchant_error(&merchant_toml(
+        "1900000109",
+        V2_KEY,
+        V3_KEY,
+        "-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----",
+        r#"["wx1"]"#,
+    ));
+    assert_eq!((mch_id.as_str(), field), ("1900000109", "platform_public_keys"));
+    assert!(reason.contains("PUB_KEY_ID_0119000001092025"), "{reason}");
+}
+
+#[test]
+fn a_merchant_without_appids_fails_start_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = openssl_public_key_pem(dir.path());
+    let (_, field, _) = merchant_error(&merchant_toml("1900000109", V2_KEY, V3_KEY, &pem, "[]"));
+    assert_eq!(field, "appids");
+}
+
+#[test]
+fn two_merchants_with_one_mch_id_fail_start_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = openssl_public_key_pem(dir.path());
+    let one = merchant_toml("1900000109", V2_KEY, V3_KEY, &pem, r#"["wx1"]"#);
+    let (mch_id, field, reason) = merchant_error(&format!("{one}{one}"));
+    assert_eq!((mch_id.as_str(), field), ("1900000109", "mch_id"));
+    assert!(reason.contains("twice"));
+}
+
+#[test]
+fn a_v2_only_merchant_needs_no_platform_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = format!(
+        "[[merchants]]\nmch_id = \"10000100\"\nappids = [\"wx2421b1c4370ec43b\"]\napi_v2_key = \"{V2_KEY}\"\n"
+    );
+    let settings = load(&write(&dir, &body)).expect("valid");
+    let merchants = settings.merchants().expect("merchants");
+    assert!(!merchants.get("10000100").expect("merchant").uses_v3());
+}
+
+#[test]
+fn unknown_keys_and_missing_files_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let error = load(&write(&dir, "[gateway]\nlisten_on = \"x\"\n")).expect_err("typo rejected");
+    assert!(error.to_string().contains("listen_on"), "{error}");
+    let missing = dir.path().join("nope.toml");
+    let error = load(&missing).expect_err("missing file");
+    assert!(error.to_string().contains("nope.toml"), "{error}");
+}
+
+#[test]
+fn secrets_are_redacted_in_debug_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = format!(
+        "[[merchants]]\nmch_id = \"10000100\"\nappids = [\"wx1\"]\napi_v2_key = \"{V2_KEY}\"\n"
+    );
+    let settings = load(&write(&dir, &body)).expect("valid");
+    let shown = format!("{settings:?} {:?}", settings.merchants().expect("merchants"));
+    assert!(!shown.contains(V2_KEY));
+    assert!(!shown.contains("guest:guest"));
+}

@@ -140,7 +140,12 @@ impl XmlFields {
                     if starts_with_entity_decl(text, at) {
                         return Err(XmlError::Doctype);
                     }
-                    return Err(XmlError::Malformed(format!("{err} at byte {at}")));
+                    // quick-xml's message may quote the input: keep it short for the logs.
+                    let message = err.to_string();
+                    return Err(XmlError::Malformed(format!(
+                        "{} at byte {at}",
+                        truncate(&message, 120)
+                    )));
                 }
             };
             let at_start = std::mem::replace(&mut first_event, false);
@@ -301,7 +306,7 @@ impl XmlFields {
             out.push('<');
             out.push_str(k);
             out.push_str("><![CDATA[");
-            out.push_str(&v.replace("]]>", "]]]]><![CDATA[>"));
+            push_cdata_content(&mut out, v);
             out.push_str("]]></");
             out.push_str(k);
             out.push('>');
@@ -399,6 +404,18 @@ fn enter_root(name: &str, expected: &str) -> Result<State, XmlError> {
             found: name.to_owned(),
         })
     }
+}
+
+/// Appends `value` as CDATA content: each `]]>` is split as `]]` | `>` across two
+/// sections, the only way to carry it in CDATA.
+fn push_cdata_content(out: &mut String, value: &str) {
+    let mut rest = value;
+    while let Some(i) = rest.find("]]>") {
+        out.push_str(&rest[..i]);
+        out.push_str("]]]]><![CDATA[>");
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
 }
 
 fn trailing_content() -> XmlError {

@@ -332,7 +332,11 @@ pub enum ConfigError {
     #[error("cannot read configuration {path}: {reason}")]
     Load { path: PathBuf, reason: String },
     #[error("merchant {mch_id}: {field}: {reason}")]
-    Merchant { mch_id: String, field: &'static str, reason: String },
+    Merchant {
+        mch_id: String,
+        field: &'static str,
+        reason: String,
+    },
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
@@ -358,9 +362,14 @@ impl Settings {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let load_error = |reason: String| ConfigError::Load { path: path.to_path_buf(), reason };
+        let load_error = |reason: String| ConfigError::Load {
+            path: path.to_path_buf(),
+            reason,
+        };
         if !path.is_file() {
-            return Err(load_error("no such file (pass --config or set WXPAY_CONFIG)".into()));
+            return Err(load_error(
+                "no such file (pass --config or set WXPAY_CONFIG)".into(),
+            ));
         }
         let prefix = format!("{ENV_PREFIX}__");
         let overrides: config::Map<String, String> = env
@@ -385,7 +394,12 @@ impl Settings {
 
     /// Checks what can be checked without a network: limits, and every merchant's keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.into() });
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.into(),
+            })
+        };
         if self.gateway.body_limit_bytes == 0 {
             return invalid("gateway.body_limit_bytes", "must be positive");
         }
@@ -399,7 +413,10 @@ impl Settings {
             return invalid("worker.prefetch", "must be positive");
         }
         if self.worker.retry_delays_ms.is_empty() || self.worker.retry_delays_ms.contains(&0) {
-            return invalid("worker.retry_delays_ms", "needs at least one positive delay");
+            return invalid(
+                "worker.retry_delays_ms",
+                "needs at least one positive delay",
+            );
         }
         if self.rabbitmq.queue.is_empty() {
             return invalid("rabbitmq.queue", "must not be empty");
@@ -412,7 +429,10 @@ impl Settings {
         let mut merchants = HashMap::with_capacity(self.merchants.len());
         for entry in &self.merchants {
             let merchant = entry.validate()?;
-            if merchants.insert(merchant.mch_id.clone(), Arc::new(merchant)).is_some() {
+            if merchants
+                .insert(merchant.mch_id.clone(), Arc::new(merchant))
+                .is_some()
+            {
                 return Err(ConfigError::Merchant {
                     mch_id: entry.mch_id.clone(),
                     field: "mch_id",
@@ -432,7 +452,10 @@ impl MerchantSettings {
             reason,
         };
         if self.mch_id.is_empty() || !self.mch_id.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(error("mch_id", "must be the digits of a WeChat Pay merchant id".into()));
+            return Err(error(
+                "mch_id",
+                "must be the digits of a WeChat Pay merchant id".into(),
+            ));
         }
         if self.appids.is_empty() || self.appids.iter().any(String::is_empty) {
             return Err(error("appids", "needs at least one non-empty appid".into()));
@@ -442,13 +465,19 @@ impl MerchantSettings {
         if v2_key.len() != 32 || !v2_key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(error(
                 "api_v2_key",
-                format!("must be 32 printable ASCII characters (got {})", v2_key.len()),
+                format!(
+                    "must be 32 printable ASCII characters (got {})",
+                    v2_key.len()
+                ),
             ));
         }
         if let Some(v3_key) = &self.api_v3_key {
             let length = v3_key.expose_secret().len();
             if length != 32 {
-                return Err(error("api_v3_key", format!("must be 32 bytes (got {length})")));
+                return Err(error(
+                    "api_v3_key",
+                    format!("must be 32 bytes (got {length})"),
+                ));
             }
         }
         let mut platform_keys = PlatformKeys::new();
@@ -468,16 +497,21 @@ impl MerchantSettings {
         let signer = match (&self.merchant_private_key_pem, &self.merchant_serial) {
             (Some(pem), Some(serial)) => Some(MerchantSigner {
                 serial: serial.clone(),
-                private_key: load_private_key_pem(pem.expose_secret()).map_err(|reason| {
-                    error("merchant_private_key_pem", reason.to_string())
-                })?,
+                private_key: load_private_key_pem(pem.expose_secret())
+                    .map_err(|reason| error("merchant_private_key_pem", reason.to_string()))?,
             }),
             (None, None) => None,
             (Some(_), None) => {
-                return Err(error("merchant_serial", "needed with merchant_private_key_pem".into()))
+                return Err(error(
+                    "merchant_serial",
+                    "needed with merchant_private_key_pem".into(),
+                ))
             }
             (None, Some(_)) => {
-                return Err(error("merchant_private_key_pem", "needed with merchant_serial".into()))
+                return Err(error(
+                    "merchant_private_key_pem",
+                    "needed with merchant_serial".into(),
+                ))
             }
         };
         Ok(Merchant {

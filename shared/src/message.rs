@@ -140,16 +140,27 @@ impl NotifyMessage {
         let mut put = |name: &str, value: AMQPValue| headers.insert(ShortString::from(name), value);
         put(header::KIND, long_string(self.kind.as_str()));
         put(header::MCH_ID, long_string(&self.mch_id));
-        put(header::RECEIVED_AT_MS, AMQPValue::LongLongInt(self.received_at_ms));
+        put(
+            header::RECEIVED_AT_MS,
+            AMQPValue::LongLongInt(self.received_at_ms),
+        );
         if self.attempt > 1 {
-            put(header::ATTEMPT, AMQPValue::LongLongInt(i64::from(self.attempt)));
+            put(
+                header::ATTEMPT,
+                AMQPValue::LongLongInt(i64::from(self.attempt)),
+            );
         }
         if let Some(reason) = &self.park_reason {
             put(header::PARK_REASON, long_string(reason));
         }
         if let Some(wechatpay) = &self.wechatpay {
             for (name, value) in wechatpay.pairs() {
-                put(&name.to_ascii_lowercase(), long_string(value));
+                if let Some((_, lowercase)) = WECHATPAY_HEADERS
+                    .iter()
+                    .find(|(canonical, _)| *canonical == name)
+                {
+                    put(lowercase, long_string(value));
+                }
             }
         }
         let mut properties = BasicProperties::default()
@@ -187,28 +198,20 @@ impl NotifyMessage {
         let mch_id = text(header::MCH_ID)?.ok_or(MessageError::Missing(header::MCH_ID))?;
         let received_at_ms = header_integer(headers, header::RECEIVED_AT_MS)?
             .ok_or(MessageError::Missing(header::RECEIVED_AT_MS))?;
-        let attempt = match header_integer(headers, header::ATTEMPT)? {
-            None => 1,
-            Some(n) => u32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
-                MessageError::Invalid {
-                    name: header::ATTEMPT,
-                    reason: format!("{n} is not a positive attempt number"),
-                }
-            })?,
-        };
-        let timestamp = text("wechatpay-timestamp")?;
-        let wechatpay = if timestamp.is_some() {
-            let lowered = [
-                HEADER_TIMESTAMP,
-                HEADER_NONCE,
-                HEADER_SIGNATURE,
-                HEADER_SERIAL,
-                HEADER_SIGNATURE_TYPE,
-            ]
-            .map(|name| (name, header_text(headers, &name.to_ascii_lowercase())));
-            let mut values = Vec::with_capacity(lowered.len());
-            for (name, value) in lowered {
-                values.push((name, value?));
+        let attempt =
+            match header_integer(headers, header::ATTEMPT)? {
+                None => 1,
+                Some(n) => u32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    MessageError::Invalid {
+                        name: header::ATTEMPT,
+                        reason: format!("{n} is not a positive attempt number"),
+                    }
+                })?,
+            };
+        let wechatpay = if headers.contains_key(WECHATPAY_HEADERS[0].1) {
+            let mut values = Vec::with_capacity(WECHATPAY_HEADERS.len());
+            for (canonical, lowercase) in WECHATPAY_HEADERS {
+                values.push((canonical, header_text(headers, lowercase)?));
             }
             let lookup = |name: &str| {
                 values
@@ -216,9 +219,12 @@ impl NotifyMessage {
                     .find(|(canonical, _)| canonical.eq_ignore_ascii_case(name))
                     .and_then(|(_, value)| value.as_deref())
             };
-            Some(WechatpayHeaders::from_lookup(lookup).map_err(|error| {
-                MessageError::Invalid { name: "wechatpay-*", reason: error.to_string() }
-            })?)
+            Some(
+                WechatpayHeaders::from_lookup(lookup).map_err(|error| MessageError::Invalid {
+                    name: "wechatpay-*",
+                    reason: error.to_string(),
+                })?,
+            )
         } else {
             None
         };
@@ -227,7 +233,10 @@ impl NotifyMessage {
             kind,
             mch_id,
             received_at_ms,
-            content_type: properties.content_type().as_ref().map(|ct| ct.as_str().to_owned()),
+            content_type: properties
+                .content_type()
+                .as_ref()
+                .map(|ct| ct.as_str().to_owned()),
             wechatpay,
             attempt,
             park_reason: text(header::PARK_REASON)?,
@@ -236,12 +245,24 @@ impl NotifyMessage {
     }
 }
 
+/// The v3 headers as WeChat Pay names them, and as they ride in AMQP (lowercase).
+const WECHATPAY_HEADERS: [(&str, &str); 5] = [
+    (HEADER_TIMESTAMP, "wechatpay-timestamp"),
+    (HEADER_NONCE, "wechatpay-nonce"),
+    (HEADER_SIGNATURE, "wechatpay-signature"),
+    (HEADER_SERIAL, "wechatpay-serial"),
+    (HEADER_SIGNATURE_TYPE, "wechatpay-signature-type"),
+];
+
 fn long_string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.as_bytes()))
 }
 
 fn header_text(headers: &FieldTable, name: &'static str) -> Result<Option<String>, MessageError> {
-    let invalid = |reason: &str| MessageError::Invalid { name, reason: reason.to_owned() };
+    let invalid = |reason: &str| MessageError::Invalid {
+        name,
+        reason: reason.to_owned(),
+    };
     match headers.inner().get(name) {
         None => Ok(None),
         Some(AMQPValue::LongString(value)) => String::from_utf8(value.as_bytes().to_vec())
@@ -300,7 +321,12 @@ mod tests {
         let properties = message.properties();
         assert_eq!(properties.delivery_mode(), &Some(PERSISTENT));
         let headers = properties.headers().clone().expect("headers");
-        for name in ["x-wxpay-kind", "x-wxpay-mch-id", "x-wxpay-received-at-ms", "x-wxpay-attempt"] {
+        for name in [
+            "x-wxpay-kind",
+            "x-wxpay-mch-id",
+            "x-wxpay-received-at-ms",
+            "x-wxpay-attempt",
+        ] {
             assert!(headers.contains_key(name), "{name}");
         }
         for name in [
@@ -318,9 +344,19 @@ mod tests {
 
     #[test]
     fn v2_message_has_no_wechatpay_headers_and_first_attempt() {
-        let message = NotifyMessage::new(NotifyKind::V2Pay, "10000100", b"<xml/>".to_vec(), None, None);
+        let message = NotifyMessage::new(
+            NotifyKind::V2Pay,
+            "10000100",
+            b"<xml/>".to_vec(),
+            None,
+            None,
+        );
         let properties = message.properties();
-        assert!(!properties.headers().clone().expect("headers").contains_key(header::ATTEMPT));
+        assert!(!properties
+            .headers()
+            .clone()
+            .expect("headers")
+            .contains_key(header::ATTEMPT));
         let back = NotifyMessage::from_amqp(&properties, message.body.clone()).expect("decodes");
         assert_eq!(back.attempt, 1);
         assert_eq!(back.wechatpay, None);
@@ -339,14 +375,20 @@ mod tests {
         let properties = message.properties().with_headers(headers.clone());
         assert!(matches!(
             NotifyMessage::from_amqp(&properties, vec![]),
-            Err(MessageError::Invalid { name: header::KIND, .. })
+            Err(MessageError::Invalid {
+                name: header::KIND,
+                ..
+            })
         ));
         headers.insert(ShortString::from(header::KIND), long_string("v2.pay"));
         headers.insert(ShortString::from(header::ATTEMPT), long_string("0"));
         let properties = message.properties().with_headers(headers);
         assert!(matches!(
             NotifyMessage::from_amqp(&properties, vec![]),
-            Err(MessageError::Invalid { name: header::ATTEMPT, .. })
+            Err(MessageError::Invalid {
+                name: header::ATTEMPT,
+                ..
+            })
         ));
     }
 
@@ -356,6 +398,11 @@ mod tests {
         let mut headers = message.properties().headers().clone().expect("headers");
         headers.insert(ShortString::from(header::ATTEMPT), long_string("4"));
         let properties = message.properties().with_headers(headers);
-        assert_eq!(NotifyMessage::from_amqp(&properties, vec![]).expect("decodes").attempt, 4);
+        assert_eq!(
+            NotifyMessage::from_amqp(&properties, vec![])
+                .expect("decodes")
+                .attempt,
+            4
+        );
     }
 }

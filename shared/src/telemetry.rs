@@ -100,7 +100,10 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Fails only when another recorder was installed first; ours then stays
             // unused, and /metrics shows what ours has (nothing): visible, not silent.
             if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!(step = step::STARTUP, "a metrics recorder was already installed");
+                tracing::warn!(
+                    step = step::STARTUP,
+                    "a metrics recorder was already installed"
+                );
             }
             handle
         })

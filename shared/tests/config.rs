@@ -1,7 +1,7 @@
 //! Start-up validation of the configuration: a bad merchant fails with one clear message
 //! naming the merchant and the field, never the secret.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use wxpay_shared::config::{ConfigError, Settings};
@@ -14,7 +14,14 @@ fn openssl_public_key_pem(dir: &std::path::Path) -> String {
     let private = dir.join("platform.pem");
     let public = dir.join("platform.pub.pem");
     let status = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&private)
         .status()
         .expect("openssl must be installed for the tests");
@@ -50,7 +57,7 @@ fn write(dir: &tempfile::TempDir, body: &str) -> PathBuf {
     path
 }
 
-fn load(path: &PathBuf) -> Result<Settings, ConfigError> {
+fn load(path: &Path) -> Result<Settings, ConfigError> {
     Settings::load_with_env(path, Vec::<(String, String)>::new())
 }
 
@@ -60,7 +67,13 @@ fn a_good_file_loads_with_defaults_and_parsed_keys() {
     let pem = openssl_public_key_pem(dir.path());
     let body = format!(
         "[gateway]\npublish_timeout_ms = 1500\n{}",
-        merchant_toml("1900000109", V2_KEY, V3_KEY, &pem, r#"["wxd930ea5d5a258f4f"]"#)
+        merchant_toml(
+            "1900000109",
+            V2_KEY,
+            V3_KEY,
+            &pem,
+            r#"["wxd930ea5d5a258f4f"]"#
+        )
     );
     let settings = load(&write(&dir, &body)).expect("valid configuration");
     assert_eq!(settings.gateway.publish_timeout_ms, 1500);
@@ -72,7 +85,10 @@ fn a_good_file_loads_with_defaults_and_parsed_keys() {
     let merchant = merchants.get("1900000109").expect("merchant");
     assert!(merchant.has_appid("wxd930ea5d5a258f4f"));
     assert!(merchant.uses_v3());
-    assert!(merchant.platform_keys.get("PUB_KEY_ID_0119000001092025").is_some());
+    assert!(merchant
+        .platform_keys
+        .get("PUB_KEY_ID_0119000001092025")
+        .is_some());
 }
 
 #[test]
@@ -81,7 +97,10 @@ fn environment_overrides_any_key() {
     let path = write(&dir, "[rabbitmq]\nqueue = \"from.file\"\n");
     let env = vec![
         ("WXPAY__RABBITMQ__QUEUE".to_string(), "from.env".to_string()),
-        ("WXPAY__GATEWAY__BODY_LIMIT_BYTES".to_string(), "1024".to_string()),
+        (
+            "WXPAY__GATEWAY__BODY_LIMIT_BYTES".to_string(),
+            "1024".to_string(),
+        ),
         ("UNRELATED".to_string(), "x".to_string()),
     ];
     let settings = Settings::load_with_env(&path, env).expect("loads");
@@ -92,7 +111,11 @@ fn environment_overrides_any_key() {
 fn merchant_error(body: &str) -> (String, &'static str, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     match load(&write(&dir, body)) {
-        Err(ConfigError::Merchant { mch_id, field, reason }) => (mch_id, field, reason),
+        Err(ConfigError::Merchant {
+            mch_id,
+            field,
+            reason,
+        }) => (mch_id, field, reason),
         other => panic!("expected a merchant error, got {other:?}"),
     }
 }
@@ -102,13 +125,23 @@ fn a_key_of_the_wrong_length_names_merchant_and_field_not_the_secret() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pem = openssl_public_key_pem(dir.path());
     let secret = "short-secret-key";
-    let (mch_id, field, reason) =
-        merchant_error(&merchant_toml("1900000109", secret, V3_KEY, &pem, r#"["wx1"]"#));
+    let (mch_id, field, reason) = merchant_error(&merchant_toml(
+        "1900000109",
+        secret,
+        V3_KEY,
+        &pem,
+        r#"["wx1"]"#,
+    ));
     assert_eq!((mch_id.as_str(), field), ("1900000109", "api_v2_key"));
     assert!(!reason.contains(secret));
 
-    let (_, field, reason) =
-        merchant_error(&merchant_toml("1900000109", V2_KEY, "too-short-v3", &pem, r#"["wx1"]"#));
+    let (_, field, reason) = merchant_error(&merchant_toml(
+        "1900000109",
+        V2_KEY,
+        "too-short-v3",
+        &pem,
+        r#"["wx1"]"#,
+    ));
     assert_eq!(field, "api_v3_key");
     assert!(!reason.contains("too-short-v3"));
 }
@@ -122,7 +155,10 @@ fn an_unreadable_pem_fails_start_up() {
         "-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----",
         r#"["wx1"]"#,
     ));
-    assert_eq!((mch_id.as_str(), field), ("1900000109", "platform_public_keys"));
+    assert_eq!(
+        (mch_id.as_str(), field),
+        ("1900000109", "platform_public_keys")
+    );
     assert!(reason.contains("PUB_KEY_ID_0119000001092025"), "{reason}");
 }
 
@@ -172,7 +208,10 @@ fn secrets_are_redacted_in_debug_output() {
         "[[merchants]]\nmch_id = \"10000100\"\nappids = [\"wx1\"]\napi_v2_key = \"{V2_KEY}\"\n"
     );
     let settings = load(&write(&dir, &body)).expect("valid");
-    let shown = format!("{settings:?} {:?}", settings.merchants().expect("merchants"));
+    let shown = format!(
+        "{settings:?} {:?}",
+        settings.merchants().expect("merchants")
+    );
     assert!(!shown.contains(V2_KEY));
     assert!(!shown.contains("guest:guest"));
 }

@@ -1,0 +1,304 @@
+//! The v3 notification envelope and the decrypted resources it carries.
+//!
+//! - Envelope and payment resource (支付成功通知):
+//!   <https://pay.weixin.qq.com/docs/merchant/apis/jsapi-payment/payment-notice.html>
+//! - Refund resource (退款结果通知):
+//!   <https://pay.weixin.qq.com/docs/merchant/apis/jsapi-payment/refund-result-notice.html>
+//!
+//! Amounts are integers in fen (分) and are parsed as `i64`: a JSON number with a fraction or
+//! an exponent (`1.5`, `100.0`, `1e2`) is a parse error, never truncated or rounded.
+//! Unknown fields are ignored (WeChat Pay adds fields over time); duplicated fields are
+//! rejected.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::aead::{self, AeadError};
+
+/// The only resource algorithm WeChat Pay uses.
+pub const ALGORITHM_AEAD_AES_256_GCM: &str = "AEAD_AES_256_GCM";
+
+/// Why a notification or resource cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    /// Malformed JSON, a missing required field, or a wrong type (e.g. a float amount).
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// The resource does not decrypt (wrong APIv3 key, AAD or tampering).
+    #[error(transparent)]
+    Aead(#[from] AeadError),
+    /// `resource.algorithm` is not `AEAD_AES_256_GCM`.
+    #[error("unsupported resource algorithm {0:?}")]
+    UnsupportedAlgorithm(String),
+    /// The decrypted resource is not UTF-8.
+    #[error("decrypted resource is not UTF-8")]
+    Utf8,
+}
+
+fn json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ResourceError> {
+    serde_json::from_slice(bytes).map_err(|e| ResourceError::Json(e.to_string()))
+}
+
+/// The JSON body of a v3 notification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotificationEnvelope {
+    /// Notification id (unique per notification, identical across re-sends).
+    pub id: String,
+    /// RFC 3339 creation time.
+    pub create_time: String,
+    /// e.g. `TRANSACTION.SUCCESS`; see [`EventType`].
+    pub event_type: String,
+    /// `encrypt-resource`.
+    pub resource_type: String,
+    /// The encrypted payload.
+    pub resource: EncryptedResource,
+    /// Human-readable summary, e.g. `支付成功`.
+    #[serde(default)]
+    pub summary: String,
+}
+
+/// The encrypted `resource` of a notification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncryptedResource {
+    /// `AEAD_AES_256_GCM`.
+    pub algorithm: String,
+    /// base64 of ciphertext ‖ tag.
+    pub ciphertext: String,
+    /// AAD; may be empty or absent.
+    #[serde(default)]
+    pub associated_data: String,
+    /// `transaction` or `refund`.
+    pub original_type: String,
+    /// 12-character nonce.
+    pub nonce: String,
+}
+
+/// The `event_type` of a notification.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// `TRANSACTION.SUCCESS`: a payment succeeded.
+    TransactionSuccess,
+    /// `REFUND.SUCCESS`: a refund reached the payer.
+    RefundSuccess,
+    /// `REFUND.ABNORMAL`: the refund failed (e.g. the payer's card was closed); needs a human.
+    RefundAbnormal,
+    /// `REFUND.CLOSED`: the refund was closed.
+    RefundClosed,
+    /// Any other event type, kept verbatim.
+    Other(String),
+}
+
+impl EventType {
+    /// The wire form, e.g. `TRANSACTION.SUCCESS`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::TransactionSuccess => "TRANSACTION.SUCCESS",
+            Self::RefundSuccess => "REFUND.SUCCESS",
+            Self::RefundAbnormal => "REFUND.ABNORMAL",
+            Self::RefundClosed => "REFUND.CLOSED",
+            Self::Other(s) => s,
+        }
+    }
+
+    /// True for the three `REFUND.*` events.
+    pub fn is_refund(&self) -> bool {
+        matches!(
+            self,
+            Self::RefundSuccess | Self::RefundAbnormal | Self::RefundClosed
+        )
+    }
+}
+
+impl FromStr for EventType {
+    type Err = Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "TRANSACTION.SUCCESS" => Self::TransactionSuccess,
+            "REFUND.SUCCESS" => Self::RefundSuccess,
+            "REFUND.ABNORMAL" => Self::RefundAbnormal,
+            "REFUND.CLOSED" => Self::RefundClosed,
+            other => Self::Other(other.to_owned()),
+        })
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl NotificationEnvelope {
+    /// Parses the raw HTTP body of a v3 notification.
+    pub fn parse(body: &[u8]) -> Result<Self, ResourceError> {
+        json(body)
+    }
+
+    /// The event type.
+    pub fn event(&self) -> EventType {
+        match self.event_type.parse() {
+            Ok(e) => e,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Decrypts the resource with the merchant's APIv3 key; rejects any algorithm other than
+    /// `AEAD_AES_256_GCM`.
+    pub fn decrypt(&self, api_v3_key: &[u8]) -> Result<Vec<u8>, ResourceError> {
+        let r = &self.resource;
+        if r.algorithm != ALGORITHM_AEAD_AES_256_GCM {
+            return Err(ResourceError::UnsupportedAlgorithm(r.algorithm.clone()));
+        }
+        Ok(aead::decrypt(
+            api_v3_key,
+            &r.nonce,
+            &r.associated_data,
+            &r.ciphertext,
+        )?)
+    }
+
+    /// [`Self::decrypt`], as UTF-8 text.
+    pub fn decrypt_utf8(&self, api_v3_key: &[u8]) -> Result<String, ResourceError> {
+        String::from_utf8(self.decrypt(api_v3_key)?).map_err(|_| ResourceError::Utf8)
+    }
+
+    /// Decrypts and parses a payment resource (`TRANSACTION.*` events).
+    pub fn decrypt_transaction(&self, api_v3_key: &[u8]) -> Result<Transaction, ResourceError> {
+        Transaction::parse(&self.decrypt(api_v3_key)?)
+    }
+
+    /// Decrypts and parses a refund resource (`REFUND.*` events).
+    pub fn decrypt_refund(&self, api_v3_key: &[u8]) -> Result<RefundResource, ResourceError> {
+        RefundResource::parse(&self.decrypt(api_v3_key)?)
+    }
+}
+
+fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s?)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// A payment (the decrypted resource of `TRANSACTION.SUCCESS`, and the body of the order query
+/// 查询订单 used by the reconciler).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    /// The app the order was made in; must match the merchant's configured appids.
+    pub appid: String,
+    /// Merchant id; must match the merchant the notification was addressed to.
+    pub mchid: String,
+    /// The merchant's order number.
+    pub out_trade_no: String,
+    /// WeChat Pay's order number (absent for unpaid orders in queries).
+    #[serde(default)]
+    pub transaction_id: String,
+    /// JSAPI, NATIVE, APP, MICROPAY, MWEB, FACEPAY.
+    #[serde(default)]
+    pub trade_type: String,
+    /// SUCCESS, REFUND, NOTPAY, CLOSED, REVOKED, USERPAYING, PAYERROR.
+    pub trade_state: String,
+    /// Description of the state.
+    #[serde(default)]
+    pub trade_state_desc: String,
+    /// RFC 3339 time of payment, e.g. `2018-06-08T10:34:56+08:00`.
+    #[serde(default)]
+    pub success_time: Option<String>,
+    /// Merchant's attach data, returned as given.
+    #[serde(default)]
+    pub attach: String,
+    /// Amounts; absent in some query answers for unpaid orders.
+    pub amount: Option<TransactionAmount>,
+}
+
+/// Amounts of a payment, in fen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionAmount {
+    /// Order total in fen: what the order was created with.
+    pub total: i64,
+    /// What the payer actually paid in fen (total minus discounts).
+    #[serde(default)]
+    pub payer_total: Option<i64>,
+    /// Currency of `total`, `CNY`.
+    #[serde(default)]
+    pub currency: String,
+    /// Currency the payer paid in.
+    #[serde(default)]
+    pub payer_currency: String,
+}
+
+impl Transaction {
+    /// Parses a decrypted payment resource.
+    pub fn parse(json_bytes: &[u8]) -> Result<Self, ResourceError> {
+        json(json_bytes)
+    }
+
+    /// True when `trade_state` is `SUCCESS` (the only state that marks an order paid).
+    pub fn is_success(&self) -> bool {
+        self.trade_state == "SUCCESS"
+    }
+
+    /// `success_time` as UTC; `None` when absent or not RFC 3339.
+    pub fn paid_at(&self) -> Option<DateTime<Utc>> {
+        parse_time(self.success_time.as_deref())
+    }
+}
+
+/// A refund (the decrypted resource of `REFUND.*` notifications).
+///
+/// `refund_status` also accepts the name `status`, and `mchid` may be absent, so that the
+/// answer of the refund query (查询单笔退款), which uses those forms, parses too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundResource {
+    /// Merchant id (empty when absent: compare it with the expected merchant).
+    #[serde(default)]
+    pub mchid: String,
+    /// The merchant's order number.
+    pub out_trade_no: String,
+    /// WeChat Pay's order number.
+    pub transaction_id: String,
+    /// The merchant's refund number (dedupe key of refunds).
+    pub out_refund_no: String,
+    /// WeChat Pay's refund id.
+    pub refund_id: String,
+    /// SUCCESS | CLOSED | ABNORMAL | PROCESSING.
+    #[serde(alias = "status")]
+    pub refund_status: String,
+    /// RFC 3339 time the refund succeeded.
+    #[serde(default)]
+    pub success_time: Option<String>,
+    /// Where the money went back, e.g. `招商银行信用卡0403`.
+    #[serde(default)]
+    pub user_received_account: String,
+    /// Amounts in fen.
+    pub amount: RefundAmount,
+}
+
+/// Amounts of a refund, in fen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundAmount {
+    /// Total of the original order.
+    pub total: i64,
+    /// Amount refunded by this refund.
+    pub refund: i64,
+    /// What the payer paid.
+    pub payer_total: i64,
+    /// What goes back to the payer.
+    pub payer_refund: i64,
+}
+
+impl RefundResource {
+    /// Parses a decrypted refund resource.
+    pub fn parse(json_bytes: &[u8]) -> Result<Self, ResourceError> {
+        json(json_bytes)
+    }
+
+    /// `success_time` as UTC; `None` when absent or not RFC 3339.
+    pub fn succeeded_at(&self) -> Option<DateTime<Utc>> {
+        parse_time(self.success_time.as_deref())
+    }
+}

@@ -1,0 +1,199 @@
+//! The simulator's own secrets file (`config/simulator.toml`): the test merchant's keys and
+//! the platform PRIVATE key, so the simulator can sign as WeChat Pay does.
+//!
+//! The gateway and worker never read this file: they get the merchant from
+//! `config/example.toml` (the [`wxpay_shared::config`] format), which holds only the platform
+//! PUBLIC key. Both files are written together by `wxpay-sim init`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rsa::{RsaPrivateKey, RsaPublicKey};
+use serde::{Deserialize, Serialize};
+use wxpay_shared::v3::keys::{load_private_key_pem, load_public_key_pem, KeyError};
+
+/// Default location of the secrets file (`--sim-config`).
+pub const DEFAULT_SIM_CONFIG: &str = "config/simulator.toml";
+/// Default order book, relative to the secrets file's directory.
+pub const DEFAULT_ORDERS_FILE: &str = "sim-orders.json";
+
+/// The file as written on disk.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimSecretsFile {
+    pub merchant: MerchantSecrets,
+    pub platform: PlatformSecrets,
+    /// The order book shared by `notify`, `order`, `load` and `serve`; relative paths are
+    /// resolved against the directory of the secrets file.
+    #[serde(default = "default_orders_file")]
+    pub orders_file: String,
+}
+
+fn default_orders_file() -> String {
+    DEFAULT_ORDERS_FILE.to_owned()
+}
+
+/// The test merchant: what WeChat Pay knows about it.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MerchantSecrets {
+    pub mch_id: String,
+    pub appid: String,
+    /// API v2 key: v2 signatures and the refund `req_info` key.
+    pub api_v2_key: String,
+    /// APIv3 key: AEAD_AES_256_GCM of v3 resources.
+    pub api_v3_key: String,
+    /// Serial of the merchant's API certificate (`serial_no` of its `Authorization`).
+    pub merchant_serial: String,
+    /// Verifies the merchant's `Authorization` signatures on the v3 query API.
+    pub merchant_public_key_pem: String,
+    /// The same key as in the merchant's configuration; lets tests and demos sign queries.
+    pub merchant_private_key_pem: String,
+}
+
+/// WeChat Pay's own signing key (the "WeChat Pay public key" scheme, serial `PUB_KEY_ID_…`).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformSecrets {
+    pub serial: String,
+    pub private_key_pem: String,
+    pub public_key_pem: String,
+}
+
+impl fmt::Debug for SimSecretsFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimSecretsFile")
+            .field("mch_id", &self.merchant.mch_id)
+            .field("appid", &self.merchant.appid)
+            .field("merchant_serial", &self.merchant.merchant_serial)
+            .field("platform_serial", &self.platform.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the secrets file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("cannot read simulator secrets {path}: {reason} (run `wxpay-sim init` first)")]
+    Read { path: PathBuf, reason: String },
+    #[error("simulator secrets {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("simulator secrets {path}: {field}: {source}")]
+    Key {
+        path: PathBuf,
+        field: &'static str,
+        source: KeyError,
+    },
+}
+
+/// The secrets, parsed and ready: keys decoded once.
+#[derive(Clone)]
+pub struct SimMerchant {
+    pub mch_id: String,
+    pub appid: String,
+    pub api_v2_key: String,
+    pub api_v3_key: String,
+    pub merchant_serial: String,
+    pub merchant_public_key: RsaPublicKey,
+    pub merchant_private_key: RsaPrivateKey,
+    pub platform_serial: String,
+    pub platform_private_key: RsaPrivateKey,
+    pub platform_public_key: RsaPublicKey,
+    /// Resolved path of the order book.
+    pub orders_path: PathBuf,
+}
+
+impl fmt::Debug for SimMerchant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimMerchant")
+            .field("mch_id", &self.mch_id)
+            .field("appid", &self.appid)
+            .field("merchant_serial", &self.merchant_serial)
+            .field("platform_serial", &self.platform_serial)
+            .field("orders_path", &self.orders_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimSecretsFile {
+    /// Parses the TOML text of a secrets file.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, SecretsError> {
+        toml::from_str(text).map_err(|e| SecretsError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.message().to_owned(),
+        })
+    }
+
+    /// The TOML text of this file.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// Decodes the keys and resolves the order book against `path`'s directory.
+    pub fn into_merchant(self, path: &Path) -> Result<SimMerchant, SecretsError> {
+        let key_error = |field| {
+            move |source| SecretsError::Key {
+                path: path.to_path_buf(),
+                field,
+                source,
+            }
+        };
+        let invalid = |reason: String| SecretsError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let m = self.merchant;
+        if m.api_v2_key.len() != 32 {
+            return Err(invalid("merchant.api_v2_key must be 32 characters".into()));
+        }
+        if m.api_v3_key.len() != 32 {
+            return Err(invalid("merchant.api_v3_key must be 32 bytes".into()));
+        }
+        let orders_path = {
+            let p = PathBuf::from(&self.orders_file);
+            if p.is_absolute() {
+                p
+            } else {
+                path.parent().unwrap_or_else(|| Path::new(".")).join(p)
+            }
+        };
+        Ok(SimMerchant {
+            merchant_public_key: load_public_key_pem(&m.merchant_public_key_pem)
+                .map_err(key_error("merchant.merchant_public_key_pem"))?,
+            merchant_private_key: load_private_key_pem(&m.merchant_private_key_pem)
+                .map_err(key_error("merchant.merchant_private_key_pem"))?,
+            platform_private_key: load_private_key_pem(&self.platform.private_key_pem)
+                .map_err(key_error("platform.private_key_pem"))?,
+            platform_public_key: load_public_key_pem(&self.platform.public_key_pem)
+                .map_err(key_error("platform.public_key_pem"))?,
+            mch_id: m.mch_id,
+            appid: m.appid,
+            api_v2_key: m.api_v2_key,
+            api_v3_key: m.api_v3_key,
+            merchant_serial: m.merchant_serial,
+            platform_serial: self.platform.serial,
+            orders_path,
+        })
+    }
+}
+
+impl SimMerchant {
+    /// Reads and decodes the secrets file at `path`.
+    pub fn load(path: &Path) -> Result<Self, SecretsError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SecretsError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        SimSecretsFile::parse(&text, path)?.into_merchant(path)
+    }
+
+    /// The platform public keys as a verifier sees them (serial → key).
+    pub fn platform_keys(&self) -> wxpay_shared::v3::PlatformKeys {
+        let mut keys = wxpay_shared::v3::PlatformKeys::new();
+        keys.insert(
+            self.platform_serial.clone(),
+            self.platform_public_key.clone(),
+        );
+        keys
+    }
+}

@@ -1,0 +1,93 @@
+//! `wxpay-gateway`: serves the notify routes. `--config PATH`, else `WXPAY_CONFIG`, else
+//! `config/wxpay.toml`. Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT), 2 for a
+//! configuration error, 1 for any other start-up or server error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing::{error, info};
+use wxpay_gateway::Application;
+use wxpay_shared::config::{resolve_path, Settings};
+use wxpay_shared::telemetry::{init_logging, step};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wxpay-gateway",
+    about = "Verifies WeChat Pay notifications and queues them with confirms"
+)]
+struct Cli {
+    /// Configuration file (else $WXPAY_CONFIG, else config/wxpay.toml).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = resolve_path(cli.config.as_deref());
+    let settings = match Settings::load(&path) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("wxpay-gateway: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging("gateway");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            error!(step = step::STARTUP, %error, "cannot start the tokio runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> ExitCode {
+    let application = match Application::build(settings).await {
+        Ok(application) => application,
+        Err(error @ wxpay_gateway::StartupError::Config(_)) => {
+            error!(step = step::STARTUP, %error, "invalid configuration");
+            return ExitCode::from(2);
+        }
+        Err(error) => {
+            error!(step = step::STARTUP, %error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = application.shutdown_handle();
+    tokio::spawn(async move {
+        let signal = wait_for_signal().await;
+        info!(step = step::SHUTDOWN, signal, "signal received");
+        shutdown.shutdown();
+    });
+    match application.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            error!(step = step::SHUTDOWN, %error, "server error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM (Kubernetes) or SIGINT (Ctrl-C). If the handlers cannot be installed, the
+/// gateway runs without graceful shutdown rather than not at all.
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            error!(step = step::STARTUP, "cannot install signal handlers");
+            std::future::pending().await
+        }
+    }
+}

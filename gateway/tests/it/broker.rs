@@ -1,0 +1,122 @@
+//! Broker outage: the gateway answers FAIL fast (never hangs, never says SUCCESS), /readyz
+//! is 503, and it recovers by itself when the broker is back (guarantees 1 and 4).
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_answers_fail_then_recovers_without_restart() {
+    let proxy = Proxy::start(BROKER).await;
+    let app = TestApp::spawn_with(&proxy.url(), |_| {}).await;
+    assert_eq!(
+        app.get("/readyz").await.0,
+        200,
+        "connected through the proxy"
+    );
+    let body = v2_pay_body("order-before", 100);
+    assert!(app.post_v2_pay(&body).await.is_v2_success());
+
+    proxy.cut();
+    let bound = PUBLISH_TIMEOUT + Duration::from_secs(2);
+    for index in 0..3 {
+        let started = Instant::now();
+        let answer = app
+            .post_v2_pay(&v2_pay_body(&format!("order-during-{index}"), 100))
+            .await;
+        assert!(
+            started.elapsed() < bound,
+            "answered within the publish timeout, not hung"
+        );
+        answer.assert_v2_fail(200);
+        let body = v3_body(
+            "TRANSACTION.SUCCESS",
+            "transaction",
+            &v3_transaction("order-v3-during"),
+        );
+        let started = Instant::now();
+        let answer = app
+            .post_v3(
+                V3_MCH,
+                &body,
+                &v3_headers(&body, now_unix(), platform_key(), SERIAL),
+            )
+            .await;
+        assert!(
+            started.elapsed() < bound,
+            "answered within the publish timeout, not hung"
+        );
+        answer.assert_v3_fail(503);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.get("/readyz").await.0 != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz turns 503 while disconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.get("/healthz").await.0, 200, "still alive");
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(
+        metrics.contains("wxpay_gateway_broker_connected 0"),
+        "gauge says disconnected"
+    );
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while app.get("/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "reconnects by itself");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body_after = v2_pay_body("order-after", 100);
+    assert!(
+        app.post_v2_pay(&body_after).await.is_v2_success(),
+        "SUCCESS again without restart"
+    );
+
+    let bodies: Vec<Vec<u8>> = app
+        .drain()
+        .await
+        .into_iter()
+        .map(|m| m.delivery.data)
+        .collect();
+    assert!(bodies.contains(&body.into_bytes()));
+    assert!(bodies.contains(&body_after.into_bytes()));
+    assert!(
+        bodies
+            .iter()
+            .all(|b| !String::from_utf8_lossy(b).contains("order-during")),
+        "nothing answered FAIL was needed in the queue (and none was confirmed)"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_starts_without_broker_and_serves_fail_until_it_comes() {
+    let proxy = Proxy::start(BROKER).await;
+    proxy.cut();
+    let app = TestApp::spawn_with(&proxy.url(), |settings| {
+        settings.rabbitmq.connect_timeout_ms = 300
+    })
+    .await;
+    assert_eq!(app.get("/readyz").await.0, 503);
+    app.post_v2_pay(&v2_pay_body("order-early", 100))
+        .await
+        .assert_v2_fail(200);
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while app.get("/readyz").await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "connects when the broker appears"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(app
+        .post_v2_pay(&v2_pay_body("order-late", 100))
+        .await
+        .is_v2_success());
+    assert_eq!(app.drain().await.len(), 1);
+    app.stop().await;
+}

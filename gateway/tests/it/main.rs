@@ -1,0 +1,8 @@
+//! Integration tests of wxpay-gateway against the real RabbitMQ (one queue per test).
+
+mod accepted;
+mod broker;
+mod helpers;
+mod rejected;
+mod service;
+mod shutdown;

@@ -1,0 +1,4 @@
+DROP TABLE outbox;
+DROP TABLE notifications;
+DROP TABLE refunds;
+DROP TABLE orders;

@@ -1,0 +1,252 @@
+//! Every money decision, in one PostgreSQL transaction per notification: the notification
+//! row (its unique `dedupe_key` is the authority of exactly-once), the locked order, the
+//! state change, the refund row and the outbox events commit together or not at all.
+//!
+//! The rules come from the order lifecycle of WeChat Pay
+//! (<https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_7>, "商户系统对于支付结果通知的
+//! 内容一定要做签名验证,并校验返回的订单金额是否与商户侧的订单金额一致"): an order is marked
+//! paid only when merchant, appid and amount agree with it; anything else is an anomaly, kept
+//! and alerted, never a state change.
+
+mod pay;
+mod refund;
+
+use chrono::{TimeZone, Utc};
+use diesel::prelude::*;
+use diesel_async::scoped_futures::ScopedFutureExt;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::Value;
+use uuid::Uuid;
+use wxpay_shared::message::NotifyMessage;
+
+use crate::db::models::{outcome, DbUuid, NewNotification, NewOutbox};
+use crate::db::schema::{notifications, outbox};
+use crate::db::{pool_error_text, DbPool};
+use crate::decode::Decoded;
+
+/// Anomaly reasons (`notifications.anomaly_reason`, label of `wxpay_worker_anomalies_total`).
+pub mod reason {
+    pub const UNKNOWN_ORDER: &str = "UNKNOWN_ORDER";
+    pub const AMOUNT_MISMATCH: &str = "AMOUNT_MISMATCH";
+    pub const APPID_MISMATCH: &str = "APPID_MISMATCH";
+    pub const MCH_ID_MISMATCH: &str = "MCH_ID_MISMATCH";
+    pub const DUPLICATE_PAYMENT: &str = "DUPLICATE_PAYMENT";
+    pub const PAID_AFTER_CLOSE: &str = "PAID_AFTER_CLOSE";
+    pub const REFUND_EXCEEDS_PAID: &str = "REFUND_EXCEEDS_PAID";
+    pub const REFUND_ON_CLOSED_ORDER: &str = "REFUND_ON_CLOSED_ORDER";
+    pub const REFUND_REVERSED: &str = "REFUND_REVERSED";
+
+    /// All of them, to pre-register metric labels.
+    pub const ALL: [&str; 9] = [
+        UNKNOWN_ORDER,
+        AMOUNT_MISMATCH,
+        APPID_MISMATCH,
+        MCH_ID_MISMATCH,
+        DUPLICATE_PAYMENT,
+        PAID_AFTER_CLOSE,
+        REFUND_EXCEEDS_PAID,
+        REFUND_ON_CLOSED_ORDER,
+        REFUND_REVERSED,
+    ];
+}
+
+/// Domain event types of the outbox (routing keys on the events exchange).
+pub mod event {
+    pub const ORDER_PAID: &str = "order.paid";
+    pub const ORDER_REFUNDED: &str = "order.refunded";
+    pub const REFUND_UPDATED: &str = "refund.updated";
+    pub const ANOMALY_DETECTED: &str = "anomaly.detected";
+}
+
+/// What the committed transaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A state change (and its events).
+    Applied,
+    /// Already in that state (e.g. the same payment through another channel): logged only.
+    Noop,
+    /// Logged, no state change (a failed payment, a refund still processing).
+    Recorded,
+    /// Logged as an anomaly, with an `anomaly.detected` event; the order is unchanged.
+    Anomaly {
+        reason: &'static str,
+        detail: String,
+    },
+    /// The dedupe key was already there: nothing was written.
+    Duplicate,
+}
+
+/// Why nothing was committed. All are transient: the message goes to a retry tier.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    Pool(String),
+    #[error("database: {0}")]
+    Database(#[from] diesel::result::Error),
+    /// Out of order: e.g. a refund for an order whose payment is not applied yet.
+    #[error("not yet: {0}")]
+    NotYet(String),
+}
+
+impl ApplyError {
+    /// Short label for logs and the retry reason header.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApplyError::Pool(_) => "database_unavailable",
+            ApplyError::Database(_) => "database_error",
+            ApplyError::NotYet(_) => "out_of_order",
+        }
+    }
+}
+
+/// The notification being applied.
+pub(crate) struct Context<'a> {
+    pub message: &'a NotifyMessage,
+    pub dedupe_key: &'a str,
+}
+
+/// The notification row to insert.
+pub(crate) struct LogRow<'a> {
+    pub mch_id: &'a str,
+    pub out_trade_no: Option<&'a str>,
+    pub out_refund_no: Option<&'a str>,
+    pub transaction_id: Option<&'a str>,
+}
+
+impl Context<'_> {
+    /// Inserts the notification row; `false` when the dedupe key exists (a duplicate).
+    async fn log(
+        &self,
+        conn: &mut AsyncPgConnection,
+        row: &LogRow<'_>,
+        outcome: &str,
+        anomaly: Option<(&str, &str)>,
+    ) -> Result<bool, diesel::result::Error> {
+        let received_at = Utc
+            .timestamp_millis_opt(self.message.received_at_ms)
+            .single()
+            .unwrap_or_else(Utc::now);
+        let inserted: Option<i64> = diesel::insert_into(notifications::table)
+            .values(NewNotification {
+                dedupe_key: self.dedupe_key,
+                message_id: DbUuid(self.message.message_id),
+                kind: self.message.kind.as_str(),
+                mch_id: row.mch_id,
+                out_trade_no: row.out_trade_no,
+                out_refund_no: row.out_refund_no,
+                transaction_id: row.transaction_id,
+                raw_body: &self.message.body,
+                outcome,
+                anomaly_reason: anomaly.map(|(reason, _)| reason),
+                anomaly_detail: anomaly.map(|(_, detail)| detail),
+                received_at,
+            })
+            .on_conflict(notifications::dedupe_key)
+            .do_nothing()
+            .returning(notifications::id)
+            .get_result(conn)
+            .await
+            .optional()?;
+        Ok(inserted.is_some())
+    }
+
+    /// Logs an anomaly and its `anomaly.detected` event.
+    async fn anomaly(
+        &self,
+        conn: &mut AsyncPgConnection,
+        row: &LogRow<'_>,
+        reason: &'static str,
+        detail: String,
+    ) -> Result<Verdict, diesel::result::Error> {
+        if !self
+            .log(conn, row, outcome::ANOMALY, Some((reason, &detail)))
+            .await?
+        {
+            return Ok(Verdict::Duplicate);
+        }
+        let aggregate = row.out_refund_no.or(row.out_trade_no).unwrap_or_default();
+        let payload = serde_json::json!({
+            "reason": reason,
+            "detail": detail,
+            "mch_id": row.mch_id,
+            "out_trade_no": row.out_trade_no,
+            "out_refund_no": row.out_refund_no,
+            "transaction_id": row.transaction_id,
+            "kind": self.message.kind.as_str(),
+            "message_id": self.message.message_id.to_string(),
+        });
+        emit(
+            conn,
+            event::ANOMALY_DETECTED,
+            row.mch_id,
+            aggregate,
+            payload,
+        )
+        .await?;
+        Ok(Verdict::Anomaly { reason, detail })
+    }
+
+    /// Logs a notification that changes nothing.
+    async fn record(
+        &self,
+        conn: &mut AsyncPgConnection,
+        row: &LogRow<'_>,
+        outcome: &str,
+        verdict: Verdict,
+    ) -> Result<Verdict, diesel::result::Error> {
+        if self.log(conn, row, outcome, None).await? {
+            Ok(verdict)
+        } else {
+            Ok(Verdict::Duplicate)
+        }
+    }
+}
+
+/// Inserts an outbox event with a fresh stable id.
+async fn emit(
+    conn: &mut AsyncPgConnection,
+    event_type: &str,
+    mch_id: &str,
+    aggregate_key: &str,
+    payload: Value,
+) -> Result<(), diesel::result::Error> {
+    diesel::insert_into(outbox::table)
+        .values(NewOutbox {
+            id: DbUuid(Uuid::now_v7()),
+            event_type,
+            mch_id,
+            aggregate_key,
+            payload,
+        })
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Applies `decoded` in one transaction.
+pub async fn apply(
+    pool: &DbPool,
+    message: &NotifyMessage,
+    decoded: &Decoded,
+    dedupe_key: &str,
+) -> Result<Verdict, ApplyError> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|error| ApplyError::Pool(pool_error_text(&error)))?;
+    let ctx = Context {
+        message,
+        dedupe_key,
+    };
+    let ctx = &ctx;
+    conn.transaction::<_, ApplyError, _>(|conn| {
+        async move {
+            match decoded {
+                Decoded::Pay(event) => pay::apply(conn, ctx, event).await,
+                Decoded::Refund(event) => refund::apply(conn, ctx, event).await,
+            }
+        }
+        .scope_boxed()
+    })
+    .await
+}

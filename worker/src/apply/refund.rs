@@ -1,0 +1,217 @@
+//! Refund results: a successful refund moves money once (distinct refunds only) and never
+//! beyond the paid amount; other statuses update the refund row and move no money.
+//! <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_16&index=10>
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::{emit, event, reason, ApplyError, Context, LogRow, Verdict};
+use crate::db::models::{outcome, state, NewRefund, Order, Refund};
+use crate::db::schema::{orders, refunds};
+use crate::decode::{RefundEvent, RefundStatus};
+
+pub(super) async fn apply(
+    conn: &mut AsyncPgConnection,
+    ctx: &Context<'_>,
+    refund: &RefundEvent,
+) -> Result<Verdict, ApplyError> {
+    let row = LogRow {
+        mch_id: &ctx.message.mch_id,
+        out_trade_no: Some(refund.out_trade_no.as_str()),
+        out_refund_no: Some(refund.out_refund_no.as_str()),
+        transaction_id: None,
+    };
+    if refund.mch_id != ctx.message.mch_id {
+        let detail = format!("body names merchant {}", refund.mch_id);
+        return Ok(ctx
+            .anomaly(conn, &row, reason::MCH_ID_MISMATCH, detail)
+            .await?);
+    }
+    // The order lock serialises every change to this order's money.
+    let order: Option<Order> = orders::table
+        .find((&refund.mch_id, &refund.out_trade_no))
+        .select(Order::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?;
+    let Some(order) = order else {
+        let detail = format!("no order {}", refund.out_trade_no);
+        return Ok(ctx
+            .anomaly(conn, &row, reason::UNKNOWN_ORDER, detail)
+            .await?);
+    };
+    match order.state.as_str() {
+        // Its payment notification is not applied yet: transient, retried later.
+        state::NOTPAY => {
+            return Err(ApplyError::NotYet(format!(
+                "refund {} for order {} that is not paid yet",
+                refund.out_refund_no, order.out_trade_no
+            )))
+        }
+        state::CLOSED => {
+            let detail = format!("order {} is CLOSED", order.out_trade_no);
+            return Ok(ctx
+                .anomaly(conn, &row, reason::REFUND_ON_CLOSED_ORDER, detail)
+                .await?);
+        }
+        _ => {}
+    }
+    let existing: Option<Refund> = refunds::table
+        .find((&refund.mch_id, &refund.out_refund_no))
+        .select(Refund::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?;
+    let already_succeeded = existing
+        .as_ref()
+        .is_some_and(|r| r.status == RefundStatus::Success.as_str());
+    match refund.status {
+        RefundStatus::Success => {
+            if already_succeeded {
+                return Ok(ctx.record(conn, &row, outcome::NOOP, Verdict::Noop).await?);
+            }
+            let refunded_total = order.refunded_total.checked_add(refund.refund_fee);
+            let Some(refunded_total) = refunded_total.filter(|t| *t <= order.amount_total) else {
+                let detail = format!(
+                    "refund {} of {} fen on top of {} fen refunded exceeds the {} fen paid",
+                    refund.out_refund_no,
+                    refund.refund_fee,
+                    order.refunded_total,
+                    order.amount_total
+                );
+                return Ok(ctx
+                    .anomaly(conn, &row, reason::REFUND_EXCEEDS_PAID, detail)
+                    .await?);
+            };
+            if !ctx.log(conn, &row, outcome::APPLIED, None).await? {
+                return Ok(Verdict::Duplicate);
+            }
+            upsert_refund(conn, refund).await?;
+            let new_state = if refunded_total == order.amount_total {
+                state::REFUNDED
+            } else {
+                state::PARTIALLY_REFUNDED
+            };
+            diesel::update(orders::table.find((&order.mch_id, &order.out_trade_no)))
+                .set((
+                    orders::state.eq(new_state),
+                    orders::refunded_total.eq(refunded_total),
+                    orders::updated_at.eq(Utc::now()),
+                ))
+                .execute(conn)
+                .await?;
+            let payload = serde_json::json!({
+                "mch_id": order.mch_id,
+                "out_trade_no": order.out_trade_no,
+                "out_refund_no": refund.out_refund_no,
+                "refund_id": refund.refund_id,
+                "refund_fee": refund.refund_fee,
+                "refunded_total": refunded_total,
+                "amount_total": order.amount_total,
+                "state": new_state,
+                "succeeded_at": refund.succeeded_at.map(|t| t.to_rfc3339()),
+            });
+            emit(
+                conn,
+                event::ORDER_REFUNDED,
+                &order.mch_id,
+                &order.out_trade_no,
+                payload,
+            )
+            .await?;
+            Ok(Verdict::Applied)
+        }
+        RefundStatus::Processing => {
+            // Nothing to move; remember the refund exists if we did not know it.
+            if !ctx.log(conn, &row, outcome::RECORDED, None).await? {
+                return Ok(Verdict::Duplicate);
+            }
+            if existing.is_none() {
+                insert_refund_if_absent(conn, refund).await?;
+            }
+            Ok(Verdict::Recorded)
+        }
+        RefundStatus::Closed | RefundStatus::Abnormal => {
+            if already_succeeded {
+                // The money went back already; a later failure status contradicts it.
+                let detail = format!(
+                    "refund {} is SUCCESS, notified {}",
+                    refund.out_refund_no,
+                    refund.status.as_str()
+                );
+                return Ok(ctx
+                    .anomaly(conn, &row, reason::REFUND_REVERSED, detail)
+                    .await?);
+            }
+            if !ctx.log(conn, &row, outcome::APPLIED, None).await? {
+                return Ok(Verdict::Duplicate);
+            }
+            upsert_refund(conn, refund).await?;
+            let payload = serde_json::json!({
+                "mch_id": refund.mch_id,
+                "out_trade_no": refund.out_trade_no,
+                "out_refund_no": refund.out_refund_no,
+                "refund_id": refund.refund_id,
+                "refund_fee": refund.refund_fee,
+                "status": refund.status.as_str(),
+            });
+            emit(
+                conn,
+                event::REFUND_UPDATED,
+                &refund.mch_id,
+                &refund.out_refund_no,
+                payload,
+            )
+            .await?;
+            Ok(Verdict::Applied)
+        }
+    }
+}
+
+fn new_refund(refund: &RefundEvent) -> NewRefund<'_> {
+    NewRefund {
+        mch_id: &refund.mch_id,
+        out_refund_no: &refund.out_refund_no,
+        out_trade_no: &refund.out_trade_no,
+        refund_id: Some(refund.refund_id.as_str()).filter(|id| !id.is_empty()),
+        refund_fee: refund.refund_fee,
+        status: refund.status.as_str(),
+        succeeded_at: refund.succeeded_at,
+    }
+}
+
+async fn upsert_refund(
+    conn: &mut AsyncPgConnection,
+    refund: &RefundEvent,
+) -> Result<(), diesel::result::Error> {
+    diesel::insert_into(refunds::table)
+        .values(new_refund(refund))
+        .on_conflict((refunds::mch_id, refunds::out_refund_no))
+        .do_update()
+        .set((
+            refunds::status.eq(excluded(refunds::status)),
+            refunds::refund_id.eq(excluded(refunds::refund_id)),
+            refunds::refund_fee.eq(excluded(refunds::refund_fee)),
+            refunds::succeeded_at.eq(excluded(refunds::succeeded_at)),
+            refunds::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+async fn insert_refund_if_absent(
+    conn: &mut AsyncPgConnection,
+    refund: &RefundEvent,
+) -> Result<(), diesel::result::Error> {
+    diesel::insert_into(refunds::table)
+        .values(new_refund(refund))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,152 @@
+//! RabbitMQ plumbing shared by the consumer, the retry tiers, the outbox relay and `dlq`:
+//! connection, topology, confirmed publishing.
+
+use std::time::Duration;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use secrecy::ExposeSecret;
+use wxpay_shared::config::{RabbitmqSettings, WorkerSettings};
+
+/// Why a broker operation failed. All of them are transient for the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("broker connection timed out")]
+    Timeout,
+    #[error("broker did not confirm the publish (nack)")]
+    Nacked,
+    #[error("message was unroutable (returned by the broker)")]
+    Returned,
+    #[error("the broker ended the consumer")]
+    ConsumerEnded,
+}
+
+/// Connects, bounded by `rabbitmq.connect_timeout_ms`.
+pub async fn connect(settings: &RabbitmqSettings) -> Result<Connection, BrokerError> {
+    let properties = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_connection_name(lapin::types::LongString::from("wxpay-worker"));
+    let timeout = Duration::from_millis(settings.connect_timeout_ms.max(1));
+    match tokio::time::timeout(
+        timeout,
+        Connection::connect(settings.url.expose_secret(), properties),
+    )
+    .await
+    {
+        Ok(connection) => Ok(connection?),
+        Err(_) => Err(BrokerError::Timeout),
+    }
+}
+
+/// A channel in confirm mode.
+pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.as_bytes()))
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// The main queue's arguments: identical to the gateway's declaration (a queue declared
+/// twice with different arguments is a channel error).
+pub fn main_queue_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(ShortString::from("x-queue-type"), text("quorum"));
+    arguments
+}
+
+/// Declares the main queue (durable quorum, as the gateway does), one delay queue per retry
+/// tier (durable; messages expire after the tier's delay and are dead-lettered back to the
+/// main queue), the parking queue (durable quorum) and the events exchange (durable topic).
+pub async fn declare_topology(
+    channel: &Channel,
+    rabbitmq: &RabbitmqSettings,
+    worker: &WorkerSettings,
+) -> Result<(), BrokerError> {
+    channel
+        .queue_declare(&rabbitmq.queue, durable(), main_queue_arguments())
+        .await?;
+    for (tier, delay) in worker.retry_delays_ms.iter().enumerate() {
+        let mut arguments = FieldTable::default();
+        let ttl = i64::try_from(*delay).unwrap_or(i64::MAX);
+        arguments.insert(
+            ShortString::from("x-message-ttl"),
+            AMQPValue::LongLongInt(ttl),
+        );
+        arguments.insert(ShortString::from("x-dead-letter-exchange"), text(""));
+        arguments.insert(
+            ShortString::from("x-dead-letter-routing-key"),
+            text(&rabbitmq.queue),
+        );
+        channel
+            .queue_declare(&rabbitmq.retry_queue(tier), durable(), arguments)
+            .await?;
+    }
+    channel
+        .queue_declare(&rabbitmq.parked_queue(), durable(), main_queue_arguments())
+        .await?;
+    channel
+        .exchange_declare(
+            &rabbitmq.events_exchange,
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Publishes and waits for the broker's confirm. `mandatory` turns an unroutable message
+/// (e.g. a queue deleted under us) into an error instead of a silent drop.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    mandatory: bool,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), BrokerError> {
+    let confirm = channel
+        .basic_publish(
+            exchange,
+            routing_key,
+            BasicPublishOptions {
+                mandatory,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await?;
+    check_confirmation(confirm.await?)
+}
+
+/// Maps a confirmation to success or error.
+pub fn check_confirmation(confirmation: Confirmation) -> Result<(), BrokerError> {
+    match confirmation {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(BrokerError::Returned),
+        Confirmation::Nack(_) => Err(BrokerError::Nacked),
+    }
+}

@@ -1,0 +1,64 @@
+//! Diesel schema of the tables in `worker/migrations` (kept by hand: diesel here has no libpq,
+//! so `diesel print-schema` is not part of the build).
+
+diesel::table! {
+    orders (mch_id, out_trade_no) {
+        mch_id -> Text,
+        out_trade_no -> Text,
+        appid -> Text,
+        amount_total -> Int8,
+        state -> Text,
+        transaction_id -> Nullable<Text>,
+        paid_at -> Nullable<Timestamptz>,
+        refunded_total -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    refunds (mch_id, out_refund_no) {
+        mch_id -> Text,
+        out_refund_no -> Text,
+        out_trade_no -> Text,
+        refund_id -> Nullable<Text>,
+        refund_fee -> Int8,
+        status -> Text,
+        succeeded_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    notifications (id) {
+        id -> Int8,
+        dedupe_key -> Text,
+        message_id -> Uuid,
+        kind -> Text,
+        mch_id -> Text,
+        out_trade_no -> Nullable<Text>,
+        out_refund_no -> Nullable<Text>,
+        transaction_id -> Nullable<Text>,
+        raw_body -> Bytea,
+        outcome -> Text,
+        anomaly_reason -> Nullable<Text>,
+        anomaly_detail -> Nullable<Text>,
+        received_at -> Timestamptz,
+        processed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> Uuid,
+        event_type -> Text,
+        mch_id -> Text,
+        aggregate_key -> Text,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+        published_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(orders, refunds, notifications, outbox);

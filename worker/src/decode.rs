@@ -1,0 +1,534 @@
+//! From a queue message to one channel-agnostic event.
+//!
+//! The queue is a trust boundary: every message is re-verified here with the merchant's
+//! keys (the timestamp is not re-checked: a retried message is legitimately old), and a
+//! message that fails is poison, parked and never applied. Whatever channel brought the
+//! news (v2 XML, v3 JSON, the reconciler's query answers), the result is a [`Decoded`]:
+//! `apply` never looks at the wire format.
+//!
+//! - v2 支付结果通知: <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_7>
+//! - v2 退款结果通知 (no `sign`; the `req_info` decrypting under the merchant's key is the
+//!   authentication): <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_16&index=10>
+//! - v2 查询订单 / 查询退款: <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_2>,
+//!   <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_5>
+//! - v3 notifications and responses:
+//!   <https://pay.weixin.qq.com/docs/merchant/development/interface-rules/signature-verification.html>
+
+use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use wxpay_shared::config::{Merchant, Merchants};
+use wxpay_shared::message::{NotifyKind, NotifyMessage};
+use wxpay_shared::v2::{self, PayNotification, RefundEnvelope, RefundInfo, XmlFields};
+use wxpay_shared::v3::{
+    verify_notification, verify_response, EventType, NotificationEnvelope, RefundResource,
+    TimestampCheck, Transaction, WechatpayHeaders,
+};
+
+/// A payment result, whichever channel brought it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayEvent {
+    /// The merchant named inside the signed body.
+    pub mch_id: String,
+    pub appid: String,
+    pub out_trade_no: String,
+    /// WeChat Pay's order number; absent for unpaid states of query answers.
+    pub transaction_id: Option<String>,
+    /// Order amount in fen.
+    pub amount_total: i64,
+    /// Paid (`SUCCESS`, or `REFUND` in a query answer: it was paid, then refunded).
+    pub success: bool,
+    /// `SUCCESS`, or the failure / trade state as WeChat Pay wrote it.
+    pub state_text: String,
+    pub paid_at: Option<DateTime<Utc>>,
+}
+
+/// A refund result, whichever channel brought it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundEvent {
+    pub mch_id: String,
+    pub out_trade_no: String,
+    pub out_refund_no: String,
+    pub refund_id: String,
+    /// Refund amount in fen.
+    pub refund_fee: i64,
+    pub status: RefundStatus,
+    pub succeeded_at: Option<DateTime<Utc>>,
+}
+
+/// One status word per meaning across v2 and v3: v2 `REFUNDCLOSE` and v3 `CLOSED` are
+/// [`RefundStatus::Closed`]; v2 `CHANGE` and v3 `ABNORMAL` (the refund failed and needs a
+/// human) are [`RefundStatus::Abnormal`]. The dedupe key uses this word, so the same news
+/// from two channels dedupes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefundStatus {
+    Processing,
+    Success,
+    Closed,
+    Abnormal,
+}
+
+impl RefundStatus {
+    /// The `refunds.status` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundStatus::Processing => "PROCESSING",
+            RefundStatus::Success => "SUCCESS",
+            RefundStatus::Closed => "CLOSED",
+            RefundStatus::Abnormal => "ABNORMAL",
+        }
+    }
+
+    /// Reads a v2 or v3 wire value.
+    pub fn parse(wire: &str) -> Option<Self> {
+        match wire {
+            "PROCESSING" => Some(RefundStatus::Processing),
+            "SUCCESS" => Some(RefundStatus::Success),
+            "CLOSED" | "REFUNDCLOSE" => Some(RefundStatus::Closed),
+            "ABNORMAL" | "CHANGE" => Some(RefundStatus::Abnormal),
+            _ => None,
+        }
+    }
+}
+
+/// The one internal event type `apply` works on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    Pay(PayEvent),
+    Refund(RefundEvent),
+}
+
+impl Decoded {
+    /// The business dedupe key, identical whichever channel brought the news:
+    /// `pay:{mch_id}:{transaction_id}` for a payment,
+    /// `refund:{mch_id}:{refund_id}:{status}` for a refund. A payment that did not
+    /// succeed may have no transaction id: its key holds the order, the state and the
+    /// SHA-256 of the body, so WeChat's re-sends of it still dedupe.
+    pub fn dedupe_key(&self, body: &[u8]) -> String {
+        match self {
+            Decoded::Pay(pay) => match (&pay.transaction_id, pay.success) {
+                (Some(transaction_id), true) => format!("pay:{}:{transaction_id}", pay.mch_id),
+                _ => format!(
+                    "pay:{}:{}:{}:{}",
+                    pay.mch_id,
+                    pay.out_trade_no,
+                    pay.state_text,
+                    hex::encode(Sha256::digest(body))
+                ),
+            },
+            Decoded::Refund(refund) => format!(
+                "refund:{}:{}:{}",
+                refund.mch_id,
+                refund.refund_id,
+                refund.status.as_str()
+            ),
+        }
+    }
+
+    /// The merchant named in the signed body.
+    pub fn mch_id(&self) -> &str {
+        match self {
+            Decoded::Pay(pay) => &pay.mch_id,
+            Decoded::Refund(refund) => &refund.mch_id,
+        }
+    }
+
+    pub fn out_trade_no(&self) -> &str {
+        match self {
+            Decoded::Pay(pay) => &pay.out_trade_no,
+            Decoded::Refund(refund) => &refund.out_trade_no,
+        }
+    }
+}
+
+/// Why a message is poison. Each has a short stable code (park reason, metric label).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown merchant {0}")]
+    UnknownMerchant(String),
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    #[error("cannot decrypt: {0}")]
+    Decrypt(String),
+    #[error("merchant {0} has no APIv3 key")]
+    NoV3Key(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("query answer is not SUCCESS: {0}")]
+    QueryFailed(String),
+}
+
+impl DecodeError {
+    /// Park reason code (also the `reason` label of `wxpay_worker_parked_total`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::UnknownMerchant(_) => "unknown_merchant",
+            DecodeError::Malformed(_) => "malformed",
+            DecodeError::BadSignature(_) => "bad_signature",
+            DecodeError::Decrypt(_) => "decrypt_failed",
+            DecodeError::NoV3Key(_) => "no_v3_key",
+            DecodeError::Unsupported(_) => "unsupported",
+            DecodeError::QueryFailed(_) => "query_failed",
+        }
+    }
+}
+
+fn malformed(error: impl std::fmt::Display) -> DecodeError {
+    DecodeError::Malformed(error.to_string())
+}
+
+/// Verifies and decodes `message` with the keys of the merchant it is addressed to.
+pub fn decode(message: &NotifyMessage, merchants: &Merchants) -> Result<Decoded, DecodeError> {
+    let merchant = merchants
+        .get(&message.mch_id)
+        .ok_or_else(|| DecodeError::UnknownMerchant(message.mch_id.clone()))?;
+    let body = message.body.as_slice();
+    match message.kind {
+        NotifyKind::V2Pay => decode_v2_pay(body, merchant),
+        NotifyKind::V2Refund => decode_v2_refund(body, merchant),
+        NotifyKind::V3 => {
+            let headers = message
+                .wechatpay
+                .as_ref()
+                .ok_or_else(|| malformed("v3 message without wechatpay headers"))?;
+            decode_v3(headers, body, merchant)
+        }
+        NotifyKind::QueryPay => match &message.wechatpay {
+            Some(headers) => {
+                verify_v3_response(headers, body, merchant)?;
+                pay_from_transaction(Transaction::parse(body).map_err(malformed)?, merchant)
+            }
+            None => decode_v2_order_query(body, merchant),
+        },
+        NotifyKind::QueryRefund => match &message.wechatpay {
+            Some(headers) => {
+                verify_v3_response(headers, body, merchant)?;
+                refund_from_resource(RefundResource::parse(body).map_err(malformed)?, merchant)
+            }
+            None => decode_v2_refund_query(body, merchant),
+        },
+    }
+}
+
+fn v2_key(merchant: &Merchant) -> &str {
+    merchant.api_v2_key.expose_secret()
+}
+
+fn verified_v2_fields(body: &[u8], merchant: &Merchant) -> Result<XmlFields, DecodeError> {
+    let fields = XmlFields::parse(body).map_err(malformed)?;
+    v2::verify(&fields, v2_key(merchant)).map_err(|e| DecodeError::BadSignature(e.to_string()))?;
+    Ok(fields)
+}
+
+fn decode_v2_pay(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeError> {
+    let fields = verified_v2_fields(body, merchant)?;
+    let n = PayNotification::from_fields(&fields).map_err(malformed)?;
+    let success = n.is_success();
+    let transaction_id = Some(n.transaction_id.clone()).filter(|id| !id.is_empty());
+    if success && transaction_id.is_none() {
+        return Err(malformed("successful payment without transaction_id"));
+    }
+    let state_text = if success {
+        "SUCCESS".to_owned()
+    } else {
+        n.err_code
+            .clone()
+            .or_else(|| n.result_code.clone())
+            .unwrap_or_else(|| n.return_code.clone())
+    };
+    let paid_at = n.paid_at();
+    Ok(Decoded::Pay(PayEvent {
+        mch_id: non_empty_or(n.mch_id, &merchant.mch_id),
+        appid: n.appid,
+        out_trade_no: n.out_trade_no,
+        transaction_id,
+        amount_total: n.total_fee,
+        success,
+        state_text,
+        paid_at,
+    }))
+}
+
+fn non_empty_or(value: String, fallback: &str) -> String {
+    if value.is_empty() {
+        fallback.to_owned()
+    } else {
+        value
+    }
+}
+
+fn decode_v2_refund(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeError> {
+    let fields = XmlFields::parse(body).map_err(malformed)?;
+    let envelope = RefundEnvelope::from_fields(&fields).map_err(malformed)?;
+    if envelope.return_code != v2::SUCCESS {
+        return Err(DecodeError::QueryFailed(format!(
+            "refund notification return_code {}",
+            envelope.return_code
+        )));
+    }
+    // No sign in refund notifications: decrypting under this merchant's key authenticates.
+    let root = v2::decrypt_req_info(&envelope.req_info, v2_key(merchant))
+        .map_err(|e| DecodeError::Decrypt(e.to_string()))?;
+    let info = RefundInfo::from_fields(&root).map_err(malformed)?;
+    let succeeded_at = info.succeeded_at();
+    let status = RefundStatus::parse(info.refund_status.as_str())
+        .ok_or_else(|| malformed("unknown refund_status"))?;
+    Ok(Decoded::Refund(RefundEvent {
+        mch_id: non_empty_or(envelope.mch_id, &merchant.mch_id),
+        out_trade_no: info.out_trade_no,
+        out_refund_no: info.out_refund_no,
+        refund_id: info.refund_id,
+        refund_fee: info.refund_fee,
+        status,
+        succeeded_at,
+    }))
+}
+
+fn decode_v3(
+    headers: &WechatpayHeaders,
+    body: &[u8],
+    merchant: &Merchant,
+) -> Result<Decoded, DecodeError> {
+    verify_notification(headers, body, &merchant.platform_keys, TimestampCheck::Skip)
+        .map_err(|e| DecodeError::BadSignature(e.code().to_owned()))?;
+    let envelope = NotificationEnvelope::parse(body).map_err(malformed)?;
+    let key = merchant
+        .api_v3_key
+        .as_ref()
+        .ok_or_else(|| DecodeError::NoV3Key(merchant.mch_id.clone()))?;
+    let plaintext = envelope
+        .decrypt(key.expose_secret().as_bytes())
+        .map_err(|e| DecodeError::Decrypt(e.to_string()))?;
+    let event = envelope.event();
+    let is_refund = match &event {
+        EventType::TransactionSuccess => false,
+        e if e.is_refund() => true,
+        _ => match envelope.resource.original_type.as_str() {
+            "transaction" => false,
+            "refund" => true,
+            other => return Err(DecodeError::Unsupported(format!("original_type {other}"))),
+        },
+    };
+    if is_refund {
+        refund_from_resource(
+            RefundResource::parse(&plaintext).map_err(malformed)?,
+            merchant,
+        )
+    } else {
+        pay_from_transaction(Transaction::parse(&plaintext).map_err(malformed)?, merchant)
+    }
+}
+
+fn verify_v3_response(
+    headers: &WechatpayHeaders,
+    body: &[u8],
+    merchant: &Merchant,
+) -> Result<(), DecodeError> {
+    verify_response(headers, body, &merchant.platform_keys, TimestampCheck::Skip)
+        .map_err(|e| DecodeError::BadSignature(e.code().to_owned()))
+}
+
+/// `SUCCESS`, and `REFUND` (转入退款: paid, then refunded) of the order query, mean paid.
+fn is_paid_state(trade_state: &str) -> bool {
+    matches!(trade_state, "SUCCESS" | "REFUND")
+}
+
+fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<Decoded, DecodeError> {
+    let success = is_paid_state(&t.trade_state);
+    let transaction_id = Some(t.transaction_id.clone()).filter(|id| !id.is_empty());
+    if success && transaction_id.is_none() {
+        return Err(malformed("paid transaction without transaction_id"));
+    }
+    let amount_total = match (&t.amount, success) {
+        (Some(amount), _) => amount.total,
+        (None, false) => 0,
+        (None, true) => return Err(malformed("paid transaction without amount")),
+    };
+    let paid_at = t.paid_at();
+    Ok(Decoded::Pay(PayEvent {
+        mch_id: non_empty_or(t.mchid, &merchant.mch_id),
+        appid: t.appid,
+        out_trade_no: t.out_trade_no,
+        transaction_id,
+        amount_total,
+        success,
+        state_text: if success {
+            "SUCCESS".to_owned()
+        } else {
+            t.trade_state
+        },
+        paid_at,
+    }))
+}
+
+fn refund_from_resource(r: RefundResource, merchant: &Merchant) -> Result<Decoded, DecodeError> {
+    let status = RefundStatus::parse(&r.refund_status)
+        .ok_or_else(|| malformed(format!("unknown refund_status {:?}", r.refund_status)))?;
+    let succeeded_at = r.succeeded_at();
+    Ok(Decoded::Refund(RefundEvent {
+        mch_id: non_empty_or(r.mchid, &merchant.mch_id),
+        out_trade_no: r.out_trade_no,
+        out_refund_no: r.out_refund_no,
+        refund_id: r.refund_id,
+        refund_fee: r.amount.refund,
+        status,
+        succeeded_at,
+    }))
+}
+
+/// A v2 query answer must say `SUCCESS` twice (communication and business) to carry data.
+fn require_query_success(fields: &XmlFields) -> Result<(), DecodeError> {
+    for field in ["return_code", "result_code"] {
+        let value = fields.get(field).unwrap_or_default();
+        if value != v2::SUCCESS {
+            return Err(DecodeError::QueryFailed(format!("{field} {value}")));
+        }
+    }
+    Ok(())
+}
+
+fn required<'a>(fields: &'a XmlFields, name: &'static str) -> Result<&'a str, DecodeError> {
+    fields.require(name).map_err(malformed)
+}
+
+fn fen(field: &str, value: &str) -> Result<i64, DecodeError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(malformed(format!("{field} is not an amount in fen")));
+    }
+    value
+        .parse()
+        .map_err(|_| malformed(format!("{field} out of range")))
+}
+
+/// A v2 local time of Beijing (UTC+8) in `format`.
+fn beijing_time(value: Option<&str>, format: &str) -> Option<DateTime<Utc>> {
+    let naive = NaiveDateTime::parse_from_str(value?, format).ok()?;
+    FixedOffset::east_opt(8 * 3600)?
+        .from_local_datetime(&naive)
+        .single()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn decode_v2_order_query(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeError> {
+    let fields = verified_v2_fields(body, merchant)?;
+    require_query_success(&fields)?;
+    let trade_state = required(&fields, "trade_state")?.to_owned();
+    let success = is_paid_state(&trade_state);
+    let transaction_id = fields
+        .get("transaction_id")
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned);
+    if success && transaction_id.is_none() {
+        return Err(malformed("paid order without transaction_id"));
+    }
+    let amount_total = match fields.get("total_fee").filter(|v| !v.is_empty()) {
+        Some(value) => fen("total_fee", value)?,
+        None if success => return Err(malformed("paid order without total_fee")),
+        None => 0,
+    };
+    Ok(Decoded::Pay(PayEvent {
+        mch_id: required(&fields, "mch_id")?.to_owned(),
+        appid: required(&fields, "appid")?.to_owned(),
+        out_trade_no: required(&fields, "out_trade_no")?.to_owned(),
+        transaction_id,
+        amount_total,
+        success,
+        state_text: if success {
+            "SUCCESS".to_owned()
+        } else {
+            trade_state
+        },
+        paid_at: beijing_time(fields.get("time_end"), "%Y%m%d%H%M%S"),
+    }))
+}
+
+/// The v2 refund query answers with numbered fields; `_0` is the refund asked about.
+fn decode_v2_refund_query(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeError> {
+    let fields = verified_v2_fields(body, merchant)?;
+    require_query_success(&fields)?;
+    let status_text = required(&fields, "refund_status_0")?;
+    let status = RefundStatus::parse(status_text)
+        .ok_or_else(|| malformed(format!("unknown refund_status_0 {status_text:?}")))?;
+    Ok(Decoded::Refund(RefundEvent {
+        mch_id: required(&fields, "mch_id")?.to_owned(),
+        out_trade_no: required(&fields, "out_trade_no")?.to_owned(),
+        out_refund_no: required(&fields, "out_refund_no_0")?.to_owned(),
+        refund_id: required(&fields, "refund_id_0")?.to_owned(),
+        refund_fee: fen("refund_fee_0", required(&fields, "refund_fee_0")?)?,
+        status,
+        succeeded_at: beijing_time(fields.get("refund_success_time_0"), "%Y-%m-%d %H:%M:%S"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refund_statuses_normalise_across_versions() {
+        assert_eq!(
+            RefundStatus::parse("REFUNDCLOSE"),
+            RefundStatus::parse("CLOSED")
+        );
+        assert_eq!(
+            RefundStatus::parse("CHANGE"),
+            RefundStatus::parse("ABNORMAL")
+        );
+        assert_eq!(RefundStatus::parse("SUCCESS"), Some(RefundStatus::Success));
+        assert_eq!(RefundStatus::parse("success"), None);
+    }
+
+    #[test]
+    fn dedupe_keys_are_business_keys() {
+        let pay = PayEvent {
+            mch_id: "1900000109".into(),
+            appid: "wx1".into(),
+            out_trade_no: "o1".into(),
+            transaction_id: Some("4200".into()),
+            amount_total: 100,
+            success: true,
+            state_text: "SUCCESS".into(),
+            paid_at: None,
+        };
+        assert_eq!(
+            Decoded::Pay(pay.clone()).dedupe_key(b"a"),
+            "pay:1900000109:4200"
+        );
+        assert_eq!(
+            Decoded::Pay(pay.clone()).dedupe_key(b"b"),
+            "pay:1900000109:4200"
+        );
+        let failed = PayEvent {
+            success: false,
+            transaction_id: None,
+            state_text: "FAIL".into(),
+            ..pay
+        };
+        let key_a = Decoded::Pay(failed.clone()).dedupe_key(b"a");
+        assert!(key_a.starts_with("pay:1900000109:o1:FAIL:"));
+        assert_ne!(key_a, Decoded::Pay(failed).dedupe_key(b"b"));
+        let refund = RefundEvent {
+            mch_id: "1".into(),
+            out_trade_no: "o".into(),
+            out_refund_no: "r".into(),
+            refund_id: "5030".into(),
+            refund_fee: 1,
+            status: RefundStatus::Closed,
+            succeeded_at: None,
+        };
+        assert_eq!(
+            Decoded::Refund(refund).dedupe_key(b""),
+            "refund:1:5030:CLOSED"
+        );
+    }
+
+    #[test]
+    fn beijing_times() {
+        let t = beijing_time(Some("20240102030405"), "%Y%m%d%H%M%S").expect("valid");
+        assert_eq!(t.to_rfc3339(), "2024-01-01T19:04:05+00:00");
+        assert_eq!(beijing_time(Some("garbage"), "%Y%m%d%H%M%S"), None);
+        assert_eq!(beijing_time(None, "%Y%m%d%H%M%S"), None);
+    }
+}

@@ -1,0 +1,343 @@
+//! # wxpay-worker — applies WeChat Pay notifications exactly once
+//!
+//! The data's path, one module each:
+//! [`consume`] (RabbitMQ deliveries, manual acks, bounded concurrency) →
+//! [`decode`] (re-verify, decrypt, one channel-agnostic event) →
+//! [`dedupe`] (Redis fast path; PostgreSQL's unique key is the authority) →
+//! [`apply`] (one transaction: notification row, locked order, state change, outbox) →
+//! [`outbox`] (relay of domain events) — with [`retry`] (delay tiers, parking, `dlq`),
+//! [`db`], [`migrate`] and [`http`] (/healthz /readyz /metrics) around it.
+//!
+//! [`Worker::process_one`] is the steppable core: the consumer maps its [`Outcome`] to
+//! ack, retry-then-ack or park-then-ack.
+
+pub mod apply;
+pub mod broker;
+pub mod consume;
+pub mod db;
+pub mod decode;
+pub mod dedupe;
+pub mod http;
+pub mod migrate;
+pub mod outbox;
+pub mod retry;
+pub mod telemetry;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use wxpay_shared::config::{ConfigError, Merchants, Settings};
+use wxpay_shared::message::NotifyMessage;
+use wxpay_shared::telemetry::{metric, step};
+
+use crate::apply::{ApplyError, Verdict};
+use crate::db::{DbPool, PoolBuildError};
+use crate::decode::Decoded;
+use crate::dedupe::{Claim, Probe, RedisDedupe};
+
+/// Which dedupe layer recognised a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupeLayer {
+    Redis,
+    Postgres,
+}
+
+impl DedupeLayer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DedupeLayer::Redis => "redis",
+            DedupeLayer::Postgres => "postgres",
+        }
+    }
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed a state change.
+    Applied,
+    /// Already done: nothing written (or, for the same payment through another channel, a
+    /// `NOOP` log row).
+    Duplicate { layer: DedupeLayer },
+    /// Committed a log row without state change.
+    Recorded,
+    /// Committed an anomaly (row + event); the order is unchanged.
+    Anomaly { reason: String },
+    /// Nothing committed; try again later (retry tier).
+    Retry { reason: String },
+    /// Poison: never applied; parked with the reason.
+    Park { reason: String },
+}
+
+impl Outcome {
+    /// The `outcome` label of `wxpay_worker_messages_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate { .. } => "duplicate",
+            Outcome::Recorded => "recorded",
+            Outcome::Anomaly { .. } => "anomaly",
+            Outcome::Retry { .. } => "retried",
+            Outcome::Park { .. } => "parked",
+        }
+    }
+
+    /// Whether a PostgreSQL transaction committed the message's fate (the delivery may be
+    /// acked and the Redis done marker written).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Outcome::Retry { .. } | Outcome::Park { .. })
+    }
+}
+
+/// Counters of one worker instance (tests and the benchmark read them; Prometheus has the
+/// process-wide ones).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub applied: AtomicU64,
+    pub duplicate: AtomicU64,
+    pub recorded: AtomicU64,
+    pub anomaly: AtomicU64,
+    pub retried: AtomicU64,
+    pub parked: AtomicU64,
+    pub acked: AtomicU64,
+}
+
+impl Stats {
+    fn count(&self, outcome: &Outcome) {
+        let counter = match outcome {
+            Outcome::Applied => &self.applied,
+            Outcome::Duplicate { .. } => &self.duplicate,
+            Outcome::Recorded => &self.recorded,
+            Outcome::Anomaly { .. } => &self.anomaly,
+            Outcome::Retry { .. } => &self.retried,
+            Outcome::Park { .. } => &self.parked,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages whose fate is settled (acked after apply, retry scheduling or parking).
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    pub fn get(&self, outcome_label: &str) -> u64 {
+        let counter = match outcome_label {
+            "applied" => &self.applied,
+            "duplicate" => &self.duplicate,
+            "recorded" => &self.recorded,
+            "anomaly" => &self.anomaly,
+            "retried" => &self.retried,
+            "parked" => &self.parked,
+            _ => return 0,
+        };
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Fault injection for tests: simulate a crash between the commit and the ack.
+#[derive(Debug, Default)]
+pub struct Hooks {
+    /// While positive, a committed delivery is not acked: its channel is closed instead (as
+    /// if the process died), and the counter decremented.
+    pub crash_after_commit: AtomicU32,
+}
+
+/// Why the worker cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Pool(#[from] PoolBuildError),
+}
+
+pub(crate) struct WorkerInner {
+    pub settings: Settings,
+    pub merchants: Merchants,
+    pub pool: DbPool,
+    pub dedupe: RedisDedupe,
+    pub stats: Stats,
+    pub hooks: Hooks,
+    pub broker_connected: AtomicBool,
+    pub outbox_wakeup: Notify,
+}
+
+/// The worker: cheap to clone, shared by the consumer tasks.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<WorkerInner>,
+}
+
+impl Worker {
+    /// Builds the worker: merchants validated, database pool (lazy), Redis connecting in the
+    /// background. Must be called within a Tokio runtime.
+    pub fn new(settings: Settings) -> Result<Worker, StartError> {
+        telemetry::register_metrics();
+        let merchants = settings.merchants()?;
+        let pool = db::build_pool(
+            secrecy::ExposeSecret::expose_secret(&settings.database.url),
+            settings.worker.db_pool_size,
+            Duration::from_millis(settings.database.connect_timeout_ms),
+        )?;
+        let dedupe = RedisDedupe::new(&settings.redis, &settings.worker);
+        Ok(Worker {
+            inner: Arc::new(WorkerInner {
+                settings,
+                merchants,
+                pool,
+                dedupe,
+                stats: Stats::default(),
+                hooks: Hooks::default(),
+                broker_connected: AtomicBool::new(false),
+                outbox_wakeup: Notify::new(),
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn pool(&self) -> &DbPool {
+        &self.inner.pool
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    pub fn hooks(&self) -> &Hooks {
+        &self.inner.hooks
+    }
+
+    /// Whether the consumer holds a live broker connection.
+    pub fn broker_connected(&self) -> bool {
+        self.inner.broker_connected.load(Ordering::Relaxed)
+    }
+
+    /// Whether Redis is connected (the worker works without it).
+    pub fn redis_connected(&self) -> bool {
+        self.inner.dedupe.is_connected()
+    }
+
+    /// Consumes until `shutdown`, then finishes and acks in-flight work; relays the outbox
+    /// meanwhile.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let relay = tokio::spawn(outbox::run(self.inner.clone(), shutdown.clone()));
+        consume::run(self.clone(), shutdown).await;
+        if let Err(error) = relay.await {
+            tracing::error!(step = step::SHUTDOWN, %error, "outbox relay task failed");
+        }
+    }
+
+    /// Decodes, dedupes and applies one message. Never panics on input; the caller maps
+    /// the outcome to ack / retry / park.
+    pub async fn process_one(&self, message: &NotifyMessage) -> Outcome {
+        let started = Instant::now();
+        let outcome = self.process(message).await;
+        let kind = message.kind.as_str();
+        self.inner.stats.count(&outcome);
+        metrics::counter!(metric::WORKER_MESSAGES_TOTAL, "kind" => kind, "outcome" => outcome.label())
+            .increment(1);
+        metrics::histogram!(metric::WORKER_PROCESS_DURATION_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn process(&self, message: &NotifyMessage) -> Outcome {
+        let inner = &self.inner;
+        let request_id = message.message_id;
+        let kind = message.kind.as_str();
+        let mch_id = message.mch_id.as_str();
+        let decoded = match decode::decode(message, &inner.merchants) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                tracing::warn!(step = step::DECODE, %request_id, mch_id, kind, reason = error.code(), %error, "poison message");
+                return Outcome::Park {
+                    reason: format!("{}: {error}", error.code()),
+                };
+            }
+        };
+        let out_trade_no = decoded.out_trade_no();
+        let key = decoded.dedupe_key(&message.body);
+
+        match inner.dedupe.is_done(&key).await {
+            Probe::Done => {
+                metrics::counter!(metric::WORKER_DEDUPE_HITS_TOTAL, "layer" => "redis")
+                    .increment(1);
+                tracing::debug!(step = step::DEDUPE, %request_id, mch_id, kind, out_trade_no, layer = "redis", "duplicate");
+                return Outcome::Duplicate {
+                    layer: DedupeLayer::Redis,
+                };
+            }
+            Probe::NotDone | Probe::Unavailable => {}
+        }
+        let claim = inner.dedupe.claim(&key).await;
+        if claim == Claim::HeldElsewhere {
+            // PostgreSQL is the authority: its unique key serialises the two attempts.
+            metrics::counter!(telemetry::CLAIM_CONTENDED_TOTAL).increment(1);
+        }
+
+        let result = apply::apply(&inner.pool, message, &decoded, &key).await;
+        let outcome = match result {
+            Ok(verdict) => {
+                inner.dedupe.finish(&key, claim.token()).await;
+                self.log_verdict(&verdict, message, &decoded);
+                match verdict {
+                    Verdict::Applied => {
+                        inner.outbox_wakeup.notify_one();
+                        Outcome::Applied
+                    }
+                    Verdict::Noop | Verdict::Recorded => Outcome::Recorded,
+                    Verdict::Anomaly { reason, .. } => {
+                        inner.outbox_wakeup.notify_one();
+                        metrics::counter!(metric::WORKER_ANOMALIES_TOTAL, "reason" => reason)
+                            .increment(1);
+                        Outcome::Anomaly {
+                            reason: reason.to_owned(),
+                        }
+                    }
+                    Verdict::Duplicate => {
+                        metrics::counter!(metric::WORKER_DEDUPE_HITS_TOTAL, "layer" => "postgres")
+                            .increment(1);
+                        Outcome::Duplicate {
+                            layer: DedupeLayer::Postgres,
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                if let Some(token) = claim.token() {
+                    inner.dedupe.release(&key, token).await;
+                }
+                tracing::warn!(step = step::APPLY, %request_id, mch_id, kind, out_trade_no, reason = error.code(), %error, "not applied, will retry");
+                Outcome::Retry {
+                    reason: retry_reason(&error),
+                }
+            }
+        };
+        outcome
+    }
+
+    fn log_verdict(&self, verdict: &Verdict, message: &NotifyMessage, decoded: &Decoded) {
+        let request_id = message.message_id;
+        let kind = message.kind.as_str();
+        let mch_id = message.mch_id.as_str();
+        let out_trade_no = decoded.out_trade_no();
+        match verdict {
+            Verdict::Anomaly { reason, detail } => {
+                tracing::warn!(step = step::APPLY, %request_id, mch_id, kind, out_trade_no, reason, detail = detail.as_str(), "anomaly recorded");
+            }
+            other => {
+                tracing::info!(step = step::APPLY, %request_id, mch_id, kind, out_trade_no, verdict = ?other, "applied");
+            }
+        }
+    }
+}
+
+fn retry_reason(error: &ApplyError) -> String {
+    format!("{}: {error}", error.code())
+}

@@ -1,0 +1,170 @@
+//! `wxpay-worker`: `run`, `migrate`, `dlq list`, `dlq replay [--all | --id ID]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+use wxpay_shared::config::{resolve_path, Settings};
+use wxpay_shared::telemetry::{self, step};
+use wxpay_worker::retry::{self, ReplaySelection};
+use wxpay_worker::{http, migrate, Worker};
+
+#[derive(Parser)]
+#[command(
+    name = "wxpay-worker",
+    version,
+    about = "Applies WeChat Pay notifications exactly once"
+)]
+struct Cli {
+    /// Configuration file (else $WXPAY_CONFIG, else config/wxpay.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume the notification queue (migrates first, under an advisory lock).
+    Run,
+    /// Create the database if missing and run the migrations.
+    Migrate,
+    /// The parking (dead-letter) queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List parked messages (id, kind, mch_id, attempt, reason, received_at; never bodies).
+    List,
+    /// Move parked messages back to the main queue.
+    Replay {
+        /// Every parked message.
+        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        all: bool,
+        /// The parked message with this message id.
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging("worker");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(step = step::SHUTDOWN, error = %format!("{error:#}"), "exiting with an error");
+            eprintln!("wxpay-worker: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let path = resolve_path(cli.config.as_deref());
+    let settings = Settings::load(&path)?;
+    let connect_timeout = Duration::from_millis(settings.database.connect_timeout_ms);
+    match cli.command {
+        Command::Migrate => {
+            let ran =
+                migrate::migrate(settings.database.url.expose_secret(), connect_timeout).await?;
+            println!("migrations applied: {ran}");
+            Ok(())
+        }
+        Command::Run => run(settings).await,
+        Command::Dlq {
+            command: DlqCommand::List,
+        } => {
+            let parked = retry::dlq_list(&settings).await?;
+            println!("id\tkind\tmch_id\tattempt\treason\treceived_at");
+            for message in &parked {
+                println!("{message}");
+            }
+            eprintln!("{} parked message(s)", parked.len());
+            Ok(())
+        }
+        Command::Dlq {
+            command: DlqCommand::Replay { all, id },
+        } => {
+            let selection = match (all, id) {
+                (_, Some(id)) => ReplaySelection::Id(id),
+                (true, None) => ReplaySelection::All,
+                (false, None) => anyhow::bail!("dlq replay needs --all or --id ID"),
+            };
+            let moved = retry::dlq_replay(&settings, &selection).await?;
+            println!("replayed: {moved}");
+            if moved == 0 {
+                if let ReplaySelection::Id(id) = selection {
+                    anyhow::bail!("no parked message with id {id}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let prometheus = telemetry::metrics_handle();
+    let connect_timeout = Duration::from_millis(settings.database.connect_timeout_ms);
+    migrate::run_migrations(settings.database.url.expose_secret(), connect_timeout).await?;
+    let worker = Worker::new(settings)?;
+    let (server, address) = http::serve(
+        &worker.settings().worker.metrics_listen,
+        worker.clone(),
+        prometheus,
+    )?;
+    let server_handle = server.handle();
+    let server_task = tokio::spawn(server);
+    tracing::info!(step = step::STARTUP, %address, "health and metrics listening");
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    worker.run(shutdown).await;
+    server_handle.stop(true).await;
+    let _ = server_task.await;
+    tracing::info!(step = step::SHUTDOWN, "worker stopped");
+    Ok(())
+}
+
+/// SIGTERM or SIGINT: graceful shutdown.
+async fn watch_signals(shutdown: CancellationToken) {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::warn!(step = step::STARTUP, %error, "cannot watch SIGTERM");
+                None
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(signal) => { signal.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+    tracing::info!(
+        step = step::SHUTDOWN,
+        "signal received: finishing in-flight work"
+    );
+    shutdown.cancel();
+}

@@ -1,0 +1,95 @@
+//! The reconciler's metrics (DESIGN.md `wxpay_reconciler_*`), registered at start-up so
+//! that /metrics lists every name and label before the first round (the alert rules
+//! `WxpayNotifyReconcilerStalled` and `…LostCallbacksRecovered` need the series to exist).
+
+use std::sync::Once;
+
+use metrics::{describe_counter, describe_histogram, Unit};
+use wxpay_shared::telemetry::metric;
+
+/// `kind` labels of `wxpay_reconciler_recovered_total`.
+pub const KINDS: [&str; 2] = ["pay", "refund"];
+
+/// `reason` labels of `wxpay_reconciler_errors_total`.
+pub mod reason {
+    /// Transport failure or timeout after the retries.
+    pub const HTTP: &str = "http";
+    /// WeChat Pay answered an error status (5xx / 429 after the retries, other 4xx).
+    pub const STATUS: &str = "status";
+    /// The answer's signature did not verify.
+    pub const BAD_SIGNATURE: &str = "bad_signature";
+    /// The answer could not be read.
+    pub const MALFORMED: &str = "malformed";
+    /// v2 `return_code` / `result_code` FAIL (other than "not found").
+    pub const REFUSED: &str = "refused";
+    /// A verified answer about another merchant, order or refund.
+    pub const MISMATCH: &str = "mismatch";
+    /// A refund we hold as PROCESSING that WeChat Pay does not know.
+    pub const NOT_FOUND: &str = "not_found";
+    /// A state word we do not know.
+    pub const UNKNOWN_STATE: &str = "unknown_state";
+    /// The HTTP client could not be used (e.g. a v3 merchant without a signer).
+    pub const CLIENT: &str = "client";
+    /// The broker refused, returned or did not confirm a publish, or is unreachable.
+    pub const BROKER: &str = "broker";
+    /// PostgreSQL failed.
+    pub const DATABASE: &str = "database";
+
+    pub const ALL: [&str; 11] = [
+        HTTP,
+        STATUS,
+        BAD_SIGNATURE,
+        MALFORMED,
+        REFUSED,
+        MISMATCH,
+        NOT_FOUND,
+        UNKNOWN_STATE,
+        CLIENT,
+        BROKER,
+        DATABASE,
+    ];
+}
+
+/// Describes every metric and touches each label with zero. Idempotent.
+pub fn register() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        describe_counter!(
+            metric::RECONCILER_CHECKED_TOTAL,
+            "Orders and refunds queried at WeChat Pay"
+        );
+        describe_counter!(
+            metric::RECONCILER_RECOVERED_TOTAL,
+            "Payments/refunds found only by the query (each one a lost notification), by kind"
+        );
+        describe_counter!(
+            metric::RECONCILER_ERRORS_TOTAL,
+            "Queries or round steps that failed, by reason"
+        );
+        describe_histogram!(
+            metric::RECONCILER_ROUND_DURATION_SECONDS,
+            Unit::Seconds,
+            "Duration of one finished reconciliation round"
+        );
+        metrics::counter!(metric::RECONCILER_CHECKED_TOTAL).increment(0);
+        for kind in KINDS {
+            metrics::counter!(metric::RECONCILER_RECOVERED_TOTAL, "kind" => kind).increment(0);
+        }
+        for label in reason::ALL {
+            metrics::counter!(metric::RECONCILER_ERRORS_TOTAL, "reason" => label).increment(0);
+        }
+        metrics::histogram!(metric::RECONCILER_ROUND_DURATION_SECONDS);
+    });
+}
+
+pub(crate) fn error(reason: &'static str) {
+    metrics::counter!(metric::RECONCILER_ERRORS_TOTAL, "reason" => reason).increment(1);
+}
+
+pub(crate) fn checked() {
+    metrics::counter!(metric::RECONCILER_CHECKED_TOTAL).increment(1);
+}
+
+pub(crate) fn recovered(kind: &'static str) {
+    metrics::counter!(metric::RECONCILER_RECOVERED_TOTAL, "kind" => kind).increment(1);
+}

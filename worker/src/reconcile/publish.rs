@@ -1,0 +1,79 @@
+//! Publishing query answers to the notification queue, as the gateway publishes
+//! notifications: persistent, mandatory, and confirmed by the broker before the answer
+//! counts as handed over. The worker then applies it through the one apply path, where the
+//! business dedupe key makes the query and a (late) notification of the same payment
+//! race-free.
+
+use std::time::Duration;
+
+use lapin::options::QueueDeclareOptions;
+use lapin::{Channel, Connection};
+use wxpay_shared::config::RabbitmqSettings;
+use wxpay_shared::message::NotifyMessage;
+
+use crate::broker::{self, BrokerError};
+
+/// How long to wait for the broker's confirm. Past it the message's fate is unknown; the
+/// next round queries (and publishes) again, and the worker dedupes.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A confirm-mode channel to the notification queue.
+pub struct Publisher {
+    connection: Connection,
+    channel: Channel,
+    queue: String,
+}
+
+impl Publisher {
+    /// Connects, opens a confirm channel and declares the main queue with the same
+    /// arguments as the gateway and the worker (declaring is idempotent; it also makes a
+    /// first `--once` on an empty broker work).
+    pub async fn connect(rabbitmq: &RabbitmqSettings) -> Result<Publisher, BrokerError> {
+        let connection = broker::connect(rabbitmq).await?;
+        let channel = broker::confirm_channel(&connection).await?;
+        channel
+            .queue_declare(
+                &rabbitmq.queue,
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                broker::main_queue_arguments(),
+            )
+            .await?;
+        Ok(Publisher {
+            connection,
+            channel,
+            queue: rabbitmq.queue.clone(),
+        })
+    }
+
+    /// Whether the connection and channel are still usable.
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+
+    /// Publishes `message` to the queue and waits for the broker's ack. Unroutable
+    /// (returned), nacked and unconfirmed-in-time messages are errors.
+    pub async fn publish(&self, message: &NotifyMessage) -> Result<(), BrokerError> {
+        let publish = broker::publish_confirmed(
+            &self.channel,
+            "",
+            &self.queue,
+            true,
+            &message.body,
+            message.properties(),
+        );
+        match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
+            Ok(result) => result,
+            Err(_) => Err(BrokerError::Timeout),
+        }
+    }
+
+    /// Closes the connection politely (best effort).
+    pub async fn close(&self) {
+        if self.connection.status().connected() {
+            let _ = self.connection.close(200, "reconciler done").await;
+        }
+    }
+}

@@ -1,0 +1,604 @@
+//! The WeChat Pay query API, as the reconciler calls it: 查询订单 and 查询退款, through API v2
+//! (signed XML) for merchants without API v3 credentials, through API v3 (signed JSON)
+//! otherwise.
+//!
+//! - v2 查询订单 `POST /pay/orderquery`: <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_2>
+//! - v2 查询退款 `POST /pay/refundquery`: <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_5>
+//! - v2 signatures (both ways): <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=4_3>
+//! - v3 `GET /v3/pay/transactions/out-trade-no/{out_trade_no}?mchid=`:
+//!   <https://pay.weixin.qq.com/docs/merchant/apis/jsapi-payment/query-by-out-trade-no.html>
+//! - v3 `GET /v3/refund/domestic/refunds/{out_refund_no}`:
+//!   <https://pay.weixin.qq.com/docs/merchant/apis/jsapi-payment/query-by-out-refund-no.html>
+//! - v3 request signing and response verification:
+//!   <https://pay.weixin.qq.com/docs/merchant/development/interface-rules/signature-generation.html>,
+//!   <https://pay.weixin.qq.com/docs/merchant/development/interface-rules/signature-verification.html>
+//!
+//! Every answer the reconciler acts on is verified here (v2 `sign`, v3 `Wechatpay-*`
+//! headers) before anything is published or written: a forged or tampered answer must not
+//! close an order or reach the queue. The worker verifies the published body again (the
+//! queue is a trust boundary), so the body is kept byte for byte.
+
+use std::time::Duration;
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{RequestBuilder, StatusCode};
+use secrecy::ExposeSecret;
+use wxpay_shared::config::{Merchant, WechatpaySettings};
+use wxpay_shared::v2::{self, SignType, XmlFields};
+use wxpay_shared::v3::{
+    authorization_header, verify_response, RefundResource, TimestampCheck, Transaction,
+    WechatpayHeaders,
+};
+
+use super::rate::RateLimiter;
+
+/// Attempts per query when WeChat Pay answers 5xx / 429 or the request fails in transit.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// First back-off delay; doubled per attempt, with jitter.
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// Longest pause between attempts (also caps a 429's `Retry-After`).
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// Answers larger than this are not WeChat Pay's (the v2 parser's own limit is 256 KiB).
+const MAX_ANSWER_BYTES: usize = 256 * 1024;
+/// The request signature type of v2 queries. WeChat Pay answers signed the same way.
+const V2_SIGN_TYPE: SignType = SignType::HmacSha256;
+/// v2 `err_code`s meaning "WeChat Pay does not know this order / refund".
+const V2_NOT_FOUND: [&str; 2] = ["ORDERNOTEXIST", "REFUNDNOTEXIST"];
+
+/// Which API a merchant is queried through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    V2,
+    V3,
+}
+
+impl Api {
+    /// API v3 when the merchant can sign v3 requests (`merchant_private_key_pem` and
+    /// `merchant_serial`) and verify v3 answers (platform keys); API v2 otherwise (the API
+    /// v2 key is always configured).
+    pub fn for_merchant(merchant: &Merchant) -> Api {
+        if merchant.signer.is_some() && !merchant.platform_keys.is_empty() {
+            Api::V3
+        } else {
+            Api::V2
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::V2 => "v2",
+            Api::V3 => "v3",
+        }
+    }
+}
+
+/// A verified answer about one order or refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// `trade_state` (orders) or the refund status (v2 `refund_status_0`, v3 `status`) as
+    /// WeChat Pay wrote it.
+    pub state: String,
+    /// The raw body, byte for byte (what the worker re-verifies).
+    pub body: Vec<u8>,
+    pub content_type: Option<String>,
+    /// The v3 answer's signature headers; `None` for v2 (the signature is inside the XML).
+    pub wechatpay: Option<WechatpayHeaders>,
+}
+
+/// The result of a query that WeChat Pay answered properly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Answer(Answer),
+    /// WeChat Pay does not know it (v2 `ORDERNOTEXIST` / `REFUNDNOTEXIST`, v3 404).
+    NotFound,
+}
+
+/// Why a query gave no usable answer. Nothing is changed on any of them; the next round
+/// asks again.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("WeChat Pay answered HTTP {0}")]
+    Status(u16),
+    #[error("answer signature does not verify: {0}")]
+    Signature(String),
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    /// v2 `return_code` / `result_code` FAIL other than "not found" (e.g. `SYSTEMERROR`).
+    #[error("query refused: {0}")]
+    Refused(String),
+    /// A verified answer about another merchant, order or refund than asked.
+    #[error("answer is about another {0}")]
+    Mismatch(&'static str),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+impl QueryError {
+    /// The `reason` label of `wxpay_reconciler_errors_total`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            QueryError::Transport(_) => "http",
+            QueryError::Status(_) => "status",
+            QueryError::Signature(_) => "bad_signature",
+            QueryError::Malformed(_) => "malformed",
+            QueryError::Refused(_) => "refused",
+            QueryError::Mismatch(_) => "mismatch",
+            QueryError::Client(_) => "client",
+        }
+    }
+
+    /// Whether the API itself looks unavailable (as opposed to an answer we reject).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, QueryError::Transport(_) | QueryError::Status(_))
+    }
+}
+
+/// Whether a status is worth another attempt: WeChat Pay's `SYSTEM_ERROR` (5xx) and
+/// `FREQUENCY_LIMITED` (429).
+fn retryable_status(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// One HTTP exchange, body read.
+struct Raw {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn content_type(&self) -> Option<String> {
+        self.headers
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+/// The HTTP client of the query API: timeouts from `wechatpay.request_timeout_ms`,
+/// retries with exponential back-off on 5xx, 429 and transport errors, every attempt
+/// paced by the merchant's [`RateLimiter`].
+#[derive(Debug, Clone)]
+pub struct QueryClient {
+    http: reqwest::Client,
+    api_base: String,
+}
+
+impl QueryClient {
+    pub fn new(settings: &WechatpaySettings) -> Result<QueryClient, QueryError> {
+        let timeout = Duration::from_millis(settings.request_timeout_ms.max(1));
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            // WeChat Pay rejects v3 requests without a User-Agent.
+            .user_agent(concat!(
+                "wxpay-notify-reconciler/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .map_err(|error| QueryError::Client(error.to_string()))?;
+        Ok(QueryClient {
+            http,
+            api_base: settings.api_base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// 查询订单 by `out_trade_no`. `appid` is the order's (v2 requires it).
+    pub async fn query_order(
+        &self,
+        merchant: &Merchant,
+        appid: &str,
+        out_trade_no: &str,
+        limiter: &mut RateLimiter,
+    ) -> Result<Found, QueryError> {
+        match Api::for_merchant(merchant) {
+            Api::V2 => {
+                let mut request = XmlFields::new();
+                request.insert("appid", appid);
+                request.insert("mch_id", merchant.mch_id.as_str());
+                request.insert("out_trade_no", out_trade_no);
+                let raw = self
+                    .post_v2("/pay/orderquery", merchant, request, limiter)
+                    .await?;
+                let Some(fields) = v2_answer(&raw, merchant)? else {
+                    return Ok(Found::NotFound);
+                };
+                if fields.get("out_trade_no") != Some(out_trade_no) {
+                    return Err(QueryError::Mismatch("order"));
+                }
+                let state = v2_required(&fields, "trade_state")?;
+                Ok(Found::Answer(v2_found(raw, state)))
+            }
+            Api::V3 => {
+                let path = format!(
+                    "/v3/pay/transactions/out-trade-no/{}?mchid={}",
+                    encode_component(out_trade_no),
+                    encode_component(&merchant.mch_id)
+                );
+                let raw = self.get_v3(&path, merchant, limiter).await?;
+                if raw.status == StatusCode::NOT_FOUND {
+                    return Ok(Found::NotFound);
+                }
+                let headers = v3_verified(&raw, merchant)?;
+                let transaction = Transaction::parse(&raw.body)
+                    .map_err(|error| QueryError::Malformed(error.to_string()))?;
+                if transaction.mchid != merchant.mch_id {
+                    return Err(QueryError::Mismatch("merchant"));
+                }
+                if transaction.out_trade_no != out_trade_no {
+                    return Err(QueryError::Mismatch("order"));
+                }
+                Ok(Found::Answer(v3_found(
+                    raw,
+                    transaction.trade_state,
+                    headers,
+                )))
+            }
+        }
+    }
+
+    /// 查询退款 by `out_refund_no`. `appid` is the refunded order's (v2 requires it).
+    pub async fn query_refund(
+        &self,
+        merchant: &Merchant,
+        appid: &str,
+        out_refund_no: &str,
+        limiter: &mut RateLimiter,
+    ) -> Result<Found, QueryError> {
+        match Api::for_merchant(merchant) {
+            Api::V2 => {
+                let mut request = XmlFields::new();
+                request.insert("appid", appid);
+                request.insert("mch_id", merchant.mch_id.as_str());
+                request.insert("out_refund_no", out_refund_no);
+                let raw = self
+                    .post_v2("/pay/refundquery", merchant, request, limiter)
+                    .await?;
+                let Some(fields) = v2_answer(&raw, merchant)? else {
+                    return Ok(Found::NotFound);
+                };
+                // Queried by out_refund_no, the answer lists that one refund as `_0`.
+                if fields.get("out_refund_no_0") != Some(out_refund_no) {
+                    return Err(QueryError::Mismatch("refund"));
+                }
+                let state = v2_required(&fields, "refund_status_0")?;
+                Ok(Found::Answer(v2_found(raw, state)))
+            }
+            Api::V3 => {
+                let path = format!(
+                    "/v3/refund/domestic/refunds/{}",
+                    encode_component(out_refund_no)
+                );
+                let raw = self.get_v3(&path, merchant, limiter).await?;
+                if raw.status == StatusCode::NOT_FOUND {
+                    return Ok(Found::NotFound);
+                }
+                let headers = v3_verified(&raw, merchant)?;
+                let refund = RefundResource::parse(&raw.body)
+                    .map_err(|error| QueryError::Malformed(error.to_string()))?;
+                // The refund query's answer has no `mchid`; when present it must match.
+                if !refund.mchid.is_empty() && refund.mchid != merchant.mch_id {
+                    return Err(QueryError::Mismatch("merchant"));
+                }
+                if refund.out_refund_no != out_refund_no {
+                    return Err(QueryError::Mismatch("refund"));
+                }
+                Ok(Found::Answer(v3_found(raw, refund.refund_status, headers)))
+            }
+        }
+    }
+
+    /// A signed v2 request: `nonce_str`, `sign_type`, `sign` added to `fields`.
+    async fn post_v2(
+        &self,
+        path: &str,
+        merchant: &Merchant,
+        mut fields: XmlFields,
+        limiter: &mut RateLimiter,
+    ) -> Result<Raw, QueryError> {
+        fields.insert("nonce_str", nonce());
+        fields.insert("sign_type", V2_SIGN_TYPE.as_str());
+        let sign = v2::sign(&fields, merchant.api_v2_key.expose_secret(), V2_SIGN_TYPE);
+        fields.insert("sign", sign);
+        let body = fields.to_xml();
+        let url = format!("{}{path}", self.api_base);
+        let raw = self
+            .send(limiter, || {
+                self.http
+                    .post(&url)
+                    .header(CONTENT_TYPE, "text/xml; charset=utf-8")
+                    .body(body.clone())
+            })
+            .await?;
+        if raw.status != StatusCode::OK {
+            return Err(QueryError::Status(raw.status.as_u16()));
+        }
+        Ok(raw)
+    }
+
+    /// A v3 GET signed with the merchant's API key; each attempt signs afresh (the
+    /// `Authorization` carries a timestamp and a nonce). Answers 200 and 404 are returned;
+    /// anything else is an error.
+    async fn get_v3(
+        &self,
+        canonical_url: &str,
+        merchant: &Merchant,
+        limiter: &mut RateLimiter,
+    ) -> Result<Raw, QueryError> {
+        let signer = merchant.signer.as_ref().ok_or_else(|| {
+            QueryError::Client(format!("merchant {} has no v3 signer", merchant.mch_id))
+        })?;
+        let url = format!("{}{canonical_url}", self.api_base);
+        let raw = self
+            .send(limiter, || {
+                let authorization = authorization_header(
+                    &merchant.mch_id,
+                    &signer.serial,
+                    &signer.private_key,
+                    "GET",
+                    canonical_url,
+                    chrono::Utc::now().timestamp(),
+                    &nonce(),
+                    b"",
+                );
+                self.http
+                    .get(&url)
+                    .header(ACCEPT, "application/json")
+                    .header(AUTHORIZATION, authorization)
+            })
+            .await?;
+        match raw.status {
+            StatusCode::OK | StatusCode::NOT_FOUND => Ok(raw),
+            other => Err(QueryError::Status(other.as_u16())),
+        }
+    }
+
+    /// Sends with retries: transport errors, 5xx and 429 are tried again up to
+    /// [`MAX_ATTEMPTS`] times with exponential back-off (a 429's `Retry-After` is honoured
+    /// up to [`BACKOFF_CAP`]). The last failure is returned as an error; other statuses are
+    /// returned for the caller to judge.
+    async fn send(
+        &self,
+        limiter: &mut RateLimiter,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Raw, QueryError> {
+        let mut attempt = 1;
+        loop {
+            limiter.acquire().await;
+            let (error, retry_after) = match exchange(build()).await {
+                Ok(raw) if !retryable_status(raw.status) => return Ok(raw),
+                Ok(raw) => (
+                    QueryError::Status(raw.status.as_u16()),
+                    retry_after(&raw.headers),
+                ),
+                Err(error) => (error, None),
+            };
+            if attempt >= MAX_ATTEMPTS {
+                return Err(error);
+            }
+            let delay = retry_after
+                .unwrap_or_else(|| backoff(attempt))
+                .min(BACKOFF_CAP);
+            tracing::debug!(
+                step = wxpay_shared::telemetry::step::RECONCILE,
+                attempt,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                reason = error.code(),
+                "query failed, trying again"
+            );
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// One request; the body is read up to [`MAX_ANSWER_BYTES`].
+async fn exchange(request: RequestBuilder) -> Result<Raw, QueryError> {
+    let transport = |error: reqwest::Error| QueryError::Transport(transport_text(&error));
+    let mut response = request.send().await.map_err(transport)?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(QueryError::Malformed(format!(
+                "answer larger than {MAX_ANSWER_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Raw {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A short description of a transport error, without the URL's query (ids only, but
+/// keep logs lean).
+fn transport_text(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connect"
+    } else if error.is_body() || error.is_decode() {
+        "body"
+    } else {
+        "request"
+    };
+    let mut text = format!("{kind}: {}", error.without_url());
+    text.truncate(200);
+    text
+}
+
+/// `Retry-After` in seconds (WeChat Pay does not send HTTP dates).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
+}
+
+/// `BACKOFF_BASE * 2^(attempt-1)`, plus up to 50 % jitter so that retries of several
+/// merchants do not synchronise.
+fn backoff(attempt: u32) -> Duration {
+    let exponential = BACKOFF_BASE.saturating_mul(1 << attempt.saturating_sub(1).min(8));
+    let jitter_ms = rand::thread_rng().gen_range(0..=exponential.as_millis() / 2);
+    exponential + Duration::from_millis(u64::try_from(jitter_ms).unwrap_or(0))
+}
+
+/// A 32-character random `nonce_str` / v3 nonce.
+fn nonce() -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+/// Percent-encodes a path segment or query value: everything but RFC 3986's unreserved
+/// characters. The same encoded string is sent and signed (the signature covers the URL
+/// as sent).
+fn encode_component(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Checks a v2 answer: `return_code` SUCCESS (else it is unsigned: refused), then the
+/// signature with the API v2 key, then `result_code` (a signed FAIL is "not found" or
+/// refused), then that it is about this merchant. `None` means not found.
+fn v2_answer(raw: &Raw, merchant: &Merchant) -> Result<Option<XmlFields>, QueryError> {
+    let fields =
+        XmlFields::parse(&raw.body).map_err(|error| QueryError::Malformed(error.to_string()))?;
+    let return_code = fields.get("return_code").unwrap_or_default();
+    if return_code != v2::SUCCESS {
+        let message: String = fields
+            .get("return_msg")
+            .unwrap_or_default()
+            .chars()
+            .take(64)
+            .collect();
+        return Err(QueryError::Refused(format!(
+            "return_code {return_code:?} {message}"
+        )));
+    }
+    v2::verify(&fields, merchant.api_v2_key.expose_secret())
+        .map_err(|error| QueryError::Signature(error.to_string()))?;
+    let result_code = fields.get("result_code").unwrap_or_default();
+    if result_code != v2::SUCCESS {
+        let err_code = fields.get("err_code").unwrap_or_default();
+        if V2_NOT_FOUND.contains(&err_code) {
+            return Ok(None);
+        }
+        let err_code: String = err_code.chars().take(32).collect();
+        return Err(QueryError::Refused(format!("err_code {err_code:?}")));
+    }
+    if fields.get("mch_id") != Some(merchant.mch_id.as_str()) {
+        return Err(QueryError::Mismatch("merchant"));
+    }
+    Ok(Some(fields))
+}
+
+fn v2_required(fields: &XmlFields, name: &'static str) -> Result<String, QueryError> {
+    fields
+        .require(name)
+        .map(str::to_owned)
+        .map_err(|error| QueryError::Malformed(error.to_string()))
+}
+
+fn v2_found(raw: Raw, state: String) -> Answer {
+    Answer {
+        state,
+        content_type: raw.content_type().or_else(|| Some("text/xml".to_owned())),
+        body: raw.body,
+        wechatpay: None,
+    }
+}
+
+/// Verifies a v3 answer's `Wechatpay-*` signature (timestamp freshness enforced: this is a
+/// live answer, not a retried message) with the merchant's platform keys.
+fn v3_verified(raw: &Raw, merchant: &Merchant) -> Result<WechatpayHeaders, QueryError> {
+    let headers = WechatpayHeaders::from_lookup(|name| {
+        raw.headers.get(name).and_then(|value| value.to_str().ok())
+    })
+    .map_err(|error| QueryError::Signature(error.to_string()))?;
+    let check = TimestampCheck::Enforce {
+        now_unix: chrono::Utc::now().timestamp(),
+    };
+    verify_response(&headers, &raw.body, &merchant.platform_keys, check)
+        .map_err(|error| QueryError::Signature(error.code().to_owned()))?;
+    Ok(headers)
+}
+
+fn v3_found(raw: Raw, state: String, headers: WechatpayHeaders) -> Answer {
+    Answer {
+        state,
+        content_type: raw
+            .content_type()
+            .or_else(|| Some("application/json".to_owned())),
+        body: raw.body,
+        wechatpay: Some(headers),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_path_components() {
+        assert_eq!(
+            encode_component("1217752501201407033233368018"),
+            "1217752501201407033233368018"
+        );
+        assert_eq!(encode_component("a_b-c.d~e"), "a_b-c.d~e");
+        assert_eq!(encode_component("a|b*c@d/e?f"), "a%7Cb%2Ac%40d%2Fe%3Ff");
+        assert_eq!(encode_component("单"), "%E5%8D%95");
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        for attempt in 1..=20 {
+            let delay = backoff(attempt);
+            let base = BACKOFF_BASE.saturating_mul(1 << (attempt - 1).min(8));
+            assert!(
+                delay >= base && delay <= base + base / 2,
+                "{attempt}: {delay:?}"
+            );
+        }
+        assert!(backoff(1) < Duration::from_millis(301));
+    }
+
+    #[test]
+    fn retries_only_unavailability() {
+        assert!(retryable_status(StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(retryable_status(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(retryable_status(StatusCode::TOO_MANY_REQUESTS));
+        assert!(!retryable_status(StatusCode::UNAUTHORIZED));
+        assert!(!retryable_status(StatusCode::NOT_FOUND));
+        assert!(!retryable_status(StatusCode::OK));
+    }
+
+    #[test]
+    fn nonces_are_random_alphanumerics() {
+        let (a, b) = (nonce(), nonce());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+}

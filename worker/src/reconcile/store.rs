@@ -1,0 +1,193 @@
+//! What the reconciler reads and writes in PostgreSQL: the orders and refunds that are due
+//! for a query, and the one write it does itself (closing an unpaid order WeChat Pay
+//! closed). Payments and refunds found by a query are never written here: they go through
+//! the queue and the worker's one apply path.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use crate::db::models::state;
+use crate::db::schema::{orders, refunds};
+use crate::db::{pool_error_text, DbPool};
+
+/// `refunds.status` of a refund WeChat Pay has not finished.
+pub const REFUND_PROCESSING: &str = "PROCESSING";
+
+/// Why a database call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Pool(String),
+    #[error("database: {0}")]
+    Query(#[from] diesel::result::Error),
+}
+
+/// An order to ask WeChat Pay about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueOrder {
+    pub out_trade_no: String,
+    pub appid: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A refund to ask WeChat Pay about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueRefund {
+    pub out_refund_no: String,
+    pub out_trade_no: String,
+    /// The refunded order's appid (v2 queries need one); `None` when the order is unknown.
+    pub appid: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Keyset position: rows strictly after `(created_at, number)` come next.
+pub type Cursor = (DateTime<Utc>, String);
+
+async fn conn(pool: &DbPool) -> Result<crate::db::DbConn, StoreError> {
+    pool.get()
+        .await
+        .map_err(|error| StoreError::Pool(pool_error_text(&error)))
+}
+
+/// The merchant's `NOTPAY` orders created in `(newer_than, older_than)`, oldest first,
+/// after `cursor`, at most `limit`.
+pub async fn due_orders(
+    pool: &DbPool,
+    mch_id: &str,
+    newer_than: DateTime<Utc>,
+    older_than: DateTime<Utc>,
+    cursor: Option<&Cursor>,
+    limit: i64,
+) -> Result<Vec<DueOrder>, StoreError> {
+    let mut conn = conn(pool).await?;
+    let mut query = orders::table
+        .filter(orders::mch_id.eq(mch_id))
+        .filter(orders::state.eq(state::NOTPAY))
+        .filter(orders::created_at.gt(newer_than))
+        .filter(orders::created_at.lt(older_than))
+        .select((orders::out_trade_no, orders::appid, orders::created_at))
+        .order_by((orders::created_at.asc(), orders::out_trade_no.asc()))
+        .limit(limit)
+        .into_boxed();
+    if let Some((at, number)) = cursor {
+        query = query.filter(
+            orders::created_at.gt(*at).or(orders::created_at
+                .eq(*at)
+                .and(orders::out_trade_no.gt(number.clone()))),
+        );
+    }
+    let rows: Vec<(String, String, DateTime<Utc>)> = query.load(&mut conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(out_trade_no, appid, created_at)| DueOrder {
+            out_trade_no,
+            appid,
+            created_at,
+        })
+        .collect())
+}
+
+/// The merchant's `PROCESSING` refunds created before `older_than`, oldest first, after
+/// `cursor`, at most `limit`. No horizon: a refund can stay processing for days (bank
+/// cards), and one that never finishes must keep showing up in the error metrics.
+pub async fn due_refunds(
+    pool: &DbPool,
+    mch_id: &str,
+    older_than: DateTime<Utc>,
+    cursor: Option<&Cursor>,
+    limit: i64,
+) -> Result<Vec<DueRefund>, StoreError> {
+    let mut conn = conn(pool).await?;
+    let mut query = refunds::table
+        .left_join(
+            orders::table.on(orders::mch_id
+                .eq(refunds::mch_id)
+                .and(orders::out_trade_no.eq(refunds::out_trade_no))),
+        )
+        .filter(refunds::mch_id.eq(mch_id))
+        .filter(refunds::status.eq(REFUND_PROCESSING))
+        .filter(refunds::created_at.lt(older_than))
+        .select((
+            refunds::out_refund_no,
+            refunds::out_trade_no,
+            orders::appid.nullable(),
+            refunds::created_at,
+        ))
+        .order_by((refunds::created_at.asc(), refunds::out_refund_no.asc()))
+        .limit(limit)
+        .into_boxed();
+    if let Some((at, number)) = cursor {
+        query = query.filter(
+            refunds::created_at.gt(*at).or(refunds::created_at
+                .eq(*at)
+                .and(refunds::out_refund_no.gt(number.clone()))),
+        );
+    }
+    let rows: Vec<(String, String, Option<String>, DateTime<Utc>)> = query.load(&mut conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(out_refund_no, out_trade_no, appid, created_at)| DueRefund {
+                out_refund_no,
+                out_trade_no,
+                appid,
+                created_at,
+            },
+        )
+        .collect())
+}
+
+/// The order's state now (`None`: no such order).
+pub async fn order_state(
+    pool: &DbPool,
+    mch_id: &str,
+    out_trade_no: &str,
+) -> Result<Option<String>, StoreError> {
+    let mut conn = conn(pool).await?;
+    Ok(orders::table
+        .find((mch_id, out_trade_no))
+        .select(orders::state)
+        .first(&mut conn)
+        .await
+        .optional()?)
+}
+
+/// The refund's status now (`None`: no such refund).
+pub async fn refund_status(
+    pool: &DbPool,
+    mch_id: &str,
+    out_refund_no: &str,
+) -> Result<Option<String>, StoreError> {
+    let mut conn = conn(pool).await?;
+    Ok(refunds::table
+        .find((mch_id, out_refund_no))
+        .select(refunds::status)
+        .first(&mut conn)
+        .await
+        .optional()?)
+}
+
+/// `NOTPAY → CLOSED`, guarded: an order paid meanwhile (the worker holds the row lock while
+/// it applies) is left alone. Moves no money, so no notification row and no outbox event.
+/// `true` when the order was closed by this call.
+pub async fn close_unpaid(
+    pool: &DbPool,
+    mch_id: &str,
+    out_trade_no: &str,
+) -> Result<bool, StoreError> {
+    let mut conn = conn(pool).await?;
+    let updated = diesel::update(
+        orders::table
+            .filter(orders::mch_id.eq(mch_id))
+            .filter(orders::out_trade_no.eq(out_trade_no))
+            .filter(orders::state.eq(state::NOTPAY)),
+    )
+    .set((
+        orders::state.eq(state::CLOSED),
+        orders::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(&mut conn)
+    .await?;
+    Ok(updated == 1)
+}

@@ -20,6 +20,7 @@ pub mod dedupe;
 pub mod http;
 pub mod migrate;
 pub mod outbox;
+pub mod reconcile;
 pub mod retry;
 pub mod telemetry;
 

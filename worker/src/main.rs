@@ -1,4 +1,4 @@
-//! `wxpay-worker`: `run`, `migrate`, `dlq list`, `dlq replay [--all | --id ID]`.
+//! `wxpay-worker`: `run`, `migrate`, `reconcile [--once]`, `dlq list`, `dlq replay [--all | --id ID]`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,13 @@ enum Command {
     Run,
     /// Create the database if missing and run the migrations.
     Migrate,
+    /// Query WeChat Pay for orders/refunds whose notification never came, every
+    /// reconciler.interval_secs (serves /healthz /readyz /metrics on reconciler.metrics_listen).
+    Reconcile {
+        /// One round, then exit (non-zero if the round could not run).
+        #[arg(long)]
+        once: bool,
+    },
     /// The parking (dead-letter) queue.
     Dlq {
         #[command(subcommand)]
@@ -89,6 +96,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run => run(settings).await,
+        Command::Reconcile { once } => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(watch_signals(shutdown.clone()));
+            Ok(wxpay_worker::reconcile::run(&settings, once, shutdown).await?)
+        }
         Command::Dlq {
             command: DlqCommand::List,
         } => {

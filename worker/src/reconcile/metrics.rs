@@ -78,7 +78,7 @@ pub fn register() {
         for label in reason::ALL {
             metrics::counter!(metric::RECONCILER_ERRORS_TOTAL, "reason" => label).increment(0);
         }
-        metrics::histogram!(metric::RECONCILER_ROUND_DURATION_SECONDS);
+        let _ = metrics::histogram!(metric::RECONCILER_ROUND_DURATION_SECONDS);
     });
 }
 

@@ -398,7 +398,7 @@ impl QueryClient {
 
 /// One request; the body is read up to [`MAX_ANSWER_BYTES`].
 async fn exchange(request: RequestBuilder) -> Result<Raw, QueryError> {
-    let transport = |error: reqwest::Error| QueryError::Transport(transport_text(&error));
+    let transport = |error: reqwest::Error| QueryError::Transport(transport_text(error));
     let mut response = request.send().await.map_err(transport)?;
     let status = response.status();
     let headers = response.headers().clone();
@@ -420,7 +420,7 @@ async fn exchange(request: RequestBuilder) -> Result<Raw, QueryError> {
 
 /// A short description of a transport error, without the URL's query (ids only, but
 /// keep logs lean).
-fn transport_text(error: &reqwest::Error) -> String {
+fn transport_text(error: reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timeout"
     } else if error.is_connect() {

@@ -1,0 +1,764 @@
+//! `wxpay-worker reconcile [--once]`: the active query (查询订单 / 查询退款) for
+//! notifications that never came.
+//!
+//! WeChat Pay asks merchants to query orders whose result notification did not arrive
+//! ("商户后台未收到异步支付结果通知…应调用查询订单接口确认订单状态",
+//! <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_2>): a firewall, a wrong
+//! `notify_url` or an outage on our side would otherwise lose the payment for good.
+//!
+//! A round, for every configured merchant at once (a failing merchant does not hold up the
+//! others):
+//! 1. pages through its `NOTPAY` orders older than `reconciler.min_age_secs` and younger
+//!    than `reconciler.horizon_secs`, then its `PROCESSING` refunds older than
+//!    `min_age_secs`, oldest first, `reconciler.batch_size` rows per page (a round sweeps the
+//!    whole window, so the oldest rows never starve the newer ones);
+//! 2. queries WeChat Pay for each ([`query`]: v2 or v3, answers verified, paced at
+//!    `reconciler.rate_per_merchant` per second, retried on 5xx / 429);
+//! 3. acts on the verified answer:
+//!    - paid (`SUCCESS`, `REFUND`) or a finished refund: the raw answer is **published** to
+//!      the notification queue as `query.pay` / `query.refund` with publisher confirms
+//!      ([`publish`]); the worker applies it through the one apply path, and the business
+//!      dedupe key (`pay:{mch_id}:{transaction_id}`) makes a notification arriving at the
+//!      same time harmless. Found while our row is still unpaid / processing, it counts in
+//!      `wxpay_reconciler_recovered_total{kind}`: a lost notification;
+//!    - `CLOSED` / `PAYERROR` / `REVOKED`: the order is closed directly with a guarded
+//!      `UPDATE … WHERE state = 'NOTPAY'` when `reconciler.close_unpaid` (it moves no money);
+//!    - `NOTPAY` / `USERPAYING` / refund `PROCESSING`: asked again next round.
+//!
+//! A merchant whose API keeps failing (three queries in a row unavailable after their
+//! retries) is left for the rest of the round.
+
+mod http;
+pub mod metrics;
+pub mod publish;
+pub mod query;
+pub mod rate;
+pub mod store;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+use wxpay_shared::config::{ConfigError, Merchant, Merchants, ReconcilerSettings, Settings};
+use wxpay_shared::message::{NotifyKind, NotifyMessage};
+use wxpay_shared::telemetry::{self, metric, step};
+
+use self::metrics::reason;
+use self::publish::Publisher;
+use self::query::{Answer, Api, Found, QueryClient, QueryError};
+use self::rate::RateLimiter;
+use self::store::{StoreError, REFUND_PROCESSING};
+use crate::broker::BrokerError;
+use crate::db::models::state;
+use crate::db::{self, DbPool, PoolBuildError};
+
+/// Queries in a row that found the API unavailable before a merchant is left for the rest
+/// of the round.
+const MAX_CONSECUTIVE_UNAVAILABLE: u32 = 3;
+/// Connections the reconciler needs: one per merchant task at a time, bounded.
+const MAX_POOL_SIZE: usize = 8;
+
+/// Why the reconciler cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Pool(#[from] PoolBuildError),
+    #[error("query client: {0}")]
+    Client(#[from] QueryError),
+    #[error("cannot serve health and metrics on {listen}: {reason}")]
+    Listen { listen: String, reason: String },
+}
+
+/// Why a round could not run (the `--once` exit status).
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    #[error("cannot publish to the broker: {0}")]
+    Broker(#[from] BrokerError),
+    #[error("cannot read due orders/refunds of {failed} merchant(s): {first}")]
+    Database { failed: usize, first: StoreError },
+}
+
+/// What one round did (also in the logs).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Orders and refunds queried.
+    pub checked: u64,
+    /// Answers published to the queue (payments and finished refunds).
+    pub published: u64,
+    /// Payments found only by the query.
+    pub recovered_payments: u64,
+    /// Refund results found only by the query.
+    pub recovered_refunds: u64,
+    /// Unpaid orders closed.
+    pub closed: u64,
+    /// Errors counted in `wxpay_reconciler_errors_total`.
+    pub errors: u64,
+    /// Merchants left for the rest of the round (API unavailable).
+    pub merchants_skipped: u64,
+}
+
+impl RoundReport {
+    fn merge(&mut self, other: &RoundReport) {
+        self.checked += other.checked;
+        self.published += other.published;
+        self.recovered_payments += other.recovered_payments;
+        self.recovered_refunds += other.recovered_refunds;
+        self.closed += other.closed;
+        self.errors += other.errors;
+        self.merchants_skipped += other.merchants_skipped;
+    }
+
+    fn error(&mut self, label: &'static str) {
+        metrics::error(label);
+        self.errors += 1;
+    }
+}
+
+/// What an order's `trade_state` asks of us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TradeState {
+    /// `SUCCESS`, or `REFUND` (转入退款: paid, then refunded).
+    Paid,
+    /// `CLOSED`, `PAYERROR`, `REVOKED`: will never be paid.
+    Closed,
+    /// `NOTPAY`, `USERPAYING`: ask again later.
+    Pending,
+}
+
+fn trade_state(wire: &str) -> Option<TradeState> {
+    match wire {
+        "SUCCESS" | "REFUND" => Some(TradeState::Paid),
+        "CLOSED" | "PAYERROR" | "REVOKED" => Some(TradeState::Closed),
+        "NOTPAY" | "USERPAYING" => Some(TradeState::Pending),
+        _ => None,
+    }
+}
+
+/// Whether a refund status (v2 or v3 spelling) is final: `Some(true)` finished (published),
+/// `Some(false)` still processing.
+fn refund_finished(wire: &str) -> Option<bool> {
+    match wire {
+        "SUCCESS" | "CLOSED" | "REFUNDCLOSE" | "ABNORMAL" | "CHANGE" => Some(true),
+        "PROCESSING" => Some(false),
+        _ => None,
+    }
+}
+
+struct Inner {
+    settings: ReconcilerSettings,
+    rabbitmq: wxpay_shared::config::RabbitmqSettings,
+    merchants: Merchants,
+    pool: DbPool,
+    client: QueryClient,
+    /// Kept across rounds while connected.
+    publisher: tokio::sync::Mutex<Option<Arc<Publisher>>>,
+    broker_connected: AtomicBool,
+}
+
+/// The reconciler: cheap to clone.
+#[derive(Clone)]
+pub struct Reconciler {
+    inner: Arc<Inner>,
+}
+
+impl Reconciler {
+    /// Validates the merchants and builds the (lazy) database pool and the HTTP client.
+    /// Must be called within a Tokio runtime.
+    pub fn new(settings: &Settings) -> Result<Reconciler, StartError> {
+        metrics::register();
+        let merchants = settings.merchants()?;
+        let pool = db::build_pool(
+            secrecy::ExposeSecret::expose_secret(&settings.database.url),
+            settings.worker.db_pool_size.min(MAX_POOL_SIZE),
+            Duration::from_millis(settings.database.connect_timeout_ms),
+        )?;
+        let client = QueryClient::new(&settings.wechatpay)?;
+        Ok(Reconciler {
+            inner: Arc::new(Inner {
+                settings: settings.reconciler.clone(),
+                rabbitmq: settings.rabbitmq.clone(),
+                merchants,
+                pool,
+                client,
+                publisher: tokio::sync::Mutex::new(None),
+                broker_connected: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn pool(&self) -> &DbPool {
+        &self.inner.pool
+    }
+
+    /// Whether the last connection to the broker is up.
+    pub fn broker_connected(&self) -> bool {
+        self.inner.broker_connected.load(Ordering::Relaxed)
+    }
+
+    /// The publisher, connecting again if the last connection was lost.
+    async fn publisher(&self) -> Result<Arc<Publisher>, BrokerError> {
+        let mut slot = self.inner.publisher.lock().await;
+        if let Some(publisher) = slot.as_ref() {
+            if publisher.is_connected() {
+                return Ok(publisher.clone());
+            }
+        }
+        *slot = None;
+        self.inner.broker_connected.store(false, Ordering::Relaxed);
+        let publisher = Arc::new(Publisher::connect(&self.inner.rabbitmq).await?);
+        *slot = Some(publisher.clone());
+        self.inner.broker_connected.store(true, Ordering::Relaxed);
+        Ok(publisher)
+    }
+
+    /// Closes the broker connection (end of `--once`, shutdown).
+    pub async fn close(&self) {
+        if let Some(publisher) = self.inner.publisher.lock().await.take() {
+            publisher.close().await;
+        }
+        self.inner.broker_connected.store(false, Ordering::Relaxed);
+    }
+
+    /// Runs one round over every merchant. `Err` when the round could not run (broker
+    /// unreachable, due rows unreadable); query failures are counted, not fatal.
+    pub async fn round(&self, shutdown: &CancellationToken) -> Result<RoundReport, RoundError> {
+        let started = Instant::now();
+        let publisher = match self.publisher().await {
+            Ok(publisher) => publisher,
+            Err(error) => {
+                metrics::error(reason::BROKER);
+                return Err(RoundError::Broker(error));
+            }
+        };
+        let settings = &self.inner.settings;
+        let now = Utc::now();
+        let window = Window {
+            older_than: ago(now, settings.min_age_secs),
+            newer_than: ago(now, settings.horizon_secs),
+        };
+        let rounds = self
+            .inner
+            .merchants
+            .iter()
+            .map(|merchant| self.merchant_round(merchant, &publisher, &window, shutdown));
+        let mut report = RoundReport::default();
+        let mut failures = Vec::new();
+        for (result, merchant) in join_all(rounds)
+            .await
+            .into_iter()
+            .zip(self.inner.merchants.iter())
+        {
+            let (merchant_report, failure) = result;
+            report.merge(&merchant_report);
+            if let Some(error) = failure {
+                tracing::error!(step = step::RECONCILE, mch_id = merchant.mch_id.as_str(), %error, "cannot read due orders/refunds");
+                failures.push(error);
+            }
+        }
+        if !failures.is_empty() {
+            let failed = failures.len();
+            let first = failures.swap_remove(0);
+            return Err(RoundError::Database { failed, first });
+        }
+        let elapsed = started.elapsed();
+        ::metrics::histogram!(metric::RECONCILER_ROUND_DURATION_SECONDS)
+            .record(elapsed.as_secs_f64());
+        tracing::info!(
+            step = step::RECONCILE,
+            checked = report.checked,
+            published = report.published,
+            recovered_payments = report.recovered_payments,
+            recovered_refunds = report.recovered_refunds,
+            closed = report.closed,
+            errors = report.errors,
+            merchants_skipped = report.merchants_skipped,
+            elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            "round finished"
+        );
+        Ok(report)
+    }
+
+    /// Rounds every `reconciler.interval_secs` until `shutdown`.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let interval = seconds_std(self.inner.settings.interval_secs);
+        loop {
+            if let Err(error) = self.round(&shutdown).await {
+                tracing::error!(step = step::RECONCILE, %error, "round could not run; trying again next interval");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+        self.close().await;
+    }
+
+    /// One merchant's part of a round: its report, and the database error that cut it
+    /// short, if any.
+    async fn merchant_round(
+        &self,
+        merchant: &Arc<Merchant>,
+        publisher: &Publisher,
+        window: &Window,
+        shutdown: &CancellationToken,
+    ) -> (RoundReport, Option<StoreError>) {
+        let mut work = MerchantWork {
+            reconciler: self,
+            merchant,
+            publisher,
+            limiter: RateLimiter::per_second(self.inner.settings.rate_per_merchant),
+            report: RoundReport::default(),
+            unavailable_in_a_row: 0,
+        };
+        let result = work.sweep(window, shutdown).await;
+        if let Err(error) = &result {
+            if matches!(error, SweepStop::Database(_)) {
+                work.report.error(reason::DATABASE);
+            }
+        }
+        match result {
+            Ok(()) => (work.report, None),
+            Err(SweepStop::Unavailable) => {
+                work.report.merchants_skipped += 1;
+                tracing::warn!(
+                    step = step::RECONCILE,
+                    mch_id = merchant.mch_id.as_str(),
+                    "WeChat Pay API unavailable for this merchant: left for the rest of the round"
+                );
+                (work.report, None)
+            }
+            Err(SweepStop::Shutdown) => (work.report, None),
+            Err(SweepStop::Database(error)) => (work.report, Some(error)),
+        }
+    }
+}
+
+/// The created-at window of due orders.
+struct Window {
+    older_than: chrono::DateTime<Utc>,
+    newer_than: chrono::DateTime<Utc>,
+}
+
+/// `now - secs`, saturating at the earliest representable time.
+fn ago(now: chrono::DateTime<Utc>, secs: u64) -> chrono::DateTime<Utc> {
+    i64::try_from(secs)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|delta| now.checked_sub_signed(delta))
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
+}
+
+fn seconds_std(secs: u64) -> Duration {
+    Duration::from_secs(secs.max(1))
+}
+
+/// Why a merchant's sweep ended early.
+enum SweepStop {
+    Shutdown,
+    Unavailable,
+    Database(StoreError),
+}
+
+impl From<StoreError> for SweepStop {
+    fn from(error: StoreError) -> Self {
+        SweepStop::Database(error)
+    }
+}
+
+/// One merchant's sweep: sequential (the rate limit is per merchant), one limiter.
+struct MerchantWork<'a> {
+    reconciler: &'a Reconciler,
+    merchant: &'a Arc<Merchant>,
+    publisher: &'a Publisher,
+    limiter: RateLimiter,
+    report: RoundReport,
+    unavailable_in_a_row: u32,
+}
+
+impl MerchantWork<'_> {
+    fn mch_id(&self) -> &str {
+        &self.merchant.mch_id
+    }
+
+    async fn sweep(
+        &mut self,
+        window: &Window,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SweepStop> {
+        let inner = &self.reconciler.inner;
+        let batch = inner.settings.batch_size.max(1);
+        let mut cursor = None;
+        loop {
+            let page = store::due_orders(
+                &inner.pool,
+                self.mch_id(),
+                window.newer_than,
+                window.older_than,
+                cursor.as_ref(),
+                batch,
+            )
+            .await?;
+            for order in &page {
+                if shutdown.is_cancelled() {
+                    return Err(SweepStop::Shutdown);
+                }
+                self.check_order(order).await?;
+            }
+            match page.last() {
+                Some(last) if i64::try_from(page.len()).unwrap_or(i64::MAX) >= batch => {
+                    cursor = Some((last.created_at, last.out_trade_no.clone()));
+                }
+                _ => break,
+            }
+        }
+        let mut cursor = None;
+        loop {
+            let page = store::due_refunds(
+                &inner.pool,
+                self.mch_id(),
+                window.older_than,
+                cursor.as_ref(),
+                batch,
+            )
+            .await?;
+            for refund in &page {
+                if shutdown.is_cancelled() {
+                    return Err(SweepStop::Shutdown);
+                }
+                self.check_refund(refund).await?;
+            }
+            match page.last() {
+                Some(last) if i64::try_from(page.len()).unwrap_or(i64::MAX) >= batch => {
+                    cursor = Some((last.created_at, last.out_refund_no.clone()));
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a query failure; stops the merchant's sweep after
+    /// [`MAX_CONSECUTIVE_UNAVAILABLE`] unavailable answers in a row.
+    fn query_failed(
+        &mut self,
+        error: &QueryError,
+        number: &str,
+        what: &str,
+    ) -> Result<(), SweepStop> {
+        tracing::warn!(
+            step = step::RECONCILE,
+            mch_id = self.mch_id(),
+            api = Api::for_merchant(self.merchant).as_str(),
+            what,
+            number,
+            reason = error.code(),
+            %error,
+            "query failed"
+        );
+        self.report.error(error.code());
+        if error.is_unavailable() {
+            self.unavailable_in_a_row += 1;
+            if self.unavailable_in_a_row >= MAX_CONSECUTIVE_UNAVAILABLE {
+                return Err(SweepStop::Unavailable);
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_order(&mut self, order: &store::DueOrder) -> Result<(), SweepStop> {
+        let inner = &self.reconciler.inner;
+        let out_trade_no = order.out_trade_no.as_str();
+        self.report.checked += 1;
+        metrics::checked();
+        let found = inner
+            .client
+            .query_order(self.merchant, &order.appid, out_trade_no, &mut self.limiter)
+            .await;
+        let answer = match found {
+            Err(error) => return self.query_failed(&error, out_trade_no, "order"),
+            Ok(Found::NotFound) => {
+                self.unavailable_in_a_row = 0;
+                // The user never opened the payment: WeChat Pay has no such order yet.
+                tracing::debug!(
+                    step = step::RECONCILE,
+                    mch_id = self.mch_id(),
+                    out_trade_no,
+                    "order unknown to WeChat Pay"
+                );
+                return Ok(());
+            }
+            Ok(Found::Answer(answer)) => {
+                self.unavailable_in_a_row = 0;
+                answer
+            }
+        };
+        match trade_state(&answer.state) {
+            Some(TradeState::Paid) => {
+                // Read before publishing: once published, the worker may apply it at once.
+                let unpaid = self.still(
+                    store::order_state(&inner.pool, self.mch_id(), out_trade_no).await,
+                    state::NOTPAY,
+                );
+                if self
+                    .publish(NotifyKind::QueryPay, answer, out_trade_no)
+                    .await
+                    && unpaid
+                {
+                    self.report.recovered_payments += 1;
+                    metrics::recovered("pay");
+                    tracing::warn!(
+                        step = step::RECONCILE,
+                        mch_id = self.mch_id(),
+                        out_trade_no,
+                        "payment found only by query: its notification was lost"
+                    );
+                }
+            }
+            Some(TradeState::Closed) if inner.settings.close_unpaid => {
+                match store::close_unpaid(&inner.pool, self.mch_id(), out_trade_no).await {
+                    Ok(true) => {
+                        self.report.closed += 1;
+                        tracing::info!(
+                            step = step::RECONCILE,
+                            mch_id = self.mch_id(),
+                            out_trade_no,
+                            trade_state = answer.state.as_str(),
+                            "unpaid order closed"
+                        );
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(step = step::RECONCILE, mch_id = self.mch_id(), out_trade_no, %error, "cannot close the unpaid order");
+                        self.report.error(reason::DATABASE);
+                    }
+                }
+            }
+            Some(TradeState::Closed) | Some(TradeState::Pending) => {
+                tracing::debug!(
+                    step = step::RECONCILE,
+                    mch_id = self.mch_id(),
+                    out_trade_no,
+                    trade_state = answer.state.as_str(),
+                    "not paid yet"
+                );
+            }
+            None => {
+                tracing::warn!(
+                    step = step::RECONCILE,
+                    mch_id = self.mch_id(),
+                    out_trade_no,
+                    trade_state = answer.state.as_str(),
+                    "unknown trade_state"
+                );
+                self.report.error(reason::UNKNOWN_STATE);
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_refund(&mut self, refund: &store::DueRefund) -> Result<(), SweepStop> {
+        let inner = &self.reconciler.inner;
+        let out_refund_no = refund.out_refund_no.as_str();
+        let Some(appid) = refund
+            .appid
+            .as_deref()
+            .or_else(|| self.merchant.appids.first().map(String::as_str))
+        else {
+            tracing::warn!(
+                step = step::RECONCILE,
+                mch_id = self.mch_id(),
+                out_refund_no,
+                "no appid to query the refund with"
+            );
+            self.report.error(reason::CLIENT);
+            return Ok(());
+        };
+        self.report.checked += 1;
+        metrics::checked();
+        let found = inner
+            .client
+            .query_refund(self.merchant, appid, out_refund_no, &mut self.limiter)
+            .await;
+        let answer = match found {
+            Err(error) => return self.query_failed(&error, out_refund_no, "refund"),
+            Ok(Found::NotFound) => {
+                self.unavailable_in_a_row = 0;
+                tracing::warn!(
+                    step = step::RECONCILE,
+                    mch_id = self.mch_id(),
+                    out_refund_no,
+                    out_trade_no = refund.out_trade_no.as_str(),
+                    "refund processing here but unknown to WeChat Pay"
+                );
+                self.report.error(reason::NOT_FOUND);
+                return Ok(());
+            }
+            Ok(Found::Answer(answer)) => {
+                self.unavailable_in_a_row = 0;
+                answer
+            }
+        };
+        match refund_finished(&answer.state) {
+            Some(true) => {
+                let processing = self.still(
+                    store::refund_status(&inner.pool, self.mch_id(), out_refund_no).await,
+                    REFUND_PROCESSING,
+                );
+                let status = answer.state.clone();
+                if self
+                    .publish(NotifyKind::QueryRefund, answer, out_refund_no)
+                    .await
+                    && processing
+                {
+                    self.report.recovered_refunds += 1;
+                    metrics::recovered("refund");
+                    tracing::warn!(
+                        step = step::RECONCILE,
+                        mch_id = self.mch_id(),
+                        out_refund_no,
+                        refund_status = status.as_str(),
+                        "refund result found only by query: its notification was lost"
+                    );
+                }
+            }
+            Some(false) => {
+                tracing::debug!(
+                    step = step::RECONCILE,
+                    mch_id = self.mch_id(),
+                    out_refund_no,
+                    "refund still processing"
+                );
+            }
+            None => {
+                tracing::warn!(
+                    step = step::RECONCILE,
+                    mch_id = self.mch_id(),
+                    out_refund_no,
+                    refund_status = answer.state.as_str(),
+                    "unknown refund status"
+                );
+                self.report.error(reason::UNKNOWN_STATE);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the row is still in `expected` (for the recovered count only: on a database
+    /// error the answer is still published, and counted as recovered).
+    fn still(&mut self, current: Result<Option<String>, StoreError>, expected: &str) -> bool {
+        match current {
+            Ok(current) => current.as_deref() == Some(expected),
+            Err(error) => {
+                tracing::warn!(step = step::RECONCILE, mch_id = self.mch_id(), %error, "cannot re-read the row's state");
+                self.report.error(reason::DATABASE);
+                true
+            }
+        }
+    }
+
+    /// Publishes a verified answer; `true` once the broker confirmed it.
+    async fn publish(&mut self, kind: NotifyKind, answer: Answer, number: &str) -> bool {
+        let message = NotifyMessage::new(
+            kind,
+            self.mch_id(),
+            answer.body,
+            answer.content_type,
+            answer.wechatpay,
+        );
+        match self.publisher.publish(&message).await {
+            Ok(()) => {
+                self.report.published += 1;
+                tracing::info!(step = step::RECONCILE, request_id = %message.message_id, mch_id = self.mch_id(), kind = kind.as_str(), number, state = answer.state.as_str(), "query answer published");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(step = step::RECONCILE, request_id = %message.message_id, mch_id = self.mch_id(), kind = kind.as_str(), number, %error, "cannot publish the query answer; next round asks again");
+                self.report.error(reason::BROKER);
+                false
+            }
+        }
+    }
+}
+
+/// `wxpay-worker reconcile [--once]`. With `once`, one round, then `Err` if it could not
+/// run. Otherwise serves /healthz /readyz /metrics on `reconciler.metrics_listen` and
+/// runs rounds every `reconciler.interval_secs` until `shutdown` (SIGTERM).
+pub async fn run(
+    settings: &Settings,
+    once: bool,
+    shutdown: CancellationToken,
+) -> Result<(), ReconcileError> {
+    let reconciler = Reconciler::new(settings)?;
+    if once {
+        let result = reconciler.round(&shutdown).await;
+        reconciler.close().await;
+        result?;
+        return Ok(());
+    }
+    let listen = &settings.reconciler.metrics_listen;
+    let (server, address) = http::serve(listen, reconciler.clone(), telemetry::metrics_handle())
+        .map_err(|error| StartError::Listen {
+            listen: listen.clone(),
+            reason: error.to_string(),
+        })?;
+    let server_handle = server.handle();
+    let server_task = tokio::spawn(server);
+    tracing::info!(step = step::STARTUP, %address, "reconciler health and metrics listening");
+    reconciler.run(shutdown).await;
+    server_handle.stop(true).await;
+    let _ = server_task.await;
+    tracing::info!(step = step::SHUTDOWN, "reconciler stopped");
+    Ok(())
+}
+
+/// Why `wxpay-worker reconcile` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("round failed: {0}")]
+    Round(#[from] RoundError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trade_states() {
+        assert_eq!(trade_state("SUCCESS"), Some(TradeState::Paid));
+        assert_eq!(trade_state("REFUND"), Some(TradeState::Paid));
+        for closed in ["CLOSED", "PAYERROR", "REVOKED"] {
+            assert_eq!(trade_state(closed), Some(TradeState::Closed));
+        }
+        assert_eq!(trade_state("NOTPAY"), Some(TradeState::Pending));
+        assert_eq!(trade_state("USERPAYING"), Some(TradeState::Pending));
+        assert_eq!(trade_state("success"), None);
+        assert_eq!(trade_state(""), None);
+    }
+
+    #[test]
+    fn refund_statuses() {
+        for finished in ["SUCCESS", "CLOSED", "REFUNDCLOSE", "ABNORMAL", "CHANGE"] {
+            assert_eq!(refund_finished(finished), Some(true), "{finished}");
+        }
+        assert_eq!(refund_finished("PROCESSING"), Some(false));
+        assert_eq!(refund_finished("DONE"), None);
+    }
+
+    #[test]
+    fn window_arithmetic_does_not_overflow() {
+        let now = Utc::now();
+        assert_eq!(ago(now, 60), now - chrono::Duration::seconds(60));
+        assert_eq!(ago(now, 0), now);
+        // A huge horizon saturates instead of panicking.
+        assert_eq!(ago(now, u64::MAX), chrono::DateTime::<Utc>::MIN_UTC);
+        assert_eq!(ago(now, i64::MAX as u64), chrono::DateTime::<Utc>::MIN_UTC);
+        assert_eq!(seconds_std(0), Duration::from_secs(1));
+    }
+}

@@ -1,1 +1,496 @@
-fn main() {}
+//! `wxpay-sim`: plays WeChat Pay. See the library docs for what each subcommand does.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand};
+use secrecy::ExposeSecret as _;
+use wxpay_shared::v2::SignType;
+
+use wxpay_simulator::build::{self, Kind, Payment, Refund, V2Signing, Variant};
+use wxpay_simulator::init::{self, InitOptions, InitOutcome};
+use wxpay_simulator::load::{self, plan, LoadOptions};
+use wxpay_simulator::notify::{self, DeliveryOptions};
+use wxpay_simulator::orders::{OrderBookFile, OrderRecord, RefundRecord};
+use wxpay_simulator::secrets::{SimMerchant, DEFAULT_SIM_CONFIG};
+use wxpay_simulator::serve;
+
+/// Plays WeChat Pay: test merchants, signed notifications with re-sends, the query API, load.
+#[derive(Parser)]
+#[command(name = "wxpay-sim", version)]
+struct Cli {
+    /// The simulator's secrets file (written by `init`).
+    #[arg(long, global = true, env = "WXPAY_SIM_CONFIG", default_value = DEFAULT_SIM_CONFIG)]
+    sim_config: PathBuf,
+    /// The services' configuration (`load` reads database.url from it when
+    /// --database-url is not given); else $WXPAY_CONFIG, else config/wxpay.toml.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the test merchant: config/example.toml and config/simulator.toml.
+    Init(InitArgs),
+    /// Send one signed notification, re-sending on WeChat Pay's schedule until acknowledged.
+    Notify(NotifyArgs),
+    /// Serve the WeChat Pay query API (v2 orderquery/refundquery, v3 queries) from the order book.
+    Serve(ServeArgs),
+    /// Stage an order in the order book (e.g. paid but never notified).
+    Order(OrderArgs),
+    /// Open-loop load with duplicates, forgeries and tampering, then audit PostgreSQL.
+    Load(LoadArgs),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Directory of the two files.
+    #[arg(long, default_value = "config")]
+    dir: PathBuf,
+    /// Overwrite existing files with a new merchant.
+    #[arg(long)]
+    force: bool,
+    #[arg(long, default_value = "1900000109")]
+    mch_id: String,
+    #[arg(long, default_value = "wxd930ea5d5a258f4f")]
+    appid: String,
+    /// Written as wechatpay.api_base: where `wxpay-sim serve` listens.
+    #[arg(long, default_value = init::DEFAULT_SERVE_URL)]
+    api_base: String,
+    /// RSA key size (WeChat Pay uses 2048).
+    #[arg(long, default_value_t = 2048)]
+    key_bits: usize,
+}
+
+#[derive(Args)]
+struct NotifyArgs {
+    /// The gateway's base URL, e.g. http://127.0.0.1:8080 (the route is appended).
+    #[arg(long)]
+    target: String,
+    /// v2-pay | v2-refund | v3-pay | v3-refund
+    #[arg(long, value_parser = parse_kind)]
+    kind: Kind,
+    #[arg(long)]
+    out_trade_no: String,
+    /// The order's amount in fen.
+    #[arg(long)]
+    amount: i64,
+    /// v2 signature method: MD5 | HMAC-SHA256.
+    #[arg(long, value_parser = parse_sign_type, default_value = "MD5")]
+    sign_type: SignType,
+    /// Leave sign_type out of a v2 body (WeChat Pay does): the length of sign tells the method.
+    #[arg(long)]
+    omit_sign_type: bool,
+    /// Refund amount in fen (refund kinds; default: the whole amount).
+    #[arg(long)]
+    refund_fee: Option<i64>,
+    /// Refund kinds; default: R + out_trade_no.
+    #[arg(long)]
+    out_refund_no: Option<String>,
+    /// Default: the one in the order book, else a new one.
+    #[arg(long)]
+    transaction_id: Option<String>,
+    /// Multiplies WeChat Pay's re-send schedule (0.001 = milliseconds).
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// Attempts in all (WeChat Pay: 16).
+    #[arg(long, default_value_t = notify::WECHAT_MAX_ATTEMPTS)]
+    max_attempts: u32,
+    /// Sign (or encrypt) with a wrong key.
+    #[arg(long, group = "bad")]
+    forge: bool,
+    /// Sign for 1 fen, then change the amount to --amount.
+    #[arg(long, group = "bad")]
+    tamper_amount: bool,
+    /// v3: signature WECHATPAY/SIGNTEST/… (WeChat Pay's verification probe).
+    #[arg(long, group = "bad")]
+    probe: bool,
+    /// v3: timestamp 10 minutes old.
+    #[arg(long, group = "bad")]
+    stale: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: String,
+}
+
+#[derive(Args)]
+struct OrderArgs {
+    #[arg(long)]
+    out_trade_no: String,
+    /// Fen.
+    #[arg(long)]
+    amount: i64,
+    /// SUCCESS | REFUND | NOTPAY | CLOSED | REVOKED | USERPAYING | PAYERROR
+    #[arg(long, default_value = "SUCCESS")]
+    state: String,
+    #[arg(long)]
+    transaction_id: Option<String>,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// The gateway's base URL.
+    #[arg(long)]
+    target: String,
+    /// Sends per second (open loop).
+    #[arg(long)]
+    rate: u32,
+    /// e.g. 30s, 2m, 500ms.
+    #[arg(long, value_parser = load::parse_duration)]
+    duration: Duration,
+    /// Share of sends that repeat an earlier genuine payment (same body, or the other channel).
+    #[arg(long, default_value_t = 0.1)]
+    dup_ratio: f64,
+    /// Share of sends that are forged (wrong key), for orders never genuinely paid.
+    #[arg(long, default_value_t = 0.02)]
+    forged_ratio: f64,
+    /// Share of sends that are tampered (amount changed after signing).
+    #[arg(long, default_value_t = 0.02)]
+    tampered_ratio: f64,
+    /// Channels of genuine payments, e.g. v2:0.5,v3:0.5.
+    #[arg(long, default_value = "v2:0.5,v3:0.5")]
+    mix: String,
+    /// PostgreSQL of the worker; default: database.url of --config, else the local default.
+    #[arg(long, env = "WXPAY__DATABASE__URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Gateway answers only: no NOTPAY orders inserted, no database audit.
+    #[arg(long, conflicts_with = "database_url")]
+    no_db: bool,
+    /// Seconds to wait for the worker to settle every genuine order.
+    #[arg(long, default_value_t = 60)]
+    drain_timeout: u64,
+    /// In-flight requests at most.
+    #[arg(long, default_value_t = 512)]
+    concurrency: usize,
+    /// Don't add the genuine payments to the simulator's order book.
+    #[arg(long)]
+    no_order_book: bool,
+    /// Print one JSON object on stdout instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    Kind::parse(s).ok_or_else(|| "expected v2-pay, v2-refund, v3-pay or v3-refund".to_owned())
+}
+
+fn parse_sign_type(s: &str) -> Result<SignType, String> {
+    s.parse::<SignType>()
+        .map_err(|_| "expected MD5 or HMAC-SHA256".to_owned())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wxpay-sim: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("wxpay-sim: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `Ok(false)`: ran, but the outcome is a failure (not acknowledged, verification failed).
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Command::Init(a) => run_init(a),
+        Command::Notify(a) => run_notify(&cli.sim_config, a).await,
+        Command::Serve(a) => run_serve(&cli.sim_config, a).await,
+        Command::Order(a) => run_order(&cli.sim_config, a),
+        Command::Load(a) => run_load(&cli.sim_config, cli.config.as_deref(), a).await,
+    }
+}
+
+fn run_init(a: InitArgs) -> anyhow::Result<bool> {
+    let options = InitOptions {
+        dir: a.dir,
+        force: a.force,
+        mch_id: a.mch_id,
+        appid: a.appid,
+        api_base: a.api_base,
+        key_bits: a.key_bits,
+    };
+    match init::init(&options)? {
+        InitOutcome::Written {
+            example,
+            simulator,
+            mch_id,
+            platform_serial,
+        } => {
+            println!(
+                "wrote {} (gateway and worker configuration)",
+                example.display()
+            );
+            println!(
+                "wrote {} (simulator secrets: platform private key)",
+                simulator.display()
+            );
+            println!("test merchant {mch_id}, platform key serial {platform_serial}");
+        }
+        InitOutcome::Kept { example, simulator } => {
+            println!(
+                "kept existing {} and {} (valid; use --force to replace them)",
+                example.display(),
+                simulator.display()
+            );
+        }
+    }
+    Ok(true)
+}
+
+fn load_merchant(path: &Path) -> anyhow::Result<SimMerchant> {
+    Ok(SimMerchant::load(path)?)
+}
+
+async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
+    let m = load_merchant(sim_config)?;
+    let variant = if a.forge {
+        Variant::Forge
+    } else if a.tamper_amount {
+        Variant::TamperAmount
+    } else if a.probe {
+        Variant::Probe
+    } else if a.stale {
+        Variant::Stale
+    } else {
+        Variant::Genuine
+    };
+    let options = DeliveryOptions {
+        time_scale: a.time_scale,
+        max_attempts: a.max_attempts,
+        ..DeliveryOptions::default()
+    };
+    options.validate()?;
+    let book = OrderBookFile::new(&m.orders_path);
+    let known = book.read()?.orders.get(&a.out_trade_no).cloned();
+    let transaction_id = a
+        .transaction_id
+        .clone()
+        .or_else(|| known.as_ref().and_then(|o| o.transaction_id.clone()))
+        .unwrap_or_else(build::new_transaction_id);
+    let now = Utc::now();
+    let payment = Payment {
+        out_trade_no: a.out_trade_no.clone(),
+        transaction_id: transaction_id.clone(),
+        amount: a.amount,
+        openid: "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o".into(),
+        paid_at: known.as_ref().and_then(|o| o.paid_at).unwrap_or(now),
+    };
+    let refund = || Refund {
+        out_trade_no: a.out_trade_no.clone(),
+        transaction_id: transaction_id.clone(),
+        out_refund_no: a
+            .out_refund_no
+            .clone()
+            .unwrap_or_else(|| format!("R{}", a.out_trade_no)),
+        refund_id: build::new_refund_id(),
+        total_fee: a.amount,
+        refund_fee: a.refund_fee.unwrap_or(a.amount),
+        succeeded_at: now,
+    };
+    let signing = V2Signing {
+        sign_type: a.sign_type,
+        omit_sign_type: a.omit_sign_type,
+    };
+    let notification = match a.kind {
+        Kind::V2Pay => build::v2_pay(&m, &payment, signing, variant)?,
+        Kind::V3Pay => build::v3_pay(&m, &payment, variant, now)?,
+        Kind::V2Refund => build::v2_refund(&m, &refund(), variant)?,
+        Kind::V3Refund => build::v3_refund(&m, &refund(), variant, now)?,
+    };
+    // WeChat Pay knows about a payment (or refund) before it notifies: record it, genuine only.
+    if variant == Variant::Genuine {
+        match a.kind {
+            Kind::V2Pay | Kind::V3Pay => book.update(|b| {
+                b.upsert_order(OrderRecord {
+                    out_trade_no: payment.out_trade_no.clone(),
+                    transaction_id: Some(transaction_id.clone()),
+                    amount: payment.amount,
+                    state: "SUCCESS".into(),
+                    paid_at: Some(payment.paid_at),
+                    openid: Some(payment.openid.clone()),
+                })
+            })?,
+            Kind::V2Refund | Kind::V3Refund => {
+                let r = refund();
+                book.update(|b| {
+                    if !b.orders.contains_key(&r.out_trade_no) {
+                        b.upsert_order(OrderRecord {
+                            out_trade_no: r.out_trade_no.clone(),
+                            transaction_id: Some(r.transaction_id.clone()),
+                            amount: r.total_fee,
+                            state: "SUCCESS".into(),
+                            paid_at: Some(now),
+                            openid: None,
+                        });
+                    }
+                    b.upsert_refund(RefundRecord {
+                        out_refund_no: r.out_refund_no.clone(),
+                        out_trade_no: r.out_trade_no.clone(),
+                        transaction_id: r.transaction_id.clone(),
+                        refund_id: r.refund_id.clone(),
+                        total_fee: r.total_fee,
+                        refund_fee: r.refund_fee,
+                        status: "SUCCESS".into(),
+                        succeeded_at: Some(r.succeeded_at),
+                    })
+                })?
+            }
+        }
+    }
+    println!(
+        "{} {} out_trade_no={}{} transaction_id={} -> {}{}",
+        notification.kind.as_str(),
+        variant.as_str(),
+        notification.out_trade_no,
+        notification
+            .out_refund_no
+            .as_deref()
+            .map(|r| format!(" out_refund_no={r}"))
+            .unwrap_or_default(),
+        transaction_id,
+        a.target.trim_end_matches('/'),
+        notification.route
+    );
+    let client = reqwest::Client::new();
+    let delivery = notify::deliver(&client, &a.target, &notification, &options, |attempt| {
+        println!(
+            "attempt {}: {} in {} ms -> {}",
+            attempt.number,
+            attempt.judgement.reason,
+            attempt.latency.as_millis(),
+            if attempt.judgement.success {
+                "acknowledged"
+            } else {
+                "failure, WeChat Pay re-sends"
+            }
+        );
+        if !attempt.judgement.success && attempt.number < options.max_attempts {
+            println!(
+                "  next attempt in {} ms",
+                options.delay_before(attempt.number + 1).as_millis()
+            );
+        }
+    })
+    .await?;
+    if delivery.acknowledged {
+        println!("acknowledged after {} attempt(s)", delivery.attempts.len());
+    } else {
+        println!(
+            "not acknowledged after {} attempt(s)",
+            delivery.attempts.len()
+        );
+    }
+    Ok(delivery.acknowledged)
+}
+
+async fn run_serve(sim_config: &Path, a: ServeArgs) -> anyhow::Result<bool> {
+    wxpay_shared::telemetry::init_logging("simulator");
+    let m = load_merchant(sim_config)?;
+    let orders = m.orders_path.clone();
+    let (server, addr) =
+        serve::bind(m, &a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
+    eprintln!(
+        "wxpay-sim serve: WeChat Pay query API on http://{addr} (order book {})",
+        orders.display()
+    );
+    server.await.context("server failed")?;
+    Ok(true)
+}
+
+fn run_order(sim_config: &Path, a: OrderArgs) -> anyhow::Result<bool> {
+    let m = load_merchant(sim_config)?;
+    let record = serve::order_record(serve::OrderRequest {
+        out_trade_no: a.out_trade_no,
+        amount: a.amount,
+        state: Some(a.state),
+        transaction_id: a.transaction_id,
+    })
+    .map_err(anyhow::Error::msg)?;
+    let line = format!(
+        "order {} {} fen {}{} in {}",
+        record.out_trade_no,
+        record.amount,
+        record.state,
+        record
+            .transaction_id
+            .as_deref()
+            .map(|t| format!(" transaction_id={t}"))
+            .unwrap_or_default(),
+        m.orders_path.display()
+    );
+    OrderBookFile::new(&m.orders_path).update(|b| b.upsert_order(record))?;
+    println!("{line}");
+    Ok(true)
+}
+
+/// --database-url, else database.url of the services' configuration, else the local default.
+fn database_url(config: Option<&Path>) -> anyhow::Result<String> {
+    let path = wxpay_shared::config::resolve_path(config);
+    if config.is_some() || path.is_file() {
+        let settings = wxpay_shared::config::Settings::load(&path)?;
+        return Ok(settings.database.url.expose_secret().to_owned());
+    }
+    Ok(wxpay_shared::config::DatabaseSettings::default()
+        .url
+        .expose_secret()
+        .to_owned())
+}
+
+async fn run_load(sim_config: &Path, config: Option<&Path>, a: LoadArgs) -> anyhow::Result<bool> {
+    let m = load_merchant(sim_config)?;
+    let v2_share = plan::parse_mix(&a.mix)?;
+    let database_url = if a.no_db {
+        None
+    } else {
+        match a.database_url {
+            Some(url) => Some(url),
+            None => Some(database_url(config)?),
+        }
+    };
+    if a.dup_ratio.is_nan() || a.forged_ratio.is_nan() || a.tampered_ratio.is_nan() {
+        bail!("ratios must be numbers between 0 and 1");
+    }
+    let options = LoadOptions {
+        target: a.target,
+        rate: a.rate,
+        duration: a.duration,
+        ratios: plan::Ratios {
+            v2_share,
+            dup: a.dup_ratio,
+            forged: a.forged_ratio,
+            tampered: a.tampered_ratio,
+        },
+        database_url,
+        drain_timeout: Duration::from_secs(a.drain_timeout),
+        concurrency: a.concurrency,
+        answer_timeout: notify::WECHAT_ANSWER_TIMEOUT,
+        record_order_book: !a.no_order_book,
+    };
+    let report = load::run(&m, &options, |line| eprintln!("wxpay-sim load: {line}")).await?;
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.summary());
+    }
+    Ok(report.verified)
+}

@@ -295,7 +295,7 @@ mod tests {
         assert_eq!(o.delay_before(40), Duration::from_millis(21_600));
         assert_eq!(WECHAT_MAX_ATTEMPTS, 16);
         let total: u64 = WECHAT_RESEND_SCHEDULE_SECS.iter().sum();
-        assert_eq!(total, 88_200, "about 24.5 h of re-sends");
+        assert_eq!(total, 86_640, "about 24 h of re-sends");
     }
 
     #[test]

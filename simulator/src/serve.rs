@@ -188,16 +188,16 @@ fn v2_signed(state: &SimState, mut fields: XmlFields, sign_type: SignType) -> Ht
     v2_xml(fields.to_xml())
 }
 
-/// Parses and authenticates a v2 request; `Err` is the answer to send.
-fn v2_request(state: &SimState, body: &[u8]) -> Result<(XmlFields, SignType), HttpResponse> {
-    let fields = XmlFields::parse(body).map_err(|_| v2_return_fail("XML格式错误"))?;
+/// Parses and authenticates a v2 request; `Err` is the `return_msg` of the FAIL answer.
+fn v2_request(state: &SimState, body: &[u8]) -> Result<(XmlFields, SignType), &'static str> {
+    let fields = XmlFields::parse(body).map_err(|_| "XML格式错误")?;
     let m = &state.merchant;
     if fields.get("mch_id") != Some(m.mch_id.as_str()) {
-        return Err(v2_return_fail("mch_id参数错误"));
+        return Err("mch_id参数错误");
     }
-    let sign_type = v2::verify(&fields, &m.api_v2_key).map_err(|_| v2_return_fail("签名错误"))?;
+    let sign_type = v2::verify(&fields, &m.api_v2_key).map_err(|_| "签名错误")?;
     if fields.get("nonce_str").is_none_or(str::is_empty) {
-        return Err(v2_return_fail("nonce_str参数错误"));
+        return Err("nonce_str参数错误");
     }
     Ok((fields, sign_type))
 }
@@ -242,7 +242,7 @@ async fn v2_orderquery(state: web::Data<SimState>, body: web::Bytes) -> HttpResp
     }
     let (req, sign_type) = match v2_request(&state, &body) {
         Ok(r) => r,
-        Err(answer) => return answer,
+        Err(msg) => return v2_return_fail(msg),
     };
     let m = &state.merchant;
     if req.get("appid") != Some(m.appid.as_str()) {
@@ -296,7 +296,7 @@ async fn v2_refundquery(state: web::Data<SimState>, body: web::Bytes) -> HttpRes
     }
     let (req, sign_type) = match v2_request(&state, &body) {
         Ok(r) => r,
-        Err(answer) => return answer,
+        Err(msg) => return v2_return_fail(msg),
     };
     let m = &state.merchant;
     let book = match state.book() {
@@ -390,9 +390,9 @@ fn v3_error(state: &SimState, status: StatusCode, code: &str, message: &str) -> 
 /// Checks the merchant's `Authorization` header: schema, mchid, serial, freshness, signature
 /// over `method\nurl\ntimestamp\nnonce\nbody\n`
 /// (<https://pay.weixin.qq.com/docs/merchant/development/interface-rules/signature-generation.html>).
-fn authenticate(state: &SimState, req: &HttpRequest, body: &[u8]) -> Result<(), HttpResponse> {
-    let unauthorized =
-        |message: &str| v3_error(state, StatusCode::UNAUTHORIZED, "SIGN_ERROR", message);
+/// `Err` is the message of the 401 SIGN_ERROR answer.
+fn authenticate(state: &SimState, req: &HttpRequest, body: &[u8]) -> Result<(), String> {
+    let unauthorized = |message: &str| message.to_owned();
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -471,8 +471,8 @@ async fn v3_query_order(
     if let Some(r) = fault_response(&state.faults()) {
         return r;
     }
-    if let Err(answer) = authenticate(state, req, b"") {
-        return answer;
+    if let Err(message) = authenticate(state, req, b"") {
+        return v3_error(state, StatusCode::UNAUTHORIZED, "SIGN_ERROR", &message);
     }
     let m = &state.merchant;
     if query.mchid.as_deref() != Some(m.mch_id.as_str()) {
@@ -535,8 +535,8 @@ async fn v3_refund_query(
     if let Some(r) = fault_response(&state.faults()) {
         return r;
     }
-    if let Err(answer) = authenticate(&state, &req, b"") {
-        return answer;
+    if let Err(message) = authenticate(&state, &req, b"") {
+        return v3_error(&state, StatusCode::UNAUTHORIZED, "SIGN_ERROR", &message);
     }
     let book = match state.book() {
         Ok(b) => b,

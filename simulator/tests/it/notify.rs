@@ -1,0 +1,309 @@
+//! Delivery with WeChat Pay's re-sends against a tiny in-test gateway.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use wxpay_shared::answer::{v2_fail, V2_SUCCESS};
+use wxpay_simulator::build::{self, Payment, V2Signing, Variant};
+use wxpay_simulator::notify::{deliver, DeliveryOptions};
+
+use crate::helpers::Fixture;
+
+/// What the fake gateway saw.
+#[derive(Default)]
+struct Seen {
+    paths: Vec<String>,
+    wechatpay_headers: Vec<usize>,
+}
+
+/// A server answering the i-th request with `answers[i]` (the last one repeats).
+struct FakeGateway {
+    url: String,
+    hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Seen>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl FakeGateway {
+    fn start(answers: Vec<(u16, &'static str)>) -> Self {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let answers = Arc::new(answers);
+        let (h, s, a) = (hits.clone(), seen.clone(), answers.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = HttpServer::new(move || {
+            let (h, s, a) = (h.clone(), s.clone(), a.clone());
+            App::new().default_service(web::to(move |req: HttpRequest, _body: web::Bytes| {
+                let (h, s, a) = (h.clone(), s.clone(), a.clone());
+                async move {
+                    let i = h.fetch_add(1, Ordering::SeqCst);
+                    {
+                        let mut seen = s.lock().unwrap();
+                        seen.paths.push(req.path().to_owned());
+                        let n = req
+                            .headers()
+                            .iter()
+                            .filter(|(k, _)| k.as_str().starts_with("wechatpay-"))
+                            .count();
+                        seen.wechatpay_headers.push(n);
+                    }
+                    let (status, body) = a[i.min(a.len() - 1)];
+                    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                        .body(body)
+                }
+            }))
+        })
+        .workers(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self {
+            url,
+            hits,
+            seen,
+            handle,
+        }
+    }
+
+    async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+fn fast(max_attempts: u32) -> DeliveryOptions {
+    DeliveryOptions {
+        time_scale: 0.001,
+        max_attempts,
+        ..DeliveryOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_twice_then_success_takes_three_attempts_on_schedule() {
+    let fail = Box::leak(v2_fail("broker busy").into_boxed_str());
+    let gw = FakeGateway::start(vec![(200, fail), (200, fail), (200, V2_SUCCESS)]);
+    let f = Fixture::new();
+    let n = build::v2_pay(
+        &f.merchant,
+        &Payment::new("O-1", 100),
+        V2Signing::default(),
+        Variant::Genuine,
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let mut printed = Vec::new();
+    let started = Instant::now();
+    let d = deliver(&client, &gw.url, &n, &fast(16), |a| printed.push(a.clone()))
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(d.acknowledged);
+    assert_eq!(d.attempts.len(), 3);
+    assert_eq!(printed.len(), 3);
+    assert!(
+        !d.attempts[0].judgement.success && d.attempts[0].judgement.reason.contains("broker busy")
+    );
+    assert!(d.attempts[2].judgement.success);
+    assert_eq!(gw.hits.load(Ordering::SeqCst), 3);
+    // 15 s + 15 s scaled by 0.001.
+    assert!(elapsed >= Duration::from_millis(30), "{elapsed:?}");
+    assert!(gw
+        .seen
+        .lock()
+        .unwrap()
+        .paths
+        .iter()
+        .all(|p| p == "/notify/v2/pay"));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_success_is_a_failure_until_attempts_run_out() {
+    let gw = FakeGateway::start(vec![(200, "success")]);
+    let f = Fixture::new();
+    let n = build::v2_pay(
+        &f.merchant,
+        &Payment::new("O-2", 100),
+        V2Signing::default(),
+        Variant::Genuine,
+    )
+    .unwrap();
+    let d = deliver(&reqwest::Client::new(), &gw.url, &n, &fast(4), |_| {})
+        .await
+        .unwrap();
+    assert!(!d.acknowledged);
+    assert_eq!(d.attempts.len(), 4);
+    assert!(d
+        .attempts
+        .iter()
+        .all(|a| a.status == Some(200) && !a.judgement.success));
+    assert!(d.attempts[0]
+        .judgement
+        .reason
+        .contains("not the v2 XML answer"));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_is_judged_by_status_and_carries_its_headers() {
+    let gw = FakeGateway::start(vec![(500, r#"{"code":"FAIL","message":"x"}"#), (204, "")]);
+    let f = Fixture::new();
+    let n = build::v3_pay(
+        &f.merchant,
+        &Payment::new("O-3", 100),
+        Variant::Genuine,
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    let d = deliver(
+        &reqwest::Client::new(),
+        &format!("{}/", gw.url),
+        &n,
+        &fast(16),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(d.acknowledged);
+    assert_eq!(d.attempts.len(), 2);
+    assert_eq!(d.attempts[0].status, Some(500));
+    let (path, headers) = {
+        let seen = gw.seen.lock().unwrap();
+        (seen.paths[0].clone(), seen.wechatpay_headers[0])
+    };
+    assert_eq!(path, format!("/notify/v3/{}", f.merchant.mch_id));
+    assert_eq!(headers, 5);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_server_is_a_failure_not_an_error() {
+    let f = Fixture::new();
+    let n = build::v3_pay(
+        &f.merchant,
+        &Payment::new("O-4", 1),
+        Variant::Genuine,
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    // A port that was just free: nothing listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = deliver(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{port}"),
+        &n,
+        &fast(2),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(!d.acknowledged);
+    assert_eq!(d.attempts[0].status, None);
+    assert!(
+        deliver(&reqwest::Client::new(), "not a url", &n, &fast(2), |_| {})
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_notify_prints_attempts_records_the_order_and_exits_by_outcome() {
+    let fail = Box::leak(v2_fail("nope").into_boxed_str());
+    let gw = FakeGateway::start(vec![(200, fail), (200, V2_SUCCESS)]);
+    let f = Fixture::new();
+    let sim_config = f.sim_config();
+    let url = gw.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_wxpay-sim"))
+            .arg("--sim-config")
+            .arg(&sim_config)
+            .args([
+                "notify",
+                "--target",
+                &url,
+                "--kind",
+                "v2-pay",
+                "--out-trade-no",
+                "CLI-1",
+                "--amount",
+                "2500",
+                "--sign-type",
+                "HMAC-SHA256",
+                "--time-scale",
+                "0.001",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("attempt 1:") && stdout.contains("attempt 2:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("acknowledged after 2 attempt(s)"),
+        "{stdout}"
+    );
+    let book = wxpay_simulator::orders::OrderBookFile::new(&f.merchant.orders_path)
+        .read()
+        .unwrap();
+    let order = &book.orders["CLI-1"];
+    assert_eq!((order.amount, order.state.as_str()), (2500, "SUCCESS"));
+
+    // Every attempt fails: non-zero exit.
+    let sim_config = f.sim_config();
+    let gw2 = FakeGateway::start(vec![(503, "down")]);
+    let url2 = gw2.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_wxpay-sim"))
+            .arg("--sim-config")
+            .arg(&sim_config)
+            .args([
+                "notify",
+                "--target",
+                &url2,
+                "--kind",
+                "v3-pay",
+                "--out-trade-no",
+                "CLI-2",
+                "--amount",
+                "1",
+                "--time-scale",
+                "0",
+                "--max-attempts",
+                "3",
+                "--forge",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("not acknowledged after 3 attempt(s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("HTTP 503"), "{stdout}");
+    // A forged notification is not a payment WeChat Pay knows about.
+    let book = wxpay_simulator::orders::OrderBookFile::new(&f.merchant.orders_path)
+        .read()
+        .unwrap();
+    assert!(!book.orders.contains_key("CLI-2"));
+    gw.stop().await;
+    gw2.stop().await;
+}

@@ -224,6 +224,11 @@ fn verified_v2_fields(body: &[u8], merchant: &Merchant) -> Result<XmlFields, Dec
 
 fn decode_v2_pay(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeError> {
     let fields = verified_v2_fields(body, merchant)?;
+    if fields.get("return_code") == Some(v2::SUCCESS)
+        && fields.get("result_code") != Some(v2::SUCCESS)
+    {
+        return Ok(failed_v2_pay(&fields, merchant));
+    }
     let n = PayNotification::from_fields(&fields).map_err(malformed)?;
     let success = n.is_success();
     let transaction_id = Some(n.transaction_id.clone()).filter(|id| !id.is_empty());
@@ -249,6 +254,34 @@ fn decode_v2_pay(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeErro
         state_text,
         paid_at,
     }))
+}
+
+/// A payment that failed (`result_code` FAIL) is recorded, not applied: read it leniently,
+/// since WeChat Pay may leave out `transaction_id` (and amounts) of a failed payment.
+fn failed_v2_pay(fields: &XmlFields, merchant: &Merchant) -> Decoded {
+    let text = |name: &str| fields.get(name).unwrap_or_default().to_owned();
+    let state_text = fields
+        .get("err_code")
+        .or_else(|| fields.get("result_code"))
+        .filter(|s| !s.is_empty())
+        .unwrap_or("FAIL")
+        .to_owned();
+    Decoded::Pay(PayEvent {
+        mch_id: non_empty_or(text("mch_id"), &merchant.mch_id),
+        appid: text("appid"),
+        out_trade_no: text("out_trade_no"),
+        transaction_id: fields
+            .get("transaction_id")
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned),
+        amount_total: fields
+            .get("total_fee")
+            .and_then(|fee| fen("total_fee", fee).ok())
+            .unwrap_or(0),
+        success: false,
+        state_text,
+        paid_at: None,
+    })
 }
 
 fn non_empty_or(value: String, fallback: &str) -> String {

@@ -1,0 +1,11 @@
+//! Integration tests of the worker against real PostgreSQL, RabbitMQ and Redis on loopback.
+//! Each test has its own database, queues, events exchange and Redis key prefix.
+
+mod builders;
+mod helpers;
+
+mod migrations;
+mod pay;
+mod pipeline;
+mod reconcile;
+mod refund;

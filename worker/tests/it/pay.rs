@@ -1,0 +1,230 @@
+//! Payment rules through the steppable `Worker::process_one`.
+
+use wxpay_worker::{DedupeLayer, Outcome, Worker};
+
+use crate::builders::{self, v2_pay, v2_pay_with, v3_pay, MCH_ID, OTHER_APPID, V2_KEY};
+use crate::helpers::{closed_port_url, TestEnv};
+
+fn anomaly(reason: &str) -> Outcome {
+    Outcome::Anomaly {
+        reason: reason.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notpay_becomes_paid_once_whatever_the_channel() {
+    let env = TestEnv::new().await;
+    let worker = Worker::new(env.settings()).expect("worker");
+    env.insert_order("o-1", 888).await;
+
+    let v2 = v2_pay("o-1", "4200001", 888);
+    assert_eq!(worker.process_one(&v2).await, Outcome::Applied);
+    let order = env.order("o-1").await;
+    assert_eq!(order.state, "PAID");
+    assert_eq!(order.transaction_id.as_deref(), Some("4200001"));
+
+    // The same notification again, a WeChat re-send, and the same payment through v3.
+    let again = worker.process_one(&v2).await;
+    assert!(matches!(again, Outcome::Duplicate { .. }), "{again:?}");
+    let resent = worker.process_one(&builders::resend(&v2)).await;
+    assert!(matches!(resent, Outcome::Duplicate { .. }), "{resent:?}");
+    let v3 = worker.process_one(&v3_pay("o-1", "4200001", 888)).await;
+    assert!(matches!(v3, Outcome::Duplicate { .. }), "{v3:?}");
+
+    assert_eq!(env.count("FROM notifications").await, 1);
+    assert_eq!(env.outbox_count("order.paid").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_payment_is_verified_decrypted_and_applied() {
+    let env = TestEnv::new().await;
+    let worker = Worker::new(env.settings()).expect("worker");
+    env.insert_order("o-v3", 100).await;
+    assert_eq!(
+        worker.process_one(&v3_pay("o-v3", "4200v3", 100)).await,
+        Outcome::Applied
+    );
+    assert_eq!(env.order("o-v3").await.state, "PAID");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_twice_is_a_duplicate_payment_anomaly() {
+    let env = TestEnv::new().await;
+    let worker = Worker::new(env.settings()).expect("worker");
+    env.insert_order("o-2", 500).await;
+    assert_eq!(
+        worker.process_one(&v2_pay("o-2", "4200A", 500)).await,
+        Outcome::Applied
+    );
+    assert_eq!(
+        worker.process_one(&v2_pay("o-2", "4200B", 500)).await,
+        anomaly("DUPLICATE_PAYMENT")
+    );
+    let order = env.order("o-2").await;
+    assert_eq!(
+        (order.state.as_str(), order.transaction_id.as_deref()),
+        ("PAID", Some("4200A"))
+    );
+    assert_eq!(env.anomalies("DUPLICATE_PAYMENT").await, 1);
+    assert_eq!(env.outbox_count("anomaly.detected").await, 1);
+    assert_eq!(env.outbox_count("order.paid").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_on_closed_order_is_an_anomaly() {
+    let env = TestEnv::new().await;
+    let worker = Worker::new(env.settings()).expect("worker");
+    env.insert_order_with("o-3", 500, builders::APPID, "CLOSED")
+        .await;
+    assert_eq!(
+        worker.process_one(&v2_pay("o-3", "4200C", 500)).await,
+        anomaly("PAID_AFTER_CLOSE")
+    );
+    assert_eq!(env.order("o-3").await.state, "CLOSED");
+    assert_eq!(env.outbox_count("order.paid").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amount_or_appid_mismatch_never_pays() {
+    let env = TestEnv::new().await;
+    let worker = Worker::new(env.settings()).expect("worker");
+    env.insert_order("o-4", 1000).await;
+    assert_eq!(
+        worker.process_one(&v2_pay("o-4", "4200D", 1)).await,
+        anomaly("AMOUNT_MISMATCH")
+    );
+    assert_eq!(
+        worker
+            .process_one(&v2_pay_with(
+                "o-4",
+                "4200E",
+                1000,
+                OTHER_APPID,
+                "SUCCESS",
+                V2_KEY
+            ))
+            .await,
+        anomaly("APPID_MISMATCH")
+    );
+    assert_eq!(env.order("o-4").await.state, "NOTPAY");
+    assert_eq!(env.outbox_count("anomaly.detected").await, 2);
+    // Re-sent, the anomaly is not recorded twice.
+    let again = worker.process_one(&v2_pay("o-4", "4200D", 1)).await;
+    assert!(matches!(again, Outcome::Duplicate { .. }), "{again:?}");
+    assert_eq!(env.anomalies("AMOUNT_MISMATCH").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_order_is_an_anomaly() {
+    let env = TestEnv::new().await;
+    let worker = Worker::new(env.settings()).expect("worker");
+    assert_eq!(
+        worker.process_one(&v2_pay("nope", "4200F", 1)).await,
+        anomaly("UNKNOWN_ORDER")
+    );
+    assert_eq!(env.anomalies("UNKNOWN_ORDER").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_payment_is_recorded_without_transition() {
+    let env = TestEnv::new().await;
+    let worker = Worker::new(env.settings()).expect("worker");
+    env.insert_order("o-5", 300).await;
+    let failed = v2_pay_with("o-5", "", 300, builders::APPID, "FAIL", V2_KEY);
+    assert_eq!(worker.process_one(&failed).await, Outcome::Recorded);
+    assert!(matches!(
+        worker.process_one(&builders::resend(&failed)).await,
+        Outcome::Duplicate { .. }
+    ));
+    assert_eq!(env.order("o-5").await.state, "NOTPAY");
+    assert_eq!(
+        env.count("FROM notifications WHERE outcome = 'RECORDED'")
+            .await,
+        1
+    );
+    // The payment that follows still applies.
+    assert_eq!(
+        worker.process_one(&v2_pay("o-5", "4200G", 300)).await,
+        Outcome::Applied
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_unknown_merchant_messages_are_parked() {
+    let env = TestEnv::new().await;
+    let worker = Worker::new(env.settings()).expect("worker");
+    env.insert_order("o-6", 100).await;
+    let forged = v2_pay_with(
+        "o-6",
+        "4200H",
+        100,
+        builders::APPID,
+        "SUCCESS",
+        "00000000000000000000000000000000",
+    );
+    let outcome = worker.process_one(&forged).await;
+    assert!(
+        matches!(&outcome, Outcome::Park { reason } if reason.starts_with("bad_signature")),
+        "{outcome:?}"
+    );
+
+    let mut tampered = v3_pay("o-6", "4200H", 100);
+    tampered.body = String::from_utf8_lossy(&tampered.body)
+        .replace("fdasflkja484", "fdasflkja485")
+        .into_bytes();
+    let outcome = worker.process_one(&tampered).await;
+    assert!(
+        matches!(&outcome, Outcome::Park { reason } if reason.starts_with("bad_signature")),
+        "{outcome:?}"
+    );
+
+    let mut stranger = v2_pay("o-6", "4200H", 100);
+    stranger.mch_id = "1234567890".into();
+    let outcome = worker.process_one(&stranger).await;
+    assert!(
+        matches!(&outcome, Outcome::Park { reason } if reason.starts_with("unknown_merchant")),
+        "{outcome:?}"
+    );
+
+    assert_eq!(env.order("o-6").await.state, "NOTPAY");
+    assert_eq!(env.count("FROM notifications").await, 0);
+    let _ = MCH_ID;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_postgres_alone_dedupes() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    settings.redis.url = secrecy::SecretString::from(closed_port_url("redis"));
+    let worker = Worker::new(settings).expect("worker");
+    env.insert_order("o-7", 100).await;
+    let message = v2_pay("o-7", "4200I", 100);
+    assert_eq!(worker.process_one(&message).await, Outcome::Applied);
+    assert_eq!(
+        worker.process_one(&message).await,
+        Outcome::Duplicate {
+            layer: DedupeLayer::Postgres
+        }
+    );
+    assert_eq!(env.outbox_count("order.paid").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_done_marker_short_circuits() {
+    let env = TestEnv::new().await;
+    let worker = Worker::new(env.settings()).expect("worker");
+    env.insert_order("o-8", 100).await;
+    crate::helpers::eventually(std::time::Duration::from_secs(5), "redis connected", || {
+        let connected = worker.redis_connected();
+        async move { connected }
+    })
+    .await;
+    let message = v2_pay("o-8", "4200J", 100);
+    assert_eq!(worker.process_one(&message).await, Outcome::Applied);
+    assert_eq!(
+        worker.process_one(&message).await,
+        Outcome::Duplicate {
+            layer: DedupeLayer::Redis
+        }
+    );
+}

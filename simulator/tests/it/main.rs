@@ -3,5 +3,6 @@
 mod build;
 mod helpers;
 mod init;
+mod load;
 mod notify;
 mod serve;

@@ -1,0 +1,400 @@
+//! Throughput and latency of the gateway against the real RabbitMQ (a benchmark, not a
+//! test: `cargo bench -p wxpay-gateway --bench throughput`).
+//!
+//! 1. Open loop at fixed rates: requests are sent at their intended times whatever the
+//!    gateway's speed, and latency is measured from the intended send time (no coordinated
+//!    omission). A fixed pool of pre-signed v2 MD5 bodies.
+//! 2. Closed loop at a fixed concurrency: the gateway's saturation throughput.
+//! 3. The ceiling: a raw lapin publish-with-confirm loop with the same concurrency, the same
+//!    body size and the same number of channels.
+//!
+//! Needs RabbitMQ at `amqp://guest:guest@127.0.0.1:5672/%2f` (or `WXPAY_BENCH_AMQP`).
+//! Each phase uses its own queue, deleted at the end.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::{Connection, ConnectionProperties};
+use wxpay_gateway::publish::{queue_arguments, queue_declare_options};
+use wxpay_gateway::Application;
+use wxpay_shared::config::Settings;
+use wxpay_shared::message::{NotifyKind, NotifyMessage};
+use wxpay_shared::v2::{sign, SignType, XmlFields};
+
+const MCH_ID: &str = "1900000109";
+const APPID: &str = "wxd930ea5d5a258f4f";
+const KEY: &str = "192006250b4c09247ec02edce69f6a2d";
+const RATES: [u64; 4] = [500, 1000, 2000, 3000];
+const PHASE: Duration = Duration::from_secs(6);
+const WARMUP: Duration = Duration::from_secs(1);
+const CONCURRENCY: usize = 64;
+const CHANNELS: usize = 4;
+const POOL: usize = 1000;
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn main() -> BenchResult<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+fn amqp_url() -> String {
+    std::env::var("WXPAY_BENCH_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn settings(queue: &str) -> BenchResult<Settings> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bench.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\npublish_timeout_ms = 2000\npublish_channels = {CHANNELS}\n\
+             [rabbitmq]\nurl = \"{}\"\nqueue = \"{queue}\"\n\
+             [[merchants]]\nmch_id = \"{MCH_ID}\"\nappids = [\"{APPID}\"]\napi_v2_key = \"{KEY}\"\n",
+            amqp_url()
+        ),
+    )?;
+    Ok(Settings::load_with_env(&path, Vec::new())?)
+}
+
+/// Pre-signed v2 MD5 payment notifications, distinct order numbers.
+fn bodies() -> Vec<Arc<[u8]>> {
+    (0..POOL)
+        .map(|n| {
+            let mut fields: XmlFields = [
+                ("appid", APPID.to_owned()),
+                ("bank_type", "CMC".to_owned()),
+                ("cash_fee", "100".to_owned()),
+                ("fee_type", "CNY".to_owned()),
+                ("is_subscribe", "N".to_owned()),
+                ("mch_id", MCH_ID.to_owned()),
+                ("nonce_str", format!("{n:032x}")),
+                ("openid", "oUpF8uMEb4qRXf22hE3X68TekukE".to_owned()),
+                ("out_trade_no", format!("bench-{n:08}")),
+                ("result_code", "SUCCESS".to_owned()),
+                ("return_code", "SUCCESS".to_owned()),
+                ("time_end", "20240102030405".to_owned()),
+                ("total_fee", "100".to_owned()),
+                ("trade_type", "JSAPI".to_owned()),
+                ("transaction_id", format!("42000000000000{n:014}")),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            let signature = sign(&fields, KEY, SignType::Md5);
+            fields.insert("sign", signature);
+            Arc::from(fields.to_xml().into_bytes())
+        })
+        .collect()
+}
+
+struct Stats {
+    histogram: Histogram<u64>,
+    ok: u64,
+    failed: u64,
+    elapsed: Duration,
+}
+
+impl Stats {
+    fn print(&self, label: &str) {
+        let q =
+            |p: f64| Duration::from_micros(self.histogram.value_at_quantile(p)).as_secs_f64() * 1e3;
+        println!(
+            "{label:<24} ok={:>6} failed={:>4} throughput={:>7.0}/s  p50={:>6.2}ms p99={:>6.2}ms p99.9={:>6.2}ms max={:>7.2}ms",
+            self.ok,
+            self.failed,
+            self.ok as f64 / self.elapsed.as_secs_f64(),
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            Duration::from_micros(self.histogram.max()).as_secs_f64() * 1e3,
+        );
+    }
+}
+
+fn histogram() -> BenchResult<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+async fn send(client: &reqwest::Client, url: &str, body: Arc<[u8]>) -> bool {
+    match client
+        .post(url)
+        .header("Content-Type", "text/xml")
+        .body(body.to_vec())
+        .send()
+        .await
+    {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            match response.bytes().await {
+                Ok(text) => wxpay_shared::answer::v2_answer_is_success(status, &text),
+                Err(_) => false,
+            }
+        }
+        Err(_) => false,
+    }
+}
+
+/// Open loop: request `i` is due at `start + i / rate`; latency counts from that instant.
+async fn open_loop(
+    client: &reqwest::Client,
+    url: &str,
+    bodies: &[Arc<[u8]>],
+    rate: u64,
+    phase: Duration,
+) -> BenchResult<Stats> {
+    let shared = Arc::new(Mutex::new((histogram()?, 0u64, 0u64)));
+    let total = rate * phase.as_secs();
+    let period = Duration::from_nanos(1_000_000_000 / rate);
+    let start = tokio::time::Instant::now() + Duration::from_millis(10);
+    let mut tasks = Vec::with_capacity(usize::try_from(total)?);
+    for i in 0..total {
+        let intended = start + period * u32::try_from(i)?;
+        tokio::time::sleep_until(intended).await;
+        let client = client.clone();
+        let url = url.to_owned();
+        let body = bodies[usize::try_from(i)? % bodies.len()].clone();
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let ok = send(&client, &url, body).await;
+            let latency = u64::try_from(intended.elapsed().as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let mut guard = shared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = guard.0.record(latency);
+            if ok {
+                guard.1 += 1;
+            } else {
+                guard.2 += 1;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = start.elapsed();
+    let guard = shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(Stats {
+        histogram: guard.0.clone(),
+        ok: guard.1,
+        failed: guard.2,
+        elapsed,
+    })
+}
+
+/// Closed loop: `CONCURRENCY` clients each send their next request on the previous answer.
+async fn closed_loop_gateway(
+    client: &reqwest::Client,
+    url: &str,
+    bodies: &[Arc<[u8]>],
+    phase: Duration,
+) -> BenchResult<Stats> {
+    let shared = Arc::new(Mutex::new((histogram()?, 0u64, 0u64)));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..CONCURRENCY {
+        let client = client.clone();
+        let url = url.to_owned();
+        let bodies: Vec<Arc<[u8]>> = bodies.to_vec();
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = worker;
+            while start.elapsed() < phase {
+                let sent = Instant::now();
+                let ok = send(&client, &url, bodies[n % bodies.len()].clone()).await;
+                let latency = u64::try_from(sent.elapsed().as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                let mut guard = shared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let _ = guard.0.record(latency);
+                if ok {
+                    guard.1 += 1;
+                } else {
+                    guard.2 += 1;
+                }
+                n += CONCURRENCY;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = start.elapsed();
+    let guard = shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(Stats {
+        histogram: guard.0.clone(),
+        ok: guard.1,
+        failed: guard.2,
+        elapsed,
+    })
+}
+
+async fn connect() -> BenchResult<Connection> {
+    let properties = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    Ok(Connection::connect(&amqp_url(), properties).await?)
+}
+
+/// The ceiling: `CONCURRENCY` tasks publishing with confirm on `CHANNELS` channels of one
+/// connection, with the same body and the same properties as the gateway's messages.
+async fn raw_lapin(queue: &str, body: &[u8], phase: Duration) -> BenchResult<Stats> {
+    let connection = connect().await?;
+    let mut channels = Vec::new();
+    for index in 0..CHANNELS {
+        let channel = connection.create_channel().await?;
+        if index == 0 {
+            channel
+                .queue_declare(queue, queue_declare_options(), queue_arguments())
+                .await?;
+        }
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channels.push(channel);
+    }
+    let shared = Arc::new(Mutex::new((histogram()?, 0u64, 0u64)));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..CONCURRENCY {
+        let channel = channels[worker % CHANNELS].clone();
+        let queue = queue.to_owned();
+        let body = body.to_vec();
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < phase {
+                let sent = Instant::now();
+                let message = NotifyMessage::new(
+                    NotifyKind::V2Pay,
+                    MCH_ID,
+                    body.clone(),
+                    Some("text/xml".into()),
+                    None,
+                );
+                let ok = match channel
+                    .basic_publish(
+                        "",
+                        &queue,
+                        BasicPublishOptions {
+                            mandatory: true,
+                            immediate: false,
+                        },
+                        &message.body,
+                        message.properties(),
+                    )
+                    .await
+                {
+                    Ok(confirm) => matches!(confirm.await, Ok(Confirmation::Ack(None))),
+                    Err(_) => false,
+                };
+                let latency = u64::try_from(sent.elapsed().as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                let mut guard = shared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let _ = guard.0.record(latency);
+                if ok {
+                    guard.1 += 1;
+                } else {
+                    guard.2 += 1;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = start.elapsed();
+    let cleanup = connection.create_channel().await?;
+    cleanup
+        .queue_delete(queue, QueueDeleteOptions::default())
+        .await?;
+    let _ = connection.close(200, "bench done").await;
+    let guard = shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(Stats {
+        histogram: guard.0.clone(),
+        ok: guard.1,
+        failed: guard.2,
+        elapsed,
+    })
+}
+
+async fn purge(queue: &str) -> BenchResult<()> {
+    let connection = connect().await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_purge(queue, QueuePurgeOptions::default())
+        .await?;
+    let _ = connection.close(200, "purged").await;
+    Ok(())
+}
+
+async fn run() -> BenchResult<()> {
+    let queue = format!("wxpay.bench.gateway.{}", uuid::Uuid::new_v4());
+    let app = Application::build(settings(&queue)?).await?;
+    let url = format!("http://127.0.0.1:{}/notify/v2/pay", app.port());
+    let shutdown = app.shutdown_handle();
+    let server = tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let bodies = bodies();
+    let body_len = bodies[0].len();
+    println!(
+        "gateway throughput bench: {} cores, body {body_len} B, {CHANNELS} confirm channels, open-loop phases of {}s",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        PHASE.as_secs()
+    );
+
+    // Warm up connections and the broker.
+    open_loop(&client, &url, &bodies, 500, WARMUP).await?;
+    purge(&queue).await?;
+
+    for rate in RATES {
+        let stats = open_loop(&client, &url, &bodies, rate, PHASE).await?;
+        stats.print(&format!("open loop {rate}/s"));
+        purge(&queue).await?;
+    }
+    let gateway = closed_loop_gateway(&client, &url, &bodies, PHASE).await?;
+    gateway.print(&format!("gateway closed c={CONCURRENCY}"));
+    purge(&queue).await?;
+
+    let raw_queue = format!("wxpay.bench.raw.{}", uuid::Uuid::new_v4());
+    let raw = raw_lapin(&raw_queue, &bodies[0], PHASE).await?;
+    raw.print(&format!("raw lapin c={CONCURRENCY}"));
+
+    let ratio = (gateway.ok as f64 / gateway.elapsed.as_secs_f64())
+        / (raw.ok as f64 / raw.elapsed.as_secs_f64());
+    println!("gateway / raw lapin throughput: {:.0}%", ratio * 100.0);
+
+    shutdown.shutdown();
+    server.await??;
+    let connection = connect().await?;
+    connection
+        .create_channel()
+        .await?
+        .queue_delete(&queue, QueueDeleteOptions::default())
+        .await?;
+    let _ = connection.close(200, "bench done").await;
+    Ok(())
+}

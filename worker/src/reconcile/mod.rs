@@ -693,6 +693,8 @@ pub async fn run(
     once: bool,
     shutdown: CancellationToken,
 ) -> Result<(), ReconcileError> {
+    // The recorder first: metrics registered before it exists would be lost.
+    let prometheus = telemetry::metrics_handle();
     let reconciler = Reconciler::new(settings)?;
     if once {
         let result = reconciler.round(&shutdown).await;
@@ -701,10 +703,12 @@ pub async fn run(
         return Ok(());
     }
     let listen = &settings.reconciler.metrics_listen;
-    let (server, address) = http::serve(listen, reconciler.clone(), telemetry::metrics_handle())
-        .map_err(|error| StartError::Listen {
-            listen: listen.clone(),
-            reason: error.to_string(),
+    let (server, address) =
+        http::serve(listen, reconciler.clone(), prometheus).map_err(|error| {
+            StartError::Listen {
+                listen: listen.clone(),
+                reason: error.to_string(),
+            }
         })?;
     let server_handle = server.handle();
     let server_task = tokio::spawn(server);

@@ -233,7 +233,7 @@ url = "postgres://postgres@127.0.0.1:5432/wxpay"   # created by `wxpay-worker mi
 connect_timeout_ms = 5000
 
 [wechatpay]
-api_base = {api_base}         # `wxpay-sim serve` (https://api.mch.weixin.qq.com in production)
+api_base = {api_base}   # `wxpay-sim serve` (https://api.mch.weixin.qq.com in production)
 request_timeout_ms = 5000
 
 [reconciler]

@@ -380,8 +380,10 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
             attempt.latency.as_millis(),
             if attempt.judgement.success {
                 "acknowledged"
-            } else {
+            } else if attempt.number < options.max_attempts {
                 "failure, WeChat Pay re-sends"
+            } else {
+                "failure, no attempts left"
             }
         );
         if !attempt.judgement.success && attempt.number < options.max_attempts {

@@ -80,6 +80,10 @@ pub enum LoadError {
     Build(#[from] BuildError),
     #[error("the body builder stopped early")]
     BuilderStopped,
+    #[error("latency histogram: {0}")]
+    Histogram(String),
+    #[error("the plan refers to order #{0}, which it does not hold")]
+    Plan(usize),
 }
 
 /// Latency percentiles in milliseconds.
@@ -222,9 +226,9 @@ fn build_send(
     plan: &Plan,
     send: PlannedSend,
     recent: &mut (HashMap<usize, Arc<Notification>>, VecDeque<usize>),
-) -> Result<Arc<Notification>, BuildError> {
+) -> Result<Arc<Notification>, LoadError> {
     let Some(order) = plan.orders.get(send.order) else {
-        return Err(BuildError::Amount(0));
+        return Err(LoadError::Plan(send.order));
     };
     let payment = Payment {
         out_trade_no: order.out_trade_no.clone(),
@@ -368,7 +372,7 @@ pub async fn run(
 
     // Build ahead of the clock on a separate thread.
     let ahead = (u64::from(o.rate) * BUILD_AHEAD_SECS).clamp(64, 50_000) as usize;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Arc<Notification>, BuildError>>(ahead);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Arc<Notification>, LoadError>>(ahead);
     {
         let m = m.clone();
         let plan = plan.clone();
@@ -399,7 +403,7 @@ pub async fn run(
         counters: Counters::default(),
         histogram: Mutex::new(
             Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .map_err(|_| LoadError::BuilderStopped)?,
+                .map_err(|e| LoadError::Histogram(e.to_string()))?,
         ),
         answers: Mutex::new(Answers::new(plan.orders.len())),
     });
@@ -434,7 +438,7 @@ pub async fn run(
             Some(Ok(n)) => n,
             Some(Err(e)) => {
                 ticker.abort();
-                return Err(e.into());
+                return Err(e);
             }
             None => {
                 ticker.abort();

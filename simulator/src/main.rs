@@ -161,8 +161,9 @@ struct LoadArgs {
     /// PostgreSQL of the worker; default: database.url of --config, else the local default.
     #[arg(long, env = "WXPAY__DATABASE__URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// Gateway answers only: no NOTPAY orders inserted, no database audit.
-    #[arg(long, conflicts_with = "database_url")]
+    /// Gateway answers only: no NOTPAY orders inserted, no database audit (wins over
+    /// --database-url, which may come from the environment).
+    #[arg(long)]
     no_db: bool,
     /// Seconds to wait for the worker to settle every genuine order.
     #[arg(long, default_value_t = 60)]

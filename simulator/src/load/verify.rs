@@ -72,7 +72,11 @@ impl Tally {
         };
         entry.1 += 1;
         if entry.2.len() < EXAMPLES {
-            entry.2.push(format!("{out_trade_no} ({detail})"));
+            entry.2.push(if detail.is_empty() {
+                out_trade_no.to_owned()
+            } else {
+                format!("{out_trade_no} ({detail})")
+            });
         }
     }
 

@@ -560,6 +560,390 @@ fn v3_found(raw: Raw, state: String, headers: WechatpayHeaders) -> Answer {
 mod tests {
     use super::*;
 
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use secrecy::SecretString;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wxpay_shared::config::MerchantSigner;
+    use wxpay_shared::v3::{generate_private_key, sign_notification, PlatformKeys};
+
+    const MCH_ID: &str = "1900000109";
+    const KEY: &str = "192006250b4c09247ec02edce69f6a2d";
+    const SERIAL: &str = "PUB_KEY_ID_TEST";
+
+    fn v2_merchant() -> Merchant {
+        Merchant {
+            mch_id: MCH_ID.into(),
+            appids: vec!["wxd930ea5d5a258f4f".into()],
+            api_v2_key: SecretString::from(KEY),
+            api_v3_key: None,
+            platform_keys: PlatformKeys::new(),
+            signer: None,
+        }
+    }
+
+    /// A v3 merchant and the platform private key that signs its answers.
+    fn v3_merchant() -> (Merchant, rsa::RsaPrivateKey) {
+        let platform = generate_private_key(1024).expect("key");
+        let mut keys = PlatformKeys::new();
+        keys.insert(SERIAL, platform.to_public_key());
+        let merchant = Merchant {
+            api_v3_key: Some(SecretString::from("0123456789abcdef0123456789ABCDEF")),
+            platform_keys: keys,
+            signer: Some(MerchantSigner {
+                serial: "MERCHANT_SERIAL".into(),
+                private_key: generate_private_key(1024).expect("key"),
+            }),
+            ..v2_merchant()
+        };
+        (merchant, platform)
+    }
+
+    fn signed_v2(pairs: &[(&str, &str)], key: &str) -> Vec<u8> {
+        let mut fields: XmlFields = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let sign = v2::sign(&fields, key, SignType::HmacSha256);
+        fields.insert("sign", sign);
+        fields.to_xml().into_bytes()
+    }
+
+    fn order_answer(out_trade_no: &str, trade_state: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("return_code", "SUCCESS".into()),
+            ("result_code", "SUCCESS".into()),
+            ("mch_id", MCH_ID.into()),
+            ("appid", "wxd930ea5d5a258f4f".into()),
+            ("out_trade_no", out_trade_no.into()),
+            ("trade_state", trade_state.into()),
+            ("nonce_str", "abc".into()),
+            ("sign_type", "HMAC-SHA256".into()),
+        ]
+    }
+
+    fn raw(status: u16, headers: &[(&'static str, String)], body: Vec<u8>) -> Raw {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, value.parse().expect("header value"));
+        }
+        Raw {
+            status: StatusCode::from_u16(status).expect("status"),
+            headers: map,
+            body,
+        }
+    }
+
+    fn v2_raw(pairs: &[(&str, String)], key: &str) -> Raw {
+        let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        raw(200, &[], signed_v2(&borrowed, key))
+    }
+
+    #[test]
+    fn v2_answers_are_verified_and_classified() {
+        let merchant = v2_merchant();
+        let good = v2_raw(&order_answer("o1", "SUCCESS"), KEY);
+        let fields = v2_answer(&good, &merchant)
+            .expect("verifies")
+            .expect("found");
+        assert_eq!(fields.get("trade_state"), Some("SUCCESS"));
+
+        let forged = v2_raw(
+            &order_answer("o1", "SUCCESS"),
+            "00000000000000000000000000000000",
+        );
+        assert!(matches!(
+            v2_answer(&forged, &merchant),
+            Err(QueryError::Signature(_))
+        ));
+
+        let mut tampered = v2_raw(&order_answer("o1", "NOTPAY"), KEY);
+        let text = String::from_utf8(tampered.body)
+            .expect("utf-8")
+            .replace("NOTPAY", "SUCCESS");
+        tampered.body = text.into_bytes();
+        assert!(matches!(
+            v2_answer(&tampered, &merchant),
+            Err(QueryError::Signature(_))
+        ));
+
+        let unsigned_fail = raw(
+            200,
+            &[],
+            b"<xml><return_code>FAIL</return_code><return_msg>sign error</return_msg></xml>"
+                .to_vec(),
+        );
+        assert!(matches!(
+            v2_answer(&unsigned_fail, &merchant),
+            Err(QueryError::Refused(_))
+        ));
+
+        let mut not_found = order_answer("o1", "");
+        not_found.retain(|(k, _)| *k != "trade_state");
+        not_found[1].1 = "FAIL".into();
+        not_found.push(("err_code", "ORDERNOTEXIST".into()));
+        assert!(v2_answer(&v2_raw(&not_found, KEY), &merchant)
+            .expect("verifies")
+            .is_none());
+
+        let system_error: Vec<_> = not_found
+            .iter()
+            .map(|(k, v)| {
+                (
+                    *k,
+                    if *k == "err_code" {
+                        "SYSTEMERROR".to_owned()
+                    } else {
+                        v.clone()
+                    },
+                )
+            })
+            .collect();
+        assert!(matches!(
+            v2_answer(&v2_raw(&system_error, KEY), &merchant),
+            Err(QueryError::Refused(_))
+        ));
+
+        let mut other_merchant = order_answer("o1", "SUCCESS");
+        other_merchant[2].1 = "1900000999".into();
+        assert!(matches!(
+            v2_answer(&v2_raw(&other_merchant, KEY), &merchant),
+            Err(QueryError::Mismatch("merchant"))
+        ));
+
+        let garbage = raw(200, &[], b"<html>gateway timeout</html>".to_vec());
+        assert!(matches!(
+            v2_answer(&garbage, &merchant),
+            Err(QueryError::Malformed(_))
+        ));
+    }
+
+    fn v3_headers(key: &rsa::RsaPrivateKey, ts: i64, body: &[u8]) -> Vec<(&'static str, String)> {
+        let ts = ts.to_string();
+        vec![
+            ("Wechatpay-Timestamp", ts.clone()),
+            ("Wechatpay-Nonce", "n0nce".into()),
+            (
+                "Wechatpay-Signature",
+                sign_notification(key, &ts, "n0nce", body),
+            ),
+            ("Wechatpay-Serial", SERIAL.into()),
+        ]
+    }
+
+    #[test]
+    fn v3_answers_are_verified() {
+        let (merchant, platform) = v3_merchant();
+        let body =
+            br#"{"mchid":"1900000109","out_trade_no":"o1","trade_state":"SUCCESS"}"#.to_vec();
+        let now = chrono::Utc::now().timestamp();
+        let good = raw(200, &v3_headers(&platform, now, &body), body.clone());
+        let headers = v3_verified(&good, &merchant).expect("verifies");
+        assert_eq!(headers.serial, SERIAL);
+
+        let impostor = generate_private_key(1024).expect("key");
+        let forged = raw(200, &v3_headers(&impostor, now, &body), body.clone());
+        assert!(matches!(
+            v3_verified(&forged, &merchant),
+            Err(QueryError::Signature(_))
+        ));
+
+        let mut tampered = raw(200, &v3_headers(&platform, now, &body), body.clone());
+        tampered.body = body
+            .iter()
+            .map(|b| if *b == b'o' { b'0' } else { *b })
+            .collect();
+        assert!(matches!(
+            v3_verified(&tampered, &merchant),
+            Err(QueryError::Signature(_))
+        ));
+
+        let stale = raw(
+            200,
+            &v3_headers(&platform, now - 3_600, &body),
+            body.clone(),
+        );
+        assert!(matches!(
+            v3_verified(&stale, &merchant),
+            Err(QueryError::Signature(_))
+        ));
+
+        let unsigned = raw(200, &[], body);
+        assert!(matches!(
+            v3_verified(&unsigned, &merchant),
+            Err(QueryError::Signature(_))
+        ));
+    }
+
+    /// A canned HTTP answer: status, headers, body.
+    type Canned = (u16, Vec<(&'static str, String)>, Vec<u8>);
+
+    /// A one-request-per-connection HTTP responder: answers `responses` in order (the last
+    /// one repeated); `None` never answers. Returns its base URL and the request count.
+    async fn responder(responses: Vec<Option<Canned>>) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let response = responses[n.min(responses.len() - 1)].clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    let _ = stream.read(&mut buffer).await;
+                    let Some((status, headers, body)) = response else {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        return;
+                    };
+                    let mut head = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                        body.len()
+                    );
+                    for (name, value) in headers {
+                        head.push_str(&format!("{name}: {value}\r\n"));
+                    }
+                    head.push_str("\r\n");
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(&body).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        (url, hits)
+    }
+
+    fn client(url: &str, timeout_ms: u64) -> QueryClient {
+        QueryClient::new(&WechatpaySettings {
+            api_base: url.to_owned(),
+            request_timeout_ms: timeout_ms,
+        })
+        .expect("client")
+    }
+
+    fn v2_order_body(out_trade_no: &str, trade_state: &str) -> Vec<u8> {
+        let pairs = order_answer(out_trade_no, trade_state);
+        let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        signed_v2(&borrowed, KEY)
+    }
+
+    #[tokio::test]
+    async fn retries_5xx_then_succeeds() {
+        let error = Some((500, vec![], b"{}".to_vec()));
+        let ok = Some((
+            200,
+            vec![("Content-Type", "text/plain".to_owned())],
+            v2_order_body("o1", "SUCCESS"),
+        ));
+        let (url, hits) = responder(vec![error.clone(), error, ok]).await;
+        let mut limiter = RateLimiter::per_second(1_000);
+        let found = client(&url, 2_000)
+            .query_order(&v2_merchant(), "wxd930ea5d5a258f4f", "o1", &mut limiter)
+            .await
+            .expect("answered");
+        let Found::Answer(answer) = found else {
+            panic!("expected an answer")
+        };
+        assert_eq!(answer.state, "SUCCESS");
+        assert_eq!(answer.wechatpay, None);
+        assert_eq!(answer.body, v2_order_body("o1", "SUCCESS"));
+        assert_eq!(answer.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(hits.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_max_attempts_and_does_not_retry_4xx() {
+        let (url, hits) = responder(vec![Some((
+            429,
+            vec![("Retry-After", "0".to_owned())],
+            vec![],
+        ))])
+        .await;
+        let mut limiter = RateLimiter::per_second(1_000);
+        let result = client(&url, 2_000)
+            .query_order(&v2_merchant(), "wx", "o1", &mut limiter)
+            .await;
+        assert!(matches!(result, Err(QueryError::Status(429))), "{result:?}");
+        assert_eq!(hits.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
+
+        let (merchant, _) = v3_merchant();
+        let (url, hits) = responder(vec![Some((
+            401,
+            vec![],
+            br#"{"code":"SIGN_ERROR"}"#.to_vec(),
+        ))])
+        .await;
+        let result = client(&url, 2_000)
+            .query_order(&merchant, "wx", "o1", &mut limiter)
+            .await;
+        assert!(matches!(result, Err(QueryError::Status(401))), "{result:?}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+        let (url, _) = responder(vec![Some((
+            404,
+            vec![],
+            br#"{"code":"ORDER_NOT_EXIST"}"#.to_vec(),
+        ))])
+        .await;
+        let result = client(&url, 2_000)
+            .query_order(&merchant, "wx", "o1", &mut limiter)
+            .await;
+        assert!(matches!(result, Ok(Found::NotFound)), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn times_out_and_reports_transport_errors() {
+        let (url, hits) = responder(vec![None]).await;
+        let mut limiter = RateLimiter::per_second(1_000);
+        let result = client(&url, 150)
+            .query_order(&v2_merchant(), "wx", "o1", &mut limiter)
+            .await;
+        assert!(
+            matches!(&result, Err(QueryError::Transport(text)) if text.starts_with("timeout")),
+            "{result:?}"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
+    }
+
+    #[tokio::test]
+    async fn v2_answer_about_another_order_is_rejected() {
+        let ok = Some((200, vec![], v2_order_body("someone-else", "SUCCESS")));
+        let (url, _) = responder(vec![ok]).await;
+        let mut limiter = RateLimiter::per_second(1_000);
+        let result = client(&url, 2_000)
+            .query_order(&v2_merchant(), "wx", "o1", &mut limiter)
+            .await;
+        assert!(
+            matches!(result, Err(QueryError::Mismatch("order"))),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn v3_answer_is_kept_byte_for_byte_with_its_headers() {
+        let (merchant, platform) = v3_merchant();
+        let body =
+            br#"{"appid":"wx","mchid":"1900000109","out_trade_no":"o1","trade_state":"NOTPAY"}"#
+                .to_vec();
+        let headers = v3_headers(&platform, chrono::Utc::now().timestamp(), &body);
+        let (url, _) = responder(vec![Some((200, headers.clone(), body.clone()))]).await;
+        let mut limiter = RateLimiter::per_second(1_000);
+        let found = client(&url, 2_000)
+            .query_order(&merchant, "wx", "o1", &mut limiter)
+            .await
+            .expect("answered");
+        let Found::Answer(answer) = found else {
+            panic!("expected an answer")
+        };
+        assert_eq!(answer.state, "NOTPAY");
+        assert_eq!(answer.body, body);
+        let wechatpay = answer.wechatpay.expect("v3 headers kept");
+        assert_eq!(wechatpay.signature, headers[2].1);
+    }
+
     #[test]
     fn encodes_path_components() {
         assert_eq!(

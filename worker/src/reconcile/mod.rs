@@ -195,9 +195,16 @@ impl Reconciler {
         &self.inner.pool
     }
 
-    /// Whether the last connection to the broker is up.
+    /// Whether the publisher's broker connection is up (between rounds too: a broker lost
+    /// after the last round shows at once). While a round is (re)connecting, the outcome of
+    /// the last attempt.
     pub fn broker_connected(&self) -> bool {
-        self.inner.broker_connected.load(Ordering::Relaxed)
+        match self.inner.publisher.try_lock() {
+            Ok(slot) => slot
+                .as_ref()
+                .is_some_and(|publisher| publisher.is_connected()),
+            Err(_) => self.inner.broker_connected.load(Ordering::Relaxed),
+        }
     }
 
     /// The publisher, connecting again if the last connection was lost.

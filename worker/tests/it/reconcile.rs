@@ -684,3 +684,51 @@ async fn reconcile_serves_health_and_metrics_and_stops_on_sigterm() {
         .expect("exit status");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn reconcile_without_a_broker_is_alive_but_not_ready_and_keeps_trying() {
+    let s = setup(Api::V3).await;
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = worker_command(
+        &s,
+        &[
+            ("WXPAY__RECONCILER__METRICS_LISTEN", listen.clone()),
+            ("WXPAY__RABBITMQ__URL", closed_port_url("amqp")),
+        ],
+    )
+    .spawn()
+    .expect("wxpay-worker reconcile starts");
+    let http = reqwest::Client::new();
+    let base = format!("http://{listen}");
+    eventually(WAIT, "/healthz 200", || async {
+        matches!(http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success())
+    })
+    .await;
+    eventually(WAIT, "two failed rounds counted", || async {
+        let Ok(response) = http.get(format!("{base}/metrics")).send().await else {
+            return false;
+        };
+        let text = response.text().await.unwrap_or_default();
+        metric(&text, "wxpay_reconciler_errors_total{reason=\"broker\"}") >= 2.0
+    })
+    .await;
+    let ready = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(child.try_wait().expect("status").is_none(), "still running");
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM sent");
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("stops in time after SIGTERM")
+        .expect("exit status");
+    assert!(status.success(), "{status:?}");
+}

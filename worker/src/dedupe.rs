@@ -28,6 +28,12 @@ use wxpay_shared::telemetry::{metric, step};
 /// How long Redis is left alone after an error.
 const BACKOFF_MS: i64 = 1_000;
 
+/// The done check and the claim in one round trip: `done`, `claimed` or `held`.
+const BEGIN_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'done' end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'claimed' end
+return 'held'";
+
 /// Deletes the claim only if it still holds our token.
 const RELEASE_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -38,6 +44,15 @@ const FINISH_LUA: &str = r"
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
 return 1";
+
+/// Answer of [`RedisDedupe::begin`]: the done check, then the claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// The done marker is there: a duplicate.
+    Done,
+    /// Not done; the claim is ours (or not, or Redis did not answer).
+    Claim(Claim),
+}
 
 /// Answer of the `done` check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +90,7 @@ pub struct RedisDedupe {
     done_ttl_secs: u64,
     timeout: Duration,
     skip_until_ms: AtomicI64,
+    begin: Script,
     release: Script,
     finish: Script,
 }
@@ -111,6 +127,7 @@ impl RedisDedupe {
             done_ttl_secs: worker.done_ttl_secs.max(1),
             timeout,
             skip_until_ms: AtomicI64::new(0),
+            begin: Script::new(BEGIN_LUA),
             release: Script::new(RELEASE_LUA),
             finish: Script::new(FINISH_LUA),
         }
@@ -193,9 +210,7 @@ impl RedisDedupe {
         let Some(mut conn) = self.usable() else {
             return Claim::Unavailable;
         };
-        let mut bytes = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut bytes);
-        let token = hex::encode(bytes);
+        let token = new_token();
         let claim_key = self.claim_key(key);
         let ttl = self.claim_ttl_ms;
         let value = token.clone();
@@ -215,6 +230,36 @@ impl RedisDedupe {
             Some(Some(_)) => Claim::Acquired(token),
             Some(None) => Claim::HeldElsewhere,
             None => Claim::Unavailable,
+        }
+    }
+
+    /// The done check and, when not done, the claim, in one round trip (a Lua script).
+    pub async fn begin(&self, key: &str) -> Begin {
+        let Some(mut conn) = self.usable() else {
+            return Begin::Claim(Claim::Unavailable);
+        };
+        let token = new_token();
+        let done_key = self.done_key(key);
+        let claim_key = self.claim_key(key);
+        let ttl = self.claim_ttl_ms;
+        let script = &self.begin;
+        let value = token.clone();
+        let answer: Option<String> = self
+            .call("begin", async move {
+                script
+                    .key(&done_key)
+                    .key(&claim_key)
+                    .arg(&value)
+                    .arg(ttl)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await;
+        match answer.as_deref() {
+            Some("done") => Begin::Done,
+            Some("claimed") => Begin::Claim(Claim::Acquired(token)),
+            Some(_) => Begin::Claim(Claim::HeldElsewhere),
+            None => Begin::Claim(Claim::Unavailable),
         }
     }
 
@@ -257,6 +302,13 @@ impl RedisDedupe {
             })
             .await;
     }
+}
+
+/// A random claim token: only its holder may release the claim.
+fn new_token() -> String {
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
 }
 
 /// Connects until it succeeds, or until the dedupe is dropped.

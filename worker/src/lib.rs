@@ -37,7 +37,7 @@ use wxpay_shared::telemetry::{metric, step};
 use crate::apply::{ApplyError, Verdict};
 use crate::db::{DbPool, PoolBuildError};
 use crate::decode::Decoded;
-use crate::dedupe::{Claim, Probe, RedisDedupe};
+use crate::dedupe::{Begin, Claim, RedisDedupe};
 
 /// Which dedupe layer recognised a duplicate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,8 +265,8 @@ impl Worker {
         let out_trade_no = decoded.out_trade_no();
         let key = decoded.dedupe_key(&message.body);
 
-        match inner.dedupe.is_done(&key).await {
-            Probe::Done => {
+        let claim = match inner.dedupe.begin(&key).await {
+            Begin::Done => {
                 metrics::counter!(metric::WORKER_DEDUPE_HITS_TOTAL, "layer" => "redis")
                     .increment(1);
                 tracing::debug!(step = step::DEDUPE, %request_id, mch_id, kind, out_trade_no, layer = "redis", "duplicate");
@@ -274,9 +274,8 @@ impl Worker {
                     layer: DedupeLayer::Redis,
                 };
             }
-            Probe::NotDone | Probe::Unavailable => {}
-        }
-        let claim = inner.dedupe.claim(&key).await;
+            Begin::Claim(claim) => claim,
+        };
         if claim == Claim::HeldElsewhere {
             // PostgreSQL is the authority: its unique key serialises the two attempts.
             metrics::counter!(telemetry::CLAIM_CONTENDED_TOTAL).increment(1);

@@ -114,6 +114,33 @@ pub(crate) struct LogRow<'a> {
 }
 
 impl Context<'_> {
+    /// The notification row to insert.
+    fn new_row<'r>(
+        &'r self,
+        row: &LogRow<'r>,
+        outcome: &'r str,
+        anomaly: Option<(&'r str, &'r str)>,
+    ) -> NewNotification<'r> {
+        let received_at = Utc
+            .timestamp_millis_opt(self.message.received_at_ms)
+            .single()
+            .unwrap_or_else(Utc::now);
+        NewNotification {
+            dedupe_key: self.dedupe_key,
+            message_id: DbUuid(self.message.message_id),
+            kind: self.message.kind.as_str(),
+            mch_id: row.mch_id,
+            out_trade_no: row.out_trade_no,
+            out_refund_no: row.out_refund_no,
+            transaction_id: row.transaction_id,
+            raw_body: &self.message.body,
+            outcome,
+            anomaly_reason: anomaly.map(|(reason, _)| reason),
+            anomaly_detail: anomaly.map(|(_, detail)| detail),
+            received_at,
+        }
+    }
+
     /// Inserts the notification row; `false` when the dedupe key exists (a duplicate).
     async fn log(
         &self,
@@ -122,25 +149,8 @@ impl Context<'_> {
         outcome: &str,
         anomaly: Option<(&str, &str)>,
     ) -> Result<bool, diesel::result::Error> {
-        let received_at = Utc
-            .timestamp_millis_opt(self.message.received_at_ms)
-            .single()
-            .unwrap_or_else(Utc::now);
         let inserted: Option<i64> = diesel::insert_into(notifications::table)
-            .values(NewNotification {
-                dedupe_key: self.dedupe_key,
-                message_id: DbUuid(self.message.message_id),
-                kind: self.message.kind.as_str(),
-                mch_id: row.mch_id,
-                out_trade_no: row.out_trade_no,
-                out_refund_no: row.out_refund_no,
-                transaction_id: row.transaction_id,
-                raw_body: &self.message.body,
-                outcome,
-                anomaly_reason: anomaly.map(|(reason, _)| reason),
-                anomaly_detail: anomaly.map(|(_, detail)| detail),
-                received_at,
-            })
+            .values(self.new_row(row, outcome, anomaly))
             .on_conflict(notifications::dedupe_key)
             .do_nothing()
             .returning(notifications::id)
@@ -148,6 +158,64 @@ impl Context<'_> {
             .await
             .optional()?;
         Ok(inserted.is_some())
+    }
+
+    /// Changes the outcome of the row inserted optimistically as `APPLIED` (the rare path:
+    /// the order check said otherwise).
+    async fn amend(
+        &self,
+        conn: &mut AsyncPgConnection,
+        id: i64,
+        outcome: &str,
+        anomaly: Option<(&str, &str)>,
+    ) -> Result<(), diesel::result::Error> {
+        diesel::update(notifications::table.find(id))
+            .set((
+                notifications::outcome.eq(outcome),
+                notifications::anomaly_reason.eq(anomaly.map(|(reason, _)| reason)),
+                notifications::anomaly_detail.eq(anomaly.map(|(_, detail)| detail)),
+            ))
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
+    /// The `anomaly.detected` payload.
+    fn anomaly_payload(&self, row: &LogRow<'_>, reason: &str, detail: &str) -> Value {
+        serde_json::json!({
+            "reason": reason,
+            "detail": detail,
+            "mch_id": row.mch_id,
+            "out_trade_no": row.out_trade_no,
+            "out_refund_no": row.out_refund_no,
+            "transaction_id": row.transaction_id,
+            "kind": self.message.kind.as_str(),
+            "message_id": self.message.message_id.to_string(),
+        })
+    }
+
+    /// Turns the optimistically inserted row `id` into an anomaly, with its event.
+    async fn amend_anomaly(
+        &self,
+        conn: &mut AsyncPgConnection,
+        id: i64,
+        row: &LogRow<'_>,
+        reason: &'static str,
+        detail: String,
+    ) -> Result<Verdict, diesel::result::Error> {
+        self.amend(conn, id, outcome::ANOMALY, Some((reason, &detail)))
+            .await?;
+        let aggregate = row.out_refund_no.or(row.out_trade_no).unwrap_or_default();
+        let payload = self.anomaly_payload(row, reason, &detail);
+        emit(
+            conn,
+            event::ANOMALY_DETECTED,
+            row.mch_id,
+            aggregate,
+            payload,
+        )
+        .await?;
+        Ok(Verdict::Anomaly { reason, detail })
     }
 
     /// Logs an anomaly and its `anomaly.detected` event.
@@ -165,16 +233,7 @@ impl Context<'_> {
             return Ok(Verdict::Duplicate);
         }
         let aggregate = row.out_refund_no.or(row.out_trade_no).unwrap_or_default();
-        let payload = serde_json::json!({
-            "reason": reason,
-            "detail": detail,
-            "mch_id": row.mch_id,
-            "out_trade_no": row.out_trade_no,
-            "out_refund_no": row.out_refund_no,
-            "transaction_id": row.transaction_id,
-            "kind": self.message.kind.as_str(),
-            "message_id": self.message.message_id.to_string(),
-        });
+        let payload = self.anomaly_payload(row, reason, &detail);
         emit(
             conn,
             event::ANOMALY_DETECTED,
@@ -202,6 +261,22 @@ impl Context<'_> {
     }
 }
 
+/// An outbox row with a fresh stable id.
+fn new_event<'a>(
+    event_type: &'a str,
+    mch_id: &'a str,
+    aggregate_key: &'a str,
+    payload: Value,
+) -> NewOutbox<'a> {
+    NewOutbox {
+        id: DbUuid(Uuid::now_v7()),
+        event_type,
+        mch_id,
+        aggregate_key,
+        payload,
+    }
+}
+
 /// Inserts an outbox event with a fresh stable id.
 async fn emit(
     conn: &mut AsyncPgConnection,
@@ -211,13 +286,7 @@ async fn emit(
     payload: Value,
 ) -> Result<(), diesel::result::Error> {
     diesel::insert_into(outbox::table)
-        .values(NewOutbox {
-            id: DbUuid(Uuid::now_v7()),
-            event_type,
-            mch_id,
-            aggregate_key,
-            payload,
-        })
+        .values(new_event(event_type, mch_id, aggregate_key, payload))
         .execute(conn)
         .await
         .map(|_| ())

@@ -1,13 +1,20 @@
 //! Payment results: `NOTPAY → PAID` when merchant, appid and amount agree; anomalies
 //! otherwise.
+//!
+//! The hot path is four round trips: `BEGIN`; the order lock and the notification row
+//! (inserted optimistically as `APPLIED`) pipelined; the order update and the outbox event
+//! pipelined; `COMMIT`. When the order check disagrees, the row's outcome is amended in the
+//! same transaction.
 
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use futures::future::BoxFuture;
+use futures::FutureExt;
 
-use super::{emit, event, reason, ApplyError, Context, LogRow, Verdict};
+use super::{event, new_event, reason, ApplyError, Context, LogRow, Verdict};
 use crate::db::models::{outcome, state, Order};
-use crate::db::schema::orders;
+use crate::db::schema::{notifications, orders, outbox};
 use crate::decode::PayEvent;
 
 pub(super) async fn apply(
@@ -35,23 +42,39 @@ pub(super) async fn apply(
             .anomaly(conn, &row, reason::MCH_ID_MISMATCH, detail)
             .await?);
     }
-    let order: Option<Order> = orders::table
+    // Pipelined: the server locks the order, then inserts the row (the unique key decides
+    // whether this is a duplicate).
+    // Boxed with explicit types: works around a higher-ranked lifetime inference issue of
+    // the combinator futures inside the transaction's `Send` future.
+    let lock: BoxFuture<'_, QueryResult<Order>> = orders::table
         .find((&pay.mch_id, &pay.out_trade_no))
         .select(Order::as_select())
         .for_update()
-        .first(conn)
-        .await
-        .optional()?;
+        .first::<Order>(conn)
+        .boxed();
+    let insert: BoxFuture<'_, QueryResult<i64>> = diesel::insert_into(notifications::table)
+        .values(ctx.new_row(&row, outcome::APPLIED, None))
+        .on_conflict(notifications::dedupe_key)
+        .do_nothing()
+        .returning(notifications::id)
+        .get_result::<i64>(conn)
+        .boxed();
+    let (order, inserted) = futures::join!(lock, insert);
+    let order = order.optional()?;
+    let Some(id) = inserted.optional()? else {
+        return Ok(Verdict::Duplicate);
+    };
+
     let Some(order) = order else {
         let detail = format!("no order {}", pay.out_trade_no);
         return Ok(ctx
-            .anomaly(conn, &row, reason::UNKNOWN_ORDER, detail)
+            .amend_anomaly(conn, id, &row, reason::UNKNOWN_ORDER, detail)
             .await?);
     };
     if order.appid != pay.appid {
         let detail = format!("order appid {}, notified {}", order.appid, pay.appid);
         return Ok(ctx
-            .anomaly(conn, &row, reason::APPID_MISMATCH, detail)
+            .amend_anomaly(conn, id, &row, reason::APPID_MISMATCH, detail)
             .await?);
     }
     if order.amount_total != pay.amount_total {
@@ -60,24 +83,12 @@ pub(super) async fn apply(
             order.amount_total, pay.amount_total
         );
         return Ok(ctx
-            .anomaly(conn, &row, reason::AMOUNT_MISMATCH, detail)
+            .amend_anomaly(conn, id, &row, reason::AMOUNT_MISMATCH, detail)
             .await?);
     }
     match order.state.as_str() {
         state::NOTPAY => {
-            if !ctx.log(conn, &row, outcome::APPLIED, None).await? {
-                return Ok(Verdict::Duplicate);
-            }
             let paid_at = pay.paid_at.unwrap_or_else(Utc::now);
-            diesel::update(orders::table.find((&order.mch_id, &order.out_trade_no)))
-                .set((
-                    orders::state.eq(state::PAID),
-                    orders::transaction_id.eq(pay.transaction_id.as_deref()),
-                    orders::paid_at.eq(Some(paid_at)),
-                    orders::updated_at.eq(Utc::now()),
-                ))
-                .execute(conn)
-                .await?;
             let payload = serde_json::json!({
                 "mch_id": order.mch_id,
                 "out_trade_no": order.out_trade_no,
@@ -86,26 +97,39 @@ pub(super) async fn apply(
                 "amount_total": order.amount_total,
                 "paid_at": paid_at.to_rfc3339(),
             });
-            emit(
-                conn,
-                event::ORDER_PAID,
-                &order.mch_id,
-                &order.out_trade_no,
-                payload,
-            )
-            .await?;
+            let update: BoxFuture<'_, QueryResult<usize>> =
+                diesel::update(orders::table.find((&order.mch_id, &order.out_trade_no)))
+                    .set((
+                        orders::state.eq(state::PAID),
+                        orders::transaction_id.eq(pay.transaction_id.as_deref()),
+                        orders::paid_at.eq(Some(paid_at)),
+                        orders::updated_at.eq(Utc::now()),
+                    ))
+                    .execute(conn)
+                    .boxed();
+            let emit: BoxFuture<'_, QueryResult<usize>> = diesel::insert_into(outbox::table)
+                .values(new_event(
+                    event::ORDER_PAID,
+                    &order.mch_id,
+                    &order.out_trade_no,
+                    payload,
+                ))
+                .execute(conn)
+                .boxed();
+            futures::try_join!(update, emit)?;
             Ok(Verdict::Applied)
         }
         state::CLOSED => {
             let detail = format!("order {} is CLOSED", order.out_trade_no);
             Ok(ctx
-                .anomaly(conn, &row, reason::PAID_AFTER_CLOSE, detail)
+                .amend_anomaly(conn, id, &row, reason::PAID_AFTER_CLOSE, detail)
                 .await?)
         }
         // PAID, PARTIALLY_REFUNDED, REFUNDED: paid already.
         _ => {
             if order.transaction_id.as_deref() == pay.transaction_id.as_deref() {
-                Ok(ctx.record(conn, &row, outcome::NOOP, Verdict::Noop).await?)
+                ctx.amend(conn, id, outcome::NOOP, None).await?;
+                Ok(Verdict::Noop)
             } else {
                 let detail = format!(
                     "order {} already paid by transaction {}",
@@ -113,7 +137,7 @@ pub(super) async fn apply(
                     order.transaction_id.as_deref().unwrap_or("?")
                 );
                 Ok(ctx
-                    .anomaly(conn, &row, reason::DUPLICATE_PAYMENT, detail)
+                    .amend_anomaly(conn, id, &row, reason::DUPLICATE_PAYMENT, detail)
                     .await?)
             }
         }

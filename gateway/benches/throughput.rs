@@ -20,6 +20,9 @@ use lapin::options::{
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::{Connection, ConnectionProperties};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use wxpay_gateway::publish::{queue_arguments, queue_declare_options};
 use wxpay_gateway::Application;
 use wxpay_shared::config::Settings;
@@ -124,33 +127,117 @@ fn histogram() -> BenchResult<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
-async fn send(client: &reqwest::Client, url: &str, body: Arc<[u8]>) -> bool {
-    match client
-        .post(url)
-        .header("Content-Type", "text/xml")
-        .body(body.to_vec())
-        .send()
-        .await
-    {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            match response.bytes().await {
-                Ok(text) => wxpay_shared::answer::v2_answer_is_success(status, &text),
-                Err(_) => false,
+/// A minimal HTTP/1.1 keep-alive client: the load generator shares the 2 cores with the
+/// gateway and the broker, so it must cost as little CPU as possible. At most `CONCURRENCY`
+/// connections; a request waits for a free one (that wait counts in its latency).
+#[derive(Clone)]
+struct Client {
+    address: std::net::SocketAddr,
+    idle: Arc<Mutex<Vec<TcpStream>>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Client {
+    fn new(port: u16) -> Client {
+        Client {
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            idle: Arc::new(Mutex::new(Vec::new())),
+            slots: Arc::new(Semaphore::new(CONCURRENCY)),
+        }
+    }
+
+    /// Posts `body`; true when the answer is a v2 SUCCESS.
+    async fn send(&self, body: &[u8]) -> bool {
+        let Ok(_slot) = self.slots.acquire().await else {
+            return false;
+        };
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        // An idle connection may have been closed by the server's keep-alive timeout
+        // (between phases): then retry once on a fresh connection, as HTTP clients do.
+        if let Some(stream) = idle {
+            if let Some(ok) = self.attempt(stream, body).await {
+                return ok;
             }
         }
-        Err(_) => false,
+        let Ok(stream) = TcpStream::connect(self.address).await else {
+            return false;
+        };
+        let _ = stream.set_nodelay(true);
+        self.attempt(stream, body).await.unwrap_or(false)
+    }
+
+    async fn attempt(&self, mut stream: TcpStream, body: &[u8]) -> Option<bool> {
+        let (ok, keep_alive) = exchange(&mut stream, body).await?;
+        if keep_alive {
+            self.idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(stream);
+        }
+        Some(ok)
     }
 }
 
+/// One request/response on `stream`: (is v2 SUCCESS, connection reusable).
+async fn exchange(stream: &mut TcpStream, body: &[u8]) -> Option<(bool, bool)> {
+    let mut request = format!(
+        "POST /notify/v2/pay HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request).await.ok()?;
+    let mut buffer = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    let header_end = loop {
+        let read = stream.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    let head = std::str::from_utf8(&buffer[..header_end])
+        .ok()?
+        .to_ascii_lowercase();
+    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
+    while buffer.len() < header_end + length {
+        let read = stream.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    let keep_alive = !head.contains("connection: close");
+    let body = &buffer[header_end..header_end + length];
+    Some((
+        wxpay_shared::answer::v2_answer_is_success(status, body),
+        keep_alive,
+    ))
+}
+
 /// Open loop: request `i` is due at `start + i / rate`; latency counts from that instant.
-async fn open_loop(
-    client: &reqwest::Client,
-    url: &str,
+async fn open_loop<F, Fut>(
+    send: F,
     bodies: &[Arc<[u8]>],
     rate: u64,
     phase: Duration,
-) -> BenchResult<Stats> {
+) -> BenchResult<Stats>
+where
+    F: Fn(Arc<[u8]>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let shared = Arc::new(Mutex::new((histogram()?, 0u64, 0u64)));
     let total = rate * phase.as_secs();
     let period = Duration::from_nanos(1_000_000_000 / rate);
@@ -159,12 +246,11 @@ async fn open_loop(
     for i in 0..total {
         let intended = start + period * u32::try_from(i)?;
         tokio::time::sleep_until(intended).await;
-        let client = client.clone();
-        let url = url.to_owned();
+        let send = send.clone();
         let body = bodies[usize::try_from(i)? % bodies.len()].clone();
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
-            let ok = send(&client, &url, body).await;
+            let ok = send(body).await;
             let latency = u64::try_from(intended.elapsed().as_micros())
                 .unwrap_or(u64::MAX)
                 .max(1);
@@ -195,25 +281,23 @@ async fn open_loop(
 }
 
 /// Closed loop: `CONCURRENCY` clients each send their next request on the previous answer.
-async fn closed_loop_gateway(
-    client: &reqwest::Client,
-    url: &str,
-    bodies: &[Arc<[u8]>],
-    phase: Duration,
-) -> BenchResult<Stats> {
+async fn closed_loop<F, Fut>(send: F, bodies: &[Arc<[u8]>], phase: Duration) -> BenchResult<Stats>
+where
+    F: Fn(Arc<[u8]>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let shared = Arc::new(Mutex::new((histogram()?, 0u64, 0u64)));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..CONCURRENCY {
-        let client = client.clone();
-        let url = url.to_owned();
+        let send = send.clone();
         let bodies: Vec<Arc<[u8]>> = bodies.to_vec();
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = worker;
             while start.elapsed() < phase {
                 let sent = Instant::now();
-                let ok = send(&client, &url, bodies[n % bodies.len()].clone()).await;
+                let ok = send(bodies[n % bodies.len()].clone()).await;
                 let latency = u64::try_from(sent.elapsed().as_micros())
                     .unwrap_or(u64::MAX)
                     .max(1);
@@ -252,90 +336,76 @@ async fn connect() -> BenchResult<Connection> {
     Ok(Connection::connect(&amqp_url(), properties).await?)
 }
 
-/// The ceiling: `CONCURRENCY` tasks publishing with confirm on `CHANNELS` channels of one
+/// The ceiling: publish with confirm straight on lapin, on `CHANNELS` channels of one
 /// connection, with the same body and the same properties as the gateway's messages.
-async fn raw_lapin(queue: &str, body: &[u8], phase: Duration) -> BenchResult<Stats> {
-    let connection = connect().await?;
-    let mut channels = Vec::new();
-    for index in 0..CHANNELS {
-        let channel = connection.create_channel().await?;
-        if index == 0 {
-            channel
-                .queue_declare(queue, queue_declare_options(), queue_arguments())
-                .await?;
-        }
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        channels.push(channel);
-    }
-    let shared = Arc::new(Mutex::new((histogram()?, 0u64, 0u64)));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..CONCURRENCY {
-        let channel = channels[worker % CHANNELS].clone();
-        let queue = queue.to_owned();
-        let body = body.to_vec();
-        let shared = shared.clone();
-        tasks.push(tokio::spawn(async move {
-            while start.elapsed() < phase {
-                let sent = Instant::now();
-                let message = NotifyMessage::new(
-                    NotifyKind::V2Pay,
-                    MCH_ID,
-                    body.clone(),
-                    Some("text/xml".into()),
-                    None,
-                );
-                let ok = match channel
-                    .basic_publish(
-                        "",
-                        &queue,
-                        BasicPublishOptions {
-                            mandatory: true,
-                            immediate: false,
-                        },
-                        &message.body,
-                        message.properties(),
-                    )
-                    .await
-                {
-                    Ok(confirm) => matches!(confirm.await, Ok(Confirmation::Ack(None))),
-                    Err(_) => false,
-                };
-                let latency = u64::try_from(sent.elapsed().as_micros())
-                    .unwrap_or(u64::MAX)
-                    .max(1);
-                let mut guard = shared
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let _ = guard.0.record(latency);
-                if ok {
-                    guard.1 += 1;
-                } else {
-                    guard.2 += 1;
-                }
+struct RawPublisher {
+    connection: Connection,
+    channels: Vec<lapin::Channel>,
+    next: std::sync::atomic::AtomicUsize,
+    queue: String,
+}
+
+impl RawPublisher {
+    async fn open(queue: &str) -> BenchResult<Arc<RawPublisher>> {
+        let connection = connect().await?;
+        let mut channels = Vec::new();
+        for index in 0..CHANNELS {
+            let channel = connection.create_channel().await?;
+            if index == 0 {
+                channel
+                    .queue_declare(queue, queue_declare_options(), queue_arguments())
+                    .await?;
             }
-        }));
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            channels.push(channel);
+        }
+        Ok(Arc::new(RawPublisher {
+            connection,
+            channels,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            queue: queue.to_owned(),
+        }))
     }
-    for task in tasks {
-        task.await?;
+
+    async fn publish(&self, body: Arc<[u8]>) -> bool {
+        let index =
+            self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.channels.len();
+        let message = NotifyMessage::new(
+            NotifyKind::V2Pay,
+            MCH_ID,
+            body.to_vec(),
+            Some("text/xml".into()),
+            None,
+        );
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        match self.channels[index]
+            .basic_publish(
+                "",
+                &self.queue,
+                options,
+                &message.body,
+                message.properties(),
+            )
+            .await
+        {
+            Ok(confirm) => matches!(confirm.await, Ok(Confirmation::Ack(None))),
+            Err(_) => false,
+        }
     }
-    let elapsed = start.elapsed();
-    let cleanup = connection.create_channel().await?;
-    cleanup
-        .queue_delete(queue, QueueDeleteOptions::default())
-        .await?;
-    let _ = connection.close(200, "bench done").await;
-    let guard = shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Ok(Stats {
-        histogram: guard.0.clone(),
-        ok: guard.1,
-        failed: guard.2,
-        elapsed,
-    })
+
+    async fn close(&self) -> BenchResult<()> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .queue_delete(&self.queue, QueueDeleteOptions::default())
+            .await?;
+        let _ = self.connection.close(200, "bench done").await;
+        Ok(())
+    }
 }
 
 async fn purge(queue: &str) -> BenchResult<()> {
@@ -351,13 +421,9 @@ async fn purge(queue: &str) -> BenchResult<()> {
 async fn run() -> BenchResult<()> {
     let queue = format!("wxpay.bench.gateway.{}", uuid::Uuid::new_v4());
     let app = Application::build(settings(&queue)?).await?;
-    let url = format!("http://127.0.0.1:{}/notify/v2/pay", app.port());
+    let client = Client::new(app.port());
     let shutdown = app.shutdown_handle();
     let server = tokio::spawn(app.run_until_stopped());
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(512)
-        .timeout(Duration::from_secs(10))
-        .build()?;
     let bodies = bodies();
     let body_len = bodies[0].len();
     println!(
@@ -367,24 +433,54 @@ async fn run() -> BenchResult<()> {
     );
 
     // Warm up connections and the broker.
-    open_loop(&client, &url, &bodies, 500, WARMUP).await?;
-    purge(&queue).await?;
-
-    for rate in RATES {
-        let stats = open_loop(&client, &url, &bodies, rate, PHASE).await?;
-        stats.print(&format!("open loop {rate}/s"));
-        purge(&queue).await?;
-    }
-    let gateway = closed_loop_gateway(&client, &url, &bodies, PHASE).await?;
-    gateway.print(&format!("gateway closed c={CONCURRENCY}"));
+    open_loop(
+        {
+            let client = client.clone();
+            move |body: Arc<[u8]>| {
+                let client = client.clone();
+                async move { client.send(&body).await }
+            }
+        },
+        &bodies,
+        500,
+        WARMUP,
+    )
+    .await?;
     purge(&queue).await?;
 
     let raw_queue = format!("wxpay.bench.raw.{}", uuid::Uuid::new_v4());
-    let raw = raw_lapin(&raw_queue, &bodies[0], PHASE).await?;
-    raw.print(&format!("raw lapin c={CONCURRENCY}"));
+    let raw = RawPublisher::open(&raw_queue).await?;
+    let gateway_send = {
+        let client = client.clone();
+        move |body: Arc<[u8]>| {
+            let client = client.clone();
+            async move { client.send(&body).await }
+        }
+    };
+    let raw_send = {
+        let raw = raw.clone();
+        move |body: Arc<[u8]>| {
+            let raw = raw.clone();
+            async move { raw.publish(body).await }
+        }
+    };
+    for rate in RATES {
+        let stats = open_loop(gateway_send.clone(), &bodies, rate, PHASE).await?;
+        stats.print(&format!("gateway open {rate}/s"));
+        purge(&queue).await?;
+        let stats = open_loop(raw_send.clone(), &bodies, rate, PHASE).await?;
+        stats.print(&format!("raw lapin open {rate}/s"));
+        purge(&raw_queue).await?;
+    }
+    let gateway = closed_loop(gateway_send.clone(), &bodies, PHASE).await?;
+    gateway.print(&format!("gateway closed c={CONCURRENCY}"));
+    purge(&queue).await?;
+    let ceiling = closed_loop(raw_send.clone(), &bodies, PHASE).await?;
+    ceiling.print(&format!("raw lapin closed c={CONCURRENCY}"));
+    raw.close().await?;
 
     let ratio = (gateway.ok as f64 / gateway.elapsed.as_secs_f64())
-        / (raw.ok as f64 / raw.elapsed.as_secs_f64());
+        / (ceiling.ok as f64 / ceiling.elapsed.as_secs_f64());
     println!("gateway / raw lapin throughput: {:.0}%", ratio * 100.0);
 
     shutdown.shutdown();

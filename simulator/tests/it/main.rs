@@ -1,6 +1,8 @@
 //! Integration tests of the simulator: one binary, one file per concern.
 
 mod build;
+mod e2e_flows;
+mod e2e_support;
 mod helpers;
 mod init;
 mod load;

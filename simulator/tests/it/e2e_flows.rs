@@ -1,0 +1,533 @@
+//! End to end, one notification at a time: `wxpay-sim notify` → `wxpay-gateway` → RabbitMQ →
+//! `wxpay-worker` → PostgreSQL, every kind of notification WeChat Pay sends, duplicates and
+//! re-sends, and the bad ones that must never be applied.
+
+use std::time::Duration;
+
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::e2e_support::{count, eventually, scrape, Output, Stack};
+
+#[derive(Debug, QueryableByName, PartialEq, Eq)]
+struct OrderView {
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    transaction_id: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    refunded_total: i64,
+}
+
+async fn order(conn: &mut AsyncPgConnection, mch_id: &str, no: &str) -> OrderView {
+    diesel::sql_query(
+        "SELECT state, transaction_id, refunded_total FROM orders WHERE mch_id = $1 AND out_trade_no = $2",
+    )
+    .bind::<Text, _>(mch_id)
+    .bind::<Text, _>(no)
+    .get_result(conn)
+    .await
+    .unwrap_or_else(|e| panic!("order {no}: {e}"))
+}
+
+async fn insert_order(conn: &mut AsyncPgConnection, s: &Stack, no: &str, amount: i64) {
+    diesel::sql_query(
+        "INSERT INTO orders (mch_id, out_trade_no, appid, amount_total, state) VALUES ($1, $2, $3, $4, 'NOTPAY')",
+    )
+    .bind::<Text, _>(&s.mch_id)
+    .bind::<Text, _>(no)
+    .bind::<Text, _>(&s.appid)
+    .bind::<BigInt, _>(amount)
+    .execute(conn)
+    .await
+    .unwrap_or_else(|e| panic!("insert order {no}: {e}"));
+}
+
+/// Sum of the samples of counter `name` whose labels include every `labels` pair.
+fn counter_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Messages the worker finished with (everything but a hand-over to a retry tier).
+fn worker_done(exposition: &str) -> f64 {
+    counter_sum(exposition, "wxpay_worker_messages_total", &[])
+        - counter_sum(
+            exposition,
+            "wxpay_worker_messages_total",
+            &[("outcome", "retried")],
+        )
+}
+
+/// Drives `wxpay-sim notify` against the stack's gateway and counts what was sent.
+struct Driver<'a> {
+    stack: &'a Stack,
+    acknowledged: u32,
+    rejected: u32,
+}
+
+impl Driver<'_> {
+    async fn notify(&self, args: &[&str]) -> Output {
+        let target = self.stack.gateway_url();
+        let mut full = vec![
+            "notify",
+            "--target",
+            &target,
+            "--time-scale",
+            "0.001",
+            "--max-attempts",
+            "1",
+        ];
+        full.extend_from_slice(args);
+        self.stack.sim(&full).await
+    }
+
+    /// A genuine notification: acknowledged at the first attempt.
+    async fn genuine(&mut self, args: &[&str]) {
+        let out = self.notify(args).await;
+        assert!(
+            out.success && out.stdout.contains("acknowledged after 1 attempt(s)"),
+            "genuine notification {args:?} not acknowledged\n{}\n{}",
+            out.describe(),
+            self.stack.logs(30)
+        );
+        self.acknowledged += 1;
+    }
+
+    /// A bad notification: refused by the gateway (the simulator exits non-zero).
+    async fn refused(&mut self, args: &[&str]) {
+        let out = self.notify(args).await;
+        assert!(
+            !out.success && out.stdout.contains("not acknowledged after 1 attempt(s)"),
+            "bad notification {args:?} was not refused\n{}",
+            out.describe()
+        );
+        self.rejected += 1;
+    }
+}
+
+async fn wait_state(s: &Stack, no: &str, state: &str, refunded_total: i64) {
+    let mut conn = s.conn().await;
+    eventually(
+        Duration::from_secs(30),
+        || format!("order {no} in state {state} with {refunded_total} fen refunded"),
+        async || {
+            let o = order(&mut conn, &s.mch_id, no).await;
+            o.state == state && o.refunded_total == refunded_total
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_reaches_its_state_once_and_bad_ones_never() {
+    let s = Stack::start().await;
+    let mut conn = s.conn().await;
+    let orders: [(&str, i64); 8] = [
+        ("E2E-V2MD5", 1000),
+        ("E2E-V2HMAC", 1001),
+        ("E2E-V3", 1002),
+        ("E2E-RF-V2", 2000),
+        ("E2E-RF-V3", 3000),
+        ("E2E-BAD", 500),
+        ("E2E-ANOMALY", 700),
+        ("E2E-BAD-RF", 800),
+    ];
+    for (no, amount) in orders {
+        insert_order(&mut conn, &s, no, amount).await;
+    }
+    let mut d = Driver {
+        stack: &s,
+        acknowledged: 0,
+        rejected: 0,
+    };
+
+    // Payments, each kind: PAID.
+    d.genuine(&[
+        "--kind",
+        "v2-pay",
+        "--out-trade-no",
+        "E2E-V2MD5",
+        "--amount",
+        "1000",
+        "--sign-type",
+        "MD5",
+    ])
+    .await;
+    // HMAC-SHA256 without sign_type, as WeChat Pay sometimes sends it.
+    d.genuine(&[
+        "--kind",
+        "v2-pay",
+        "--out-trade-no",
+        "E2E-V2HMAC",
+        "--amount",
+        "1001",
+        "--sign-type",
+        "HMAC-SHA256",
+        "--omit-sign-type",
+    ])
+    .await;
+    d.genuine(&[
+        "--kind",
+        "v3-pay",
+        "--out-trade-no",
+        "E2E-V3",
+        "--amount",
+        "1002",
+    ])
+    .await;
+    d.genuine(&[
+        "--kind",
+        "v2-pay",
+        "--out-trade-no",
+        "E2E-RF-V2",
+        "--amount",
+        "2000",
+    ])
+    .await;
+    d.genuine(&[
+        "--kind",
+        "v3-pay",
+        "--out-trade-no",
+        "E2E-RF-V3",
+        "--amount",
+        "3000",
+    ])
+    .await;
+    d.genuine(&[
+        "--kind",
+        "v3-pay",
+        "--out-trade-no",
+        "E2E-BAD-RF",
+        "--amount",
+        "800",
+    ])
+    .await;
+    for (no, _) in orders
+        .iter()
+        .filter(|(no, _)| !["E2E-BAD", "E2E-ANOMALY"].contains(no))
+    {
+        wait_state(&s, no, "PAID", 0).await;
+    }
+
+    // Refunds: v2 (AES-256-ECB req_info) and v3, partial then the rest.
+    let refunds = [
+        ("v2-refund", "E2E-RF-V2", "2000", "RF-V2-1", "500"),
+        ("v3-refund", "E2E-RF-V3", "3000", "RF-V3-1", "1000"),
+    ];
+    for (kind, no, amount, out_refund_no, fee) in refunds {
+        d.genuine(&[
+            "--kind",
+            kind,
+            "--out-trade-no",
+            no,
+            "--amount",
+            amount,
+            "--out-refund-no",
+            out_refund_no,
+            "--refund-fee",
+            fee,
+        ])
+        .await;
+    }
+    wait_state(&s, "E2E-RF-V2", "PARTIALLY_REFUNDED", 500).await;
+    wait_state(&s, "E2E-RF-V3", "PARTIALLY_REFUNDED", 1000).await;
+    let rest = [
+        ("v2-refund", "E2E-RF-V2", "2000", "RF-V2-2", "1500"),
+        ("v3-refund", "E2E-RF-V3", "3000", "RF-V3-2", "2000"),
+    ];
+    for (kind, no, amount, out_refund_no, fee) in rest {
+        d.genuine(&[
+            "--kind",
+            kind,
+            "--out-trade-no",
+            no,
+            "--amount",
+            amount,
+            "--out-refund-no",
+            out_refund_no,
+            "--refund-fee",
+            fee,
+        ])
+        .await;
+    }
+    wait_state(&s, "E2E-RF-V2", "REFUNDED", 2000).await;
+    wait_state(&s, "E2E-RF-V3", "REFUNDED", 3000).await;
+
+    // Re-sends (v3: fresh timestamp, nonce and signature; v2: the same fields) and
+    // duplicates through the other channel, some at the same time.
+    let resends: Vec<Vec<&str>> = vec![
+        vec![
+            "--kind",
+            "v2-pay",
+            "--out-trade-no",
+            "E2E-V2MD5",
+            "--amount",
+            "1000",
+        ],
+        vec![
+            "--kind",
+            "v3-pay",
+            "--out-trade-no",
+            "E2E-V2MD5",
+            "--amount",
+            "1000",
+        ],
+        vec![
+            "--kind",
+            "v3-pay",
+            "--out-trade-no",
+            "E2E-V3",
+            "--amount",
+            "1002",
+        ],
+        vec![
+            "--kind",
+            "v2-pay",
+            "--out-trade-no",
+            "E2E-V3",
+            "--amount",
+            "1002",
+            "--sign-type",
+            "HMAC-SHA256",
+        ],
+        vec![
+            "--kind",
+            "v2-refund",
+            "--out-trade-no",
+            "E2E-RF-V2",
+            "--amount",
+            "2000",
+            "--out-refund-no",
+            "RF-V2-1",
+            "--refund-fee",
+            "500",
+        ],
+        vec![
+            "--kind",
+            "v3-refund",
+            "--out-trade-no",
+            "E2E-RF-V3",
+            "--amount",
+            "3000",
+            "--out-refund-no",
+            "RF-V3-2",
+            "--refund-fee",
+            "2000",
+        ],
+    ];
+    for args in &resends {
+        d.genuine(args).await;
+    }
+    let burst = [
+        "--kind",
+        "v2-pay",
+        "--out-trade-no",
+        "E2E-V2HMAC",
+        "--amount",
+        "1001",
+        "--sign-type",
+        "HMAC-SHA256",
+        "--omit-sign-type",
+    ];
+    let outs = futures::future::join_all((0..4).map(|_| d.notify(&burst))).await;
+    for out in outs {
+        assert!(out.success, "burst re-send refused\n{}", out.describe());
+    }
+    d.acknowledged += 4;
+
+    // Forged, tampered, probes and stale: refused by the gateway, never applied.
+    let bad: Vec<Vec<&str>> = vec![
+        vec!["--kind", "v2-pay", "--sign-type", "MD5", "--forge"],
+        vec![
+            "--kind",
+            "v2-pay",
+            "--sign-type",
+            "HMAC-SHA256",
+            "--omit-sign-type",
+            "--forge",
+        ],
+        vec!["--kind", "v2-pay", "--tamper-amount"],
+        vec!["--kind", "v3-pay", "--forge"],
+        vec!["--kind", "v3-pay", "--tamper-amount"],
+        vec!["--kind", "v3-pay", "--probe"],
+        vec!["--kind", "v3-pay", "--stale"],
+    ];
+    for args in &bad {
+        let mut full = args.clone();
+        full.extend(["--out-trade-no", "E2E-BAD", "--amount", "500"]);
+        d.refused(&full).await;
+    }
+    let bad_refunds: Vec<Vec<&str>> = vec![
+        vec!["--kind", "v2-refund", "--forge"],
+        vec!["--kind", "v3-refund", "--forge"],
+        vec!["--kind", "v3-refund", "--tamper-amount"],
+        vec!["--kind", "v3-refund", "--stale"],
+    ];
+    for args in &bad_refunds {
+        let mut full = args.clone();
+        full.extend([
+            "--out-trade-no",
+            "E2E-BAD-RF",
+            "--amount",
+            "800",
+            "--out-refund-no",
+            "RF-BAD",
+        ]);
+        d.refused(&full).await;
+    }
+
+    // Genuine but for another amount than the order's: an anomaly, never PAID.
+    d.genuine(&[
+        "--kind",
+        "v2-pay",
+        "--out-trade-no",
+        "E2E-ANOMALY",
+        "--amount",
+        "701",
+    ])
+    .await;
+
+    // Every acknowledged message is done (applied, duplicate, recorded or anomaly).
+    let expected = f64::from(d.acknowledged);
+    let worker_url = s.worker_url();
+    eventually(
+        Duration::from_secs(30),
+        || format!("the worker finishing {expected} messages"),
+        async || worker_done(&scrape(&worker_url).await) >= expected,
+    )
+    .await;
+    let worker_metrics = scrape(&s.worker_url()).await;
+    assert_eq!(
+        worker_done(&worker_metrics),
+        expected,
+        "each acknowledged notification processed once"
+    );
+    assert_eq!(
+        counter_sum(&worker_metrics, "wxpay_worker_parked_total", &[]),
+        0.0,
+        "nothing parked"
+    );
+    let gateway_metrics = scrape(&s.gateway_url()).await;
+    assert_eq!(
+        counter_sum(
+            &gateway_metrics,
+            "wxpay_gateway_requests_total",
+            &[("outcome", "rejected")]
+        ),
+        f64::from(d.rejected),
+        "every bad notification counted as rejected"
+    );
+    assert_eq!(
+        counter_sum(
+            &gateway_metrics,
+            "wxpay_gateway_requests_total",
+            &[("outcome", "accepted")]
+        ),
+        expected
+    );
+
+    // End states.
+    let expect: [(&str, &str, i64); 8] = [
+        ("E2E-V2MD5", "PAID", 0),
+        ("E2E-V2HMAC", "PAID", 0),
+        ("E2E-V3", "PAID", 0),
+        ("E2E-RF-V2", "REFUNDED", 2000),
+        ("E2E-RF-V3", "REFUNDED", 3000),
+        ("E2E-BAD", "NOTPAY", 0),
+        ("E2E-ANOMALY", "NOTPAY", 0),
+        ("E2E-BAD-RF", "PAID", 0),
+    ];
+    for (no, state, refunded) in expect {
+        let o = order(&mut conn, &s.mch_id, no).await;
+        assert_eq!(
+            (o.state.as_str(), o.refunded_total),
+            (state, refunded),
+            "{no}"
+        );
+        assert_eq!(o.transaction_id.is_some(), state != "NOTPAY", "{no}");
+        let applied_pays = count(
+            &mut conn,
+            &format!(
+                "FROM notifications WHERE out_trade_no = '{no}' AND out_refund_no IS NULL AND outcome = 'APPLIED'"
+            ),
+        )
+        .await;
+        let paid_events = count(
+            &mut conn,
+            &format!(
+                "FROM outbox WHERE event_type = 'order.paid' AND payload->>'out_trade_no' = '{no}'"
+            ),
+        )
+        .await;
+        let once = i64::from(state != "NOTPAY");
+        assert_eq!(applied_pays, once, "{no}: APPLIED payment rows");
+        assert_eq!(paid_events, once, "{no}: order.paid events");
+    }
+    for refund in ["RF-V2-1", "RF-V2-2", "RF-V3-1", "RF-V3-2"] {
+        let applied = count(
+            &mut conn,
+            &format!("FROM notifications WHERE out_refund_no = '{refund}' AND outcome = 'APPLIED'"),
+        )
+        .await;
+        assert_eq!(applied, 1, "{refund}: APPLIED refund rows");
+        let events = count(
+            &mut conn,
+            &format!("FROM outbox WHERE event_type = 'order.refunded' AND payload->>'out_refund_no' = '{refund}'"),
+        )
+        .await;
+        assert_eq!(events, 1, "{refund}: order.refunded events");
+        let rows = count(
+            &mut conn,
+            &format!("FROM refunds WHERE out_refund_no = '{refund}' AND status = 'SUCCESS'"),
+        )
+        .await;
+        assert_eq!(rows, 1, "{refund}: refund row");
+    }
+    // The bad ones left no trace but the gateway's rejection.
+    assert_eq!(
+        count(
+            &mut conn,
+            "FROM notifications WHERE out_trade_no = 'E2E-BAD' OR out_refund_no = 'RF-BAD'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&mut conn, "FROM refunds WHERE out_refund_no = 'RF-BAD'").await,
+        0
+    );
+    // The anomaly is recorded and announced.
+    assert_eq!(
+        count(
+            &mut conn,
+            "FROM notifications WHERE out_trade_no = 'E2E-ANOMALY' AND outcome = 'ANOMALY' AND anomaly_reason = 'AMOUNT_MISMATCH'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &mut conn,
+            "FROM outbox WHERE event_type = 'anomaly.detected'"
+        )
+        .await,
+        1
+    );
+    // The relay publishes every event.
+    eventually(
+        Duration::from_secs(20),
+        || "every outbox event published".to_owned(),
+        async || count(&mut conn, "FROM outbox WHERE published_at IS NULL").await == 0,
+    )
+    .await;
+}

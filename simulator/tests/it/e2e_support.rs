@@ -1,0 +1,690 @@
+//! End-to-end fixture: the real `wxpay-gateway`, `wxpay-worker` and `wxpay-sim` binaries as
+//! child processes, against the real PostgreSQL, RabbitMQ and Redis on loopback, each test
+//! with its own database, queues, events exchange, Redis key prefix and ports.
+//!
+//! [`Stack`] owns every child process and every name it created: on drop it SIGKILLs the
+//! children (and reaps them), prints their logs when the test failed, then drops the
+//! database (`WITH (FORCE)`), deletes the queues and the exchange and the Redis keys, also
+//! after a panic.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use diesel::sql_types::BigInt;
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use tempfile::TempDir;
+
+pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// Retry tiers of the worker in these tests (short: a retried message comes back quickly).
+pub const RETRY_DELAYS_MS: [u64; 3] = [200, 500, 1000];
+
+/// How long a service may take to answer 200 on /readyz (debug build, busy 2-core machine).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The three binaries, beside the test executable (`target/<profile>/deps/it-…`).
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub gateway: PathBuf,
+    pub worker: PathBuf,
+    pub sim: PathBuf,
+}
+
+impl Binaries {
+    pub fn locate() -> Binaries {
+        let exe = std::env::current_exe().expect("the test executable's path");
+        // target/<profile>/deps/it-<hash> -> target/<profile>
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test executable lives in target/<profile>/deps")
+            .to_path_buf();
+        let find = |name: &str| {
+            let path = dir.join(name);
+            assert!(
+                path.is_file(),
+                "{} is missing: run cargo build --workspace --bins first",
+                path.display()
+            );
+            path
+        };
+        Binaries {
+            gateway: find("wxpay-gateway"),
+            worker: find("wxpay-worker"),
+            sim: find("wxpay-sim"),
+        }
+    }
+}
+
+/// A port free at the time of the call (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A command without any inherited `WXPAY…` variable (a stray `WXPAY__DATABASE__URL` would
+/// point a child at another database).
+fn clean_command(program: &Path) -> Command {
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("WXPAY") {
+            command.env_remove(&name);
+        }
+    }
+    command.env("RUST_LOG", "info");
+    command
+}
+
+/// A long-running child process, SIGKILLed and reaped on drop; stdout and stderr go to
+/// `log`.
+pub struct Proc {
+    pub name: String,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(name: &str, log: PathBuf, mut command: Command) -> Proc {
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file handle");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.to_owned(),
+            log,
+            child,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL (std's `Child::kill` on Unix), then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The exit status, if it exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits for the exit, at most `limit`.
+    pub async fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{} did not exit within {} s\n{}",
+                self.name,
+                limit.as_secs(),
+                tail(&self.log, 40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last `lines` lines of a log file, headed by its name.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines);
+    format!(
+        "----- {} (last {} of {} lines)\n{}\n",
+        path.display(),
+        all.len() - from,
+        all.len(),
+        all[from..].join("\n")
+    )
+}
+
+/// The output of a one-shot command.
+#[derive(Debug)]
+pub struct Output {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn describe(&self) -> String {
+        format!(
+            "success: {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.success, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Names and addresses of one test's stack.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub id: String,
+    pub db_name: String,
+    pub db_url: String,
+    pub queue: String,
+    pub exchange: String,
+    pub key_prefix: String,
+    pub gateway_port: u16,
+    pub worker_port: u16,
+    pub reconciler_port: u16,
+    pub sim_port: u16,
+}
+
+impl Names {
+    fn new() -> Names {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db_name = format!("wxpay_e2e_{id}");
+        Names {
+            db_url: format!("{PG_BASE}/{db_name}"),
+            db_name,
+            queue: format!("wxpay.e2e.{id}"),
+            exchange: format!("wxpay.e2e.events.{id}"),
+            key_prefix: format!("wxpay:e2e:{id}:"),
+            gateway_port: free_port(),
+            worker_port: free_port(),
+            reconciler_port: free_port(),
+            sim_port: free_port(),
+            id,
+        }
+    }
+}
+
+/// Gateway, worker and the simulator's merchant, for one test.
+pub struct Stack {
+    pub bins: Binaries,
+    pub names: Names,
+    pub config: PathBuf,
+    pub sim_config: PathBuf,
+    pub mch_id: String,
+    pub appid: String,
+    pub gateway: Option<Proc>,
+    pub worker: Option<Proc>,
+    /// Other children (reconciler, query API, load), killed with the rest.
+    pub others: Vec<Proc>,
+    spawned: usize,
+    // Last: removed after the children are gone.
+    pub dir: TempDir,
+}
+
+impl Stack {
+    /// A fresh merchant (`wxpay-sim init`), a configuration of unique names, `wxpay-worker
+    /// migrate`, then gateway and worker, both ready.
+    pub async fn start() -> Stack {
+        let mut stack = Stack::prepare(|_| {}).await;
+        stack.start_gateway().await;
+        stack.start_worker().await;
+        stack
+    }
+
+    /// Merchant, configuration (changed by `tune` before it is written) and migrated
+    /// database; no service running yet.
+    pub async fn prepare(tune: impl FnOnce(&mut toml::Table)) -> Stack {
+        let bins = Binaries::locate();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = Names::new();
+        let init = run(
+            &bins.sim,
+            &[
+                "init",
+                "--dir",
+                path_str(dir.path()),
+                "--api-base",
+                &format!("http://127.0.0.1:{}", names.sim_port),
+            ],
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(init.success, "wxpay-sim init failed\n{}", init.describe());
+        let example = dir.path().join("example.toml");
+        let text = std::fs::read_to_string(&example).expect("example.toml written by init");
+        let mut table: toml::Table = text.parse().expect("example.toml is TOML");
+        let (mch_id, appid) = {
+            let merchant = table["merchants"]
+                .as_array()
+                .and_then(|m| <[toml::Value]>::first(m))
+                .and_then(|m| m.as_table())
+                .expect("one merchant in example.toml");
+            (
+                merchant["mch_id"].as_str().expect("mch_id").to_owned(),
+                merchant["appids"][0].as_str().expect("appid").to_owned(),
+            )
+        };
+        configure(&mut table, &names);
+        tune(&mut table);
+        let config = dir.path().join("wxpay.toml");
+        std::fs::write(&config, toml::to_string(&table).expect("config serialises"))
+            .expect("config written");
+        let stack = Stack {
+            sim_config: dir.path().join("simulator.toml"),
+            bins,
+            names,
+            config,
+            mch_id,
+            appid,
+            gateway: None,
+            worker: None,
+            others: Vec::new(),
+            spawned: 0,
+            dir,
+        };
+        let migrate = stack
+            .worker_cmd(&["migrate"], Duration::from_secs(60))
+            .await;
+        assert!(
+            migrate.success,
+            "wxpay-worker migrate failed\n{}",
+            migrate.describe()
+        );
+        stack
+    }
+
+    pub fn gateway_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.names.gateway_port)
+    }
+
+    pub fn worker_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.names.worker_port)
+    }
+
+    pub fn reconciler_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.names.reconciler_port)
+    }
+
+    pub fn sim_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.names.sim_port)
+    }
+
+    fn log_path(&mut self, name: &str) -> PathBuf {
+        self.spawned += 1;
+        self.dir
+            .path()
+            .join(format!("{:02}-{name}.log", self.spawned))
+    }
+
+    /// Spawns a long-running binary with `--config` (and `--sim-config` for the simulator).
+    pub fn spawn(&mut self, name: &str, program: &Path, args: &[&str]) -> Proc {
+        let log = self.log_path(name);
+        let mut command = clean_command(program);
+        if program == self.bins.sim {
+            command.arg("--sim-config").arg(&self.sim_config);
+        }
+        command.arg("--config").arg(&self.config).args(args);
+        Proc::spawn(name, log, command)
+    }
+
+    pub async fn start_gateway(&mut self) {
+        let gateway = self.bins.gateway.clone();
+        let mut proc = self.spawn("gateway", &gateway, &[]);
+        wait_ready(&mut proc, &self.gateway_url()).await;
+        self.gateway = Some(proc);
+    }
+
+    pub async fn start_worker(&mut self) {
+        let worker = self.bins.worker.clone();
+        let mut proc = self.spawn("worker", &worker, &["run"]);
+        wait_ready(&mut proc, &self.worker_url()).await;
+        self.worker = Some(proc);
+    }
+
+    /// SIGKILL, no drain: what the OOM killer or a lost node does.
+    pub fn kill_worker(&mut self) {
+        if let Some(mut worker) = self.worker.take() {
+            worker.kill();
+        }
+    }
+
+    /// `wxpay-sim --sim-config … --config … <args>`, to completion.
+    pub async fn sim(&self, args: &[&str]) -> Output {
+        let mut full = vec![
+            "--sim-config",
+            path_str(&self.sim_config),
+            "--config",
+            path_str(&self.config),
+        ];
+        full.extend_from_slice(args);
+        run(&self.bins.sim, &full, Duration::from_secs(120)).await
+    }
+
+    /// `wxpay-worker --config … <args>`, to completion.
+    pub async fn worker_cmd(&self, args: &[&str], limit: Duration) -> Output {
+        let mut full = vec!["--config", path_str(&self.config)];
+        full.extend_from_slice(args);
+        run(&self.bins.worker, &full, limit).await
+    }
+
+    pub async fn conn(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.names.db_url)
+            .await
+            .expect("connection to the test database")
+    }
+
+    /// `SELECT count(*) <tail>` on the test database.
+    pub async fn count(&self, tail: &str) -> i64 {
+        let mut conn = self.conn().await;
+        count(&mut conn, tail).await
+    }
+
+    /// Every log so far, last lines of each (for assertion messages).
+    pub fn logs(&self, lines: usize) -> String {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        paths.sort();
+        paths.iter().map(|p| tail(p, lines)).collect()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for proc in [self.gateway.as_mut(), self.worker.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            proc.kill();
+        }
+        for proc in &mut self.others {
+            proc.kill();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "===== e2e {}: logs of the child processes\n{}",
+                self.names.id,
+                self.logs(80)
+            );
+        }
+        cleanup(&self.names);
+    }
+}
+
+/// The test's names, free ports and small delays on top of what `wxpay-sim init` wrote.
+fn configure(table: &mut toml::Table, n: &Names) {
+    use toml::Value;
+    let section = |table: &mut toml::Table, name: &str| -> toml::Table {
+        table
+            .get(name)
+            .and_then(Value::as_table)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut set = |name: &str, pairs: Vec<(&str, Value)>| {
+        let mut s = section(table, name);
+        for (k, v) in pairs {
+            s.insert(k.to_owned(), v);
+        }
+        table.insert(name.to_owned(), Value::Table(s));
+    };
+    let s = |v: &str| Value::String(v.to_owned());
+    let i = |v: u64| Value::Integer(i64::try_from(v).expect("small"));
+    set(
+        "gateway",
+        vec![
+            ("listen", s(&format!("127.0.0.1:{}", n.gateway_port))),
+            ("shutdown_timeout_ms", i(2_000)),
+            ("http_workers", i(2)),
+        ],
+    );
+    set(
+        "worker",
+        vec![
+            ("metrics_listen", s(&format!("127.0.0.1:{}", n.worker_port))),
+            ("prefetch", i(100)),
+            (
+                "retry_delays_ms",
+                Value::Array(RETRY_DELAYS_MS.iter().map(|d| i(*d)).collect()),
+            ),
+            ("claim_ttl_ms", i(2_000)),
+            ("done_ttl_secs", i(600)),
+            ("db_pool_size", i(8)),
+            ("outbox_poll_ms", i(100)),
+            ("shutdown_timeout_ms", i(2_000)),
+        ],
+    );
+    set(
+        "rabbitmq",
+        vec![
+            ("url", s(AMQP_URL)),
+            ("queue", s(&n.queue)),
+            ("events_exchange", s(&n.exchange)),
+        ],
+    );
+    set(
+        "redis",
+        vec![("url", s(REDIS_URL)), ("key_prefix", s(&n.key_prefix))],
+    );
+    set("database", vec![("url", s(&n.db_url))]);
+    set(
+        "reconciler",
+        vec![(
+            "metrics_listen",
+            s(&format!("127.0.0.1:{}", n.reconciler_port)),
+        )],
+    );
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// Runs `program args` to completion (killed after `limit`).
+pub async fn run(program: &Path, args: &[&str], limit: Duration) -> Output {
+    let mut command = tokio::process::Command::from(clean_command(program));
+    command.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    let output = tokio::time::timeout(limit, command.output())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} {args:?} did not finish within {} s",
+                program.display(),
+                limit.as_secs()
+            )
+        })
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    Output {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Polls `<base>/readyz` until 200; fails early with the log when the process exited.
+pub async fn wait_ready(proc: &mut Proc, base: &str) {
+    let client = reqwest::Client::new();
+    let url = format!("{base}/readyz");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = proc.exited() {
+            panic!(
+                "{} exited ({status}) before it was ready\n{}",
+                proc.name,
+                tail(&proc.log, 60)
+            );
+        }
+        let ready = client
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            return;
+        }
+        assert!(
+            start.elapsed() < READY_TIMEOUT,
+            "{} not ready on {url} within {} s\n{}",
+            proc.name,
+            READY_TIMEOUT.as_secs(),
+            tail(&proc.log, 60)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `check` every 100 ms until it holds; panics with `what` after `limit`.
+pub async fn eventually(
+    limit: Duration,
+    what: impl Fn() -> String,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {} s waiting for: {}",
+            limit.as_secs(),
+            what()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// `SELECT count(*) <tail>`.
+pub async fn count(conn: &mut AsyncPgConnection, tail: &str) -> i64 {
+    let row: N = diesel::sql_query(format!("SELECT count(*)::bigint AS n {tail}"))
+        .get_result(conn)
+        .await
+        .unwrap_or_else(|e| panic!("SELECT count(*) {tail}: {e}"));
+    row.n
+}
+
+/// Base names of the metric families in a Prometheus text exposition (`_bucket`, `_sum`,
+/// `_count` folded into their family).
+pub fn metric_names(exposition: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in exposition.lines() {
+        let name = if let Some(rest) = line
+            .strip_prefix("# TYPE ")
+            .or_else(|| line.strip_prefix("# HELP "))
+        {
+            rest.split_whitespace().next().unwrap_or_default()
+        } else if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        } else {
+            line.split(['{', ' ']).next().unwrap_or_default()
+        };
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        if !base.is_empty() {
+            names.insert(base.to_owned());
+        }
+    }
+    names
+}
+
+/// GET `<base>/metrics`.
+pub async fn scrape(base: &str) -> String {
+    let url = format!("{base}/metrics");
+    let response = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert!(
+        response.status().is_success(),
+        "GET {url}: {}",
+        response.status()
+    );
+    response.text().await.expect("metrics body")
+}
+
+/// Drops the database, the queues, the exchange and the Redis keys of `n`, on a thread of
+/// its own (Drop cannot await, and may run inside the test's runtime).
+fn cleanup(n: &Names) {
+    let n = n.clone();
+    let done = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            if let Ok(mut conn) = AsyncPgConnection::establish(&format!("{PG_BASE}/postgres")).await
+            {
+                let _ = conn
+                    .batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                        n.db_name
+                    ))
+                    .await;
+            }
+            let properties = lapin::ConnectionProperties::default()
+                .with_executor(tokio_executor_trait::Tokio::current())
+                .with_reactor(tokio_reactor_trait::Tokio);
+            if let Ok(connection) = lapin::Connection::connect(AMQP_URL, properties).await {
+                let mut queues = vec![n.queue.clone(), format!("{}.parked", n.queue)];
+                queues.extend((0..RETRY_DELAYS_MS.len()).map(|t| format!("{}.retry.{t}", n.queue)));
+                for queue in queues {
+                    // A channel per deletion: a failed one closes its channel.
+                    if let Ok(channel) = connection.create_channel().await {
+                        let _ = channel
+                            .queue_delete(&queue, QueueDeleteOptions::default())
+                            .await;
+                    }
+                }
+                if let Ok(channel) = connection.create_channel().await {
+                    let _ = channel
+                        .exchange_delete(&n.exchange, ExchangeDeleteOptions::default())
+                        .await;
+                }
+                let _ = connection.close(200, "cleanup").await;
+            }
+            if let Ok(client) = redis::Client::open(REDIS_URL) {
+                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{}*", n.key_prefix))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: redis::RedisResult<i64> =
+                            redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                    }
+                }
+            }
+        });
+    });
+    let _ = done.join();
+}

@@ -539,3 +539,35 @@ async fn open_channels(
     }
     Ok(channels)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_is_a_durable_quorum_queue() {
+        let arguments = queue_arguments();
+        assert_eq!(arguments.inner().len(), 1);
+        assert_eq!(
+            arguments.inner().get("x-queue-type"),
+            Some(&AMQPValue::LongString(LongString::from("quorum")))
+        );
+        let options = queue_declare_options();
+        assert!(options.durable && !options.exclusive && !options.auto_delete && !options.passive);
+    }
+
+    #[test]
+    fn only_lapin_errors_and_returns_rebuild_the_link() {
+        assert!(PublishError::Returned("312 NO_ROUTE".into()).breaks_link());
+        assert!(!PublishError::Nacked.breaks_link());
+        assert!(!PublishError::Timeout(Duration::from_millis(1)).breaks_link());
+        assert!(!PublishError::NotConnected.breaks_link());
+        for error in [
+            PublishError::NotConnected,
+            PublishError::Nacked,
+            PublishError::NotConfirmMode,
+        ] {
+            assert!(PublishError::CODES.contains(&error.code()));
+        }
+    }
+}

@@ -28,7 +28,7 @@ async fn broker_outage_answers_fail_then_recovers_without_restart() {
             started.elapsed() < bound,
             "answered within the publish timeout, not hung"
         );
-        answer.assert_v2_fail(200);
+        answer.assert_v2_fail(200, "temporarily unavailable, please retry");
         let body = v3_body(
             "TRANSACTION.SUCCESS",
             "transaction",
@@ -46,7 +46,7 @@ async fn broker_outage_answers_fail_then_recovers_without_restart() {
             started.elapsed() < bound,
             "answered within the publish timeout, not hung"
         );
-        answer.assert_v3_fail(503);
+        answer.assert_v3_fail(503, "temporarily unavailable, please retry");
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while app.get("/readyz").await.0 != 503 {
@@ -103,7 +103,7 @@ async fn gateway_starts_without_broker_and_serves_fail_until_it_comes() {
     assert_eq!(app.get("/readyz").await.0, 503);
     app.post_v2_pay(&v2_pay_body("order-early", 100))
         .await
-        .assert_v2_fail(200);
+        .assert_v2_fail(200, "temporarily unavailable, please retry");
     proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(15);
     while app.get("/readyz").await.0 != 200 {
@@ -118,5 +118,41 @@ async fn gateway_starts_without_broker_and_serves_fail_until_it_comes() {
         .await
         .is_v2_success());
     assert_eq!(app.drain().await.len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returned_unroutable_message_is_fail_and_the_queue_is_redeclared() {
+    let app = TestApp::spawn().await;
+    assert!(app
+        .post_v2_pay(&v2_pay_body("order-1", 100))
+        .await
+        .is_v2_success());
+    // An operator deletes the queue: the next publish is returned (mandatory) and acked;
+    // lapin reports that as Ack(Some(returned)), which must not be taken for SUCCESS.
+    delete_queue(&app.queue).await;
+    let lost = v2_pay_body("order-returned", 100);
+    let answer = app.post_v2_pay(&lost).await;
+    answer.assert_v2_fail(200, "temporarily unavailable, please retry");
+    // The link is rebuilt and the queue declared again, without a restart.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let again = v2_pay_body("order-again", 100);
+    loop {
+        if app.post_v2_pay(&again).await.is_v2_success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue re-declared and SUCCESS again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bodies: Vec<Vec<u8>> = app
+        .drain()
+        .await
+        .into_iter()
+        .map(|m| m.delivery.data)
+        .collect();
+    assert_eq!(bodies, vec![again.into_bytes()]);
     app.stop().await;
 }

@@ -283,19 +283,16 @@ impl Answer {
     }
 
     /// A v2 FAIL: valid XML with return_code FAIL.
-    pub fn assert_v2_fail(&self, status: u16) {
+    pub fn assert_v2_fail(&self, status: u16, message: &str) {
         assert_eq!(self.status, status, "{self:?}");
         assert!(self.content_type.starts_with("application/xml"), "{self:?}");
         let fields = XmlFields::parse(self.body.as_bytes()).expect("FAIL answer is XML");
         assert_eq!(fields.get("return_code"), Some("FAIL"), "{self:?}");
-        assert!(
-            fields.get("return_msg").is_some_and(|m| !m.is_empty()),
-            "{self:?}"
-        );
+        assert_eq!(fields.get("return_msg"), Some(message), "{self:?}");
     }
 
     /// A v3 failure: `status` with `{"code":"FAIL","message":…}`.
-    pub fn assert_v3_fail(&self, status: u16) {
+    pub fn assert_v3_fail(&self, status: u16, message: &str) {
         assert_eq!(self.status, status, "{self:?}");
         assert!(
             self.content_type.starts_with("application/json"),
@@ -304,10 +301,7 @@ impl Answer {
         let value: serde_json::Value =
             serde_json::from_str(&self.body).expect("FAIL answer is JSON");
         assert_eq!(value["code"], "FAIL", "{self:?}");
-        assert!(
-            value["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{self:?}"
-        );
+        assert_eq!(value["message"].as_str(), Some(message), "{self:?}");
     }
 }
 

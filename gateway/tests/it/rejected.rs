@@ -20,14 +20,20 @@ async fn v2_pay_forgeries_and_bad_input_are_refused() {
         SignType::Md5,
         false,
     );
-    app.post_v2_pay(&forged).await.assert_v2_fail(200);
+    app.post_v2_pay(&forged)
+        .await
+        .assert_v2_fail(200, "invalid signature");
 
     let tampered = good.replace("<total_fee><![CDATA[100]]>", "<total_fee><![CDATA[1]]>");
     assert_ne!(tampered, good, "the amount was changed");
-    app.post_v2_pay(&tampered).await.assert_v2_fail(200);
+    app.post_v2_pay(&tampered)
+        .await
+        .assert_v2_fail(200, "invalid signature");
 
     let unsigned = v2_pay_fields(V2_MCH, APPID, "order-x", 100).to_xml();
-    app.post_v2_pay(&unsigned).await.assert_v2_fail(200);
+    app.post_v2_pay(&unsigned)
+        .await
+        .assert_v2_fail(200, "invalid signature");
 
     let unknown = signed_xml(
         v2_pay_fields("1999999999", APPID, "order-x", 100),
@@ -35,7 +41,9 @@ async fn v2_pay_forgeries_and_bad_input_are_refused() {
         SignType::Md5,
         false,
     );
-    app.post_v2_pay(&unknown).await.assert_v2_fail(200);
+    app.post_v2_pay(&unknown)
+        .await
+        .assert_v2_fail(200, "unknown merchant");
 
     let wrong_appid = signed_xml(
         v2_pay_fields(V2_MCH, "wx0000000000000000", "order-x", 100),
@@ -43,25 +51,35 @@ async fn v2_pay_forgeries_and_bad_input_are_refused() {
         SignType::Md5,
         false,
     );
-    app.post_v2_pay(&wrong_appid).await.assert_v2_fail(200);
+    app.post_v2_pay(&wrong_appid)
+        .await
+        .assert_v2_fail(200, "appid does not belong to the merchant");
 
     let doctype = format!("<!DOCTYPE xml [<!ENTITY xxe SYSTEM \"file:///etc/passwd\">]>{good}");
-    app.post_v2_pay(&doctype).await.assert_v2_fail(200);
+    app.post_v2_pay(&doctype)
+        .await
+        .assert_v2_fail(200, "DOCTYPE and entities are not allowed");
 
     app.post_v2_pay("<xml><return_code>SUCCESS</return_code>")
         .await
-        .assert_v2_fail(200);
-    app.post_v2_pay("").await.assert_v2_fail(200);
+        .assert_v2_fail(200, "malformed notification");
+    app.post_v2_pay("")
+        .await
+        .assert_v2_fail(200, "malformed notification");
 
     let unsigned_fail = "<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[x]]></return_msg><mch_id>1900000109</mch_id></xml>";
-    app.post_v2_pay(unsigned_fail).await.assert_v2_fail(200);
+    app.post_v2_pay(unsigned_fail)
+        .await
+        .assert_v2_fail(200, "invalid signature");
 
     app.post("/notify/v2/pay", good.clone(), Some("text/plain"), &[])
         .await
-        .assert_v2_fail(200);
+        .assert_v2_fail(200, "unsupported content type");
 
     let oversize = format!("{}{}", good, " ".repeat(9000));
-    app.post_v2_pay(&oversize).await.assert_v2_fail(413);
+    app.post_v2_pay(&oversize)
+        .await
+        .assert_v2_fail(413, "body too large");
 
     assert_queue_empty(&app).await;
     app.stop().await;
@@ -71,22 +89,30 @@ async fn v2_pay_forgeries_and_bad_input_are_refused() {
 async fn v2_refund_with_wrong_key_or_garbage_is_refused() {
     let app = TestApp::spawn().await;
     let wrong_key = v2_refund_body(V2_MCH, APPID, V3_V2_KEY, &refund_root("o", "r"));
-    app.post_v2_refund(&wrong_key).await.assert_v2_fail(200);
+    app.post_v2_refund(&wrong_key)
+        .await
+        .assert_v2_fail(200, "req_info does not decrypt");
 
     let garbage = "<xml><return_code>SUCCESS</return_code><appid>wxd930ea5d5a258f4f</appid><mch_id>1900000109</mch_id><req_info>bm90IGVuY3J5cHRlZCBhdCBhbGw=</req_info></xml>";
-    app.post_v2_refund(garbage).await.assert_v2_fail(200);
+    app.post_v2_refund(garbage)
+        .await
+        .assert_v2_fail(200, "req_info does not decrypt");
 
     let mut incomplete = refund_root("o", "r");
     incomplete.remove("refund_status");
     app.post_v2_refund(&v2_refund_body(V2_MCH, APPID, V2_KEY, &incomplete))
         .await
-        .assert_v2_fail(200);
+        .assert_v2_fail(200, "req_info does not decrypt");
 
     let unknown = v2_refund_body("1999999999", APPID, V2_KEY, &refund_root("o", "r"));
-    app.post_v2_refund(&unknown).await.assert_v2_fail(200);
+    app.post_v2_refund(&unknown)
+        .await
+        .assert_v2_fail(200, "unknown merchant");
 
     let wrong_appid = v2_refund_body(V2_MCH, "wx0000000000000000", V2_KEY, &refund_root("o", "r"));
-    app.post_v2_refund(&wrong_appid).await.assert_v2_fail(200);
+    app.post_v2_refund(&wrong_appid)
+        .await
+        .assert_v2_fail(200, "appid does not belong to the merchant");
 
     assert_queue_empty(&app).await;
     app.stop().await;
@@ -105,13 +131,13 @@ async fn v3_forgeries_replays_and_probes_are_refused() {
     // Signed by someone else.
     app.post_v3(V3_MCH, &body, &v3_headers(&body, now, other_key(), SERIAL))
         .await
-        .assert_v3_fail(401);
+        .assert_v3_fail(401, "invalid signature");
     // Body changed after signing.
     let headers = v3_headers(&body, now, platform_key(), SERIAL);
     let tampered = body.replace("TRANSACTION.SUCCESS", "TRANSACTION.SUCCESX");
     app.post_v3(V3_MCH, &tampered, &headers)
         .await
-        .assert_v3_fail(401);
+        .assert_v3_fail(401, "invalid signature");
     // Unknown serial.
     app.post_v3(
         V3_MCH,
@@ -119,7 +145,7 @@ async fn v3_forgeries_replays_and_probes_are_refused() {
         &v3_headers(&body, now, platform_key(), "PUB_KEY_ID_UNKNOWN"),
     )
     .await
-    .assert_v3_fail(401);
+    .assert_v3_fail(401, "unknown Wechatpay-Serial");
     // Stale and future timestamps (correctly signed).
     app.post_v3(
         V3_MCH,
@@ -127,14 +153,14 @@ async fn v3_forgeries_replays_and_probes_are_refused() {
         &v3_headers(&body, now - 301 - 5, platform_key(), SERIAL),
     )
     .await
-    .assert_v3_fail(401);
+    .assert_v3_fail(401, "timestamp out of range");
     app.post_v3(
         V3_MCH,
         &body,
         &v3_headers(&body, now + 301 + 5, platform_key(), SERIAL),
     )
     .await
-    .assert_v3_fail(401);
+    .assert_v3_fail(401, "timestamp out of range");
     // SIGNTEST probe.
     let mut probe = v3_headers(&body, now, platform_key(), SERIAL);
     for (name, value) in probe.iter_mut() {
@@ -142,9 +168,13 @@ async fn v3_forgeries_replays_and_probes_are_refused() {
             *value = format!("WECHATPAY/SIGNTEST/{value}");
         }
     }
-    app.post_v3(V3_MCH, &body, &probe).await.assert_v3_fail(401);
+    app.post_v3(V3_MCH, &body, &probe)
+        .await
+        .assert_v3_fail(401, "signature probe rejected");
     // No signature headers at all.
-    app.post_v3(V3_MCH, &body, &[]).await.assert_v3_fail(401);
+    app.post_v3(V3_MCH, &body, &[])
+        .await
+        .assert_v3_fail(401, "invalid signature");
     // Unknown merchant in the path.
     app.post_v3(
         "1999999999",
@@ -152,7 +182,7 @@ async fn v3_forgeries_replays_and_probes_are_refused() {
         &v3_headers(&body, now, platform_key(), SERIAL),
     )
     .await
-    .assert_v3_fail(404);
+    .assert_v3_fail(404, "unknown merchant");
     // Signed but not a notification envelope.
     let malformed = "{\"id\": 1, \"not\": \"an envelope\"";
     app.post_v3(
@@ -161,7 +191,7 @@ async fn v3_forgeries_replays_and_probes_are_refused() {
         &v3_headers(malformed, now, platform_key(), SERIAL),
     )
     .await
-    .assert_v3_fail(400);
+    .assert_v3_fail(400, "malformed notification");
     // Wrong content type, oversize.
     app.post(
         &format!("/notify/v3/{V3_MCH}"),
@@ -170,7 +200,7 @@ async fn v3_forgeries_replays_and_probes_are_refused() {
         &headers,
     )
     .await
-    .assert_v3_fail(415);
+    .assert_v3_fail(415, "unsupported content type");
     let oversize = format!("{body}{}", " ".repeat(9000));
     app.post_v3(
         V3_MCH,
@@ -178,7 +208,7 @@ async fn v3_forgeries_replays_and_probes_are_refused() {
         &v3_headers(&oversize, now, platform_key(), SERIAL),
     )
     .await
-    .assert_v3_fail(413);
+    .assert_v3_fail(413, "body too large");
 
     assert_queue_empty(&app).await;
     app.stop().await;

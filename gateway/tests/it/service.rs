@@ -23,7 +23,9 @@ async fn health_ready_and_metrics() {
         .post_v2_pay(&v2_pay_body("order-m1", 100))
         .await
         .is_v2_success());
-    app.post_v2_pay("<xml>").await.assert_v2_fail(200);
+    app.post_v2_pay("<xml>")
+        .await
+        .assert_v2_fail(200, "malformed notification");
     let (_, after) = app.get("/metrics").await;
     for name in METRICS {
         assert!(after.contains(name), "{name} listed after traffic");

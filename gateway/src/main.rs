@@ -47,6 +47,9 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> ExitCode {
+    // Installed before anything else, so a SIGTERM during start-up (e.g. while the broker
+    // is being reached) is not lost: it stops the application as soon as it is built.
+    let signals = Signals::install();
     let application = match Application::build(settings).await {
         Ok(application) => application,
         Err(error @ wxpay_gateway::StartupError::Config(_)) => {
@@ -60,7 +63,7 @@ async fn serve(settings: Settings) -> ExitCode {
     };
     let shutdown = application.shutdown_handle();
     tokio::spawn(async move {
-        let signal = wait_for_signal().await;
+        let signal = signals.recv().await;
         info!(step = step::SHUTDOWN, signal, "signal received");
         shutdown.shutdown();
     });
@@ -73,21 +76,39 @@ async fn serve(settings: Settings) -> ExitCode {
     }
 }
 
-/// SIGTERM (Kubernetes) or SIGINT (Ctrl-C). If the handlers cannot be installed, the
-/// gateway runs without graceful shutdown rather than not at all.
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => {
+/// SIGTERM (Kubernetes) and SIGINT (Ctrl-C). If the handlers cannot be installed, the
+/// gateway runs without graceful shutdown rather than not at all (and says so).
+struct Signals {
+    terminate: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        if terminate.is_err() || interrupt.is_err() {
             error!(step = step::STARTUP, "cannot install signal handlers");
-            std::future::pending().await
+        }
+        Signals {
+            terminate: terminate.ok(),
+            interrupt: interrupt.ok(),
+        }
+    }
+
+    async fn recv(mut self) -> &'static str {
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = next(&mut self.terminate) => "SIGTERM",
+            _ = next(&mut self.interrupt) => "SIGINT",
         }
     }
 }

@@ -42,6 +42,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a confirm that came too late is still watched (to log its fate).
 const LATE_CONFIRM_WATCH: Duration = Duration::from_secs(60);
+/// Time given to lapin's IO thread to stop after a close.
+const IO_LOOP_GRACE: Duration = Duration::from_millis(100);
 /// AMQP reply code of a normal close.
 const REPLY_SUCCESS: u16 = 200;
 
@@ -165,6 +167,8 @@ struct Link {
     connection: Connection,
     channels: Vec<ConfirmChannel>,
     broken: Arc<AtomicBool>,
+    /// Set when we close the link ourselves: errors after that are expected, not news.
+    closing: Arc<AtomicBool>,
 }
 
 impl Link {
@@ -178,6 +182,7 @@ impl Link {
     }
 
     async fn close(&self, timeout: Duration) {
+        self.closing.store(true, Ordering::Release);
         for confirm in &self.channels {
             let closing = confirm.channel.close(REPLY_SUCCESS, "gateway shutdown");
             if let Ok(Err(error)) = tokio::time::timeout(timeout, closing).await {
@@ -186,7 +191,11 @@ impl Link {
         }
         let closing = self.connection.close(REPLY_SUCCESS, "gateway shutdown");
         match tokio::time::timeout(timeout, closing).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                // lapin's IO thread notices the closed connection on its next turn; give
+                // it that turn before the runtime (its reactor) may be shut down.
+                tokio::time::sleep(IO_LOOP_GRACE).await;
+            }
             Ok(Err(error)) => tracing::debug!(step = step::SHUTDOWN, %error, "connection close"),
             Err(_) => warn!(step = step::SHUTDOWN, "connection close timed out"),
         }
@@ -481,25 +490,30 @@ async fn connect(config: &PublisherConfig, wake: Arc<Notify>) -> Result<Link, Co
     )
     .await?;
     let broken = Arc::new(AtomicBool::new(false));
-    let on_error = |broken: Arc<AtomicBool>, wake: Arc<Notify>, what: &'static str| {
+    let closing = Arc::new(AtomicBool::new(false));
+    let on_error = |what: &'static str| {
+        let (broken, closing, wake) = (broken.clone(), closing.clone(), wake.clone());
         move |error: lapin::Error| {
-            warn!(step = step::PUBLISH, %error, what, "broker error");
+            if closing.load(Ordering::Acquire) {
+                tracing::debug!(step = step::SHUTDOWN, %error, what, "broker error while closing");
+            } else {
+                warn!(step = step::PUBLISH, %error, what, "broker error");
+            }
             broken.store(true, Ordering::Release);
             wake.notify_one();
         }
     };
-    connection.on_error(on_error(broken.clone(), wake.clone(), "connection"));
+    connection.on_error(on_error("connection"));
     match open_channels(&connection, config).await {
         Ok(channels) => {
             for confirm in &channels {
-                confirm
-                    .channel
-                    .on_error(on_error(broken.clone(), wake.clone(), "channel"));
+                confirm.channel.on_error(on_error("channel"));
             }
             Ok(Link {
                 connection,
                 channels,
                 broken,
+                closing,
             })
         }
         Err(error) => {

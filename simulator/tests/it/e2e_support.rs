@@ -93,9 +93,12 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, log: PathBuf, mut command: Command) -> Proc {
-        let out = File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file handle");
+    fn spawn(name: &str, log: PathBuf, stdout: Option<&Path>, mut command: Command) -> Proc {
+        let err = File::create(&log).expect("log file");
+        let out = match stdout {
+            Some(path) => File::create(path).expect("stdout file"),
+            None => err.try_clone().expect("log file handle"),
+        };
         let child = command
             .stdin(Stdio::null())
             .stdout(out)
@@ -328,13 +331,24 @@ impl Stack {
 
     /// Spawns a long-running binary with `--config` (and `--sim-config` for the simulator).
     pub fn spawn(&mut self, name: &str, program: &Path, args: &[&str]) -> Proc {
+        self.spawn_to(name, program, args, None)
+    }
+
+    /// [`Stack::spawn`] with stdout to a file of its own (stderr still to the log).
+    pub fn spawn_to(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        stdout: Option<&Path>,
+    ) -> Proc {
         let log = self.log_path(name);
         let mut command = clean_command(program);
         if program == self.bins.sim {
             command.arg("--sim-config").arg(&self.sim_config);
         }
         command.arg("--config").arg(&self.config).args(args);
-        Proc::spawn(name, log, command)
+        Proc::spawn(name, log, stdout, command)
     }
 
     pub async fn start_gateway(&mut self) {
@@ -342,6 +356,14 @@ impl Stack {
         let mut proc = self.spawn("gateway", &gateway, &[]);
         wait_ready(&mut proc, &self.gateway_url()).await;
         self.gateway = Some(proc);
+    }
+
+    /// `wxpay-worker reconcile` (rounds every reconciler.interval_secs), ready.
+    pub async fn start_reconciler(&mut self) {
+        let worker = self.bins.worker.clone();
+        let mut proc = self.spawn("reconciler", &worker, &["reconcile"]);
+        wait_ready(&mut proc, &self.reconciler_url()).await;
+        self.others.push(proc);
     }
 
     pub async fn start_worker(&mut self) {

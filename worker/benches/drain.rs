@@ -57,6 +57,8 @@ async fn bench() -> anyhow::Result<()> {
         worker: WorkerSettings {
             metrics_listen: "127.0.0.1:0".into(),
             outbox_poll_ms: 100,
+            prefetch: env_or("DRAIN_PREFETCH", WorkerSettings::default().prefetch),
+            db_pool_size: env_or("DRAIN_POOL", WorkerSettings::default().db_pool_size),
             ..WorkerSettings::default()
         },
         rabbitmq: RabbitmqSettings {
@@ -243,6 +245,11 @@ async fn bench() -> anyhow::Result<()> {
     );
     println!("counts verified: one PAID per order, duplicates never applied twice");
     Ok(())
+}
+
+/// A tuning knob from the environment (for experiments), else the default.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// A varied amount in fen.

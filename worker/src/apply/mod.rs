@@ -20,7 +20,8 @@ use uuid::Uuid;
 use wxpay_shared::message::NotifyMessage;
 
 use crate::db::models::{outcome, DbUuid, NewNotification, NewOutbox};
-use crate::db::schema::{notifications, outbox};
+use crate::db::queries::{InsertNotification, InsertOutbox};
+use crate::db::schema::notifications;
 use crate::db::{pool_error_text, DbPool};
 use crate::decode::Decoded;
 
@@ -149,11 +150,7 @@ impl Context<'_> {
         outcome: &str,
         anomaly: Option<(&str, &str)>,
     ) -> Result<bool, diesel::result::Error> {
-        let inserted: Option<i64> = diesel::insert_into(notifications::table)
-            .values(self.new_row(row, outcome, anomaly))
-            .on_conflict(notifications::dedupe_key)
-            .do_nothing()
-            .returning(notifications::id)
+        let inserted: Option<i64> = InsertNotification(self.new_row(row, outcome, anomaly))
             .get_result(conn)
             .await
             .optional()?;
@@ -285,8 +282,7 @@ async fn emit(
     aggregate_key: &str,
     payload: Value,
 ) -> Result<(), diesel::result::Error> {
-    diesel::insert_into(outbox::table)
-        .values(new_event(event_type, mch_id, aggregate_key, payload))
+    InsertOutbox(new_event(event_type, mch_id, aggregate_key, payload))
         .execute(conn)
         .await
         .map(|_| ())

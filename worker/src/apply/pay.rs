@@ -14,7 +14,8 @@ use futures::FutureExt;
 
 use super::{event, new_event, reason, ApplyError, Context, LogRow, Verdict};
 use crate::db::models::{outcome, state, Order};
-use crate::db::schema::{notifications, orders, outbox};
+use crate::db::queries::{InsertNotification, InsertOutbox, MarkPaid};
+use crate::db::schema::orders;
 use crate::decode::PayEvent;
 
 pub(super) async fn apply(
@@ -52,13 +53,10 @@ pub(super) async fn apply(
         .for_update()
         .first::<Order>(conn)
         .boxed();
-    let insert: BoxFuture<'_, QueryResult<i64>> = diesel::insert_into(notifications::table)
-        .values(ctx.new_row(&row, outcome::APPLIED, None))
-        .on_conflict(notifications::dedupe_key)
-        .do_nothing()
-        .returning(notifications::id)
-        .get_result::<i64>(conn)
-        .boxed();
+    let insert: BoxFuture<'_, QueryResult<i64>> =
+        InsertNotification(ctx.new_row(&row, outcome::APPLIED, None))
+            .get_result::<i64>(conn)
+            .boxed();
     let (order, inserted) = futures::join!(lock, insert);
     let order = order.optional()?;
     let Some(id) = inserted.optional()? else {
@@ -97,25 +95,22 @@ pub(super) async fn apply(
                 "amount_total": order.amount_total,
                 "paid_at": paid_at.to_rfc3339(),
             });
-            let update: BoxFuture<'_, QueryResult<usize>> =
-                diesel::update(orders::table.find((&order.mch_id, &order.out_trade_no)))
-                    .set((
-                        orders::state.eq(state::PAID),
-                        orders::transaction_id.eq(pay.transaction_id.as_deref()),
-                        orders::paid_at.eq(Some(paid_at)),
-                        orders::updated_at.eq(Utc::now()),
-                    ))
-                    .execute(conn)
-                    .boxed();
-            let emit: BoxFuture<'_, QueryResult<usize>> = diesel::insert_into(outbox::table)
-                .values(new_event(
-                    event::ORDER_PAID,
-                    &order.mch_id,
-                    &order.out_trade_no,
-                    payload,
-                ))
-                .execute(conn)
-                .boxed();
+            let update: BoxFuture<'_, QueryResult<usize>> = MarkPaid {
+                mch_id: &order.mch_id,
+                out_trade_no: &order.out_trade_no,
+                transaction_id: pay.transaction_id.as_deref(),
+                paid_at,
+            }
+            .execute(conn)
+            .boxed();
+            let emit: BoxFuture<'_, QueryResult<usize>> = InsertOutbox(new_event(
+                event::ORDER_PAID,
+                &order.mch_id,
+                &order.out_trade_no,
+                payload,
+            ))
+            .execute(conn)
+            .boxed();
             futures::try_join!(update, emit)?;
             Ok(Verdict::Applied)
         }

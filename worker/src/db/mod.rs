@@ -6,6 +6,7 @@
 //! server bounds it instead, and a timed-out statement is a transient error (retry tier).
 
 pub mod models;
+pub mod queries;
 pub mod schema;
 
 use std::time::Duration;

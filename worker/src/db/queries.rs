@@ -1,0 +1,118 @@
+//! The hot-path statements, written once with fixed SQL so that they are prepared once per
+//! connection and then only bound and executed.
+//!
+//! diesel 2.2 never caches the prepared statement of an `UPDATE` or of a single-row
+//! `INSERT` (their SQL may vary with the values: `DEFAULT` for `None`), so each would cost
+//! an extra Parse / Describe round trip and a fresh plan on every message. These have no
+//! such variation and declare a static query id.
+
+use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{BigInt, Bytea, Jsonb, Nullable, Text, Timestamptz, Uuid};
+use diesel::QueryResult;
+
+use super::models::{NewNotification, NewOutbox};
+
+/// `INSERT INTO notifications … ON CONFLICT (dedupe_key) DO NOTHING RETURNING id`.
+pub struct InsertNotification<'a>(pub NewNotification<'a>);
+
+impl QueryId for InsertNotification<'_> {
+    type QueryId = InsertNotification<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for InsertNotification<'_> {
+    type SqlType = BigInt;
+}
+
+impl QueryFragment<Pg> for InsertNotification<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let row = &self.0;
+        out.push_sql(
+            "INSERT INTO notifications (dedupe_key, message_id, kind, mch_id, out_trade_no, \
+             out_refund_no, transaction_id, raw_body, outcome, anomaly_reason, anomaly_detail, \
+             received_at) VALUES (",
+        );
+        out.push_bind_param::<Text, _>(&row.dedupe_key)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Uuid, _>(&row.message_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&row.kind)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&row.mch_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&row.out_trade_no)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&row.out_refund_no)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&row.transaction_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Bytea, _>(&row.raw_body)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&row.outcome)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&row.anomaly_reason)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&row.anomaly_detail)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Timestamptz, _>(&row.received_at)?;
+        out.push_sql(") ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
+        Ok(())
+    }
+}
+
+/// `INSERT INTO outbox …`.
+pub struct InsertOutbox<'a>(pub NewOutbox<'a>);
+
+impl QueryId for InsertOutbox<'_> {
+    type QueryId = InsertOutbox<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for InsertOutbox<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let row = &self.0;
+        out.push_sql(
+            "INSERT INTO outbox (id, event_type, mch_id, aggregate_key, payload) VALUES (",
+        );
+        out.push_bind_param::<Uuid, _>(&row.id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&row.event_type)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&row.mch_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&row.aggregate_key)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Jsonb, _>(&row.payload)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+/// `UPDATE orders SET state = 'PAID', …` for one order.
+pub struct MarkPaid<'a> {
+    pub mch_id: &'a str,
+    pub out_trade_no: &'a str,
+    pub transaction_id: Option<&'a str>,
+    pub paid_at: DateTime<Utc>,
+}
+
+impl QueryId for MarkPaid<'_> {
+    type QueryId = MarkPaid<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for MarkPaid<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("UPDATE orders SET state = 'PAID', transaction_id = ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.transaction_id)?;
+        out.push_sql(", paid_at = ");
+        out.push_bind_param::<Timestamptz, _>(&self.paid_at)?;
+        out.push_sql(", updated_at = now() WHERE mch_id = ");
+        out.push_bind_param::<Text, _>(&self.mch_id)?;
+        out.push_sql(" AND out_trade_no = ");
+        out.push_bind_param::<Text, _>(&self.out_trade_no)?;
+        Ok(())
+    }
+}

@@ -384,6 +384,12 @@ async fn publish_on(
         }
         Ok(Err(error)) => Err(PublishError::Broker(error)),
         Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        // A mandatory message the broker could not route comes back (basic.return) and is
+        // then *acked*: lapin hands it over as Ack(Some(returned)). That is a loss, not a
+        // success. lapin attaches a pending return to the first confirm it resolves, which
+        // under a multiple-ack may be another message of the same batch; returns only
+        // happen when the queue is gone, so the caller rebuilds the link (re-declaring the
+        // queue) at the first one, which bounds that window.
         Ok(Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)))) => Err(
             PublishError::Returned(format!("{} {}", returned.reply_code, returned.reply_text)),
         ),

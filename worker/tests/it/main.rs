@@ -2,6 +2,7 @@
 //! Each test has its own database, queues, events exchange and Redis key prefix.
 
 mod builders;
+mod cli;
 mod helpers;
 
 mod migrations;

@@ -1,0 +1,133 @@
+//! The `wxpay-worker` binary: `migrate`, `run` with a graceful SIGTERM, `dlq list`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use secrecy::ExposeSecret;
+
+use crate::builders::{self, v2_pay};
+use crate::helpers::{eventually, TestEnv};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wxpay-worker");
+
+fn config_file(env: &TestEnv) -> tempfile::NamedTempFile {
+    let s = &env.settings;
+    let merchant = builders::merchant_settings();
+    let (serial, pem) = merchant
+        .platform_public_keys
+        .iter()
+        .next()
+        .expect("a platform key");
+    let text = format!(
+        r#"[worker]
+metrics_listen = "127.0.0.1:0"
+retry_delays_ms = [200, 400]
+shutdown_timeout_ms = 10000
+
+[rabbitmq]
+url = "{amqp}"
+queue = "{queue}"
+events_exchange = "{exchange}"
+
+[redis]
+url = "{redis}"
+key_prefix = "{prefix}"
+
+[database]
+url = "{database}"
+
+[[merchants]]
+mch_id = "{mch_id}"
+appids = ["{appid}"]
+api_v2_key = "{v2}"
+api_v3_key = "{v3}"
+
+[merchants.platform_public_keys]
+"{serial}" = '''
+{pem}'''
+"#,
+        amqp = s.rabbitmq.url.expose_secret(),
+        queue = s.rabbitmq.queue,
+        exchange = s.rabbitmq.events_exchange,
+        redis = s.redis.url.expose_secret(),
+        prefix = s.redis.key_prefix,
+        database = s.database.url.expose_secret(),
+        mch_id = builders::MCH_ID,
+        appid = builders::APPID,
+        v2 = builders::V2_KEY,
+        v3 = builders::V3_KEY,
+    );
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(text.as_bytes()).expect("config written");
+    file
+}
+
+fn worker(config: &tempfile::NamedTempFile, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .arg("--config")
+        .arg(config.path())
+        .args(args)
+        .env("RUST_LOG", "warn");
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_the_database_and_is_idempotent() {
+    let env = TestEnv::with_migration(false).await;
+    let config = config_file(&env);
+    for expected in ["migrations applied: 1", "migrations applied: 0"] {
+        let output = worker(&config, &["migrate"]).output().expect("runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains(expected));
+    }
+    assert_eq!(env.count("FROM orders").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_applies_and_exits_zero_on_sigterm() {
+    let env = TestEnv::new().await;
+    let config = config_file(&env);
+    env.insert_order("cli-1", 100).await;
+    env.publish(&v2_pay("cli-1", "4200cli1", 100)).await;
+    let mut child = worker(&config, &["run"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawns");
+    eventually(Duration::from_secs(30), "paid by the binary", || async {
+        env.order("cli-1").await.state == "PAID"
+    })
+    .await;
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+    kill(pid, Signal::SIGTERM).expect("signal sent");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waits") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+
+    let listed = worker(&config, &["dlq", "list"]).output().expect("runs");
+    assert!(listed.status.success());
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(
+        stdout.lines().filter(|l| !l.starts_with('{')).count(),
+        1,
+        "only the header: {stdout}"
+    );
+    let replay = worker(&config, &["dlq", "replay"]).output().expect("runs");
+    assert!(!replay.status.success(), "replay needs --all or --id");
+}

@@ -9,6 +9,7 @@
 //!    body size and the same number of channels.
 //!
 //! Needs RabbitMQ at `amqp://guest:guest@127.0.0.1:5672/%2f` (or `WXPAY_BENCH_AMQP`).
+//! `WXPAY__GATEWAY__…` variables override the gateway settings (e.g. `HTTP_WORKERS`).
 //! Each phase uses its own queue, deleted at the end.
 
 use std::sync::{Arc, Mutex};
@@ -65,7 +66,7 @@ fn settings(queue: &str) -> BenchResult<Settings> {
             amqp_url()
         ),
     )?;
-    Ok(Settings::load_with_env(&path, Vec::new())?)
+    Ok(Settings::load(&path)?)
 }
 
 /// Pre-signed v2 MD5 payment notifications, distinct order numbers.

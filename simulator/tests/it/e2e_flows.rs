@@ -4,69 +4,9 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel::QueryableByName;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
-
-use crate::e2e_support::{count, eventually, scrape, Output, Stack};
-
-#[derive(Debug, QueryableByName, PartialEq, Eq)]
-struct OrderView {
-    #[diesel(sql_type = Text)]
-    state: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    transaction_id: Option<String>,
-    #[diesel(sql_type = BigInt)]
-    refunded_total: i64,
-}
-
-async fn order(conn: &mut AsyncPgConnection, mch_id: &str, no: &str) -> OrderView {
-    diesel::sql_query(
-        "SELECT state, transaction_id, refunded_total FROM orders WHERE mch_id = $1 AND out_trade_no = $2",
-    )
-    .bind::<Text, _>(mch_id)
-    .bind::<Text, _>(no)
-    .get_result(conn)
-    .await
-    .unwrap_or_else(|e| panic!("order {no}: {e}"))
-}
-
-async fn insert_order(conn: &mut AsyncPgConnection, s: &Stack, no: &str, amount: i64) {
-    diesel::sql_query(
-        "INSERT INTO orders (mch_id, out_trade_no, appid, amount_total, state) VALUES ($1, $2, $3, $4, 'NOTPAY')",
-    )
-    .bind::<Text, _>(&s.mch_id)
-    .bind::<Text, _>(no)
-    .bind::<Text, _>(&s.appid)
-    .bind::<BigInt, _>(amount)
-    .execute(conn)
-    .await
-    .unwrap_or_else(|e| panic!("insert order {no}: {e}"));
-}
-
-/// Sum of the samples of counter `name` whose labels include every `labels` pair.
-fn counter_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    exposition
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Messages the worker finished with (everything but a hand-over to a retry tier).
-fn worker_done(exposition: &str) -> f64 {
-    counter_sum(exposition, "wxpay_worker_messages_total", &[])
-        - counter_sum(
-            exposition,
-            "wxpay_worker_messages_total",
-            &[("outcome", "retried")],
-        )
-}
+use crate::e2e_support::{
+    count, counter_sum, eventually, insert_order, order, scrape, worker_done, Output, Stack,
+};
 
 /// Drives `wxpay-sim notify` against the stack's gateway and counts what was sent.
 struct Driver<'a> {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use diesel::sql_types::BigInt;
+use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
@@ -593,6 +593,42 @@ pub async fn eventually(
     }
 }
 
+#[derive(Debug, QueryableByName, PartialEq, Eq)]
+pub struct OrderView {
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub transaction_id: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    pub refunded_total: i64,
+}
+
+/// The order's state columns.
+pub async fn order(conn: &mut AsyncPgConnection, mch_id: &str, no: &str) -> OrderView {
+    diesel::sql_query(
+        "SELECT state, transaction_id, refunded_total FROM orders WHERE mch_id = $1 AND out_trade_no = $2",
+    )
+    .bind::<Text, _>(mch_id)
+    .bind::<Text, _>(no)
+    .get_result(conn)
+    .await
+    .unwrap_or_else(|e| panic!("order {no}: {e}"))
+}
+
+/// Inserts an order as the business system does before the user pays: NOTPAY.
+pub async fn insert_order(conn: &mut AsyncPgConnection, s: &Stack, no: &str, amount: i64) {
+    diesel::sql_query(
+        "INSERT INTO orders (mch_id, out_trade_no, appid, amount_total, state) VALUES ($1, $2, $3, $4, 'NOTPAY')",
+    )
+    .bind::<Text, _>(&s.mch_id)
+    .bind::<Text, _>(no)
+    .bind::<Text, _>(&s.appid)
+    .bind::<BigInt, _>(amount)
+    .execute(conn)
+    .await
+    .unwrap_or_else(|e| panic!("insert order {no}: {e}"));
+}
+
 #[derive(QueryableByName)]
 struct N {
     #[diesel(sql_type = BigInt)]
@@ -608,21 +644,16 @@ pub async fn count(conn: &mut AsyncPgConnection, tail: &str) -> i64 {
     row.n
 }
 
-/// Base names of the metric families in a Prometheus text exposition (`_bucket`, `_sum`,
-/// `_count` folded into their family).
+/// Base names of the series in a Prometheus text exposition (`_bucket`, `_sum`, `_count`
+/// folded into their family). Only samples count: a `# HELP` without a sample is no series
+/// for a rule or a panel to use.
 pub fn metric_names(exposition: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for line in exposition.lines() {
-        let name = if let Some(rest) = line
-            .strip_prefix("# TYPE ")
-            .or_else(|| line.strip_prefix("# HELP "))
-        {
-            rest.split_whitespace().next().unwrap_or_default()
-        } else if line.starts_with('#') || line.trim().is_empty() {
+        if line.starts_with('#') || line.trim().is_empty() {
             continue;
-        } else {
-            line.split(['{', ' ']).next().unwrap_or_default()
-        };
+        }
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
         let base = ["_bucket", "_sum", "_count"]
             .iter()
             .find_map(|s| name.strip_suffix(s))
@@ -632,6 +663,30 @@ pub fn metric_names(exposition: &str) -> BTreeSet<String> {
         }
     }
     names
+}
+
+/// Sum of the samples of counter `name` whose labels include every `labels` pair.
+pub fn counter_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Messages the worker finished with (everything but a hand-over to a retry tier).
+pub fn worker_done(exposition: &str) -> f64 {
+    counter_sum(exposition, "wxpay_worker_messages_total", &[])
+        - counter_sum(
+            exposition,
+            "wxpay_worker_messages_total",
+            &[("outcome", "retried")],
+        )
 }
 
 /// GET `<base>/metrics`.
@@ -709,4 +764,22 @@ fn cleanup(n: &Names) {
         });
     });
     let _ = done.join();
+}
+
+#[test]
+fn metric_names_fold_histogram_and_summary_series_and_ignore_bare_help() {
+    let text = "# HELP wxpay_a_total A.\n# TYPE wxpay_a_total counter\nwxpay_a_total{route=\"v3\"} 3\n\
+                # HELP wxpay_described_only Never recorded.\n\
+                wxpay_h_seconds_bucket{le=\"0.1\"} 1\nwxpay_h_seconds_sum 0.05\nwxpay_h_seconds_count 1\n\
+                wxpay_s_seconds{quantile=\"0.5\"} 0.01\nwxpay_s_seconds_count 2\nwxpay_g 1\n\n";
+    let names: Vec<String> = metric_names(text).into_iter().collect();
+    assert_eq!(
+        names,
+        [
+            "wxpay_a_total",
+            "wxpay_g",
+            "wxpay_h_seconds",
+            "wxpay_s_seconds"
+        ]
+    );
 }

@@ -1,0 +1,161 @@
+//! End to end, the notification that never came: `wxpay-worker reconcile --once` queries
+//! `wxpay-sim serve` (WeChat Pay's query API) for unpaid orders, publishes what it learns to
+//! the same queue, and the worker applies it; the late notification is then a duplicate.
+
+use std::time::{Duration, Instant};
+
+use crate::e2e_support::{count, eventually, insert_order, order, scrape, worker_done, Stack};
+
+/// The transaction_id that `wxpay-sim order` printed.
+fn transaction_id(stdout: &str) -> String {
+    stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("transaction_id="))
+        .unwrap_or_else(|| panic!("no transaction_id in: {stdout}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
+    let mut s = Stack::prepare(|config| {
+        let reconciler = config
+            .entry("reconciler")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let Some(r) = reconciler.as_table_mut() {
+            r.insert("min_age_secs".into(), toml::Value::Integer(0));
+            r.insert("rate_per_merchant".into(), toml::Value::Integer(100));
+            r.insert("close_unpaid".into(), toml::Value::Boolean(true));
+        }
+    })
+    .await;
+    s.start_gateway().await;
+    s.start_worker().await;
+    let sim = s.bins.sim.clone();
+    let listen = format!("127.0.0.1:{}", s.names.sim_port);
+    let serve = s.spawn("sim-serve", &sim, &["serve", "--listen", &listen]);
+    s.others.push(serve);
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(&listen).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "wxpay-sim serve not listening on {listen}\n{}",
+            s.logs(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // WeChat Pay knows: one paid (its notification was lost), one closed, one not paid yet.
+    let staged = [
+        ("RECON-PAID", "1200", "SUCCESS"),
+        ("RECON-CLOSED", "300", "CLOSED"),
+        ("RECON-NOTPAY", "400", "NOTPAY"),
+    ];
+    let mut paid_transaction = String::new();
+    let mut conn = s.conn().await;
+    for (no, amount, state) in staged {
+        let out = s
+            .sim(&[
+                "order",
+                "--out-trade-no",
+                no,
+                "--amount",
+                amount,
+                "--state",
+                state,
+            ])
+            .await;
+        assert!(out.success, "wxpay-sim order failed\n{}", out.describe());
+        if state == "SUCCESS" {
+            paid_transaction = transaction_id(&out.stdout);
+        }
+        insert_order(&mut conn, &s, no, amount.parse().expect("fen")).await;
+    }
+
+    let round = s
+        .worker_cmd(&["reconcile", "--once"], Duration::from_secs(60))
+        .await;
+    assert!(
+        round.success,
+        "reconcile --once failed\n{}\n{}",
+        round.describe(),
+        s.logs(40)
+    );
+    eventually(
+        Duration::from_secs(30),
+        || "RECON-PAID PAID through the reconciler".to_owned(),
+        async || order(&mut conn, &s.mch_id, "RECON-PAID").await.state == "PAID",
+    )
+    .await;
+    let paid = order(&mut conn, &s.mch_id, "RECON-PAID").await;
+    assert_eq!(
+        paid.transaction_id.as_deref(),
+        Some(paid_transaction.as_str())
+    );
+    assert_eq!(
+        order(&mut conn, &s.mch_id, "RECON-CLOSED").await.state,
+        "CLOSED"
+    );
+    assert_eq!(
+        order(&mut conn, &s.mch_id, "RECON-NOTPAY").await.state,
+        "NOTPAY"
+    );
+    assert_eq!(
+        count(
+            &mut conn,
+            "FROM notifications WHERE out_trade_no = 'RECON-PAID' AND kind = 'query.pay' AND outcome = 'APPLIED'"
+        )
+        .await,
+        1
+    );
+
+    // The notification arrives late after all: a duplicate, nothing applied twice.
+    let before = worker_done(&scrape(&s.worker_url()).await);
+    let target = s.gateway_url();
+    let late = s
+        .sim(&[
+            "notify",
+            "--target",
+            &target,
+            "--kind",
+            "v3-pay",
+            "--out-trade-no",
+            "RECON-PAID",
+            "--amount",
+            "1200",
+            "--max-attempts",
+            "1",
+        ])
+        .await;
+    assert!(
+        late.success,
+        "late notification refused\n{}",
+        late.describe()
+    );
+    let worker_url = s.worker_url();
+    eventually(
+        Duration::from_secs(30),
+        || "the worker finishing the late notification".to_owned(),
+        async || worker_done(&scrape(&worker_url).await) > before,
+    )
+    .await;
+    assert_eq!(
+        count(
+            &mut conn,
+            "FROM notifications WHERE out_trade_no = 'RECON-PAID' AND outcome = 'APPLIED'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &mut conn,
+            "FROM outbox WHERE event_type = 'order.paid' AND payload->>'out_trade_no' = 'RECON-PAID'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        order(&mut conn, &s.mch_id, "RECON-PAID").await.state,
+        "PAID"
+    );
+}

@@ -8,5 +8,6 @@ mod helpers;
 mod migrations;
 mod pay;
 mod pipeline;
+mod query;
 mod reconcile;
 mod refund;

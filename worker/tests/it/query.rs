@@ -1,0 +1,174 @@
+//! The reconciler's query answers (`query.pay`, `query.refund`) through `process_one`:
+//! verified like notifications and deduped with the same business keys.
+
+use wxpay_shared::message::{NotifyKind, NotifyMessage};
+use wxpay_shared::v2::{self, SignType, XmlFields};
+use wxpay_shared::v3::{self, WechatpayHeaders};
+use wxpay_worker::{Outcome, Worker};
+
+use crate::builders::{self, v2_pay, APPID, MCH_ID, SERIAL, V2_KEY};
+use crate::helpers::TestEnv;
+
+fn signed_v2(kind: NotifyKind, pairs: &[(&str, &str)], key: &str) -> NotifyMessage {
+    let mut fields = XmlFields::new();
+    for (k, v) in pairs {
+        fields.insert(*k, *v);
+    }
+    let sign = v2::sign(&fields, key, SignType::Md5);
+    fields.insert("sign", sign);
+    NotifyMessage::new(
+        kind,
+        MCH_ID,
+        fields.to_xml().into_bytes(),
+        Some("text/xml".into()),
+        None,
+    )
+}
+
+fn v2_order_query(
+    out_trade_no: &str,
+    transaction_id: &str,
+    total_fee: &str,
+    trade_state: &str,
+) -> NotifyMessage {
+    signed_v2(
+        NotifyKind::QueryPay,
+        &[
+            ("return_code", "SUCCESS"),
+            ("result_code", "SUCCESS"),
+            ("appid", APPID),
+            ("mch_id", MCH_ID),
+            ("nonce_str", "q1"),
+            ("out_trade_no", out_trade_no),
+            ("transaction_id", transaction_id),
+            ("total_fee", total_fee),
+            ("trade_state", trade_state),
+            ("time_end", "20240102030405"),
+        ],
+        V2_KEY,
+    )
+}
+
+fn v3_response(kind: NotifyKind, body: serde_json::Value) -> NotifyMessage {
+    let body = serde_json::to_vec(&body).expect("json");
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let nonce = "responsenonce".to_owned();
+    let signature = v3::sign_notification(builders::platform_key(), &timestamp, &nonce, &body);
+    let headers = WechatpayHeaders {
+        timestamp,
+        nonce,
+        signature,
+        serial: SERIAL.to_owned(),
+        signature_type: Some(v3::SIGNATURE_TYPE_RSA.to_owned()),
+    };
+    NotifyMessage::new(
+        kind,
+        MCH_ID,
+        body,
+        Some("application/json".into()),
+        Some(headers),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_order_query_applies_and_dedupes_with_the_notification() {
+    let env = TestEnv::new().await;
+    let worker = Worker::new(env.settings()).expect("worker");
+    env.insert_order("q-1", 700).await;
+    env.insert_order("q-2", 700).await;
+    assert_eq!(
+        worker
+            .process_one(&v2_order_query("q-1", "", "", "NOTPAY"))
+            .await,
+        Outcome::Recorded
+    );
+    assert_eq!(
+        worker
+            .process_one(&v2_order_query("q-1", "4200q1", "700", "SUCCESS"))
+            .await,
+        Outcome::Applied
+    );
+    let notified = worker.process_one(&v2_pay("q-1", "4200q1", 700)).await;
+    assert!(
+        matches!(notified, Outcome::Duplicate { .. }),
+        "{notified:?}"
+    );
+    // A forged answer (wrong key) is parked.
+    let forged = signed_v2(
+        NotifyKind::QueryPay,
+        &[("return_code", "SUCCESS")],
+        "ffffffffffffffffffffffffffffffff",
+    );
+    assert!(matches!(
+        worker.process_one(&forged).await,
+        Outcome::Park { .. }
+    ));
+    // v3 answer: plain JSON, signed in the response headers.
+    let answer = v3_response(
+        NotifyKind::QueryPay,
+        serde_json::json!({
+            "appid": APPID, "mchid": MCH_ID, "out_trade_no": "q-2", "transaction_id": "4200q2",
+            "trade_type": "JSAPI", "trade_state": "SUCCESS", "trade_state_desc": "支付成功",
+            "success_time": "2024-01-02T03:04:05+08:00",
+            "amount": { "total": 700, "payer_total": 700, "currency": "CNY", "payer_currency": "CNY" }
+        }),
+    );
+    assert_eq!(worker.process_one(&answer).await, Outcome::Applied);
+    assert_eq!(env.order("q-2").await.state, "PAID");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_queries_apply_like_notifications() {
+    let env = TestEnv::new().await;
+    let worker = Worker::new(env.settings()).expect("worker");
+    env.insert_order("q-3", 1000).await;
+    assert_eq!(
+        worker.process_one(&v2_pay("q-3", "4200q3", 1000)).await,
+        Outcome::Applied
+    );
+    let v2_answer = signed_v2(
+        NotifyKind::QueryRefund,
+        &[
+            ("return_code", "SUCCESS"),
+            ("result_code", "SUCCESS"),
+            ("appid", APPID),
+            ("mch_id", MCH_ID),
+            ("nonce_str", "q3"),
+            ("out_trade_no", "q-3"),
+            ("transaction_id", "4200q3"),
+            ("refund_count", "1"),
+            ("out_refund_no_0", "qr-1"),
+            ("refund_id_0", "5030q1"),
+            ("refund_fee_0", "400"),
+            ("refund_status_0", "SUCCESS"),
+            ("refund_success_time_0", "2024-01-02 03:04:05"),
+        ],
+        V2_KEY,
+    );
+    assert_eq!(worker.process_one(&v2_answer).await, Outcome::Applied);
+    let same = worker
+        .process_one(&builders::v3_refund(
+            "q-3", "qr-1", "5030q1", 1000, 400, "SUCCESS",
+        ))
+        .await;
+    assert!(matches!(same, Outcome::Duplicate { .. }), "{same:?}");
+    let v3_answer = v3_response(
+        NotifyKind::QueryRefund,
+        serde_json::json!({
+            "refund_id": "5030q2", "out_refund_no": "qr-2", "transaction_id": "4200q3",
+            "out_trade_no": "q-3", "status": "PROCESSING",
+            "amount": { "total": 1000, "refund": 600, "payer_total": 1000, "payer_refund": 600 }
+        }),
+    );
+    assert_eq!(worker.process_one(&v3_answer).await, Outcome::Recorded);
+    let order = env.order("q-3").await;
+    assert_eq!(
+        (order.state.as_str(), order.refunded_total),
+        ("PARTIALLY_REFUNDED", 400)
+    );
+    assert_eq!(
+        env.count("FROM refunds WHERE out_refund_no = 'qr-2' AND status = 'PROCESSING'")
+            .await,
+        1
+    );
+}

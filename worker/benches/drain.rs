@@ -249,7 +249,10 @@ async fn bench() -> anyhow::Result<()> {
 
 /// A tuning knob from the environment (for experiments), else the default.
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A varied amount in fen.

@@ -221,6 +221,7 @@ async fn settle(
                     );
                 }
                 Ok(Scheduled::Parked) => {
+                    worker.inner.stats.parked.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         step = step::PARK,
                         request_id,

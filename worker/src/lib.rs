@@ -102,6 +102,7 @@ pub struct Stats {
     pub recorded: AtomicU64,
     pub anomaly: AtomicU64,
     pub retried: AtomicU64,
+    /// Parked at once (poison) or after the last retry tier.
     pub parked: AtomicU64,
     pub acked: AtomicU64,
 }

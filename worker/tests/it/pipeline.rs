@@ -276,3 +276,32 @@ async fn health_endpoints_and_metrics() {
     handle.stop(true).await;
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_last_tier_a_transient_failure_is_parked() {
+    let env = TestEnv::new().await;
+    env.insert_order("t-1", 100).await;
+    // A refund whose payment never comes: out of order on every attempt.
+    let refund = builders::v2_refund("t-1", "tr-1", "5030t1", 100, 100, "SUCCESS");
+    let running = env.spawn_worker(env.settings());
+    env.publish(&refund).await;
+    eventually(WAIT, "parked after the tiers", || {
+        let parked = running.worker.stats().get("parked");
+        async move { parked == 1 }
+    })
+    .await;
+    let tiers = env.settings.worker.retry_delays_ms.len() as u64;
+    assert_eq!(running.worker.stats().get("retried"), tiers + 1);
+    running.stop().await;
+    let parked = retry::dlq_list(&env.settings).await.expect("dlq list");
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].id, refund.message_id.to_string());
+    assert!(
+        parked[0]
+            .reason
+            .starts_with("retries_exhausted: out_of_order"),
+        "{parked:?}"
+    );
+    assert_eq!(u64::from(parked[0].attempt), tiers + 1);
+    assert_eq!(env.count("FROM notifications").await, 0);
+}

@@ -24,9 +24,9 @@ use lapin::{Connection, ConnectionProperties};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use wxpay_gateway::publish::{queue_arguments, queue_declare_options};
 use wxpay_gateway::Application;
 use wxpay_shared::config::Settings;
+use wxpay_shared::message::{durable_queue_options, quorum_queue_arguments};
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::v2::{sign, SignType, XmlFields};
 
@@ -354,7 +354,7 @@ impl RawPublisher {
             let channel = connection.create_channel().await?;
             if index == 0 {
                 channel
-                    .queue_declare(queue, queue_declare_options(), queue_arguments())
+                    .queue_declare(queue, durable_queue_options(), quorum_queue_arguments())
                     .await?;
             }
             channel

@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::LongString;
 use lapin::{Channel, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use wxpay_shared::config::Settings;
-use wxpay_shared::message::NotifyMessage;
+use wxpay_shared::message::{durable_queue_options, quorum_queue_arguments, NotifyMessage};
 use wxpay_shared::telemetry::{metric, step};
 
 /// First reconnect delay; doubled after each failure up to [`MAX_BACKOFF`].
@@ -46,27 +46,6 @@ const LATE_CONFIRM_WATCH: Duration = Duration::from_secs(60);
 const IO_LOOP_GRACE: Duration = Duration::from_millis(100);
 /// AMQP reply code of a normal close.
 const REPLY_SUCCESS: u16 = 200;
-
-/// The arguments of the notify queue's declaration: a quorum queue (replicated, durable
-/// by construction). The worker declares the same queue with exactly these arguments and
-/// [`queue_declare_options`]; RabbitMQ refuses (PRECONDITION_FAILED) a second declaration
-/// whose arguments differ.
-pub fn queue_arguments() -> FieldTable {
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        ShortString::from("x-queue-type"),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    arguments
-}
-
-/// Durable, not exclusive, not auto-deleted: what a quorum queue requires.
-pub fn queue_declare_options() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    }
-}
 
 /// What the publisher needs from the configuration.
 #[derive(Debug, Clone)]
@@ -542,7 +521,11 @@ async fn open_channels(
             bounded(
                 "declare queue",
                 timeout,
-                channel.queue_declare(&config.queue, queue_declare_options(), queue_arguments()),
+                channel.queue_declare(
+                    &config.queue,
+                    durable_queue_options(),
+                    quorum_queue_arguments(),
+                ),
             )
             .await?;
         }
@@ -563,18 +546,6 @@ async fn open_channels(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn queue_is_a_durable_quorum_queue() {
-        let arguments = queue_arguments();
-        assert_eq!(arguments.inner().len(), 1);
-        assert_eq!(
-            arguments.inner().get("x-queue-type"),
-            Some(&AMQPValue::LongString(LongString::from("quorum")))
-        );
-        let options = queue_declare_options();
-        assert!(options.durable && !options.exclusive && !options.auto_delete && !options.passive);
-    }
 
     #[test]
     fn only_lapin_errors_and_returns_rebuild_the_link() {

@@ -9,6 +9,7 @@
 //! the raw, signed API response: v3 when the `wechatpay-*` headers are present (the
 //! response's own signature headers), v2 signed XML otherwise.
 
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 use uuid::Uuid;
@@ -34,6 +35,25 @@ pub mod header {
 
 /// Delivery mode 2: the broker writes the message to disk (with a quorum queue, to a majority).
 pub const PERSISTENT: u8 = 2;
+
+/// The arguments of the notify queue's (and the parking queue's) declaration: a quorum
+/// queue, replicated and durable by construction. Gateway, worker and reconciler all
+/// declare the queue with exactly these, because RabbitMQ refuses (PRECONDITION_FAILED) a
+/// second declaration whose arguments differ.
+pub fn quorum_queue_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(ShortString::from("x-queue-type"), long_string("quorum"));
+    arguments
+}
+
+/// Durable, not exclusive, not auto-deleted: what a quorum queue requires, and what the
+/// retry tiers use too.
+pub fn durable_queue_options() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
 
 /// Which channel brought the news, hence how the worker decodes the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -390,6 +410,18 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn notify_queue_is_a_durable_quorum_queue() {
+        let arguments = quorum_queue_arguments();
+        assert_eq!(arguments.inner().len(), 1);
+        assert_eq!(
+            arguments.inner().get("x-queue-type"),
+            Some(&long_string("quorum"))
+        );
+        let options = durable_queue_options();
+        assert!(options.durable && !options.exclusive && !options.auto_delete && !options.passive);
     }
 
     #[test]

@@ -56,8 +56,9 @@ const BUCKETS_SECONDS: &[f64] = &[
     10.0, 30.0, 60.0, 300.0, 900.0,
 ];
 
-/// Installs JSON logging for `service` (filter from `RUST_LOG`, default `info`). A second
-/// call (tests spawning several apps in one process) is a no-op.
+/// Installs JSON logging for `service` (filter from `RUST_LOG`, default `info`) on stderr,
+/// so that commands printing results (`dlq list`, `load --json`) keep stdout clean. A
+/// second call (tests spawning several apps in one process) is a no-op.
 pub fn init_logging(service: &'static str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let installed = tracing_subscriber::fmt()
@@ -66,6 +67,7 @@ pub fn init_logging(service: &'static str) {
         .with_current_span(false)
         .with_span_list(false)
         .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .try_init()
         .is_ok();
     if installed {

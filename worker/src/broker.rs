@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use secrecy::ExposeSecret;
 use wxpay_shared::config::{RabbitmqSettings, WorkerSettings};
+use wxpay_shared::message::{durable_queue_options, quorum_queue_arguments};
 
 /// Why a broker operation failed. All of them are transient for the caller.
 #[derive(Debug, thiserror::Error)]
@@ -58,21 +57,6 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.as_bytes()))
 }
 
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    }
-}
-
-/// The main queue's arguments: identical to the gateway's declaration (a queue declared
-/// twice with different arguments is a channel error).
-pub fn main_queue_arguments() -> FieldTable {
-    let mut arguments = FieldTable::default();
-    arguments.insert(ShortString::from("x-queue-type"), text("quorum"));
-    arguments
-}
-
 /// Declares the main queue (durable quorum, as the gateway does), one delay queue per retry
 /// tier (durable; messages expire after the tier's delay and are dead-lettered back to the
 /// main queue), the parking queue (durable quorum) and the events exchange (durable topic).
@@ -82,7 +66,11 @@ pub async fn declare_topology(
     worker: &WorkerSettings,
 ) -> Result<(), BrokerError> {
     channel
-        .queue_declare(&rabbitmq.queue, durable(), main_queue_arguments())
+        .queue_declare(
+            &rabbitmq.queue,
+            durable_queue_options(),
+            quorum_queue_arguments(),
+        )
         .await?;
     for (tier, delay) in worker.retry_delays_ms.iter().enumerate() {
         let mut arguments = FieldTable::default();
@@ -97,11 +85,19 @@ pub async fn declare_topology(
             text(&rabbitmq.queue),
         );
         channel
-            .queue_declare(&rabbitmq.retry_queue(tier), durable(), arguments)
+            .queue_declare(
+                &rabbitmq.retry_queue(tier),
+                durable_queue_options(),
+                arguments,
+            )
             .await?;
     }
     channel
-        .queue_declare(&rabbitmq.parked_queue(), durable(), main_queue_arguments())
+        .queue_declare(
+            &rabbitmq.parked_queue(),
+            durable_queue_options(),
+            quorum_queue_arguments(),
+        )
         .await?;
     channel
         .exchange_declare(

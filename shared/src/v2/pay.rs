@@ -47,7 +47,8 @@ pub struct PayNotification {
 
 impl PayNotification {
     /// Reads the typed view. `return_code` is required; `appid`, `mch_id`,
-    /// `out_trade_no`, `transaction_id` and `total_fee` too when it is `SUCCESS`.
+    /// `out_trade_no` and `total_fee` too when it is `SUCCESS`, and `transaction_id` when
+    /// `result_code` is `SUCCESS` as well (a failed payment may come without one).
     /// Amounts, when present, must be non-negative integers (`1.00` is invalid).
     pub fn from_fields(fields: &XmlFields) -> Result<Self, XmlError> {
         let return_code = fields.require("return_code")?;
@@ -73,7 +74,11 @@ impl PayNotification {
             appid: text("appid")?,
             mch_id: text("mch_id")?,
             out_trade_no: text("out_trade_no")?,
-            transaction_id: text("transaction_id")?,
+            transaction_id: if ok && fields.get("result_code") == Some(SUCCESS) {
+                text("transaction_id")?
+            } else {
+                fields.get("transaction_id").unwrap_or_default().to_owned()
+            },
             total_fee,
             cash_fee: parse_optional_fen(fields, "cash_fee")?,
             fee_type: optional(fields, "fee_type"),
@@ -177,6 +182,10 @@ mod tests {
             PayNotification::from_fields(&f),
             Err(XmlError::MissingField("transaction_id"))
         );
+        f.insert("result_code", "FAIL");
+        let failed_payment = PayNotification::from_fields(&f).expect("no transaction_id needed");
+        assert_eq!(failed_payment.transaction_id, "");
+        assert!(!failed_payment.is_success());
         let fail: XmlFields = [("return_code", "FAIL"), ("return_msg", "签名失败")]
             .into_iter()
             .collect();

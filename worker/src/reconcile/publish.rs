@@ -6,10 +6,9 @@
 
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
 use lapin::{Channel, Connection};
 use wxpay_shared::config::RabbitmqSettings;
-use wxpay_shared::message::NotifyMessage;
+use wxpay_shared::message::{durable_queue_options, quorum_queue_arguments, NotifyMessage};
 
 use crate::broker::{self, BrokerError};
 
@@ -34,11 +33,8 @@ impl Publisher {
         channel
             .queue_declare(
                 &rabbitmq.queue,
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                broker::main_queue_arguments(),
+                durable_queue_options(),
+                quorum_queue_arguments(),
             )
             .await?;
         Ok(Publisher {

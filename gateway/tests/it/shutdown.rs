@@ -19,15 +19,16 @@ fn spawn_binary(config: &std::path::Path) -> (std::process::Child, u16) {
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("binary starts");
-    let stdout = child.stdout.take().expect("stdout");
+    // Logs are JSON lines on stderr.
+    let logs = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(logs).lines().map_while(Result::ok) {
             if !sent {
                 if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
                     if value["message"] == "gateway listening" {

@@ -1,5 +1,9 @@
 //! `/healthz` (alive), `/readyz` (broker connected and PostgreSQL answering) and
-//! `/metrics` (Prometheus) on `worker.metrics_listen`.
+//! `/metrics` (Prometheus): one server for both processes of this binary, `wxpay-worker run`
+//! on `worker.metrics_listen` and `wxpay-worker reconcile` on `reconciler.metrics_listen`.
+//!
+//! They differ only in which broker connection readiness follows, so that is what a
+//! [`Readiness`] says; the routes, the database probe and the answers are the same.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,10 +13,43 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use diesel_async::RunQueryDsl;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::db::DbPool;
+use crate::reconcile::Reconciler;
 use crate::Worker;
 
-struct State {
-    worker: Worker,
+/// What `/readyz` checks: a process is ready when its broker connection is up and its
+/// PostgreSQL answers.
+pub trait Readiness: Send + Sync + 'static {
+    /// Whether the connection this process needs to do its work is up.
+    fn broker(&self) -> bool;
+    /// The pool `/readyz` probes with `SELECT 1`.
+    fn database(&self) -> &DbPool;
+}
+
+/// The worker is ready when its consumer holds a broker connection.
+impl Readiness for Worker {
+    fn broker(&self) -> bool {
+        self.broker_connected()
+    }
+
+    fn database(&self) -> &DbPool {
+        self.pool()
+    }
+}
+
+/// The reconciler has no consumer: it is ready when its publisher's connection is up.
+impl Readiness for Reconciler {
+    fn broker(&self) -> bool {
+        self.broker_connected()
+    }
+
+    fn database(&self) -> &DbPool {
+        self.pool()
+    }
+}
+
+struct State<R> {
+    readiness: R,
     prometheus: PrometheusHandle,
 }
 
@@ -20,25 +57,24 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok")
 }
 
-async fn readyz(state: web::Data<State>) -> HttpResponse {
-    let broker = state.worker.broker_connected();
-    let database = database_ready(&state.worker).await;
+/// 200 when ready, else 503; the body names what is down, e.g.
+/// `{"broker":false,"database":true}`.
+async fn readyz<R: Readiness>(state: web::Data<State<R>>) -> HttpResponse {
+    let broker = state.readiness.broker();
+    let database = database_ready(state.readiness.database()).await;
     let body = serde_json::json!({ "broker": broker, "database": database }).to_string();
-    if broker && database {
+    let mut answer = if broker && database {
         HttpResponse::Ok()
-            .content_type("application/json")
-            .body(body)
     } else {
         HttpResponse::ServiceUnavailable()
-            .content_type("application/json")
-            .body(body)
-    }
+    };
+    answer.content_type("application/json").body(body)
 }
 
 /// `SELECT 1` on a pooled connection, bounded (a read, not a transaction: safe to cancel).
-async fn database_ready(worker: &Worker) -> bool {
+async fn database_ready(pool: &DbPool) -> bool {
     let check = async {
-        let mut conn = worker.pool().get().await.ok()?;
+        let mut conn = pool.get().await.ok()?;
         diesel::sql_query("SELECT 1").execute(&mut conn).await.ok()
     };
     matches!(
@@ -47,25 +83,30 @@ async fn database_ready(worker: &Worker) -> bool {
     )
 }
 
-async fn metrics(state: web::Data<State>) -> HttpResponse {
+async fn metrics<R: Readiness>(state: web::Data<State<R>>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.prometheus.render())
 }
 
 /// Binds `listen` and returns the server (to spawn and later stop) and the bound address.
-pub fn serve(
+/// `prometheus` is [`wxpay_shared::telemetry::metrics_handle`], taken before any metric is
+/// registered.
+pub fn serve<R: Readiness>(
     listen: &str,
-    worker: Worker,
+    readiness: R,
     prometheus: PrometheusHandle,
 ) -> std::io::Result<(Server, SocketAddr)> {
-    let state = web::Data::new(State { worker, prometheus });
+    let state = web::Data::new(State {
+        readiness,
+        prometheus,
+    });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics))
+            .route("/readyz", web::get().to(readyz::<R>))
+            .route("/metrics", web::get().to(metrics::<R>))
     })
     .workers(1)
     .disable_signals()

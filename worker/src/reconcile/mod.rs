@@ -28,7 +28,6 @@
 //! A merchant whose API keeps failing (three queries in a row unavailable after their
 //! retries) is left for the rest of the round.
 
-mod http;
 pub mod metrics;
 pub mod publish;
 pub mod query;
@@ -54,6 +53,7 @@ use self::store::{StoreError, REFUND_PROCESSING};
 use crate::broker::BrokerError;
 use crate::db::models::state;
 use crate::db::{self, DbPool, PoolBuildError};
+use crate::http;
 
 /// Queries in a row that found the API unavailable before a merchant is left for the rest
 /// of the round.

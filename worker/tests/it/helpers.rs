@@ -182,12 +182,9 @@ impl TestEnv {
         .await
     }
 
-    /// Publishes `message` to the main queue (declared first), with confirm.
-    pub async fn publish(&self, message: &NotifyMessage) {
-        self.publish_raw(&message.body, message.properties()).await;
-    }
-
-    pub async fn publish_raw(&self, body: &[u8], properties: lapin::BasicProperties) {
+    /// A connection and a confirm channel, with the topology declared: what every broker
+    /// helper below starts from.
+    async fn channel(&self) -> (lapin::Connection, lapin::Channel) {
         let connection = broker::connect(&self.settings.rabbitmq)
             .await
             .expect("broker");
@@ -195,6 +192,16 @@ impl TestEnv {
         broker::declare_topology(&channel, &self.settings.rabbitmq, &self.settings.worker)
             .await
             .expect("topology");
+        (connection, channel)
+    }
+
+    /// Publishes `message` to the main queue (declared first), with confirm.
+    pub async fn publish(&self, message: &NotifyMessage) {
+        self.publish_raw(&message.body, message.properties()).await;
+    }
+
+    pub async fn publish_raw(&self, body: &[u8], properties: lapin::BasicProperties) {
+        let (connection, channel) = self.channel().await;
         broker::publish_confirmed(
             &channel,
             "",
@@ -210,13 +217,7 @@ impl TestEnv {
 
     /// Publishes many messages over one channel, all confirmed.
     pub async fn publish_all(&self, messages: &[NotifyMessage]) {
-        let connection = broker::connect(&self.settings.rabbitmq)
-            .await
-            .expect("broker");
-        let channel = broker::confirm_channel(&connection).await.expect("channel");
-        broker::declare_topology(&channel, &self.settings.rabbitmq, &self.settings.worker)
-            .await
-            .expect("topology");
+        let (connection, channel) = self.channel().await;
         for chunk in messages.chunks(1000) {
             let mut confirms = Vec::with_capacity(chunk.len());
             for message in chunk {
@@ -242,16 +243,28 @@ impl TestEnv {
         let _ = connection.close(200, "done").await;
     }
 
+    /// Messages ready in the main queue (declared first, so an absent queue counts 0).
+    pub async fn queue_depth(&self) -> u32 {
+        let (connection, channel) = self.channel().await;
+        let queue = channel
+            .queue_declare(
+                &self.settings.rabbitmq.queue,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        let _ = connection.close(200, "done").await;
+        queue.message_count()
+    }
+
     /// A queue bound to the events exchange for `routing_key`; returns a receiver of the
     /// event message ids.
     pub async fn bind_events(&self, routing_key: &str) -> EventTap {
-        let connection = broker::connect(&self.settings.rabbitmq)
-            .await
-            .expect("broker");
-        let channel = connection.create_channel().await.expect("channel");
-        broker::declare_topology(&channel, &self.settings.rabbitmq, &self.settings.worker)
-            .await
-            .expect("topology");
+        let (connection, channel) = self.channel().await;
         let queue = format!("{}.tap.{}", self.settings.rabbitmq.queue, routing_key);
         channel
             .queue_declare(

@@ -329,6 +329,14 @@ async fn v2_payment_found_only_by_query_is_applied_once() {
 }
 
 /// The notification arrives while the round queries the same payment: one effect.
+///
+/// Both messages are in the queue before a worker consumes. Were a worker running while
+/// the round reads its due orders, it could apply the notification first and the round
+/// would find nothing to ask about: the race would not be exercised (and the test would
+/// fail by timing). Staged this way, the round always sees the order unpaid and publishes
+/// its `query.pay` answer, and the worker then takes both deliveries at once (prefetch)
+/// and applies them concurrently: the order lock and the state check must let exactly one
+/// of the two channels apply it, whichever wins.
 async fn notification_racing_the_query_is_applied_once(api: Api) {
     let s = setup(api).await;
     let transaction_id = s
@@ -337,7 +345,6 @@ async fn notification_racing_the_query_is_applied_once(api: Api) {
         .await
         .expect("paid order has a transaction id");
     s.env.insert_order("race-1", 990).await;
-    let worker = s.env.spawn_worker(s.settings.clone());
     let notification = builders::v2_pay_with(
         "race-1",
         &transaction_id,
@@ -347,20 +354,37 @@ async fn notification_racing_the_query_is_applied_once(api: Api) {
         s.sim.merchant.api_v2_key.expose_secret(),
     );
     let (report, ()) = tokio::join!(s.round(), s.env.publish(&notification));
+    assert_eq!(report.checked, 1, "{report:?}");
     assert_eq!(report.published, 1, "{report:?}");
+    assert_eq!(report.recovered_payments, 1, "{report:?}");
+    assert_eq!(
+        s.state("race-1").await,
+        "NOTPAY",
+        "nothing applied before the worker"
+    );
 
+    let worker = s.env.spawn_worker(s.settings.clone());
+    let handle = worker.worker.clone();
+    let settled = || {
+        let stats = handle.stats();
+        stats.get("applied") + stats.get("recorded") + stats.get("duplicate")
+    };
     s.wait_state("race-1", "PAID").await;
-    eventually(WAIT, "both messages settled", || async {
-        worker.worker.stats().acked() >= 2
-    })
-    .await;
+    eventually(WAIT, "both messages settled", || async { settled() >= 2 }).await;
     worker.stop().await;
+    assert_eq!(settled(), 2, "each message settled once");
+    assert_eq!(
+        handle.stats().get("applied"),
+        1,
+        "one of the two applied it"
+    );
     let applied = s
         .env
         .count("FROM notifications WHERE out_trade_no = 'race-1' AND outcome = 'APPLIED'")
         .await;
-    assert_eq!(applied, 1, "one of the two channels applied it");
+    assert_eq!(applied, 1, "one APPLIED notification row");
     assert_eq!(s.env.outbox_count("order.paid").await, 1);
+    assert_eq!(s.state("race-1").await, "PAID");
     assert_eq!(
         s.env.order("race-1").await.transaction_id.as_deref(),
         Some(transaction_id.as_str())
@@ -525,13 +549,9 @@ async fn failing_or_forging_api_changes_nothing(api: Api) {
     for order in ["paid-1", "closed-1"] {
         assert_eq!(s.state(order).await, "NOTPAY", "{order}");
     }
+    // Published messages are confirmed before the round ends: none may be waiting.
+    assert_eq!(s.env.queue_depth().await, 0, "nothing reached the queue");
     let worker = s.env.spawn_worker(s.settings.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        worker.worker.stats().acked(),
-        0,
-        "nothing reached the queue"
-    );
 
     // Once the API behaves, the next round recovers.
     s.sim.faults(json!({})).await;
@@ -722,6 +742,8 @@ async fn reconcile_without_a_broker_is_alive_but_not_ready_and_keeps_trying() {
         .await
         .expect("readyz");
     assert_eq!(ready.status().as_u16(), 503);
+    let reason: Value = ready.json().await.expect("readyz names what is down");
+    assert_eq!(reason, json!({"broker": false, "database": true}));
     assert!(child.try_wait().expect("status").is_none(), "still running");
 
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid"));

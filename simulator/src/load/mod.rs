@@ -394,7 +394,9 @@ pub async fn run(
         });
     }
     let warm = ahead.min(total);
-    progress(&format!("building {warm} signed notifications before the clock starts"));
+    progress(&format!(
+        "building {warm} signed notifications before the clock starts"
+    ));
     while rx.len() < warm && !rx.is_closed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

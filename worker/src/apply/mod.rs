@@ -202,6 +202,17 @@ impl Context<'_> {
     ) -> Result<Verdict, diesel::result::Error> {
         self.amend(conn, id, outcome::ANOMALY, Some((reason, &detail)))
             .await?;
+        self.emit_anomaly(conn, row, reason, detail).await
+    }
+
+    /// The `anomaly.detected` event of an anomaly just logged.
+    async fn emit_anomaly(
+        &self,
+        conn: &mut AsyncPgConnection,
+        row: &LogRow<'_>,
+        reason: &'static str,
+        detail: String,
+    ) -> Result<Verdict, diesel::result::Error> {
         let aggregate = row.out_refund_no.or(row.out_trade_no).unwrap_or_default();
         let payload = self.anomaly_payload(row, reason, &detail);
         emit(
@@ -229,17 +240,7 @@ impl Context<'_> {
         {
             return Ok(Verdict::Duplicate);
         }
-        let aggregate = row.out_refund_no.or(row.out_trade_no).unwrap_or_default();
-        let payload = self.anomaly_payload(row, reason, &detail);
-        emit(
-            conn,
-            event::ANOMALY_DETECTED,
-            row.mch_id,
-            aggregate,
-            payload,
-        )
-        .await?;
-        Ok(Verdict::Anomaly { reason, detail })
+        self.emit_anomaly(conn, row, reason, detail).await
     }
 
     /// Logs a notification that changes nothing.

@@ -8,7 +8,7 @@
 //! Throughput comes from pipelining: one connection, `gateway.publish_channels` long-lived
 //! channels used round-robin, many publishes in flight on each; nobody holds a lock while
 //! waiting for a confirm. The only lock is per channel and held for the synchronous
-//! enqueue of the frames (see [`ConfirmChannel`]).
+//! enqueue of the frames (see `ConfirmChannel`).
 //!
 //! lapin can hang on a dead broker, so every lapin await is under a timeout. The link is
 //! supervised by a background task: on a connection or channel error (or a publish error)

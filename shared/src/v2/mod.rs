@@ -1,7 +1,7 @@
 //! WeChat Pay API v2 notifications (XML).
 //!
 //! - [`xml`]: the flat `<xml>` documents, parsed strictly (no DOCTYPE, no entities, bounded).
-//! - [`sign`]: the MD5 / HMAC-SHA256 signatures (签名算法).
+//! - [`sign`](mod@sign): the MD5 / HMAC-SHA256 signatures (签名算法).
 //! - [`pay`]: the typed payment result notification (支付结果通知).
 //! - [`refund`]: the refund result notification (退款结果通知) and its AES-256-ECB `req_info`.
 //!

@@ -1,6 +1,7 @@
 //! RabbitMQ plumbing shared by the consumer, the retry tiers, the outbox relay and `dlq`:
 //! connection, topology, confirmed publishing.
 
+use std::future::Future;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
@@ -26,6 +27,35 @@ pub enum BrokerError {
     ConsumerEnded,
 }
 
+/// Bound on one broker operation (channel, declaration, publish, confirm, close): lapin
+/// can wait forever on a broker that stopped answering.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time given to lapin's IO loop to finish after a close, before the runtime goes away
+/// (otherwise it logs errors about a runtime shutting down).
+const IO_LOOP_GRACE: Duration = Duration::from_millis(100);
+
+/// Runs one lapin operation under [`OPERATION_TIMEOUT`].
+pub async fn bounded<T>(
+    operation: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, operation).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(BrokerError::Timeout),
+    }
+}
+
+/// Closes channels, then the connection, politely and bounded; best effort, for the ends
+/// of runs and shutdowns.
+pub async fn close(connection: &Connection, channels: &[&Channel], reason: &str) {
+    for channel in channels {
+        let _ = bounded(channel.close(200, reason)).await;
+    }
+    if connection.status().connected() {
+        let _ = bounded(connection.close(200, reason)).await;
+    }
+    tokio::time::sleep(IO_LOOP_GRACE).await;
+}
+
 /// Connects, bounded by `rabbitmq.connect_timeout_ms`.
 pub async fn connect(settings: &RabbitmqSettings) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default()
@@ -46,10 +76,8 @@ pub async fn connect(settings: &RabbitmqSettings) -> Result<Connection, BrokerEr
 
 /// A channel in confirm mode.
 pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let channel = bounded(connection.create_channel()).await?;
+    bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
     Ok(channel)
 }
 
@@ -65,13 +93,12 @@ pub async fn declare_topology(
     rabbitmq: &RabbitmqSettings,
     worker: &WorkerSettings,
 ) -> Result<(), BrokerError> {
-    channel
-        .queue_declare(
-            &rabbitmq.queue,
-            durable_queue_options(),
-            quorum_queue_arguments(),
-        )
-        .await?;
+    bounded(channel.queue_declare(
+        &rabbitmq.queue,
+        durable_queue_options(),
+        quorum_queue_arguments(),
+    ))
+    .await?;
     for (tier, delay) in worker.retry_delays_ms.iter().enumerate() {
         let mut arguments = FieldTable::default();
         let ttl = i64::try_from(*delay).unwrap_or(i64::MAX);
@@ -84,37 +111,35 @@ pub async fn declare_topology(
             ShortString::from("x-dead-letter-routing-key"),
             text(&rabbitmq.queue),
         );
-        channel
-            .queue_declare(
-                &rabbitmq.retry_queue(tier),
-                durable_queue_options(),
-                arguments,
-            )
-            .await?;
-    }
-    channel
-        .queue_declare(
-            &rabbitmq.parked_queue(),
+        bounded(channel.queue_declare(
+            &rabbitmq.retry_queue(tier),
             durable_queue_options(),
-            quorum_queue_arguments(),
-        )
+            arguments,
+        ))
         .await?;
-    channel
-        .exchange_declare(
-            &rabbitmq.events_exchange,
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    }
+    bounded(channel.queue_declare(
+        &rabbitmq.parked_queue(),
+        durable_queue_options(),
+        quorum_queue_arguments(),
+    ))
+    .await?;
+    bounded(channel.exchange_declare(
+        &rabbitmq.events_exchange,
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    ))
+    .await?;
     Ok(())
 }
 
-/// Publishes and waits for the broker's confirm. `mandatory` turns an unroutable message
-/// (e.g. a queue deleted under us) into an error instead of a silent drop.
+/// Publishes and waits for the broker's confirm, each step bounded. `mandatory` turns an
+/// unroutable message (e.g. a queue deleted under us) into an error instead of a silent
+/// drop.
 pub async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
@@ -123,19 +148,18 @@ pub async fn publish_confirmed(
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<(), BrokerError> {
-    let confirm = channel
-        .basic_publish(
-            exchange,
-            routing_key,
-            BasicPublishOptions {
-                mandatory,
-                ..BasicPublishOptions::default()
-            },
-            body,
-            properties,
-        )
-        .await?;
-    check_confirmation(confirm.await?)
+    let confirm = bounded(channel.basic_publish(
+        exchange,
+        routing_key,
+        BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        },
+        body,
+        properties,
+    ))
+    .await?;
+    check_confirmation(bounded(confirm).await?)
 }
 
 /// Maps a confirmation to success or error.

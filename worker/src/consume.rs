@@ -63,19 +63,17 @@ async fn session(worker: &Worker, shutdown: &CancellationToken) -> Result<(), (B
         let connection = broker::connect(&settings.rabbitmq).await?;
         let publish = broker::confirm_channel(&connection).await?;
         broker::declare_topology(&publish, &settings.rabbitmq, &settings.worker).await?;
-        let consume = connection.create_channel().await?;
-        consume
-            .basic_qos(settings.worker.prefetch, BasicQosOptions::default())
+        let consume = broker::bounded(connection.create_channel()).await?;
+        broker::bounded(consume.basic_qos(settings.worker.prefetch, BasicQosOptions::default()))
             .await?;
         let tag = format!("wxpay-worker-{}", uuid::Uuid::now_v7());
-        let consumer = consume
-            .basic_consume(
-                &settings.rabbitmq.queue,
-                &tag,
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let consumer = broker::bounded(consume.basic_consume(
+            &settings.rabbitmq.queue,
+            &tag,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ))
+        .await?;
         Ok::<_, BrokerError>((connection, publish, consume, tag, consumer))
     };
     let (connection, publish, consume, tag, mut consumer) = tokio::select! {
@@ -96,7 +94,7 @@ async fn session(worker: &Worker, shutdown: &CancellationToken) -> Result<(), (B
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                if let Err(error) = consume.basic_cancel(&tag, BasicCancelOptions::default()).await {
+                if let Err(error) = broker::bounded(consume.basic_cancel(&tag, BasicCancelOptions::default())).await {
                     tracing::warn!(step = step::SHUTDOWN, %error, "cancelling the consumer failed");
                 }
                 break Ok(());
@@ -139,9 +137,7 @@ async fn session(worker: &Worker, shutdown: &CancellationToken) -> Result<(), (B
         // unacked and come back; dedupe makes that harmless.
         tasks.detach_all();
     }
-    let _ = consume.close(200, "worker stopping").await;
-    let _ = publish.close(200, "worker stopping").await;
-    let _ = connection.close(200, "worker stopping").await;
+    broker::close(&connection, &[&consume, &publish], "worker stopping").await;
     result.map_err(|e| (e, true))
 }
 
@@ -260,7 +256,7 @@ async fn settle(
             }
         }
     }
-    match delivery.acker.ack(BasicAckOptions::default()).await {
+    match broker::bounded(delivery.acker.ack(BasicAckOptions::default())).await {
         Ok(()) => {
             worker.inner.stats.acked.fetch_add(1, Ordering::Relaxed);
         }
@@ -280,7 +276,7 @@ async fn requeue_later(delivery: &Delivery, request_id: &str, error: &BrokerErro
         requeue: true,
         ..BasicNackOptions::default()
     };
-    if let Err(error) = delivery.acker.nack(requeue).await {
+    if let Err(error) = broker::bounded(delivery.acker.nack(requeue)).await {
         tracing::warn!(step = step::RETRY, request_id, %error, "nack failed; the broker will redeliver");
     }
 }

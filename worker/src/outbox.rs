@@ -79,20 +79,18 @@ pub async fn relay_batch(
                     .with_content_type(ShortString::from("application/json"))
                     .with_delivery_mode(wxpay_shared::message::PERSISTENT)
                     .with_timestamp(u64::try_from(row.created_at.timestamp()).unwrap_or(0));
-                let confirm = channel
-                    .basic_publish(
-                        exchange,
-                        &row.event_type,
-                        BasicPublishOptions::default(),
-                        &body,
-                        properties,
-                    )
-                    .await
-                    .map_err(BrokerError::from)?;
+                let confirm = broker::bounded(channel.basic_publish(
+                    exchange,
+                    &row.event_type,
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                ))
+                .await?;
                 confirms.push(confirm);
             }
             for confirm in confirms {
-                broker::check_confirmation(confirm.await.map_err(BrokerError::from)?)?;
+                broker::check_confirmation(broker::bounded(confirm).await?)?;
             }
             let ids: Vec<DbUuid> = rows.iter().map(|row| row.id).collect();
             diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
@@ -179,8 +177,7 @@ pub(crate) async fn run(inner: Arc<WorkerInner>, shutdown: CancellationToken) {
                 }
             }
         }
-        let _ = channel.close(200, "relay stopping").await;
-        let _ = connection.close(200, "relay stopping").await;
+        broker::close(&connection, &[&channel], "relay stopping").await;
         if !shutdown.is_cancelled() {
             pause(&shutdown, Duration::from_millis(500)).await;
         }

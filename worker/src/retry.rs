@@ -200,21 +200,19 @@ fn info(delivery: &Delivery) -> ParkedInfo {
 /// returned to the queue when the channel closes.
 pub async fn dlq_list(settings: &Settings) -> Result<Vec<ParkedInfo>, BrokerError> {
     let connection = broker::connect(&settings.rabbitmq).await?;
-    let channel = connection.create_channel().await?;
+    let channel = broker::bounded(connection.create_channel()).await?;
     broker::declare_topology(&channel, &settings.rabbitmq, &settings.worker).await?;
     let mut parked = Vec::new();
-    while let Some(message) = channel
-        .basic_get(
-            &settings.rabbitmq.parked_queue(),
-            BasicGetOptions { no_ack: false },
-        )
-        .await?
+    while let Some(message) = broker::bounded(channel.basic_get(
+        &settings.rabbitmq.parked_queue(),
+        BasicGetOptions { no_ack: false },
+    ))
+    .await?
     {
         parked.push(info(&message.delivery));
     }
     // Closing returns every fetched message to the queue.
-    let _ = channel.close(200, "listed").await;
-    let _ = connection.close(200, "done").await;
+    broker::close(&connection, &[&channel], "listed").await;
     Ok(parked)
 }
 
@@ -235,12 +233,11 @@ pub async fn dlq_replay(
     let channel = broker::confirm_channel(&connection).await?;
     broker::declare_topology(&channel, &settings.rabbitmq, &settings.worker).await?;
     let mut moved = 0;
-    while let Some(message) = channel
-        .basic_get(
-            &settings.rabbitmq.parked_queue(),
-            BasicGetOptions { no_ack: false },
-        )
-        .await?
+    while let Some(message) = broker::bounded(channel.basic_get(
+        &settings.rabbitmq.parked_queue(),
+        BasicGetOptions { no_ack: false },
+    ))
+    .await?
     {
         let delivery = message.delivery;
         let wanted = match selection {
@@ -264,12 +261,11 @@ pub async fn dlq_replay(
             properties,
         )
         .await?;
-        delivery.acker.ack(BasicAckOptions::default()).await?;
+        broker::bounded(delivery.acker.ack(BasicAckOptions::default())).await?;
         moved += 1;
         tracing::info!(step = step::PARK, request_id = %info(&delivery).id, "parked message replayed");
     }
     // Not selected ones return to the queue when the channel closes.
-    let _ = channel.close(200, "replayed").await;
-    let _ = connection.close(200, "done").await;
+    broker::close(&connection, &[&channel], "replayed").await;
     Ok(moved)
 }

@@ -4,17 +4,11 @@
 //! business dedupe key makes the query and a (late) notification of the same payment
 //! race-free.
 
-use std::time::Duration;
-
 use lapin::{Channel, Connection};
 use wxpay_shared::config::RabbitmqSettings;
 use wxpay_shared::message::{durable_queue_options, quorum_queue_arguments, NotifyMessage};
 
 use crate::broker::{self, BrokerError};
-
-/// How long to wait for the broker's confirm. Past it the message's fate is unknown; the
-/// next round queries (and publishes) again, and the worker dedupes.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A confirm-mode channel to the notification queue.
 pub struct Publisher {
@@ -30,13 +24,12 @@ impl Publisher {
     pub async fn connect(rabbitmq: &RabbitmqSettings) -> Result<Publisher, BrokerError> {
         let connection = broker::connect(rabbitmq).await?;
         let channel = broker::confirm_channel(&connection).await?;
-        channel
-            .queue_declare(
-                &rabbitmq.queue,
-                durable_queue_options(),
-                quorum_queue_arguments(),
-            )
-            .await?;
+        broker::bounded(channel.queue_declare(
+            &rabbitmq.queue,
+            durable_queue_options(),
+            quorum_queue_arguments(),
+        ))
+        .await?;
         Ok(Publisher {
             connection,
             channel,
@@ -52,24 +45,19 @@ impl Publisher {
     /// Publishes `message` to the queue and waits for the broker's ack. Unroutable
     /// (returned), nacked and unconfirmed-in-time messages are errors.
     pub async fn publish(&self, message: &NotifyMessage) -> Result<(), BrokerError> {
-        let publish = broker::publish_confirmed(
+        broker::publish_confirmed(
             &self.channel,
             "",
             &self.queue,
             true,
             &message.body,
             message.properties(),
-        );
-        match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
-            Ok(result) => result,
-            Err(_) => Err(BrokerError::Timeout),
-        }
+        )
+        .await
     }
 
     /// Closes the connection politely (best effort).
     pub async fn close(&self) {
-        if self.connection.status().connected() {
-            let _ = self.connection.close(200, "reconciler done").await;
-        }
+        broker::close(&self.connection, &[&self.channel], "reconciler done").await;
     }
 }

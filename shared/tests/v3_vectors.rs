@@ -298,6 +298,23 @@ fn refund_parses_official_example() {
 }
 
 #[test]
+fn refund_without_the_payer_view_still_parses() {
+    // Only `total` and `refund` move money; a sender that omits payer_* must not be parked.
+    let minimal = REFUND.replace(r#","payer_total":999,"payer_refund":999"#, "");
+    assert_ne!(minimal, REFUND);
+    let r = RefundResource::parse(minimal.as_bytes()).unwrap();
+    assert_eq!((r.amount.total, r.amount.refund), (999, 999));
+    assert_eq!(r.amount.payer_refund, None);
+    assert_eq!(
+        RefundResource::parse(REFUND.as_bytes())
+            .unwrap()
+            .amount
+            .payer_refund,
+        Some(999)
+    );
+}
+
+#[test]
 fn refund_query_answer_shape_parses() {
     // 查询单笔退款 answers with `status` and without `mchid`.
     let q = r#"{"refund_id":"50000000382019052709732678859","out_refund_no":"1217752501201407033233368018","transaction_id":"1217752501201407033233368018","out_trade_no":"1217752501201407033233368018","channel":"ORIGINAL","user_received_account":"招商银行信用卡0403","create_time":"2020-12-01T16:18:12+08:00","status":"PROCESSING","amount":{"total":100,"refund":100,"payer_total":90,"payer_refund":90,"settlement_refund":100,"settlement_total":100,"discount_refund":10,"currency":"CNY"}}"#;

@@ -285,10 +285,13 @@ pub struct RefundAmount {
     pub total: i64,
     /// Amount refunded by this refund.
     pub refund: i64,
-    /// What the payer paid.
-    pub payer_total: i64,
-    /// What goes back to the payer.
-    pub payer_refund: i64,
+    /// What the payer paid. Optional: only `total` and `refund` move money here, and a
+    /// sender that leaves the payer's view out must not get its refund parked.
+    #[serde(default)]
+    pub payer_total: Option<i64>,
+    /// What goes back to the payer (optional, as `payer_total`).
+    #[serde(default)]
+    pub payer_refund: Option<i64>,
 }
 
 impl RefundResource {

@@ -51,6 +51,21 @@ pub(crate) fn parse_optional_fen(
     }
 }
 
+/// A field required only when `required` (business fields are required when
+/// `return_code` is `SUCCESS`, and may be absent from a `FAIL` envelope); an absent
+/// optional one reads as empty.
+pub(crate) fn text_if(
+    fields: &XmlFields,
+    required: bool,
+    name: &'static str,
+) -> Result<String, XmlError> {
+    if required {
+        fields.require(name).map(str::to_owned)
+    } else {
+        Ok(fields.get(name).unwrap_or_default().to_owned())
+    }
+}
+
 /// An optional text field: absent or empty is `None`.
 pub(crate) fn optional(fields: &XmlFields, field: &str) -> Option<String> {
     fields

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 
 use super::xml::{XmlError, XmlFields};
-use super::{optional, parse_beijing_time, parse_fen, parse_optional_fen, SUCCESS};
+use super::{optional, parse_beijing_time, parse_fen, parse_optional_fen, text_if, SUCCESS};
 
 /// A payment result notification (支付结果通知).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,13 +53,7 @@ impl PayNotification {
     pub fn from_fields(fields: &XmlFields) -> Result<Self, XmlError> {
         let return_code = fields.require("return_code")?;
         let ok = return_code == SUCCESS;
-        let text = |name: &'static str| -> Result<String, XmlError> {
-            if ok {
-                fields.require(name).map(str::to_owned)
-            } else {
-                Ok(fields.get(name).unwrap_or_default().to_owned())
-            }
-        };
+        let text = |name: &'static str| text_if(fields, ok, name);
         let total_fee = match fields.get("total_fee") {
             Some(v) if !v.is_empty() => parse_fen("total_fee", v)?,
             _ if ok => return Err(XmlError::MissingField("total_fee")),
@@ -74,11 +68,11 @@ impl PayNotification {
             appid: text("appid")?,
             mch_id: text("mch_id")?,
             out_trade_no: text("out_trade_no")?,
-            transaction_id: if ok && fields.get("result_code") == Some(SUCCESS) {
-                text("transaction_id")?
-            } else {
-                fields.get("transaction_id").unwrap_or_default().to_owned()
-            },
+            transaction_id: text_if(
+                fields,
+                ok && fields.get("result_code") == Some(SUCCESS),
+                "transaction_id",
+            )?,
             total_fee,
             cash_fee: parse_optional_fen(fields, "cash_fee")?,
             fee_type: optional(fields, "fee_type"),

@@ -16,7 +16,7 @@ use ecb::cipher::{BlockDecryptMut, BlockEncryptMut, KeyInit};
 use md5::{Digest, Md5};
 
 use super::xml::{XmlError, XmlFields};
-use super::{optional, parse_beijing_time, parse_fen, parse_optional_fen, SUCCESS};
+use super::{optional, parse_beijing_time, parse_fen, parse_optional_fen, text_if, SUCCESS};
 
 /// Root element of the decrypted `req_info`.
 const REQ_INFO_ROOT: &str = "root";
@@ -48,13 +48,7 @@ impl RefundEnvelope {
     pub fn from_fields(fields: &XmlFields) -> Result<Self, XmlError> {
         let return_code = fields.require("return_code")?;
         let ok = return_code == SUCCESS;
-        let text = |name: &'static str| -> Result<String, XmlError> {
-            if ok {
-                fields.require(name).map(str::to_owned)
-            } else {
-                Ok(fields.get(name).unwrap_or_default().to_owned())
-            }
-        };
+        let text = |name: &'static str| text_if(fields, ok, name);
         Ok(Self {
             return_code: return_code.to_owned(),
             return_msg: optional(fields, "return_msg"),

@@ -1,4 +1,4 @@
-//! The answers WeChat Pay reads, in each route's format (DESIGN.md "v2 answer", v3 rules),
+//! The answers WeChat Pay reads, in each route's format (docs/ARCHITECTURE.md, "Protocol rules"),
 //! and the errors of start-up.
 //!
 //! - v2 (<https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_7>): HTTP 200 with the

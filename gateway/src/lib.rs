@@ -1,6 +1,6 @@
 //! # wxpay-gateway — verify, publish with confirm, answer
 //!
-//! The front door of wxpay-notify (DESIGN.md "Shape"): receives WeChat Pay notifications,
+//! The front door (docs/ARCHITECTURE.md, "The data's path"): receives WeChat Pay notifications,
 //! verifies them with `wxpay-shared`, publishes the raw body to a RabbitMQ quorum queue
 //! with publisher confirms, and answers SUCCESS only after the broker's confirm. No
 //! database and no Redis: it stays thin and scales on CPU alone.

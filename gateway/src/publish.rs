@@ -1,6 +1,6 @@
 //! Publishing to RabbitMQ with publisher confirms, and supervision of the broker link.
 //!
-//! Guarantee 1 of DESIGN.md: SUCCESS is answered only after the broker confirmed a
+//! Guarantee 1 (docs/ARCHITECTURE.md): SUCCESS is answered only after the broker confirmed a
 //! persistent message on a durable (quorum) queue. So every publish is `mandatory` (an
 //! unroutable message comes back instead of vanishing), persistent (delivery mode 2), on a
 //! channel in confirm mode, and the caller waits for *its own* confirm.

@@ -1,4 +1,4 @@
-//! The queue message between gateway, reconciler and worker (DESIGN.md "Queue message").
+//! The queue message of gateway, reconciler and worker (docs/ARCHITECTURE.md, "Queue message").
 //!
 //! The AMQP body is the raw HTTP body, byte for byte: the worker re-verifies exactly what
 //! WeChat Pay signed. Metadata rides in AMQP properties and headers. One definition, used

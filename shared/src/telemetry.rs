@@ -27,7 +27,7 @@ pub mod step {
     pub const SHUTDOWN: &str = "shutdown";
 }
 
-/// Metric names of the contract (DESIGN.md "Metric names"), one place for all services.
+/// Metric names, one place for all services; each is described in docs/ARCHITECTURE.md, "Metrics".
 pub mod metric {
     pub const GATEWAY_REQUESTS_TOTAL: &str = "wxpay_gateway_requests_total";
     pub const GATEWAY_REQUEST_DURATION_SECONDS: &str = "wxpay_gateway_request_duration_seconds";

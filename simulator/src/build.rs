@@ -61,7 +61,7 @@ impl Kind {
         matches!(self, Self::V2Pay | Self::V2Refund)
     }
 
-    /// The gateway route (DESIGN.md) to append to its base URL.
+    /// The gateway route to append to its base URL.
     pub fn route(self, mch_id: &str) -> String {
         match self {
             Self::V2Pay => "/notify/v2/pay".to_owned(),

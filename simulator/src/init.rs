@@ -189,7 +189,7 @@ fn q(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
-/// The services' configuration: every section of DESIGN.md with local defaults.
+/// The services' configuration: every section of `Settings` with local defaults.
 pub fn example_toml(s: &SimSecretsFile, o: &InitOptions) -> String {
     let m = &s.merchant;
     format!(

@@ -1,4 +1,4 @@
-//! Checks the end state of a load run against its plan: the guarantees of DESIGN.md seen
+//! Checks the end state of a load run against its plan: the guarantees of docs/ARCHITECTURE.md seen
 //! from the outside (exactly once, forgeries and tampering never applied).
 
 use std::collections::HashMap;

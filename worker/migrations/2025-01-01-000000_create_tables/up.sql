@@ -1,4 +1,4 @@
--- The contract with the merchant's business system (DESIGN.md "Database"): it inserts
+-- The contract with the merchant's business system (docs/ARCHITECTURE.md, "Database"): it inserts
 -- (mch_id, out_trade_no, appid, amount_total, state = 'NOTPAY') before the user pays; the
 -- worker moves the state. Amounts are BIGINT fen (分), never floats.
 CREATE TABLE orders (

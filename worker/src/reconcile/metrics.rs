@@ -1,4 +1,4 @@
-//! The reconciler's metrics (DESIGN.md `wxpay_reconciler_*`), registered at start-up so
+//! The reconciler's metrics (docs/ARCHITECTURE.md, "Metrics"), registered at start-up so
 //! that /metrics lists every name and label before the first round (the alert rules
 //! `WxpayNotifyReconcilerStalled` and `…LostCallbacksRecovered` need the series to exist).
 

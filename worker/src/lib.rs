@@ -6,7 +6,7 @@
 //! [`dedupe`] (Redis fast path; PostgreSQL's unique key is the authority) →
 //! [`apply`] (one transaction: notification row, locked order, state change, outbox) →
 //! [`outbox`] (relay of domain events) — with [`retry`] (delay tiers, parking, `dlq`),
-//! [`db`], [`migrate`] and [`http`] (/healthz /readyz /metrics) around it.
+//! [`db`], [`migrate`], [`schema_check`] and [`http`] (/healthz /readyz /metrics) around it.
 //!
 //! [`Worker::process_one`] is the steppable core: the consumer maps its [`Outcome`] to
 //! ack, retry-then-ack or park-then-ack.
@@ -22,6 +22,7 @@ pub mod migrate;
 pub mod outbox;
 pub mod reconcile;
 pub mod retry;
+pub mod schema_check;
 pub mod telemetry;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

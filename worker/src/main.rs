@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use wxpay_shared::config::{resolve_path, Settings};
 use wxpay_shared::telemetry::{self, step};
 use wxpay_worker::retry::{self, ReplaySelection};
-use wxpay_worker::{http, migrate, Worker};
+use wxpay_worker::{http, migrate, schema_check, Worker};
 
 #[derive(Parser)]
 #[command(
@@ -28,9 +28,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Consume the notification queue (migrates first, under an advisory lock).
+    /// Consume the notification queue (never migrates: refuses a schema that is not this
+    /// binary's; see `migrate`).
     Run,
-    /// Create the database if missing and run the migrations.
+    /// Create the database if missing and run the migrations (a step of its own, with the
+    /// DDL role, before `run` and `reconcile` start).
     Migrate,
     /// Query WeChat Pay for orders/refunds whose notification never came, every
     /// reconciler.interval_secs (serves /healthz /readyz /metrics on reconciler.metrics_listen).
@@ -97,6 +99,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run => run(settings).await,
         Command::Reconcile { once } => {
+            schema_check::check(settings.database.url.expose_secret(), connect_timeout).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(watch_signals(shutdown.clone()));
             Ok(wxpay_worker::reconcile::run(&settings, once, shutdown).await?)
@@ -135,7 +138,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let prometheus = telemetry::metrics_handle();
     let connect_timeout = Duration::from_millis(settings.database.connect_timeout_ms);
-    migrate::run_migrations(settings.database.url.expose_secret(), connect_timeout).await?;
+    schema_check::check(settings.database.url.expose_secret(), connect_timeout).await?;
     let worker = Worker::new(settings)?;
     let (server, address) = http::serve(
         &worker.settings().worker.metrics_listen,

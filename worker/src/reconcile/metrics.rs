@@ -7,6 +7,10 @@ use std::sync::Once;
 use metrics::{describe_counter, describe_histogram, Unit};
 use wxpay_shared::telemetry::metric;
 
+/// Rounds skipped because another replica held the round lock (not one of the shared
+/// metric names: only this module counts it).
+pub const ROUNDS_SKIPPED_TOTAL: &str = "wxpay_reconciler_rounds_skipped_total";
+
 /// `kind` labels of `wxpay_reconciler_recovered_total`.
 pub const KINDS: [&str; 2] = ["pay", "refund"];
 
@@ -78,12 +82,21 @@ pub fn register() {
         for label in reason::ALL {
             metrics::counter!(metric::RECONCILER_ERRORS_TOTAL, "reason" => label).increment(0);
         }
+        describe_counter!(
+            ROUNDS_SKIPPED_TOTAL,
+            "Rounds skipped because another reconciler held the round lock"
+        );
+        metrics::counter!(ROUNDS_SKIPPED_TOTAL).increment(0);
         let _ = metrics::histogram!(metric::RECONCILER_ROUND_DURATION_SECONDS);
     });
 }
 
 pub(crate) fn error(reason: &'static str) {
     metrics::counter!(metric::RECONCILER_ERRORS_TOTAL, "reason" => reason).increment(1);
+}
+
+pub(crate) fn round_skipped() {
+    metrics::counter!(ROUNDS_SKIPPED_TOTAL).increment(1);
 }
 
 pub(crate) fn checked() {

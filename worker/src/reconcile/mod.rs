@@ -28,6 +28,7 @@
 //! A merchant whose API keeps failing (three queries in a row unavailable after their
 //! retries) is left for the rest of the round.
 
+pub mod lock;
 pub mod metrics;
 pub mod publish;
 pub mod query;
@@ -81,6 +82,8 @@ pub enum RoundError {
     Broker(#[from] BrokerError),
     #[error("cannot read due orders/refunds of {failed} merchant(s): {first}")]
     Database { failed: usize, first: StoreError },
+    #[error("cannot take the round lock: {0}")]
+    Lock(StoreError),
 }
 
 /// What one round did (also in the logs).
@@ -100,6 +103,8 @@ pub struct RoundReport {
     pub errors: u64,
     /// Merchants left for the rest of the round (API unavailable).
     pub merchants_skipped: u64,
+    /// Another replica held the round lock: this round did nothing.
+    pub skipped: bool,
 }
 
 impl RoundReport {
@@ -235,6 +240,25 @@ impl Reconciler {
     /// unreachable, due rows unreadable); query failures are counted, not fatal.
     pub async fn round(&self, shutdown: &CancellationToken) -> Result<RoundReport, RoundError> {
         let started = Instant::now();
+        // Held until the end of the round (dropped on every return below).
+        let _lock = match lock::try_acquire(&self.inner.pool).await {
+            Ok(Some(held)) => held,
+            Ok(None) => {
+                metrics::round_skipped();
+                tracing::warn!(
+                    step = step::RECONCILE,
+                    "another reconciler holds the round lock: round skipped (is more than one running?)"
+                );
+                return Ok(RoundReport {
+                    skipped: true,
+                    ..RoundReport::default()
+                });
+            }
+            Err(error) => {
+                metrics::error(reason::DATABASE);
+                return Err(RoundError::Lock(error));
+            }
+        };
         let publisher = match self.publisher().await {
             Ok(publisher) => publisher,
             Err(error) => {

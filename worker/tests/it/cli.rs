@@ -4,9 +4,11 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use diesel_async::SimpleAsyncConnection;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use secrecy::ExposeSecret;
+use wxpay_worker::migrate;
 
 use crate::builders::{self, v2_pay};
 use crate::helpers::{eventually, TestEnv};
@@ -89,6 +91,56 @@ async fn migrate_creates_the_database_and_is_idempotent() {
         assert!(String::from_utf8_lossy(&output.stdout).contains(expected));
     }
     assert_eq!(env.count("FROM orders").await, 0);
+}
+
+/// `run` and `reconcile` on `config`: they must exit at once, non-zero, with one line that
+/// names `wxpay-worker migrate`.
+fn assert_refused(config: &tempfile::NamedTempFile, why: &str) {
+    for command in ["run", "reconcile"] {
+        let output = worker(config, &[command]).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{command} started ({why}): {stderr}"
+        );
+        let line = stderr
+            .lines()
+            .find(|line| line.starts_with("wxpay-worker: "))
+            .unwrap_or_else(|| panic!("{command} ({why}): no error line in {stderr}"));
+        assert!(
+            line.contains("`wxpay-worker migrate`") && line.contains(why),
+            "{command}: {line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_and_reconcile_refuse_a_schema_that_is_not_theirs_and_never_migrate() {
+    let env = TestEnv::with_migration(false).await;
+    let config = config_file(&env);
+    // No database at all, then an empty one.
+    assert_refused(&config, "not migrated");
+    migrate::ensure_database(&env.db_url(), Duration::from_secs(5))
+        .await
+        .expect("database created");
+    assert_refused(&config, "not migrated");
+    assert_eq!(
+        env.count("FROM pg_tables WHERE schemaname = 'public'")
+            .await,
+        0,
+        "run must not migrate"
+    );
+
+    // Migrated by a newer release: a version this binary does not know.
+    let migrated = worker(&config, &["migrate"]).output().expect("runs");
+    assert!(migrated.status.success());
+    let mut conn = env.conn().await;
+    conn.batch_execute(
+        "INSERT INTO __diesel_schema_migrations (version) VALUES ('29991231000000')",
+    )
+    .await
+    .expect("version inserted");
+    assert_refused(&config, "newer");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

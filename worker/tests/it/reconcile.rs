@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use diesel::sql_types::{BigInt, Text};
-use diesel_async::RunQueryDsl;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -587,6 +587,40 @@ async fn unreachable_broker_fails_the_round() {
     let result = reconciler.round(&CancellationToken::new()).await;
     assert!(result.is_err(), "{result:?}");
     assert_eq!(s.state("paid-1").await, "NOTPAY");
+}
+
+#[tokio::test]
+async fn a_second_reconciler_skips_the_round_while_one_holds_the_lock() {
+    let prometheus = telemetry::metrics_handle();
+    let s = setup(Api::V3).await;
+    s.sim.order("locked-1", 100, "SUCCESS").await;
+    s.env.insert_order("locked-1", 100).await;
+    // Another replica in the middle of its round: a session holding the round lock.
+    let mut other = s.env.conn().await;
+    other
+        .batch_execute(&format!(
+            "SELECT pg_advisory_lock({})",
+            wxpay_worker::reconcile::lock::ROUND_LOCK_KEY
+        ))
+        .await
+        .expect("lock taken");
+
+    let report = s.round().await;
+    assert!(report.skipped, "{report:?}");
+    assert_eq!(report.checked, 0, "{report:?}");
+    assert!(
+        metric(
+            &prometheus.render(),
+            "wxpay_reconciler_rounds_skipped_total"
+        ) >= 1.0
+    );
+
+    // The other replica gone (its session closed): the next round runs.
+    drop(other);
+    let report = s.round().await;
+    assert!(!report.skipped, "{report:?}");
+    assert_eq!(report.checked, 1, "{report:?}");
+    assert_eq!(report.published, 1, "{report:?}");
 }
 
 #[tokio::test]

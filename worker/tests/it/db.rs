@@ -1,13 +1,42 @@
-//! The database layer: the hot-path statements are prepared once per connection.
+//! The database layer: a pool checkout never waits forever, and the hot-path statements
+//! are prepared once per connection.
+
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use diesel::sql_types::{BigInt, Text};
 use diesel::QueryableByName;
+use diesel_async::pooled_connection::deadpool::PoolError;
 use diesel_async::RunQueryDsl;
+use wxpay_worker::db;
 use wxpay_worker::db::queries::MarkPaid;
 
 use crate::builders;
 use crate::helpers::TestEnv;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_of_an_exhausted_pool_times_out() {
+    let env = TestEnv::new().await;
+    let wait = Duration::from_millis(200);
+    let pool = db::build_pool(&env.db_url(), 1, Duration::from_secs(2), wait).expect("pool");
+    let held = pool.get().await.expect("first checkout");
+    let started = Instant::now();
+    // The outer bound only turns a hang into a failure; the pool must answer well before.
+    let second = tokio::time::timeout(Duration::from_secs(5), pool.get())
+        .await
+        .expect("checkout bounded by the pool's wait timeout");
+    let waited = started.elapsed();
+    let Err(error) = second else {
+        panic!("a second connection out of a pool of one");
+    };
+    assert!(matches!(error, PoolError::Timeout(_)), "{error}");
+    assert!(waited >= wait, "gave up after {waited:?}");
+    drop(held);
+    let _again = pool
+        .get()
+        .await
+        .expect("checkout once the connection is back");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_path_update_is_prepared_once_per_connection() {

@@ -179,6 +179,9 @@ pub struct DatabaseSettings {
     /// May hold a password: a secret. The database is created by `wxpay-worker migrate`.
     pub url: SecretString,
     pub connect_timeout_ms: u64,
+    /// Longest wait for a free pooled connection; past it the message goes to a retry tier
+    /// instead of queueing behind a stuck pool.
+    pub pool_wait_timeout_ms: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -186,6 +189,7 @@ impl Default for DatabaseSettings {
         DatabaseSettings {
             url: SecretString::from("postgres://postgres@127.0.0.1:5432/wxpay"),
             connect_timeout_ms: 5_000,
+            pool_wait_timeout_ms: 10_000,
         }
     }
 }

@@ -184,6 +184,7 @@ impl Worker {
             secrecy::ExposeSecret::expose_secret(&settings.database.url),
             settings.worker.db_pool_size,
             Duration::from_millis(settings.database.connect_timeout_ms),
+            Duration::from_millis(settings.database.pool_wait_timeout_ms),
         )?;
         let dedupe = RedisDedupe::new(&settings.redis, &settings.worker);
         Ok(Worker {

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel_async::scoped_futures::ScopedFutureExt;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
@@ -48,59 +47,56 @@ pub async fn relay_batch(
         .get()
         .await
         .map_err(|e| RelayError::Pool(pool_error_text(&e)))?;
-    conn.transaction::<_, RelayError, _>(|conn| {
-        async move {
-            let rows: Vec<OutboxRow> = outbox::table
-                .filter(outbox::published_at.is_null())
-                .order(outbox::created_at)
-                .limit(BATCH)
-                .select(OutboxRow::as_select())
-                .for_update()
-                .skip_locked()
-                .load(conn)
-                .await?;
-            if rows.is_empty() {
-                return Ok(0);
-            }
-            let mut confirms = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let body = serde_json::to_vec(&serde_json::json!({
-                    "id": row.id.0.to_string(),
-                    "type": row.event_type,
-                    "mch_id": row.mch_id,
-                    "aggregate_key": row.aggregate_key,
-                    "occurred_at": row.created_at.to_rfc3339(),
-                    "data": row.payload,
-                }))
-                .unwrap_or_default();
-                let properties = BasicProperties::default()
-                    .with_message_id(ShortString::from(row.id.0.to_string()))
-                    .with_type(ShortString::from(row.event_type.as_str()))
-                    .with_content_type(ShortString::from("application/json"))
-                    .with_delivery_mode(wxpay_shared::message::PERSISTENT)
-                    .with_timestamp(u64::try_from(row.created_at.timestamp()).unwrap_or(0));
-                let confirm = broker::bounded(channel.basic_publish(
-                    exchange,
-                    &row.event_type,
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                ))
-                .await?;
-                confirms.push(confirm);
-            }
-            for confirm in confirms {
-                broker::check_confirmation(broker::bounded(confirm).await?)?;
-            }
-            let ids: Vec<DbUuid> = rows.iter().map(|row| row.id).collect();
-            diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
-                .set(outbox::published_at.eq(Some(Utc::now())))
-                .execute(conn)
-                .await?;
-            metrics::counter!(metric::OUTBOX_PUBLISHED_TOTAL).increment(rows.len() as u64);
-            Ok(rows.len())
+    conn.transaction::<_, RelayError, _>(async |conn| {
+        let rows: Vec<OutboxRow> = outbox::table
+            .filter(outbox::published_at.is_null())
+            .order(outbox::created_at)
+            .limit(BATCH)
+            .select(OutboxRow::as_select())
+            .for_update()
+            .skip_locked()
+            .load(conn)
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
         }
-        .scope_boxed()
+        let mut confirms = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let body = serde_json::to_vec(&serde_json::json!({
+                "id": row.id.0.to_string(),
+                "type": row.event_type,
+                "mch_id": row.mch_id,
+                "aggregate_key": row.aggregate_key,
+                "occurred_at": row.created_at.to_rfc3339(),
+                "data": row.payload,
+            }))
+            .unwrap_or_default();
+            let properties = BasicProperties::default()
+                .with_message_id(ShortString::from(row.id.0.to_string()))
+                .with_type(ShortString::from(row.event_type.as_str()))
+                .with_content_type(ShortString::from("application/json"))
+                .with_delivery_mode(wxpay_shared::message::PERSISTENT)
+                .with_timestamp(u64::try_from(row.created_at.timestamp()).unwrap_or(0));
+            let confirm = broker::bounded(channel.basic_publish(
+                exchange,
+                &row.event_type,
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            ))
+            .await?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            broker::check_confirmation(broker::bounded(confirm).await?)?;
+        }
+        let ids: Vec<DbUuid> = rows.iter().map(|row| row.id).collect();
+        diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
+            .set(outbox::published_at.eq(Some(Utc::now())))
+            .execute(conn)
+            .await?;
+        metrics::counter!(metric::OUTBOX_PUBLISHED_TOTAL).increment(rows.len() as u64);
+        Ok(rows.len())
     })
     .await
 }

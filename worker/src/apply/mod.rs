@@ -13,7 +13,6 @@ mod refund;
 
 use chrono::{TimeZone, Utc};
 use diesel::prelude::*;
-use diesel_async::scoped_futures::ScopedFutureExt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 use uuid::Uuid;
@@ -305,14 +304,9 @@ pub async fn apply(
         dedupe_key,
     };
     let ctx = &ctx;
-    conn.transaction::<_, ApplyError, _>(|conn| {
-        async move {
-            match decoded {
-                Decoded::Pay(event) => pay::apply(conn, ctx, event).await,
-                Decoded::Refund(event) => refund::apply(conn, ctx, event).await,
-            }
-        }
-        .scope_boxed()
+    conn.transaction::<_, ApplyError, _>(async |conn| match decoded {
+        Decoded::Pay(event) => pay::apply(conn, ctx, event).await,
+        Decoded::Refund(event) => refund::apply(conn, ctx, event).await,
     })
     .await
 }

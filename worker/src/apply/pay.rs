@@ -9,8 +9,6 @@
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use futures::future::BoxFuture;
-use futures::FutureExt;
 
 use super::{event, new_event, reason, ApplyError, Context, LogRow, Verdict};
 use crate::db::models::{outcome, state, Order};
@@ -43,20 +41,16 @@ pub(super) async fn apply(
             .anomaly(conn, &row, reason::MCH_ID_MISMATCH, detail)
             .await?);
     }
-    // Pipelined: the server locks the order, then inserts the row (the unique key decides
-    // whether this is a duplicate).
-    // Boxed with explicit types: works around a higher-ranked lifetime inference issue of
-    // the combinator futures inside the transaction's `Send` future.
-    let lock: BoxFuture<'_, QueryResult<Order>> = orders::table
+    // Pipelined (futures on a shared borrow of the connection, polled together): the
+    // server locks the order, then inserts the row (the unique key decides whether this is
+    // a duplicate).
+    let lock = orders::table
         .find((&pay.mch_id, &pay.out_trade_no))
         .select(Order::as_select())
         .for_update()
-        .first::<Order>(conn)
-        .boxed();
-    let insert: BoxFuture<'_, QueryResult<i64>> =
-        InsertNotification(ctx.new_row(&row, outcome::APPLIED, None))
-            .get_result::<i64>(conn)
-            .boxed();
+        .first::<Order>(&mut &*conn);
+    let insert = InsertNotification(ctx.new_row(&row, outcome::APPLIED, None))
+        .get_result::<i64>(&mut &*conn);
     let (order, inserted) = futures::join!(lock, insert);
     let order = order.optional()?;
     let Some(id) = inserted.optional()? else {
@@ -95,22 +89,20 @@ pub(super) async fn apply(
                 "amount_total": order.amount_total,
                 "paid_at": paid_at.to_rfc3339(),
             });
-            let update: BoxFuture<'_, QueryResult<usize>> = MarkPaid {
+            let update = MarkPaid {
                 mch_id: &order.mch_id,
                 out_trade_no: &order.out_trade_no,
                 transaction_id: pay.transaction_id.as_deref(),
                 paid_at,
             }
-            .execute(conn)
-            .boxed();
-            let emit: BoxFuture<'_, QueryResult<usize>> = InsertOutbox(new_event(
+            .execute(&mut &*conn);
+            let emit = InsertOutbox(new_event(
                 event::ORDER_PAID,
                 &order.mch_id,
                 &order.out_trade_no,
                 payload,
             ))
-            .execute(conn)
-            .boxed();
+            .execute(&mut &*conn);
             futures::try_join!(update, emit)?;
             Ok(Verdict::Applied)
         }

@@ -11,6 +11,7 @@ pub mod schema;
 
 use std::time::Duration;
 
+use deadpool::Runtime;
 use diesel::ConnectionError;
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
 use diesel_async::pooled_connection::{
@@ -58,10 +59,13 @@ pub async fn establish(url: &str) -> Result<AsyncPgConnection, ConnectionError> 
 
 /// Builds the pool; connections are opened lazily, so a database that is down at start-up
 /// only delays work (deliveries go to the retry tiers), it does not stop the worker.
+/// A checkout waits at most `wait_timeout` for a free connection (then
+/// `PoolError::Timeout`), so a pool held by stuck transactions cannot stall callers forever.
 pub fn build_pool(
     url: &str,
     size: usize,
     connect_timeout: Duration,
+    wait_timeout: Duration,
 ) -> Result<DbPool, PoolBuildError> {
     let url = with_connect_timeout(url, connect_timeout);
     let mut config = ManagerConfig::default();
@@ -72,6 +76,9 @@ pub fn build_pool(
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     Pool::builder(manager)
         .max_size(size.max(1))
+        .wait_timeout(Some(wait_timeout))
+        // deadpool needs a runtime to enforce its timeouts.
+        .runtime(Runtime::Tokio1)
         .build()
         .map_err(|error| PoolBuildError::Build(error.to_string()))
 }

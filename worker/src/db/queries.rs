@@ -1,10 +1,10 @@
 //! The hot-path statements, written once with fixed SQL so that they are prepared once per
 //! connection and then only bound and executed.
 //!
-//! diesel 2.2 never caches the prepared statement of an `UPDATE` or of a single-row
-//! `INSERT` (their SQL may vary with the values: `DEFAULT` for `None`), so each would cost
-//! an extra Parse / Describe round trip and a fresh plan on every message. These have no
-//! such variation and declare a static query id.
+//! diesel (still in 2.3, with diesel-async 0.9) never caches the prepared statement of an
+//! `UPDATE` or of a single-row `INSERT` (their SQL may vary with the values: `DEFAULT` for
+//! `None`), so each would cost an extra Parse / Describe round trip and a fresh plan on
+//! every message. These have no such variation and declare a static query id.
 
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;

@@ -181,6 +181,7 @@ impl Reconciler {
             secrecy::ExposeSecret::expose_secret(&settings.database.url),
             settings.worker.db_pool_size.min(MAX_POOL_SIZE),
             Duration::from_millis(settings.database.connect_timeout_ms),
+            Duration::from_millis(settings.database.pool_wait_timeout_ms),
         )?;
         let client = QueryClient::new(&settings.wechatpay)?;
         Ok(Reconciler {

@@ -85,6 +85,7 @@ impl TestEnv {
             database: DatabaseSettings {
                 url: SecretString::from(format!("{PG_BASE}/{db_name}")),
                 connect_timeout_ms: 2_000,
+                ..DatabaseSettings::default()
             },
             wechatpay: Default::default(),
             reconciler: Default::default(),

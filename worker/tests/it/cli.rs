@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use secrecy::ExposeSecret;
+use wxpay_shared::state::OrderState;
 
 use crate::builders::{self, v2_pay};
 use crate::helpers::{eventually, TestEnv};
@@ -102,7 +103,7 @@ async fn run_applies_and_exits_zero_on_sigterm() {
         .spawn()
         .expect("spawns");
     eventually(Duration::from_secs(30), "paid by the binary", || async {
-        env.order("cli-1").await.state == "PAID"
+        env.order("cli-1").await.state == OrderState::Paid.as_str()
     })
     .await;
     let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));

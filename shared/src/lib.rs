@@ -8,6 +8,7 @@
 //!   signatures, AEAD_AES_256_GCM resources, and the `Authorization` of API calls.
 //! - [`answer`]: what WeChat Pay must read back (v2 XML, v3 status + JSON).
 //! - [`message`]: the queue message between gateway and worker.
+//! - [`state`]: trade and refund states on the wire, and the worker's state columns.
 //! - [`config`]: the one TOML configuration, with `WXPAY__SECTION__KEY` overrides.
 //! - [`telemetry`]: JSON logs with a `step` field, and the Prometheus recorder.
 //!
@@ -17,6 +18,7 @@
 pub mod answer;
 pub mod config;
 pub mod message;
+pub mod state;
 pub mod telemetry;
 pub mod v2;
 pub mod v3;

@@ -13,6 +13,7 @@ use chrono::{DateTime, FixedOffset, Offset as _, Utc};
 use rand::distributions::{Alphanumeric, DistString};
 use rand::Rng;
 use serde_json::json;
+use wxpay_shared::state::{RefundStatus, TradeState};
 use wxpay_shared::v2::{self, SignType, XmlFields};
 use wxpay_shared::v3::{self, AeadError};
 
@@ -343,7 +344,7 @@ pub fn v2_refund_root(r: &Refund) -> XmlFields {
     f.insert("refund_id", r.refund_id.as_str());
     f.insert("refund_recv_accout", "支付用户零钱");
     f.insert("refund_request_source", "API");
-    f.insert("refund_status", "SUCCESS");
+    f.insert("refund_status", RefundStatus::Success.as_str());
     f.insert("settlement_refund_fee", r.refund_fee.to_string());
     f.insert("settlement_total_fee", r.total_fee.to_string());
     f.insert("success_time", v2_refund_time(r.succeeded_at));
@@ -404,7 +405,7 @@ pub fn v3_transaction(m: &SimMerchant, p: &Payment, amount: i64) -> serde_json::
         "out_trade_no": p.out_trade_no,
         "transaction_id": p.transaction_id,
         "trade_type": "JSAPI",
-        "trade_state": "SUCCESS",
+        "trade_state": TradeState::Success,
         "trade_state_desc": "支付成功",
         "bank_type": "CMC",
         "attach": "",
@@ -427,7 +428,7 @@ pub fn v3_refund_resource(m: &SimMerchant, r: &Refund) -> serde_json::Value {
         "transaction_id": r.transaction_id,
         "out_refund_no": r.out_refund_no,
         "refund_id": r.refund_id,
-        "refund_status": "SUCCESS",
+        "refund_status": RefundStatus::Success,
         "success_time": v3_time(r.succeeded_at),
         "user_received_account": "支付用户零钱",
         "amount": {

@@ -8,6 +8,7 @@ use anyhow::{bail, Context as _};
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 use secrecy::ExposeSecret as _;
+use wxpay_shared::state::{RefundStatus, TradeState};
 use wxpay_shared::v2::SignType;
 
 use wxpay_simulator::build::{self, Kind, Payment, Refund, V2Signing, Variant};
@@ -129,8 +130,8 @@ struct OrderArgs {
     #[arg(long)]
     amount: i64,
     /// SUCCESS | REFUND | NOTPAY | CLOSED | REVOKED | USERPAYING | PAYERROR
-    #[arg(long, default_value = "SUCCESS")]
-    state: String,
+    #[arg(long, default_value_t = TradeState::Success)]
+    state: TradeState,
     #[arg(long)]
     transaction_id: Option<String>,
 }
@@ -326,7 +327,7 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
                     out_trade_no: payment.out_trade_no.clone(),
                     transaction_id: Some(transaction_id.clone()),
                     amount: payment.amount,
-                    state: "SUCCESS".into(),
+                    state: TradeState::Success,
                     paid_at: Some(payment.paid_at),
                     openid: Some(payment.openid.clone()),
                 })
@@ -339,7 +340,7 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
                             out_trade_no: r.out_trade_no.clone(),
                             transaction_id: Some(r.transaction_id.clone()),
                             amount: r.total_fee,
-                            state: "SUCCESS".into(),
+                            state: TradeState::Success,
                             paid_at: Some(now),
                             openid: None,
                         });
@@ -351,7 +352,7 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
                         refund_id: r.refund_id.clone(),
                         total_fee: r.total_fee,
                         refund_fee: r.refund_fee,
-                        status: "SUCCESS".into(),
+                        status: RefundStatus::Success,
                         succeeded_at: Some(r.succeeded_at),
                     })
                 })?
@@ -425,7 +426,7 @@ fn run_order(sim_config: &Path, a: OrderArgs) -> anyhow::Result<bool> {
     let record = serve::order_record(serve::OrderRequest {
         out_trade_no: a.out_trade_no,
         amount: a.amount,
-        state: Some(a.state),
+        state: Some(a.state.to_string()),
         transaction_id: a.transaction_id,
     })
     .map_err(anyhow::Error::msg)?;

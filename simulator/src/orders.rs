@@ -13,27 +13,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use wxpay_shared::state::{RefundStatus, TradeState};
 
 /// How long a writer waits for the lock before giving up.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// A lock file older than this was left by a crashed writer and is broken.
 const STALE_LOCK: Duration = Duration::from_secs(30);
 
-/// Trade states of the order query (`trade_state`), v2 and v3 alike:
-/// <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_2>.
-pub const TRADE_STATES: &[&str] = &[
-    "SUCCESS",
-    "REFUND",
-    "NOTPAY",
-    "CLOSED",
-    "REVOKED",
-    "USERPAYING",
-    "PAYERROR",
+/// Refund states of the book, in v2's words (the v3 query answers normalise them):
+/// SUCCESS, REFUNDCLOSE (v3 CLOSED), PROCESSING, CHANGE (v3 ABNORMAL).
+pub const REFUND_STATES: &[RefundStatus] = &[
+    RefundStatus::Success,
+    RefundStatus::RefundClose,
+    RefundStatus::Processing,
+    RefundStatus::Change,
 ];
-
-/// Refund states of the refund query: SUCCESS, REFUNDCLOSE (v3 CLOSED), PROCESSING, CHANGE
-/// (v3 ABNORMAL).
-pub const REFUND_STATES: &[&str] = &["SUCCESS", "REFUNDCLOSE", "PROCESSING", "CHANGE"];
 
 /// One order as WeChat Pay knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,8 +38,7 @@ pub struct OrderRecord {
     pub transaction_id: Option<String>,
     /// Fen.
     pub amount: i64,
-    /// One of [`TRADE_STATES`].
-    pub state: String,
+    pub state: TradeState,
     #[serde(default)]
     pub paid_at: Option<DateTime<Utc>>,
     #[serde(default)]
@@ -64,7 +57,7 @@ pub struct RefundRecord {
     /// Fen.
     pub refund_fee: i64,
     /// One of [`REFUND_STATES`].
-    pub status: String,
+    pub status: RefundStatus,
     #[serde(default)]
     pub succeeded_at: Option<DateTime<Utc>>,
 }
@@ -85,9 +78,9 @@ impl OrderBook {
 
     /// Records a refund and moves its order to `REFUND` when it succeeded.
     pub fn upsert_refund(&mut self, refund: RefundRecord) {
-        if refund.status == "SUCCESS" {
+        if refund.status == RefundStatus::Success {
             if let Some(order) = self.orders.get_mut(&refund.out_trade_no) {
-                order.state = "REFUND".to_owned();
+                order.state = TradeState::Refund;
             }
         }
         self.refunds.insert(refund.out_refund_no.clone(), refund);
@@ -246,12 +239,12 @@ impl Drop for LockGuard {
 mod tests {
     use super::*;
 
-    fn order(no: &str, state: &str) -> OrderRecord {
+    fn order(no: &str, state: TradeState) -> OrderRecord {
         OrderRecord {
             out_trade_no: no.into(),
             transaction_id: Some(format!("T{no}")),
             amount: 100,
-            state: state.into(),
+            state,
             paid_at: None,
             openid: None,
         }
@@ -262,7 +255,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = OrderBookFile::new(dir.path().join("sub/orders.json"));
         assert_eq!(file.read().unwrap(), OrderBook::default());
-        file.update(|b| b.upsert_order(order("A", "SUCCESS")))
+        file.update(|b| b.upsert_order(order("A", TradeState::Success)))
             .unwrap();
         file.update(|b| {
             b.upsert_refund(RefundRecord {
@@ -272,13 +265,13 @@ mod tests {
                 refund_id: "5030".into(),
                 total_fee: 100,
                 refund_fee: 40,
-                status: "SUCCESS".into(),
+                status: RefundStatus::Success,
                 succeeded_at: None,
             })
         })
         .unwrap();
         let book = file.read().unwrap();
-        assert_eq!(book.orders["A"].state, "REFUND");
+        assert_eq!(book.orders["A"].state, TradeState::Refund);
         assert_eq!(book.refunds_of("A").len(), 1);
         assert_eq!(
             book.find_order(None, Some("TA")).map(|o| o.amount),

@@ -25,13 +25,12 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use wxpay_shared::state::{RefundStatus, TradeState};
 use wxpay_shared::v2::{self, SignType, XmlFields};
 use wxpay_shared::v3;
 
 use crate::build::{self, random_string};
-use crate::orders::{
-    OrderBook, OrderBookFile, OrderRecord, RefundRecord, REFUND_STATES, TRADE_STATES,
-};
+use crate::orders::{OrderBook, OrderBookFile, OrderRecord, RefundRecord, REFUND_STATES};
 use crate::secrets::SimMerchant;
 
 /// How far the `Authorization` timestamp may be from now (WeChat Pay rejects old requests).
@@ -220,20 +219,16 @@ fn v2_business_fail(m: &SimMerchant, code: &str, des: &str) -> XmlFields {
     f
 }
 
-fn trade_state_desc(state: &str) -> &'static str {
+fn trade_state_desc(state: TradeState) -> &'static str {
     match state {
-        "SUCCESS" => "支付成功",
-        "REFUND" => "转入退款",
-        "NOTPAY" => "订单未支付",
-        "CLOSED" => "订单已关闭",
-        "REVOKED" => "已撤销",
-        "USERPAYING" => "用户支付中",
-        _ => "支付失败",
+        TradeState::Success => "支付成功",
+        TradeState::Refund => "转入退款",
+        TradeState::NotPay => "订单未支付",
+        TradeState::Closed => "订单已关闭",
+        TradeState::Revoked => "已撤销",
+        TradeState::UserPaying => "用户支付中",
+        TradeState::PayError => "支付失败",
     }
-}
-
-fn is_paid(state: &str) -> bool {
-    matches!(state, "SUCCESS" | "REFUND")
 }
 
 async fn v2_orderquery(state: web::Data<SimState>, body: web::Bytes) -> HttpResponse {
@@ -266,8 +261,8 @@ async fn v2_orderquery(state: web::Data<SimState>, body: web::Bytes) -> HttpResp
             f.insert("fee_type", "CNY");
             f.insert("trade_type", "JSAPI");
             f.insert("trade_state", o.state.as_str());
-            f.insert("trade_state_desc", trade_state_desc(&o.state));
-            if is_paid(&o.state) {
+            f.insert("trade_state_desc", trade_state_desc(o.state));
+            if o.state.is_paid() {
                 f.insert(
                     "openid",
                     o.openid
@@ -441,11 +436,11 @@ fn v3_transaction_json(m: &SimMerchant, o: &OrderRecord) -> serde_json::Value {
         "mchid": m.mch_id,
         "out_trade_no": o.out_trade_no,
         "trade_state": o.state,
-        "trade_state_desc": trade_state_desc(&o.state),
+        "trade_state_desc": trade_state_desc(o.state),
         "attach": "",
         "amount": { "total": o.amount, "currency": "CNY" }
     });
-    if is_paid(&o.state) {
+    if o.state.is_paid() {
         v["transaction_id"] = json!(o.transaction_id);
         v["trade_type"] = json!("JSAPI");
         v["bank_type"] = json!("CMC");
@@ -518,15 +513,6 @@ async fn v3_query_by_transaction_id(
     v3_query_order(&state, &req, &query, None, Some(path.as_str())).await
 }
 
-/// v3 spells the refund states SUCCESS, CLOSED, PROCESSING, ABNORMAL.
-fn v3_refund_status(v2_status: &str) -> &str {
-    match v2_status {
-        "REFUNDCLOSE" => "CLOSED",
-        "CHANGE" => "ABNORMAL",
-        other => other,
-    }
-}
-
 async fn v3_refund_query(
     state: web::Data<SimState>,
     req: HttpRequest,
@@ -558,7 +544,8 @@ async fn v3_refund_query(
         "channel": "ORIGINAL",
         "user_received_account": "支付用户零钱",
         "create_time": build::v3_time(r.succeeded_at.unwrap_or_else(Utc::now)),
-        "status": v3_refund_status(&r.status),
+        // The normalised words are v3's spellings (SUCCESS, CLOSED, PROCESSING, ABNORMAL).
+        "status": r.status.normalised().as_str(),
         "funds_account": "AVAILABLE",
         "amount": {
             "total": r.total_fee,
@@ -571,7 +558,7 @@ async fn v3_refund_query(
             "currency": "CNY"
         }
     });
-    if let Some(t) = r.succeeded_at.filter(|_| r.status == "SUCCESS") {
+    if let Some(t) = r.succeeded_at.filter(|_| r.status == RefundStatus::Success) {
         v["success_time"] = json!(build::v3_time(t));
     }
     v3_signed(&state, StatusCode::OK, v.to_string())
@@ -593,20 +580,33 @@ pub struct OrderRequest {
     pub transaction_id: Option<String>,
 }
 
+/// `A, B, C`: the accepted spellings, for an error message.
+fn spellings<T: Copy>(all: &[T], as_str: fn(T) -> &'static str) -> String {
+    all.iter()
+        .map(|&s| as_str(s))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Validates `req` and turns it into a book record (a new transaction id when paid and none
 /// was given).
 pub fn order_record(req: OrderRequest) -> Result<OrderRecord, String> {
-    let state = req.state.unwrap_or_else(|| "SUCCESS".to_owned());
-    if !TRADE_STATES.contains(&state.as_str()) {
-        return Err(format!("state must be one of {}", TRADE_STATES.join(", ")));
-    }
+    let state = match req.state.as_deref() {
+        None => TradeState::Success,
+        Some(text) => TradeState::parse(text).ok_or_else(|| {
+            format!(
+                "state must be one of {}",
+                spellings(TradeState::ALL, TradeState::as_str)
+            )
+        })?,
+    };
     if req.amount <= 0 {
         return Err("amount must be positive fen".into());
     }
     if req.out_trade_no.is_empty() || req.out_trade_no.len() > 32 {
         return Err("out_trade_no must be 1 to 32 characters".into());
     }
-    let paid = is_paid(&state);
+    let paid = state.is_paid();
     Ok(OrderRecord {
         out_trade_no: req.out_trade_no,
         transaction_id: req
@@ -665,13 +665,17 @@ pub struct RefundRequest {
 
 /// Validates `req` against the book and turns it into a record.
 pub fn refund_record(book: &OrderBook, req: RefundRequest) -> Result<RefundRecord, String> {
-    let status = req.status.unwrap_or_else(|| "SUCCESS".to_owned());
-    if !REFUND_STATES.contains(&status.as_str()) {
-        return Err(format!(
-            "status must be one of {}",
-            REFUND_STATES.join(", ")
-        ));
-    }
+    let status = match req.status.as_deref() {
+        None => RefundStatus::Success,
+        Some(text) => RefundStatus::parse(text)
+            .filter(|status| REFUND_STATES.contains(status))
+            .ok_or_else(|| {
+                format!(
+                    "status must be one of {}",
+                    spellings(REFUND_STATES, RefundStatus::as_str)
+                )
+            })?,
+    };
     let order = book
         .orders
         .get(&req.out_trade_no)
@@ -696,7 +700,7 @@ pub fn refund_record(book: &OrderBook, req: RefundRequest) -> Result<RefundRecor
         refund_id,
         total_fee: order.amount,
         refund_fee: req.refund_fee,
-        succeeded_at: (status == "SUCCESS").then(Utc::now),
+        succeeded_at: (status == RefundStatus::Success).then(Utc::now),
         status,
     })
 }

@@ -19,6 +19,7 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use wxpay_shared::config::{Merchant, Merchants};
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
+use wxpay_shared::state::{RefundState, RefundStatus, TradeState};
 use wxpay_shared::v2::{self, PayNotification, RefundEnvelope, RefundInfo, XmlFields};
 use wxpay_shared::v3::{
     verify_notification, verify_response, EventType, NotificationEnvelope, RefundResource,
@@ -52,43 +53,10 @@ pub struct RefundEvent {
     pub refund_id: String,
     /// Refund amount in fen.
     pub refund_fee: i64,
-    pub status: RefundStatus,
+    /// Normalised ([`RefundStatus::normalised`]): the dedupe key uses this word, so the same
+    /// news from two channels dedupes.
+    pub status: RefundState,
     pub succeeded_at: Option<DateTime<Utc>>,
-}
-
-/// One status word per meaning across v2 and v3: v2 `REFUNDCLOSE` and v3 `CLOSED` are
-/// [`RefundStatus::Closed`]; v2 `CHANGE` and v3 `ABNORMAL` (the refund failed and needs a
-/// human) are [`RefundStatus::Abnormal`]. The dedupe key uses this word, so the same news
-/// from two channels dedupes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RefundStatus {
-    Processing,
-    Success,
-    Closed,
-    Abnormal,
-}
-
-impl RefundStatus {
-    /// The `refunds.status` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefundStatus::Processing => "PROCESSING",
-            RefundStatus::Success => "SUCCESS",
-            RefundStatus::Closed => "CLOSED",
-            RefundStatus::Abnormal => "ABNORMAL",
-        }
-    }
-
-    /// Reads a v2 or v3 wire value.
-    pub fn parse(wire: &str) -> Option<Self> {
-        match wire {
-            "PROCESSING" => Some(RefundStatus::Processing),
-            "SUCCESS" => Some(RefundStatus::Success),
-            "CLOSED" | "REFUNDCLOSE" => Some(RefundStatus::Closed),
-            "ABNORMAL" | "CHANGE" => Some(RefundStatus::Abnormal),
-            _ => None,
-        }
-    }
 }
 
 /// The one internal event type `apply` works on.
@@ -236,7 +204,7 @@ fn decode_v2_pay(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeErro
         return Err(malformed("successful payment without transaction_id"));
     }
     let state_text = if success {
-        "SUCCESS".to_owned()
+        TradeState::Success.as_str().to_owned()
     } else {
         n.err_code
             .clone()
@@ -306,8 +274,7 @@ fn decode_v2_refund(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeE
         .map_err(|e| DecodeError::Decrypt(e.to_string()))?;
     let info = RefundInfo::from_fields(&root).map_err(malformed)?;
     let succeeded_at = info.succeeded_at();
-    let status = RefundStatus::parse(info.refund_status.as_str())
-        .ok_or_else(|| malformed("unknown refund_status"))?;
+    let status = info.refund_status.normalised();
     Ok(Decoded::Refund(RefundEvent {
         mch_id: non_empty_or(envelope.mch_id, &merchant.mch_id),
         out_trade_no: info.out_trade_no,
@@ -363,9 +330,10 @@ fn verify_v3_response(
         .map_err(|e| DecodeError::BadSignature(e.code().to_owned()))
 }
 
-/// `SUCCESS`, and `REFUND` (转入退款: paid, then refunded) of the order query, mean paid.
+/// `SUCCESS`, and `REFUND` (转入退款: paid, then refunded) of the order query, mean paid;
+/// an unknown state does not.
 fn is_paid_state(trade_state: &str) -> bool {
-    matches!(trade_state, "SUCCESS" | "REFUND")
+    TradeState::parse(trade_state).is_some_and(TradeState::is_paid)
 }
 
 fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<Decoded, DecodeError> {
@@ -388,7 +356,7 @@ fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<Decoded, 
         amount_total,
         success,
         state_text: if success {
-            "SUCCESS".to_owned()
+            TradeState::Success.as_str().to_owned()
         } else {
             t.trade_state
         },
@@ -397,8 +365,10 @@ fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<Decoded, 
 }
 
 fn refund_from_resource(r: RefundResource, merchant: &Merchant) -> Result<Decoded, DecodeError> {
-    let status = RefundStatus::parse(&r.refund_status)
-        .ok_or_else(|| malformed(format!("unknown refund_status {:?}", r.refund_status)))?;
+    let status = r
+        .status()
+        .ok_or_else(|| malformed(format!("unknown refund_status {:?}", r.refund_status)))?
+        .normalised();
     let succeeded_at = r.succeeded_at();
     Ok(Decoded::Refund(RefundEvent {
         mch_id: non_empty_or(r.mchid, &merchant.mch_id),
@@ -469,7 +439,7 @@ fn decode_v2_order_query(body: &[u8], merchant: &Merchant) -> Result<Decoded, De
         amount_total,
         success,
         state_text: if success {
-            "SUCCESS".to_owned()
+            TradeState::Success.as_str().to_owned()
         } else {
             trade_state
         },
@@ -483,7 +453,8 @@ fn decode_v2_refund_query(body: &[u8], merchant: &Merchant) -> Result<Decoded, D
     require_query_success(&fields)?;
     let status_text = required(&fields, "refund_status_0")?;
     let status = RefundStatus::parse(status_text)
-        .ok_or_else(|| malformed(format!("unknown refund_status_0 {status_text:?}")))?;
+        .ok_or_else(|| malformed(format!("unknown refund_status_0 {status_text:?}")))?
+        .normalised();
     Ok(Decoded::Refund(RefundEvent {
         mch_id: required(&fields, "mch_id")?.to_owned(),
         out_trade_no: required(&fields, "out_trade_no")?.to_owned(),
@@ -500,20 +471,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refund_statuses_normalise_across_versions() {
-        assert_eq!(
-            RefundStatus::parse("REFUNDCLOSE"),
-            RefundStatus::parse("CLOSED")
-        );
-        assert_eq!(
-            RefundStatus::parse("CHANGE"),
-            RefundStatus::parse("ABNORMAL")
-        );
-        assert_eq!(RefundStatus::parse("SUCCESS"), Some(RefundStatus::Success));
-        assert_eq!(RefundStatus::parse("success"), None);
-    }
-
-    #[test]
     fn dedupe_keys_are_business_keys() {
         let pay = PayEvent {
             mch_id: "1900000109".into(),
@@ -522,7 +479,7 @@ mod tests {
             transaction_id: Some("4200".into()),
             amount_total: 100,
             success: true,
-            state_text: "SUCCESS".into(),
+            state_text: TradeState::Success.as_str().into(),
             paid_at: None,
         };
         assert_eq!(
@@ -548,7 +505,7 @@ mod tests {
             out_refund_no: "r".into(),
             refund_id: "5030".into(),
             refund_fee: 1,
-            status: RefundStatus::Closed,
+            status: RefundState::Closed,
             succeeded_at: None,
         };
         assert_eq!(

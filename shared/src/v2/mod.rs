@@ -14,8 +14,7 @@ pub mod xml;
 
 pub use pay::PayNotification;
 pub use refund::{
-    decrypt_req_info, encrypt_req_info, req_info_key, RefundCryptoError, RefundEnvelope,
-    RefundInfo, RefundStatus,
+    decrypt_req_info, encrypt_req_info, req_info_key, RefundCryptoError, RefundEnvelope, RefundInfo,
 };
 pub use sign::{sign, verify, SignError, SignType};
 pub use xml::{XmlError, XmlFields};

@@ -17,6 +17,7 @@ use md5::{Digest, Md5};
 
 use super::xml::{XmlError, XmlFields};
 use super::{optional, parse_beijing_time, parse_fen, parse_optional_fen, text_if, SUCCESS};
+use crate::state::RefundStatus;
 
 /// Root element of the decrypted `req_info`.
 const REQ_INFO_ROOT: &str = "root";
@@ -60,47 +61,16 @@ impl RefundEnvelope {
     }
 }
 
-/// `refund_status` of a refund.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RefundStatus {
-    /// `SUCCESS`: refunded.
-    Success,
-    /// `CHANGE`: refund failed (e.g. the user's card is closed); handled by hand.
-    Change,
-    /// `REFUNDCLOSE`: refund closed.
-    RefundClose,
-}
-
-impl RefundStatus {
-    /// The wire value: `SUCCESS`, `CHANGE` or `REFUNDCLOSE`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RefundStatus::Success => "SUCCESS",
-            RefundStatus::Change => "CHANGE",
-            RefundStatus::RefundClose => "REFUNDCLOSE",
-        }
-    }
-}
-
-impl std::fmt::Display for RefundStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for RefundStatus {
-    type Err = XmlError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "SUCCESS" => Ok(RefundStatus::Success),
-            "CHANGE" => Ok(RefundStatus::Change),
-            "REFUNDCLOSE" => Ok(RefundStatus::RefundClose),
-            _ => Err(XmlError::InvalidField {
-                field: "refund_status",
-                reason: "not SUCCESS, CHANGE or REFUNDCLOSE".to_owned(),
-            }),
-        }
+/// The refund notification only ever says `SUCCESS`, `CHANGE` or `REFUNDCLOSE`.
+fn notified_status(text: &str) -> Result<RefundStatus, XmlError> {
+    match RefundStatus::parse(text) {
+        Some(
+            status @ (RefundStatus::Success | RefundStatus::Change | RefundStatus::RefundClose),
+        ) => Ok(status),
+        _ => Err(XmlError::InvalidField {
+            field: "refund_status",
+            reason: "not SUCCESS, CHANGE or REFUNDCLOSE".to_owned(),
+        }),
     }
 }
 
@@ -142,7 +112,7 @@ impl RefundInfo {
             total_fee: parse_fen("total_fee", root.require("total_fee")?)?,
             refund_fee: parse_fen("refund_fee", root.require("refund_fee")?)?,
             settlement_refund_fee: parse_optional_fen(root, "settlement_refund_fee")?,
-            refund_status: root.require("refund_status")?.parse()?,
+            refund_status: notified_status(root.require("refund_status")?)?,
             success_time: optional(root, "success_time"),
             refund_recv_accout: optional(root, "refund_recv_accout"),
             refund_request_source: optional(root, "refund_request_source"),
@@ -292,17 +262,22 @@ mod tests {
             RefundStatus::Change,
             RefundStatus::RefundClose,
         ] {
-            assert_eq!(s.as_str().parse::<RefundStatus>(), Ok(s));
+            let mut f = sample();
+            f.insert("refund_status", s.as_str());
+            assert_eq!(RefundInfo::from_fields(&f).map(|i| i.refund_status), Ok(s));
         }
-        let mut f = sample();
-        f.insert("refund_status", "success");
-        assert!(matches!(
-            RefundInfo::from_fields(&f),
-            Err(XmlError::InvalidField {
-                field: "refund_status",
-                ..
-            })
-        ));
+        // v3's words and other cases are not v2's.
+        for wrong in ["success", "CLOSED", "ABNORMAL"] {
+            let mut f = sample();
+            f.insert("refund_status", wrong);
+            assert!(matches!(
+                RefundInfo::from_fields(&f),
+                Err(XmlError::InvalidField {
+                    field: "refund_status",
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::aead::{self, AeadError};
+use crate::state::{RefundStatus, TradeState};
 
 /// The only resource algorithm WeChat Pay uses.
 pub const ALGORITHM_AEAD_AES_256_GCM: &str = "AEAD_AES_256_GCM";
@@ -237,9 +238,15 @@ impl Transaction {
         json(json_bytes)
     }
 
+    /// `trade_state` typed; `None` when it is none of WeChat Pay's (the field stays text so
+    /// that such an answer still parses and can be reported as it is).
+    pub fn state(&self) -> Option<TradeState> {
+        TradeState::parse(&self.trade_state)
+    }
+
     /// True when `trade_state` is `SUCCESS` (the only state that marks an order paid).
     pub fn is_success(&self) -> bool {
-        self.trade_state == "SUCCESS"
+        self.state() == Some(TradeState::Success)
     }
 
     /// `success_time` as UTC; `None` when absent or not RFC 3339.
@@ -298,6 +305,11 @@ impl RefundResource {
     /// Parses a decrypted refund resource.
     pub fn parse(json_bytes: &[u8]) -> Result<Self, ResourceError> {
         json(json_bytes)
+    }
+
+    /// `refund_status` typed; `None` when it is none of WeChat Pay's.
+    pub fn status(&self) -> Option<RefundStatus> {
+        RefundStatus::parse(&self.refund_status)
     }
 
     /// `success_time` as UTC; `None` when absent or not RFC 3339.

@@ -4,6 +4,7 @@
 use diesel::sql_types::{Array, BigInt, Double, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use wxpay_shared::state::{NotificationOutcome, OrderState};
 
 use super::plan::PlannedOrder;
 use super::verify::Observed;
@@ -20,7 +21,7 @@ pub enum DbError {
     Query { what: &'static str, reason: String },
 }
 
-fn query_error(what: &'static str) -> impl FnOnce(diesel::result::Error) -> DbError {
+fn query_error<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> DbError {
     move |e| DbError::Query {
         what,
         reason: e.to_string(),
@@ -50,12 +51,13 @@ pub async fn insert_orders(
         let amounts: Vec<i64> = chunk.iter().map(|o| o.amount).collect();
         diesel::sql_query(
             "INSERT INTO orders (mch_id, out_trade_no, appid, amount_total, state) \
-             SELECT $1, t.no, $2, t.amount, 'NOTPAY' FROM unnest($3::text[], $4::bigint[]) AS t(no, amount)",
+             SELECT $1, t.no, $2, t.amount, $5 FROM unnest($3::text[], $4::bigint[]) AS t(no, amount)",
         )
         .bind::<Text, _>(mch_id)
         .bind::<Text, _>(appid)
         .bind::<Array<Text>, _>(nos)
         .bind::<Array<BigInt>, _>(amounts)
+        .bind::<Text, _>(OrderState::NotPay.as_str())
         .execute(conn)
         .await
         .map_err(query_error("inserting NOTPAY orders (did `wxpay-worker migrate` run?)"))?;
@@ -76,10 +78,11 @@ pub async fn progress(
     prefix: &str,
 ) -> Result<(i64, i64), DbError> {
     let paid: Count = diesel::sql_query(
-        "SELECT COUNT(*)::bigint AS n FROM orders WHERE mch_id = $1 AND out_trade_no LIKE $2 AND state = 'PAID'",
+        "SELECT COUNT(*)::bigint AS n FROM orders WHERE mch_id = $1 AND out_trade_no LIKE $2 AND state = $3",
     )
     .bind::<Text, _>(mch_id)
     .bind::<Text, _>(like(prefix))
+    .bind::<Text, _>(OrderState::Paid.as_str())
     .get_result(conn)
     .await
     .map_err(query_error("counting PAID orders"))?;
@@ -175,17 +178,22 @@ pub async fn observe(
 
     let mut observed = Observed::default();
     for o in orders {
+        let state = o.state.parse().map_err(query_error("reading orders"))?;
         observed
             .orders
-            .insert(o.out_trade_no, (o.state, o.transaction_id));
+            .insert(o.out_trade_no, (state, o.transaction_id));
     }
     for r in outcomes {
         if let Some(no) = r.out_trade_no {
+            let outcome: NotificationOutcome = r
+                .outcome
+                .parse()
+                .map_err(query_error("reading notifications"))?;
             *observed
                 .notifications
                 .entry(no)
                 .or_default()
-                .entry(r.outcome)
+                .entry(outcome)
                 .or_default() += r.n;
         }
     }
@@ -220,7 +228,7 @@ pub fn applied_total(observed: &Observed) -> i64 {
     observed
         .notifications
         .values()
-        .filter_map(|m| m.get("APPLIED"))
+        .filter_map(|m| m.get(&NotificationOutcome::Applied))
         .sum()
 }
 

@@ -28,6 +28,7 @@ use rand::Rng;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use wxpay_shared::state::{NotificationOutcome, OrderState, TradeState};
 use wxpay_shared::v2::SignType;
 
 use crate::build::{self, BuildError, Notification, Payment, V2Signing, Variant};
@@ -368,7 +369,7 @@ pub async fn run(
                     out_trade_no: order.out_trade_no.clone(),
                     transaction_id: Some(order.transaction_id.clone()),
                     amount: order.amount,
-                    state: "SUCCESS".into(),
+                    state: TradeState::Success,
                     paid_at: Some(now),
                     openid: None,
                 });
@@ -575,7 +576,11 @@ fn expected_observation(plan: &Plan) -> Observed {
         observed.orders.insert(
             o.out_trade_no.clone(),
             (
-                if genuine { "PAID" } else { "NOTPAY" }.to_owned(),
+                if genuine {
+                    OrderState::Paid
+                } else {
+                    OrderState::NotPay
+                },
                 genuine.then(|| o.transaction_id.clone()),
             ),
         );
@@ -584,7 +589,7 @@ fn expected_observation(plan: &Plan) -> Observed {
                 .notifications
                 .entry(o.out_trade_no.clone())
                 .or_default()
-                .insert("APPLIED".into(), 1);
+                .insert(NotificationOutcome::Applied, 1);
             observed.paid_events.insert(o.out_trade_no.clone(), 1);
         }
     }

@@ -3,15 +3,17 @@
 
 use std::collections::HashMap;
 
+use wxpay_shared::state::{NotificationOutcome, OrderState};
+
 use super::plan::{Fate, Plan};
 
 /// What PostgreSQL says about the run's orders (all keyed by out_trade_no).
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     /// `orders.state` and `orders.transaction_id`.
-    pub orders: HashMap<String, (String, Option<String>)>,
-    /// `notifications` rows per outcome (`APPLIED`, `NOOP`, `RECORDED`, `ANOMALY`).
-    pub notifications: HashMap<String, HashMap<String, i64>>,
+    pub orders: HashMap<String, (OrderState, Option<String>)>,
+    /// `notifications` rows per outcome.
+    pub notifications: HashMap<String, HashMap<NotificationOutcome, i64>>,
     /// `outbox` rows with event_type `order.paid`.
     pub paid_events: HashMap<String, i64>,
 }
@@ -24,10 +26,10 @@ impl Observed {
             .unwrap_or(0)
     }
 
-    fn outcome(&self, out_trade_no: &str, outcome: &str) -> i64 {
+    fn outcome(&self, out_trade_no: &str, outcome: NotificationOutcome) -> i64 {
         self.notifications
             .get(out_trade_no)
-            .and_then(|m| m.get(outcome))
+            .and_then(|m| m.get(&outcome))
             .copied()
             .unwrap_or(0)
     }
@@ -99,7 +101,7 @@ pub fn verify(plan: &Plan, answers: &Answers, observed: &Observed) -> Vec<String
             t.add("order row missing", no, "inserted before the run".into());
             continue;
         };
-        let applied = observed.outcome(no, "APPLIED");
+        let applied = observed.outcome(no, NotificationOutcome::Applied);
         let paid_events = observed.paid_events.get(no).copied().unwrap_or(0);
         let bad_ack = answers.bad_acknowledged.get(i).copied().unwrap_or(false);
         match order.fate {
@@ -116,7 +118,7 @@ pub fn verify(plan: &Plan, answers: &Answers, observed: &Observed) -> Vec<String
                         String::new(),
                     );
                 }
-                if state != "PAID" {
+                if *state != OrderState::Paid {
                     t.add("genuine order not PAID", no, format!("state {state}"));
                 } else if transaction_id.as_deref() != Some(order.transaction_id.as_str()) {
                     t.add(
@@ -153,7 +155,7 @@ pub fn verify(plan: &Plan, answers: &Answers, observed: &Observed) -> Vec<String
                         String::new(),
                     );
                 }
-                if state != "NOTPAY" {
+                if *state != OrderState::NotPay {
                     t.add(
                         &format!("{what} notification changed the order"),
                         no,
@@ -203,17 +205,21 @@ mod tests {
         for (i, o) in plan.orders.iter().enumerate() {
             let genuine = o.fate == Fate::Genuine;
             answers.genuine_acknowledged[i] = genuine;
-            let state = if genuine { "PAID" } else { "NOTPAY" };
+            let state = if genuine {
+                OrderState::Paid
+            } else {
+                OrderState::NotPay
+            };
             observed.orders.insert(
                 o.out_trade_no.clone(),
-                (state.into(), genuine.then(|| o.transaction_id.clone())),
+                (state, genuine.then(|| o.transaction_id.clone())),
             );
             if genuine {
                 observed
                     .notifications
                     .entry(o.out_trade_no.clone())
                     .or_default()
-                    .insert("APPLIED".into(), 1);
+                    .insert(NotificationOutcome::Applied, 1);
                 observed.paid_events.insert(o.out_trade_no.clone(), 1);
             }
         }
@@ -224,7 +230,7 @@ mod tests {
                     .notifications
                     .entry(no.clone())
                     .or_default()
-                    .entry("NOOP".into())
+                    .entry(NotificationOutcome::Noop)
                     .or_default() += 1;
             }
         }
@@ -256,7 +262,7 @@ mod tests {
             .notifications
             .get_mut(&no)
             .unwrap()
-            .insert("APPLIED".into(), 2);
+            .insert(NotificationOutcome::Applied, 2);
         observed.paid_events.insert(no.clone(), 2);
         let problems = verify(&plan, &answers, &observed);
         assert_eq!(problems.len(), 2, "{problems:?}");
@@ -269,7 +275,9 @@ mod tests {
         let plan = plan();
         let (mut answers, mut observed) = perfect(&plan);
         let (i, no) = first_of(&plan, Fate::Genuine);
-        observed.orders.insert(no.clone(), ("NOTPAY".into(), None));
+        observed
+            .orders
+            .insert(no.clone(), (OrderState::NotPay, None));
         answers.genuine_acknowledged[i] = false;
         let (_, other) = first_of(&plan, Fate::Forged);
         observed.orders.remove(&other);
@@ -287,18 +295,18 @@ mod tests {
         answers.bad_acknowledged[i] = true;
         observed
             .orders
-            .insert(forged.clone(), ("PAID".into(), Some("x".into())));
+            .insert(forged.clone(), (OrderState::Paid, Some("x".into())));
         observed
             .notifications
             .entry(forged.clone())
             .or_default()
-            .insert("APPLIED".into(), 1);
+            .insert(NotificationOutcome::Applied, 1);
         let (_, tampered) = first_of(&plan, Fate::Tampered);
         observed
             .notifications
             .entry(tampered.clone())
             .or_default()
-            .insert("ANOMALY".into(), 1);
+            .insert(NotificationOutcome::Anomaly, 1);
         let problems = verify(&plan, &answers, &observed).join("\n");
         assert!(
             problems.contains("forged notification acknowledged"),

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use wxpay_shared::state::OrderState;
+
 use crate::e2e_support::{
     count, counter_sum, eventually, insert_order, order, scrape, worker_done, Output, Stack,
 };
@@ -156,7 +158,7 @@ async fn every_kind_reaches_its_state_once_and_bad_ones_never() {
         .iter()
         .filter(|(no, _)| !["E2E-BAD", "E2E-ANOMALY"].contains(no))
     {
-        wait_state(&s, no, "PAID", 0).await;
+        wait_state(&s, no, OrderState::Paid.as_str(), 0).await;
     }
 
     // Refunds: v2 (AES-256-ECB req_info) and v3, partial then the rest.
@@ -179,8 +181,14 @@ async fn every_kind_reaches_its_state_once_and_bad_ones_never() {
         ])
         .await;
     }
-    wait_state(&s, "E2E-RF-V2", "PARTIALLY_REFUNDED", 500).await;
-    wait_state(&s, "E2E-RF-V3", "PARTIALLY_REFUNDED", 1000).await;
+    wait_state(&s, "E2E-RF-V2", OrderState::PartiallyRefunded.as_str(), 500).await;
+    wait_state(
+        &s,
+        "E2E-RF-V3",
+        OrderState::PartiallyRefunded.as_str(),
+        1000,
+    )
+    .await;
     let rest = [
         ("v2-refund", "E2E-RF-V2", "2000", "RF-V2-2", "1500"),
         ("v3-refund", "E2E-RF-V3", "3000", "RF-V3-2", "2000"),
@@ -200,8 +208,8 @@ async fn every_kind_reaches_its_state_once_and_bad_ones_never() {
         ])
         .await;
     }
-    wait_state(&s, "E2E-RF-V2", "REFUNDED", 2000).await;
-    wait_state(&s, "E2E-RF-V3", "REFUNDED", 3000).await;
+    wait_state(&s, "E2E-RF-V2", OrderState::Refunded.as_str(), 2000).await;
+    wait_state(&s, "E2E-RF-V3", OrderState::Refunded.as_str(), 3000).await;
 
     // Re-sends (v3: fresh timestamp, nonce and signature; v2: the same fields) and
     // duplicates through the other channel, some at the same time.
@@ -378,14 +386,14 @@ async fn every_kind_reaches_its_state_once_and_bad_ones_never() {
 
     // End states.
     let expect: [(&str, &str, i64); 8] = [
-        ("E2E-V2MD5", "PAID", 0),
-        ("E2E-V2HMAC", "PAID", 0),
-        ("E2E-V3", "PAID", 0),
-        ("E2E-RF-V2", "REFUNDED", 2000),
-        ("E2E-RF-V3", "REFUNDED", 3000),
-        ("E2E-BAD", "NOTPAY", 0),
-        ("E2E-ANOMALY", "NOTPAY", 0),
-        ("E2E-BAD-RF", "PAID", 0),
+        ("E2E-V2MD5", OrderState::Paid.as_str(), 0),
+        ("E2E-V2HMAC", OrderState::Paid.as_str(), 0),
+        ("E2E-V3", OrderState::Paid.as_str(), 0),
+        ("E2E-RF-V2", OrderState::Refunded.as_str(), 2000),
+        ("E2E-RF-V3", OrderState::Refunded.as_str(), 3000),
+        ("E2E-BAD", OrderState::NotPay.as_str(), 0),
+        ("E2E-ANOMALY", OrderState::NotPay.as_str(), 0),
+        ("E2E-BAD-RF", OrderState::Paid.as_str(), 0),
     ];
     for (no, state, refunded) in expect {
         let o = order(&mut conn, &s.mch_id, no).await;
@@ -394,7 +402,11 @@ async fn every_kind_reaches_its_state_once_and_bad_ones_never() {
             (state, refunded),
             "{no}"
         );
-        assert_eq!(o.transaction_id.is_some(), state != "NOTPAY", "{no}");
+        assert_eq!(
+            o.transaction_id.is_some(),
+            state != OrderState::NotPay.as_str(),
+            "{no}"
+        );
         let applied_pays = count(
             &mut conn,
             &format!(
@@ -409,7 +421,7 @@ async fn every_kind_reaches_its_state_once_and_bad_ones_never() {
             ),
         )
         .await;
-        let once = i64::from(state != "NOTPAY");
+        let once = i64::from(state != OrderState::NotPay.as_str());
         assert_eq!(applied_pays, once, "{no}: APPLIED payment rows");
         assert_eq!(paid_events, once, "{no}: order.paid events");
     }

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use wxpay_shared::state::{OrderState, TradeState};
+
 use crate::e2e_support::{count, eventually, insert_order, order, scrape, worker_done, Stack};
 
 /// The transaction_id that `wxpay-sim order` printed.
@@ -46,9 +48,9 @@ async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
 
     // WeChat Pay knows: one paid (its notification was lost), one closed, one not paid yet.
     let staged = [
-        ("RECON-PAID", "1200", "SUCCESS"),
-        ("RECON-CLOSED", "300", "CLOSED"),
-        ("RECON-NOTPAY", "400", "NOTPAY"),
+        ("RECON-PAID", "1200", TradeState::Success.as_str()),
+        ("RECON-CLOSED", "300", TradeState::Closed.as_str()),
+        ("RECON-NOTPAY", "400", TradeState::NotPay.as_str()),
     ];
     let mut paid_transaction = String::new();
     let mut conn = s.conn().await;
@@ -65,7 +67,7 @@ async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
             ])
             .await;
         assert!(out.success, "wxpay-sim order failed\n{}", out.describe());
-        if state == "SUCCESS" {
+        if state == TradeState::Success.as_str() {
             paid_transaction = transaction_id(&out.stdout);
         }
         insert_order(&mut conn, &s, no, amount.parse().expect("fen")).await;
@@ -83,7 +85,7 @@ async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
     eventually(
         Duration::from_secs(30),
         || "RECON-PAID PAID through the reconciler".to_owned(),
-        async || order(&mut conn, &s.mch_id, "RECON-PAID").await.state == "PAID",
+        async || order(&mut conn, &s.mch_id, "RECON-PAID").await.state == OrderState::Paid.as_str(),
     )
     .await;
     let paid = order(&mut conn, &s.mch_id, "RECON-PAID").await;
@@ -93,11 +95,11 @@ async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
     );
     assert_eq!(
         order(&mut conn, &s.mch_id, "RECON-CLOSED").await.state,
-        "CLOSED"
+        OrderState::Closed.as_str()
     );
     assert_eq!(
         order(&mut conn, &s.mch_id, "RECON-NOTPAY").await.state,
-        "NOTPAY"
+        OrderState::NotPay.as_str()
     );
     assert_eq!(
         count(
@@ -156,6 +158,6 @@ async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
     );
     assert_eq!(
         order(&mut conn, &s.mch_id, "RECON-PAID").await.state,
-        "PAID"
+        OrderState::Paid.as_str()
     );
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use wxpay_shared::answer::{v2_fail, V2_SUCCESS};
+use wxpay_shared::state::TradeState;
 use wxpay_simulator::build::{self, Payment, V2Signing, Variant};
 use wxpay_simulator::notify::{deliver, DeliveryOptions};
 
@@ -261,7 +262,7 @@ async fn cli_notify_prints_attempts_records_the_order_and_exits_by_outcome() {
         .read()
         .unwrap();
     let order = &book.orders["CLI-1"];
-    assert_eq!((order.amount, order.state.as_str()), (2500, "SUCCESS"));
+    assert_eq!((order.amount, order.state), (2500, TradeState::Success));
 
     // Every attempt fails: non-zero exit.
     let sim_config = f.sim_config();

@@ -4,6 +4,7 @@
 use chrono::Utc;
 use reqwest::StatusCode;
 use serde_json::json;
+use wxpay_shared::state::{OrderState, TradeState};
 use wxpay_shared::v2::{self, SignType, XmlFields};
 use wxpay_shared::v3::{
     authorization_header, verify_response, TimestampCheck, Transaction, VerifyError,
@@ -240,7 +241,7 @@ async fn v2_orderquery_is_signed_both_ways() {
         .await;
     sim.admin(
         "/sim/orders",
-        json!({"out_trade_no": "Q-3", "amount": 300, "state": "NOTPAY"}),
+        json!({"out_trade_no": "Q-3", "amount": 300, "state": TradeState::NotPay.as_str()}),
     )
     .await;
     for sign_type in [SignType::Md5, SignType::HmacSha256] {
@@ -258,7 +259,7 @@ async fn v2_orderquery_is_signed_both_ways() {
     let mut q = XmlFields::new();
     q.insert("out_trade_no", "Q-3");
     let (_, answer) = sim.v2_post("/pay/orderquery", q, SignType::Md5).await;
-    assert_eq!(answer.get("trade_state"), Some("NOTPAY"));
+    assert_eq!(answer.get("trade_state"), Some(TradeState::NotPay.as_str()));
     assert!(answer.get("transaction_id").is_none());
 
     let mut q = XmlFields::new();
@@ -451,7 +452,8 @@ async fn cli_order_stages_what_serve_answers() {
             "--amount",
             "1",
             "--state",
-            "PAID",
+            // An order state of our tables, not one of WeChat Pay's trade states.
+            OrderState::Paid.as_str(),
         ])
         .output()
         .unwrap();

@@ -17,8 +17,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 use uuid::Uuid;
 use wxpay_shared::message::NotifyMessage;
+use wxpay_shared::state::NotificationOutcome;
 
-use crate::db::models::{outcome, DbUuid, NewNotification, NewOutbox};
+use crate::db::models::{DbOutcome, DbUuid, NewNotification, NewOutbox};
 use crate::db::queries::{InsertNotification, InsertOutbox};
 use crate::db::schema::notifications;
 use crate::db::{pool_error_text, DbPool};
@@ -118,7 +119,7 @@ impl Context<'_> {
     fn new_row<'r>(
         &'r self,
         row: &LogRow<'r>,
-        outcome: &'r str,
+        outcome: NotificationOutcome,
         anomaly: Option<(&'r str, &'r str)>,
     ) -> NewNotification<'r> {
         let received_at = Utc
@@ -146,7 +147,7 @@ impl Context<'_> {
         &self,
         conn: &mut AsyncPgConnection,
         row: &LogRow<'_>,
-        outcome: &str,
+        outcome: NotificationOutcome,
         anomaly: Option<(&str, &str)>,
     ) -> Result<bool, diesel::result::Error> {
         let inserted: Option<i64> = InsertNotification(self.new_row(row, outcome, anomaly))
@@ -162,12 +163,12 @@ impl Context<'_> {
         &self,
         conn: &mut AsyncPgConnection,
         id: i64,
-        outcome: &str,
+        outcome: NotificationOutcome,
         anomaly: Option<(&str, &str)>,
     ) -> Result<(), diesel::result::Error> {
         diesel::update(notifications::table.find(id))
             .set((
-                notifications::outcome.eq(outcome),
+                notifications::outcome.eq(DbOutcome(outcome)),
                 notifications::anomaly_reason.eq(anomaly.map(|(reason, _)| reason)),
                 notifications::anomaly_detail.eq(anomaly.map(|(_, detail)| detail)),
             ))
@@ -199,8 +200,13 @@ impl Context<'_> {
         reason: &'static str,
         detail: String,
     ) -> Result<Verdict, diesel::result::Error> {
-        self.amend(conn, id, outcome::ANOMALY, Some((reason, &detail)))
-            .await?;
+        self.amend(
+            conn,
+            id,
+            NotificationOutcome::Anomaly,
+            Some((reason, &detail)),
+        )
+        .await?;
         self.emit_anomaly(conn, row, reason, detail).await
     }
 
@@ -234,7 +240,12 @@ impl Context<'_> {
         detail: String,
     ) -> Result<Verdict, diesel::result::Error> {
         if !self
-            .log(conn, row, outcome::ANOMALY, Some((reason, &detail)))
+            .log(
+                conn,
+                row,
+                NotificationOutcome::Anomaly,
+                Some((reason, &detail)),
+            )
             .await?
         {
             return Ok(Verdict::Duplicate);
@@ -247,7 +258,7 @@ impl Context<'_> {
         &self,
         conn: &mut AsyncPgConnection,
         row: &LogRow<'_>,
-        outcome: &str,
+        outcome: NotificationOutcome,
         verdict: Verdict,
     ) -> Result<Verdict, diesel::result::Error> {
         if self.log(conn, row, outcome, None).await? {

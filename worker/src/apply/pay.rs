@@ -11,7 +11,9 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::{event, new_event, reason, ApplyError, Context, LogRow, Verdict};
-use crate::db::models::{outcome, state, Order};
+use wxpay_shared::state::{NotificationOutcome, OrderState};
+
+use crate::db::models::Order;
 use crate::db::queries::{InsertNotification, InsertOutbox, MarkPaid};
 use crate::db::schema::orders;
 use crate::decode::PayEvent;
@@ -30,7 +32,7 @@ pub(super) async fn apply(
     // result_code / trade_state not SUCCESS: kept for the record, no transition.
     if !pay.success {
         return Ok(ctx
-            .record(conn, &row, outcome::RECORDED, Verdict::Recorded)
+            .record(conn, &row, NotificationOutcome::Recorded, Verdict::Recorded)
             .await?);
     }
     // Verified with the keys of the merchant the message is addressed to, but naming
@@ -49,7 +51,7 @@ pub(super) async fn apply(
         .select(Order::as_select())
         .for_update()
         .first::<Order>(&mut &*conn);
-    let insert = InsertNotification(ctx.new_row(&row, outcome::APPLIED, None))
+    let insert = InsertNotification(ctx.new_row(&row, NotificationOutcome::Applied, None))
         .get_result::<i64>(&mut &*conn);
     let (order, inserted) = futures::join!(lock, insert);
     let order = order.optional()?;
@@ -78,8 +80,8 @@ pub(super) async fn apply(
             .amend_anomaly(conn, id, &row, reason::AMOUNT_MISMATCH, detail)
             .await?);
     }
-    match order.state.as_str() {
-        state::NOTPAY => {
+    match order.state {
+        OrderState::NotPay => {
             let paid_at = pay.paid_at.unwrap_or_else(Utc::now);
             let payload = serde_json::json!({
                 "mch_id": order.mch_id,
@@ -106,16 +108,15 @@ pub(super) async fn apply(
             futures::try_join!(update, emit)?;
             Ok(Verdict::Applied)
         }
-        state::CLOSED => {
-            let detail = format!("order {} is CLOSED", order.out_trade_no);
+        OrderState::Closed => {
+            let detail = format!("order {} is {}", order.out_trade_no, order.state);
             Ok(ctx
                 .amend_anomaly(conn, id, &row, reason::PAID_AFTER_CLOSE, detail)
                 .await?)
         }
-        // PAID, PARTIALLY_REFUNDED, REFUNDED: paid already.
-        _ => {
+        OrderState::Paid | OrderState::PartiallyRefunded | OrderState::Refunded => {
             if order.transaction_id.as_deref() == pay.transaction_id.as_deref() {
-                ctx.amend(conn, id, outcome::NOOP, None).await?;
+                ctx.amend(conn, id, NotificationOutcome::Noop, None).await?;
                 Ok(Verdict::Noop)
             } else {
                 let detail = format!(

@@ -8,9 +8,11 @@ use diesel::upsert::excluded;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::{emit, event, reason, ApplyError, Context, LogRow, Verdict};
-use crate::db::models::{outcome, state, NewRefund, Order, Refund};
+use wxpay_shared::state::{NotificationOutcome, OrderState, RefundState};
+
+use crate::db::models::{NewRefund, Order, Refund};
 use crate::db::schema::{orders, refunds};
-use crate::decode::{RefundEvent, RefundStatus};
+use crate::decode::RefundEvent;
 
 pub(super) async fn apply(
     conn: &mut AsyncPgConnection,
@@ -43,21 +45,21 @@ pub(super) async fn apply(
             .anomaly(conn, &row, reason::UNKNOWN_ORDER, detail)
             .await?);
     };
-    match order.state.as_str() {
+    match order.state {
         // Its payment notification is not applied yet: transient, retried later.
-        state::NOTPAY => {
+        OrderState::NotPay => {
             return Err(ApplyError::NotYet(format!(
                 "refund {} for order {} that is not paid yet",
                 refund.out_refund_no, order.out_trade_no
             )))
         }
-        state::CLOSED => {
-            let detail = format!("order {} is CLOSED", order.out_trade_no);
+        OrderState::Closed => {
+            let detail = format!("order {} is {}", order.out_trade_no, order.state);
             return Ok(ctx
                 .anomaly(conn, &row, reason::REFUND_ON_CLOSED_ORDER, detail)
                 .await?);
         }
-        _ => {}
+        OrderState::Paid | OrderState::PartiallyRefunded | OrderState::Refunded => {}
     }
     let existing: Option<Refund> = refunds::table
         .find((&refund.mch_id, &refund.out_refund_no))
@@ -68,11 +70,13 @@ pub(super) async fn apply(
         .optional()?;
     let already_succeeded = existing
         .as_ref()
-        .is_some_and(|r| r.status == RefundStatus::Success.as_str());
+        .is_some_and(|r| r.status == RefundState::Success);
     match refund.status {
-        RefundStatus::Success => {
+        RefundState::Success => {
             if already_succeeded {
-                return Ok(ctx.record(conn, &row, outcome::NOOP, Verdict::Noop).await?);
+                return Ok(ctx
+                    .record(conn, &row, NotificationOutcome::Noop, Verdict::Noop)
+                    .await?);
             }
             let refunded_total = order.refunded_total.checked_add(refund.refund_fee);
             let Some(refunded_total) = refunded_total.filter(|t| *t <= order.amount_total) else {
@@ -87,18 +91,21 @@ pub(super) async fn apply(
                     .anomaly(conn, &row, reason::REFUND_EXCEEDS_PAID, detail)
                     .await?);
             };
-            if !ctx.log(conn, &row, outcome::APPLIED, None).await? {
+            if !ctx
+                .log(conn, &row, NotificationOutcome::Applied, None)
+                .await?
+            {
                 return Ok(Verdict::Duplicate);
             }
             upsert_refund(conn, refund).await?;
             let new_state = if refunded_total == order.amount_total {
-                state::REFUNDED
+                OrderState::Refunded
             } else {
-                state::PARTIALLY_REFUNDED
+                OrderState::PartiallyRefunded
             };
             diesel::update(orders::table.find((&order.mch_id, &order.out_trade_no)))
                 .set((
-                    orders::state.eq(new_state),
+                    orders::state.eq(new_state.as_str()),
                     orders::refunded_total.eq(refunded_total),
                     orders::updated_at.eq(Utc::now()),
                 ))
@@ -112,7 +119,7 @@ pub(super) async fn apply(
                 "refund_fee": refund.refund_fee,
                 "refunded_total": refunded_total,
                 "amount_total": order.amount_total,
-                "state": new_state,
+                "state": new_state.as_str(),
                 "succeeded_at": refund.succeeded_at.map(|t| t.to_rfc3339()),
             });
             emit(
@@ -125,9 +132,12 @@ pub(super) async fn apply(
             .await?;
             Ok(Verdict::Applied)
         }
-        RefundStatus::Processing => {
+        RefundState::Processing => {
             // Nothing to move; remember the refund exists if we did not know it.
-            if !ctx.log(conn, &row, outcome::RECORDED, None).await? {
+            if !ctx
+                .log(conn, &row, NotificationOutcome::Recorded, None)
+                .await?
+            {
                 return Ok(Verdict::Duplicate);
             }
             if existing.is_none() {
@@ -135,7 +145,8 @@ pub(super) async fn apply(
             }
             Ok(Verdict::Recorded)
         }
-        RefundStatus::Closed | RefundStatus::Abnormal => {
+        // CHANGE is never decoded (it is normalised to ABNORMAL); listed for exhaustiveness.
+        RefundState::Closed | RefundState::Abnormal | RefundState::Change => {
             if already_succeeded {
                 // The money went back already; a later failure status contradicts it.
                 let detail = format!(
@@ -147,7 +158,10 @@ pub(super) async fn apply(
                     .anomaly(conn, &row, reason::REFUND_REVERSED, detail)
                     .await?);
             }
-            if !ctx.log(conn, &row, outcome::APPLIED, None).await? {
+            if !ctx
+                .log(conn, &row, NotificationOutcome::Applied, None)
+                .await?
+            {
                 return Ok(Verdict::Duplicate);
             }
             upsert_refund(conn, refund).await?;
@@ -179,7 +193,7 @@ fn new_refund(refund: &RefundEvent) -> NewRefund<'_> {
         out_trade_no: &refund.out_trade_no,
         refund_id: Some(refund.refund_id.as_str()).filter(|id| !id.is_empty()),
         refund_fee: refund.refund_fee,
-        status: refund.status.as_str(),
+        status: refund.status,
         succeeded_at: refund.succeeded_at,
     }
 }

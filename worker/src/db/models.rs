@@ -8,7 +8,9 @@ use diesel::expression::AsExpression;
 use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
 use diesel::serialize::{self, IsNull, Output, ToSql};
+use diesel::sql_types::Text;
 use uuid::Uuid;
+use wxpay_shared::state::{NotificationOutcome, OrderState, RefundState};
 
 use super::schema::{notifications, orders, outbox, refunds};
 
@@ -31,21 +33,53 @@ impl FromSql<diesel::sql_types::Uuid, Pg> for DbUuid {
     }
 }
 
-/// Order states (the `orders.state` CHECK constraint).
-pub mod state {
-    pub const NOTPAY: &str = "NOTPAY";
-    pub const PAID: &str = "PAID";
-    pub const PARTIALLY_REFUNDED: &str = "PARTIALLY_REFUNDED";
-    pub const REFUNDED: &str = "REFUNDED";
-    pub const CLOSED: &str = "CLOSED";
+/// A state column: TEXT holding one of the enum's spellings. The enums live in the
+/// protocol crate, which knows nothing of diesel, hence these wrappers.
+macro_rules! text_state {
+    ($(#[$meta:meta])* $db:ident($state:ty)) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, AsExpression, FromSqlRow)]
+        #[diesel(sql_type = Text)]
+        pub struct $db(pub $state);
+
+        impl ToSql<Text, Pg> for $db {
+            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+                out.write_all(self.0.as_str().as_bytes())?;
+                Ok(IsNull::No)
+            }
+        }
+
+        impl FromSql<Text, Pg> for $db {
+            fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+                Ok($db(std::str::from_utf8(bytes.as_bytes())?.parse()?))
+            }
+        }
+
+        impl From<$state> for $db {
+            fn from(state: $state) -> Self {
+                $db(state)
+            }
+        }
+
+        impl From<$db> for $state {
+            fn from(db: $db) -> Self {
+                db.0
+            }
+        }
+    };
 }
 
-/// `notifications.outcome` values.
-pub mod outcome {
-    pub const APPLIED: &str = "APPLIED";
-    pub const NOOP: &str = "NOOP";
-    pub const RECORDED: &str = "RECORDED";
-    pub const ANOMALY: &str = "ANOMALY";
+text_state! {
+    /// `orders.state`.
+    DbOrderState(OrderState)
+}
+text_state! {
+    /// `refunds.status`.
+    DbRefundState(RefundState)
+}
+text_state! {
+    /// `notifications.outcome`.
+    DbOutcome(NotificationOutcome)
 }
 
 /// An order, as locked by the worker.
@@ -56,7 +90,8 @@ pub struct Order {
     pub out_trade_no: String,
     pub appid: String,
     pub amount_total: i64,
-    pub state: String,
+    #[diesel(deserialize_as = DbOrderState)]
+    pub state: OrderState,
     pub transaction_id: Option<String>,
     pub paid_at: Option<DateTime<Utc>>,
     pub refunded_total: i64,
@@ -71,7 +106,8 @@ pub struct Refund {
     pub out_trade_no: String,
     pub refund_id: Option<String>,
     pub refund_fee: i64,
-    pub status: String,
+    #[diesel(deserialize_as = DbRefundState)]
+    pub status: RefundState,
     pub succeeded_at: Option<DateTime<Utc>>,
 }
 
@@ -83,7 +119,8 @@ pub struct NewRefund<'a> {
     pub out_trade_no: &'a str,
     pub refund_id: Option<&'a str>,
     pub refund_fee: i64,
-    pub status: &'a str,
+    #[diesel(serialize_as = DbRefundState)]
+    pub status: RefundState,
     pub succeeded_at: Option<DateTime<Utc>>,
 }
 
@@ -99,7 +136,8 @@ pub struct NewNotification<'a> {
     pub out_refund_no: Option<&'a str>,
     pub transaction_id: Option<&'a str>,
     pub raw_body: &'a [u8],
-    pub outcome: &'a str,
+    #[diesel(serialize_as = DbOutcome)]
+    pub outcome: NotificationOutcome,
     pub anomaly_reason: Option<&'a str>,
     pub anomaly_detail: Option<&'a str>,
     pub received_at: DateTime<Utc>,
@@ -125,4 +163,44 @@ pub struct OutboxRow {
     pub aggregate_key: String,
     pub payload: serde_json::Value,
     pub created_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const MIGRATION: &str = include_str!("../../migrations/2025-01-01-000000_create_tables/up.sql");
+
+    /// The quoted values of `CHECK (column IN ('A', 'B', …))` in the migration.
+    fn check_values(column: &str) -> BTreeSet<&'static str> {
+        let start = format!("CHECK ({column} IN (");
+        let from = MIGRATION.find(&start).expect("CHECK constraint") + start.len();
+        let list = &MIGRATION[from..];
+        let list = &list[..list.find(')').expect("closing parenthesis")];
+        list.split(',')
+            .map(|value| value.trim().trim_matches('\''))
+            .collect()
+    }
+
+    fn spellings<T: Copy>(all: &[T], as_str: fn(T) -> &'static str) -> BTreeSet<&'static str> {
+        all.iter().map(|&state| as_str(state)).collect()
+    }
+
+    #[test]
+    fn state_enums_match_the_check_constraints() {
+        assert_eq!(
+            spellings(OrderState::ALL, OrderState::as_str),
+            check_values("state")
+        );
+        assert_eq!(
+            spellings(RefundState::ALL, RefundState::as_str),
+            check_values("status")
+        );
+        assert_eq!(
+            spellings(NotificationOutcome::ALL, NotificationOutcome::as_str),
+            check_values("outcome")
+        );
+    }
 }

@@ -50,7 +50,7 @@ impl QueryFragment<Pg> for InsertNotification<'_> {
         out.push_sql(", ");
         out.push_bind_param::<Bytea, _>(&row.raw_body)?;
         out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&row.outcome)?;
+        out.push_bind_param::<Text, str>(row.outcome.as_str())?;
         out.push_sql(", ");
         out.push_bind_param::<Nullable<Text>, _>(&row.anomaly_reason)?;
         out.push_sql(", ");

@@ -44,15 +44,15 @@ use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 use wxpay_shared::config::{ConfigError, Merchant, Merchants, ReconcilerSettings, Settings};
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
+use wxpay_shared::state::{OrderState, RefundState, RefundStatus, TradeState};
 use wxpay_shared::telemetry::{self, metric, step};
 
 use self::metrics::reason;
 use self::publish::Publisher;
 use self::query::{Answer, Api, Found, QueryClient, QueryError};
 use self::rate::RateLimiter;
-use self::store::{StoreError, REFUND_PROCESSING};
+use self::store::StoreError;
 use crate::broker::BrokerError;
-use crate::db::models::state;
 use crate::db::{self, DbPool, PoolBuildError};
 use crate::http;
 
@@ -126,8 +126,8 @@ impl RoundReport {
 
 /// What an order's `trade_state` asks of us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TradeState {
-    /// `SUCCESS`, or `REFUND` (转入退款: paid, then refunded).
+enum Next {
+    /// `SUCCESS`, or `REFUND` (转入退款: paid, then refunded): publish it.
     Paid,
     /// `CLOSED`, `PAYERROR`, `REVOKED`: will never be paid.
     Closed,
@@ -135,23 +135,18 @@ enum TradeState {
     Pending,
 }
 
-fn trade_state(wire: &str) -> Option<TradeState> {
-    match wire {
-        "SUCCESS" | "REFUND" => Some(TradeState::Paid),
-        "CLOSED" | "PAYERROR" | "REVOKED" => Some(TradeState::Closed),
-        "NOTPAY" | "USERPAYING" => Some(TradeState::Pending),
-        _ => None,
-    }
+fn trade_state(wire: &str) -> Option<Next> {
+    Some(match TradeState::parse(wire)? {
+        TradeState::Success | TradeState::Refund => Next::Paid,
+        TradeState::Closed | TradeState::PayError | TradeState::Revoked => Next::Closed,
+        TradeState::NotPay | TradeState::UserPaying => Next::Pending,
+    })
 }
 
 /// Whether a refund status (v2 or v3 spelling) is final: `Some(true)` finished (published),
 /// `Some(false)` still processing.
 fn refund_finished(wire: &str) -> Option<bool> {
-    match wire {
-        "SUCCESS" | "CLOSED" | "REFUNDCLOSE" | "ABNORMAL" | "CHANGE" => Some(true),
-        "PROCESSING" => Some(false),
-        _ => None,
-    }
+    RefundStatus::parse(wire).map(|status| status.normalised().is_final())
 }
 
 struct Inner {
@@ -530,11 +525,11 @@ impl MerchantWork<'_> {
             }
         };
         match trade_state(&answer.state) {
-            Some(TradeState::Paid) => {
+            Some(Next::Paid) => {
                 // Read before publishing: once published, the worker may apply it at once.
                 let unpaid = self.still(
                     store::order_state(&inner.pool, self.mch_id(), out_trade_no).await,
-                    state::NOTPAY,
+                    OrderState::NotPay,
                 );
                 if self
                     .publish(NotifyKind::QueryPay, answer, out_trade_no)
@@ -551,7 +546,7 @@ impl MerchantWork<'_> {
                     );
                 }
             }
-            Some(TradeState::Closed) if inner.settings.close_unpaid => {
+            Some(Next::Closed) if inner.settings.close_unpaid => {
                 match store::close_unpaid(&inner.pool, self.mch_id(), out_trade_no).await {
                     Ok(true) => {
                         self.report.closed += 1;
@@ -570,7 +565,7 @@ impl MerchantWork<'_> {
                     }
                 }
             }
-            Some(TradeState::Closed) | Some(TradeState::Pending) => {
+            Some(Next::Closed) | Some(Next::Pending) => {
                 tracing::debug!(
                     step = step::RECONCILE,
                     mch_id = self.mch_id(),
@@ -639,7 +634,7 @@ impl MerchantWork<'_> {
             Some(true) => {
                 let processing = self.still(
                     store::refund_status(&inner.pool, self.mch_id(), out_refund_no).await,
-                    REFUND_PROCESSING,
+                    RefundState::Processing,
                 );
                 let status = answer.state.clone();
                 if self
@@ -682,9 +677,9 @@ impl MerchantWork<'_> {
 
     /// Whether the row is still in `expected` (for the recovered count only: on a database
     /// error the answer is still published, and counted as recovered).
-    fn still(&mut self, current: Result<Option<String>, StoreError>, expected: &str) -> bool {
+    fn still<T: PartialEq>(&mut self, current: Result<Option<T>, StoreError>, expected: T) -> bool {
         match current {
-            Ok(current) => current.as_deref() == Some(expected),
+            Ok(current) => current == Some(expected),
             Err(error) => {
                 tracing::warn!(step = step::RECONCILE, mch_id = self.mch_id(), %error, "cannot re-read the row's state");
                 self.report.error(reason::DATABASE);
@@ -767,23 +762,33 @@ mod tests {
 
     #[test]
     fn trade_states() {
-        assert_eq!(trade_state("SUCCESS"), Some(TradeState::Paid));
-        assert_eq!(trade_state("REFUND"), Some(TradeState::Paid));
-        for closed in ["CLOSED", "PAYERROR", "REVOKED"] {
-            assert_eq!(trade_state(closed), Some(TradeState::Closed));
+        assert_eq!(trade_state(TradeState::Success.as_str()), Some(Next::Paid));
+        assert_eq!(trade_state(TradeState::Refund.as_str()), Some(Next::Paid));
+        for closed in [
+            TradeState::Closed,
+            TradeState::PayError,
+            TradeState::Revoked,
+        ] {
+            assert_eq!(trade_state(closed.as_str()), Some(Next::Closed));
         }
-        assert_eq!(trade_state("NOTPAY"), Some(TradeState::Pending));
-        assert_eq!(trade_state("USERPAYING"), Some(TradeState::Pending));
+        assert_eq!(
+            trade_state(TradeState::NotPay.as_str()),
+            Some(Next::Pending)
+        );
+        assert_eq!(
+            trade_state(TradeState::UserPaying.as_str()),
+            Some(Next::Pending)
+        );
         assert_eq!(trade_state("success"), None);
         assert_eq!(trade_state(""), None);
     }
 
     #[test]
     fn refund_statuses() {
-        for finished in ["SUCCESS", "CLOSED", "REFUNDCLOSE", "ABNORMAL", "CHANGE"] {
-            assert_eq!(refund_finished(finished), Some(true), "{finished}");
+        for status in RefundStatus::ALL {
+            let finished = *status != RefundStatus::Processing;
+            assert_eq!(refund_finished(status.as_str()), Some(finished), "{status}");
         }
-        assert_eq!(refund_finished("PROCESSING"), Some(false));
         assert_eq!(refund_finished("DONE"), None);
     }
 

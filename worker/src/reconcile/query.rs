@@ -566,6 +566,7 @@ mod tests {
     use secrecy::SecretString;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use wxpay_shared::config::MerchantSigner;
+    use wxpay_shared::state::TradeState;
     use wxpay_shared::v3::{generate_private_key, sign_notification, PlatformKeys};
 
     const MCH_ID: &str = "1900000109";
@@ -658,10 +659,11 @@ mod tests {
             Err(QueryError::Signature(_))
         ));
 
-        let mut tampered = v2_raw(&order_answer("o1", "NOTPAY"), KEY);
+        let unpaid = TradeState::NotPay.as_str();
+        let mut tampered = v2_raw(&order_answer("o1", unpaid), KEY);
         let text = String::from_utf8(tampered.body)
             .expect("utf-8")
-            .replace("NOTPAY", "SUCCESS");
+            .replace(unpaid, TradeState::Success.as_str());
         tampered.body = text.into_bytes();
         assert!(matches!(
             v2_answer(&tampered, &merchant),
@@ -847,7 +849,7 @@ mod tests {
         let Found::Answer(answer) = found else {
             panic!("expected an answer")
         };
-        assert_eq!(answer.state, "SUCCESS");
+        assert_eq!(answer.state, TradeState::Success.as_str());
         assert_eq!(answer.wechatpay, None);
         assert_eq!(answer.body, v2_order_body("o1", "SUCCESS"));
         assert_eq!(answer.content_type.as_deref(), Some("text/plain"));
@@ -938,7 +940,7 @@ mod tests {
         let Found::Answer(answer) = found else {
             panic!("expected an answer")
         };
-        assert_eq!(answer.state, "NOTPAY");
+        assert_eq!(answer.state, TradeState::NotPay.as_str());
         assert_eq!(answer.body, body);
         let wechatpay = answer.wechatpay.expect("v3 headers kept");
         assert_eq!(wechatpay.signature, headers[2].1);

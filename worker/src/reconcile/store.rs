@@ -7,12 +7,11 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use crate::db::models::state;
+use wxpay_shared::state::{OrderState, RefundState};
+
+use crate::db::models::{DbOrderState, DbRefundState};
 use crate::db::schema::{orders, refunds};
 use crate::db::{pool_error_text, DbPool};
-
-/// `refunds.status` of a refund WeChat Pay has not finished.
-pub const REFUND_PROCESSING: &str = "PROCESSING";
 
 /// Why a database call failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +62,7 @@ pub async fn due_orders(
     let mut conn = conn(pool).await?;
     let mut query = orders::table
         .filter(orders::mch_id.eq(mch_id))
-        .filter(orders::state.eq(state::NOTPAY))
+        .filter(orders::state.eq(OrderState::NotPay.as_str()))
         .filter(orders::created_at.gt(newer_than))
         .filter(orders::created_at.lt(older_than))
         .select((orders::out_trade_no, orders::appid, orders::created_at))
@@ -106,7 +105,7 @@ pub async fn due_refunds(
                 .and(orders::out_trade_no.eq(refunds::out_trade_no))),
         )
         .filter(refunds::mch_id.eq(mch_id))
-        .filter(refunds::status.eq(REFUND_PROCESSING))
+        .filter(refunds::status.eq(RefundState::Processing.as_str()))
         .filter(refunds::created_at.lt(older_than))
         .select((
             refunds::out_refund_no,
@@ -143,14 +142,15 @@ pub async fn order_state(
     pool: &DbPool,
     mch_id: &str,
     out_trade_no: &str,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<OrderState>, StoreError> {
     let mut conn = conn(pool).await?;
-    Ok(orders::table
+    let state: Option<DbOrderState> = orders::table
         .find((mch_id, out_trade_no))
         .select(orders::state)
         .first(&mut conn)
         .await
-        .optional()?)
+        .optional()?;
+    Ok(state.map(OrderState::from))
 }
 
 /// The refund's status now (`None`: no such refund).
@@ -158,14 +158,15 @@ pub async fn refund_status(
     pool: &DbPool,
     mch_id: &str,
     out_refund_no: &str,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<RefundState>, StoreError> {
     let mut conn = conn(pool).await?;
-    Ok(refunds::table
+    let status: Option<DbRefundState> = refunds::table
         .find((mch_id, out_refund_no))
         .select(refunds::status)
         .first(&mut conn)
         .await
-        .optional()?)
+        .optional()?;
+    Ok(status.map(RefundState::from))
 }
 
 /// `NOTPAY → CLOSED`, guarded: an order paid meanwhile (the worker holds the row lock while
@@ -181,10 +182,10 @@ pub async fn close_unpaid(
         orders::table
             .filter(orders::mch_id.eq(mch_id))
             .filter(orders::out_trade_no.eq(out_trade_no))
-            .filter(orders::state.eq(state::NOTPAY)),
+            .filter(orders::state.eq(OrderState::NotPay.as_str())),
     )
     .set((
-        orders::state.eq(state::CLOSED),
+        orders::state.eq(OrderState::Closed.as_str()),
         orders::updated_at.eq(diesel::dsl::now),
     ))
     .execute(&mut conn)

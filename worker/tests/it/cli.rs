@@ -8,6 +8,7 @@ use diesel_async::SimpleAsyncConnection;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use secrecy::ExposeSecret;
+use wxpay_shared::state::OrderState;
 use wxpay_worker::migrate;
 
 use crate::builders::{self, v2_pay};
@@ -154,7 +155,7 @@ async fn run_applies_and_exits_zero_on_sigterm() {
         .spawn()
         .expect("spawns");
     eventually(Duration::from_secs(30), "paid by the binary", || async {
-        env.order("cli-1").await.state == "PAID"
+        env.order("cli-1").await.state == OrderState::Paid.as_str()
     })
     .await;
     let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));

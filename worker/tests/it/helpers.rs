@@ -27,6 +27,7 @@ use wxpay_shared::config::{
     DatabaseSettings, RabbitmqSettings, RedisSettings, Settings, WorkerSettings,
 };
 use wxpay_shared::message::NotifyMessage;
+use wxpay_shared::state::OrderState;
 use wxpay_worker::{broker, migrate, Worker};
 
 use crate::builders;
@@ -119,8 +120,13 @@ impl TestEnv {
     }
 
     pub async fn insert_order(&self, out_trade_no: &str, amount_total: i64) {
-        self.insert_order_with(out_trade_no, amount_total, builders::APPID, "NOTPAY")
-            .await;
+        self.insert_order_with(
+            out_trade_no,
+            amount_total,
+            builders::APPID,
+            OrderState::NotPay.as_str(),
+        )
+        .await;
     }
 
     pub async fn insert_order_with(

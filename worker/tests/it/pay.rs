@@ -1,5 +1,6 @@
 //! Payment rules through the steppable `Worker::process_one`.
 
+use wxpay_shared::state::OrderState;
 use wxpay_worker::{DedupeLayer, Outcome, Worker};
 
 use crate::builders::{self, v2_pay, v2_pay_with, v3_pay, MCH_ID, OTHER_APPID, V2_KEY};
@@ -20,7 +21,7 @@ async fn notpay_becomes_paid_once_whatever_the_channel() {
     let v2 = v2_pay("o-1", "4200001", 888);
     assert_eq!(worker.process_one(&v2).await, Outcome::Applied);
     let order = env.order("o-1").await;
-    assert_eq!(order.state, "PAID");
+    assert_eq!(order.state, OrderState::Paid.as_str());
     assert_eq!(order.transaction_id.as_deref(), Some("4200001"));
 
     // The same notification again, a WeChat re-send, and the same payment through v3.
@@ -44,7 +45,7 @@ async fn v3_payment_is_verified_decrypted_and_applied() {
         worker.process_one(&v3_pay("o-v3", "4200v3", 100)).await,
         Outcome::Applied
     );
-    assert_eq!(env.order("o-v3").await.state, "PAID");
+    assert_eq!(env.order("o-v3").await.state, OrderState::Paid.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +64,7 @@ async fn paid_twice_is_a_duplicate_payment_anomaly() {
     let order = env.order("o-2").await;
     assert_eq!(
         (order.state.as_str(), order.transaction_id.as_deref()),
-        ("PAID", Some("4200A"))
+        (OrderState::Paid.as_str(), Some("4200A"))
     );
     assert_eq!(env.anomalies("DUPLICATE_PAYMENT").await, 1);
     assert_eq!(env.outbox_count("anomaly.detected").await, 1);
@@ -74,13 +75,13 @@ async fn paid_twice_is_a_duplicate_payment_anomaly() {
 async fn payment_on_closed_order_is_an_anomaly() {
     let env = TestEnv::new().await;
     let worker = Worker::new(env.settings()).expect("worker");
-    env.insert_order_with("o-3", 500, builders::APPID, "CLOSED")
+    env.insert_order_with("o-3", 500, builders::APPID, OrderState::Closed.as_str())
         .await;
     assert_eq!(
         worker.process_one(&v2_pay("o-3", "4200C", 500)).await,
         anomaly("PAID_AFTER_CLOSE")
     );
-    assert_eq!(env.order("o-3").await.state, "CLOSED");
+    assert_eq!(env.order("o-3").await.state, OrderState::Closed.as_str());
     assert_eq!(env.outbox_count("order.paid").await, 0);
 }
 
@@ -106,7 +107,7 @@ async fn amount_or_appid_mismatch_never_pays() {
             .await,
         anomaly("APPID_MISMATCH")
     );
-    assert_eq!(env.order("o-4").await.state, "NOTPAY");
+    assert_eq!(env.order("o-4").await.state, OrderState::NotPay.as_str());
     assert_eq!(env.outbox_count("anomaly.detected").await, 2);
     // Re-sent, the anomaly is not recorded twice.
     let again = worker.process_one(&v2_pay("o-4", "4200D", 1)).await;
@@ -136,7 +137,7 @@ async fn failed_payment_is_recorded_without_transition() {
         worker.process_one(&builders::resend(&failed)).await,
         Outcome::Duplicate { .. }
     ));
-    assert_eq!(env.order("o-5").await.state, "NOTPAY");
+    assert_eq!(env.order("o-5").await.state, OrderState::NotPay.as_str());
     assert_eq!(
         env.count("FROM notifications WHERE outcome = 'RECORDED'")
             .await,
@@ -186,7 +187,7 @@ async fn forged_and_unknown_merchant_messages_are_parked() {
         "{outcome:?}"
     );
 
-    assert_eq!(env.order("o-6").await.state, "NOTPAY");
+    assert_eq!(env.order("o-6").await.state, OrderState::NotPay.as_str());
     assert_eq!(env.count("FROM notifications").await, 0);
     let _ = MCH_ID;
 }

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use wxpay_shared::state::OrderState;
 use wxpay_worker::retry::{self, ReplaySelection};
 
 use crate::builders::{self, v2_pay, v3_pay};
@@ -33,7 +34,7 @@ async fn twenty_copies_on_two_workers(env: &TestEnv, redis_down: bool) {
     let applied = a.worker.stats().get("applied") + b.worker.stats().get("applied");
     let duplicates = a.worker.stats().get("duplicate") + b.worker.stats().get("duplicate");
     assert_eq!((applied, duplicates), (1, 19));
-    assert_eq!(env.order("c-1").await.state, "PAID");
+    assert_eq!(env.order("c-1").await.state, OrderState::Paid.as_str());
     assert_eq!(env.count("FROM notifications").await, 1);
     assert_eq!(env.outbox_count("order.paid").await, 1);
     eventually(WAIT, "event published", || {
@@ -81,7 +82,7 @@ async fn crash_after_commit_before_ack_is_redelivered_without_second_effect() {
     .await;
     let stats = running.worker.stats();
     assert_eq!((stats.get("applied"), stats.get("duplicate")), (1, 1));
-    assert_eq!(env.order("k-1").await.state, "PAID");
+    assert_eq!(env.order("k-1").await.state, OrderState::Paid.as_str());
     assert_eq!(env.count("FROM notifications").await, 1);
     assert_eq!(env.outbox_count("order.paid").await, 1);
     running.stop().await;
@@ -106,10 +107,10 @@ async fn database_outage_goes_through_retry_tiers_and_applies_after() {
         async move { retried >= 2 }
     })
     .await;
-    assert_eq!(env.order("d-1").await.state, "NOTPAY");
+    assert_eq!(env.order("d-1").await.state, OrderState::NotPay.as_str());
     proxy.restore();
     eventually(WAIT, "applied after the database returned", || async {
-        env.order("d-1").await.state == "PAID"
+        env.order("d-1").await.state == OrderState::Paid.as_str()
     })
     .await;
     eventually(WAIT, "counted as applied", || {
@@ -171,7 +172,7 @@ async fn forged_message_is_parked_with_its_reason() {
             .len(),
         2
     );
-    assert_eq!(env.order("f-1").await.state, "NOTPAY");
+    assert_eq!(env.order("f-1").await.state, OrderState::NotPay.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +192,7 @@ async fn parked_for_unknown_merchant_is_replayed_once_configured() {
     })
     .await;
     running.stop().await;
-    assert_eq!(env.order("p-1").await.state, "NOTPAY");
+    assert_eq!(env.order("p-1").await.state, OrderState::NotPay.as_str());
 
     let running = env.spawn_worker(env.settings());
     let id = message.message_id.to_string();
@@ -202,7 +203,7 @@ async fn parked_for_unknown_merchant_is_replayed_once_configured() {
         1
     );
     eventually(WAIT, "applied", || async {
-        env.order("p-1").await.state == "PAID"
+        env.order("p-1").await.state == OrderState::Paid.as_str()
     })
     .await;
     // The other one stays parked; replaying everything applies it as the anomaly it is.

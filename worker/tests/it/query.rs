@@ -2,6 +2,7 @@
 //! verified like notifications and deduped with the same business keys.
 
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
+use wxpay_shared::state::{OrderState, TradeState};
 use wxpay_shared::v2::{self, SignType, XmlFields};
 use wxpay_shared::v3::{self, WechatpayHeaders};
 use wxpay_worker::{Outcome, Worker};
@@ -78,7 +79,7 @@ async fn v2_order_query_applies_and_dedupes_with_the_notification() {
     env.insert_order("q-2", 700).await;
     assert_eq!(
         worker
-            .process_one(&v2_order_query("q-1", "", "", "NOTPAY"))
+            .process_one(&v2_order_query("q-1", "", "", TradeState::NotPay.as_str()))
             .await,
         Outcome::Recorded
     );
@@ -114,7 +115,7 @@ async fn v2_order_query_applies_and_dedupes_with_the_notification() {
         }),
     );
     assert_eq!(worker.process_one(&answer).await, Outcome::Applied);
-    assert_eq!(env.order("q-2").await.state, "PAID");
+    assert_eq!(env.order("q-2").await.state, OrderState::Paid.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +165,7 @@ async fn refund_queries_apply_like_notifications() {
     let order = env.order("q-3").await;
     assert_eq!(
         (order.state.as_str(), order.refunded_total),
-        ("PARTIALLY_REFUNDED", 400)
+        (OrderState::PartiallyRefunded.as_str(), 400)
     );
     assert_eq!(
         env.count("FROM refunds WHERE out_refund_no = 'qr-2' AND status = 'PROCESSING'")

@@ -15,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use wxpay_shared::config::{MerchantSettings, ReconcilerSettings, Settings};
+use wxpay_shared::state::{OrderState, RefundState, TradeState};
 use wxpay_shared::telemetry;
 use wxpay_worker::reconcile::query::Api;
 use wxpay_worker::reconcile::{Reconciler, RoundReport};
@@ -271,7 +272,9 @@ async fn payment_found_only_by_query_is_applied_once(api: Api) {
     let s = setup(api).await;
     // Paid at WeChat Pay, never notified; still unpaid at WeChat Pay; unknown to WeChat Pay.
     let transaction_id = s.sim.order("lost-1", 2_500, "SUCCESS").await;
-    s.sim.order("waiting-1", 300, "NOTPAY").await;
+    s.sim
+        .order("waiting-1", 300, TradeState::NotPay.as_str())
+        .await;
     s.sim.order("paying-1", 300, "USERPAYING").await;
     for (order, amount) in [
         ("lost-1", 2_500),
@@ -297,16 +300,20 @@ async fn payment_found_only_by_query_is_applied_once(api: Api) {
         "{rendered}"
     );
     // Published, not applied: the worker applies it.
-    assert_eq!(s.state("lost-1").await, "NOTPAY");
+    assert_eq!(s.state("lost-1").await, OrderState::NotPay.as_str());
 
     let worker = s.env.spawn_worker(s.settings.clone());
-    s.wait_state("lost-1", "PAID").await;
+    s.wait_state("lost-1", OrderState::Paid.as_str()).await;
     let order = s.env.order("lost-1").await;
     assert_eq!(order.transaction_id, transaction_id);
     assert_eq!(s.applied("query.pay").await, 1);
     assert_eq!(s.env.outbox_count("order.paid").await, 1);
     for unpaid in ["waiting-1", "paying-1", "never-opened-1"] {
-        assert_eq!(s.state(unpaid).await, "NOTPAY", "{unpaid}");
+        assert_eq!(
+            s.state(unpaid).await,
+            OrderState::NotPay.as_str(),
+            "{unpaid}"
+        );
     }
 
     // The next round no longer asks about the paid order, and publishes nothing new.
@@ -359,7 +366,7 @@ async fn notification_racing_the_query_is_applied_once(api: Api) {
     assert_eq!(report.recovered_payments, 1, "{report:?}");
     assert_eq!(
         s.state("race-1").await,
-        "NOTPAY",
+        OrderState::NotPay.as_str(),
         "nothing applied before the worker"
     );
 
@@ -369,7 +376,7 @@ async fn notification_racing_the_query_is_applied_once(api: Api) {
         let stats = handle.stats();
         stats.get("applied") + stats.get("recorded") + stats.get("duplicate")
     };
-    s.wait_state("race-1", "PAID").await;
+    s.wait_state("race-1", OrderState::Paid.as_str()).await;
     eventually(WAIT, "both messages settled", || async { settled() >= 2 }).await;
     worker.stop().await;
     assert_eq!(settled(), 2, "each message settled once");
@@ -384,7 +391,7 @@ async fn notification_racing_the_query_is_applied_once(api: Api) {
         .await;
     assert_eq!(applied, 1, "one APPLIED notification row");
     assert_eq!(s.env.outbox_count("order.paid").await, 1);
-    assert_eq!(s.state("race-1").await, "PAID");
+    assert_eq!(s.state("race-1").await, OrderState::Paid.as_str());
     assert_eq!(
         s.env.order("race-1").await.transaction_id.as_deref(),
         Some(transaction_id.as_str())
@@ -407,7 +414,7 @@ async fn stalled_refund_is_found(api: Api) {
     s.env.insert_order("refunded-1", 1_000).await;
     let worker = s.env.spawn_worker(s.settings.clone());
     assert_eq!(s.round().await.published, 1);
-    s.wait_state("refunded-1", "PAID").await;
+    s.wait_state("refunded-1", OrderState::Paid.as_str()).await;
 
     // Two refunds asked for; the notification of the first never came; the second is still
     // processing at WeChat Pay; a third is unknown to WeChat Pay.
@@ -429,13 +436,17 @@ async fn stalled_refund_is_found(api: Api) {
     );
 
     eventually(WAIT, "refund R-done SUCCESS", || async {
-        s.refund_status("R-done").await == "SUCCESS"
+        s.refund_status("R-done").await == RefundState::Success.as_str()
     })
     .await;
-    s.wait_state("refunded-1", "PARTIALLY_REFUNDED").await;
+    s.wait_state("refunded-1", OrderState::PartiallyRefunded.as_str())
+        .await;
     worker.stop().await;
     assert_eq!(s.env.order("refunded-1").await.refunded_total, 400);
-    assert_eq!(s.refund_status("R-busy").await, "PROCESSING");
+    assert_eq!(
+        s.refund_status("R-busy").await,
+        RefundState::Processing.as_str()
+    );
     assert_eq!(s.applied("query.refund").await, 1);
     assert_eq!(s.env.outbox_count("order.refunded").await, 1);
 }
@@ -459,7 +470,9 @@ async fn orders_closed_at_wechat_pay_are_closed(api: Api) {
         s.sim.order(order, 100, state).await;
         s.env.insert_order(order, 100).await;
     }
-    s.sim.order("open-1", 100, "NOTPAY").await;
+    s.sim
+        .order("open-1", 100, TradeState::NotPay.as_str())
+        .await;
     s.env.insert_order("open-1", 100).await;
 
     s.settings.reconciler.close_unpaid = false;
@@ -468,7 +481,7 @@ async fn orders_closed_at_wechat_pay_are_closed(api: Api) {
     for order in closed {
         assert_eq!(
             s.state(order).await,
-            "NOTPAY",
+            OrderState::NotPay.as_str(),
             "close_unpaid = false: {order}"
         );
     }
@@ -481,9 +494,9 @@ async fn orders_closed_at_wechat_pay_are_closed(api: Api) {
         "{report:?}"
     );
     for order in closed {
-        assert_eq!(s.state(order).await, "CLOSED", "{order}");
+        assert_eq!(s.state(order).await, OrderState::Closed.as_str(), "{order}");
     }
-    assert_eq!(s.state("open-1").await, "NOTPAY");
+    assert_eq!(s.state("open-1").await, OrderState::NotPay.as_str());
     // Closing moves no money: no notification row, no event.
     assert_eq!(s.env.count("FROM notifications").await, 0);
     assert_eq!(s.env.count("FROM outbox").await, 0);
@@ -511,7 +524,9 @@ async fn failing_or_forging_api_changes_nothing(api: Api) {
     let prometheus = telemetry::metrics_handle();
     let s = setup(api).await;
     s.sim.order("paid-1", 700, "SUCCESS").await;
-    s.sim.order("closed-1", 700, "CLOSED").await;
+    s.sim
+        .order("closed-1", 700, TradeState::Closed.as_str())
+        .await;
     s.env.insert_order("paid-1", 700).await;
     s.env.insert_order("closed-1", 700).await;
 
@@ -547,7 +562,7 @@ async fn failing_or_forging_api_changes_nothing(api: Api) {
 
     // Nothing was published or changed.
     for order in ["paid-1", "closed-1"] {
-        assert_eq!(s.state(order).await, "NOTPAY", "{order}");
+        assert_eq!(s.state(order).await, OrderState::NotPay.as_str(), "{order}");
     }
     // Published messages are confirmed before the round ends: none may be waiting.
     assert_eq!(s.env.queue_depth().await, 0, "nothing reached the queue");
@@ -561,8 +576,8 @@ async fn failing_or_forging_api_changes_nothing(api: Api) {
         (1, 1, 0),
         "{report:?}"
     );
-    s.wait_state("paid-1", "PAID").await;
-    assert_eq!(s.state("closed-1").await, "CLOSED");
+    s.wait_state("paid-1", OrderState::Paid.as_str()).await;
+    assert_eq!(s.state("closed-1").await, OrderState::Closed.as_str());
     worker.stop().await;
 }
 
@@ -586,7 +601,7 @@ async fn unreachable_broker_fails_the_round() {
     let reconciler = Reconciler::new(&s.settings).expect("reconciler builds");
     let result = reconciler.round(&CancellationToken::new()).await;
     assert!(result.is_err(), "{result:?}");
-    assert_eq!(s.state("paid-1").await, "NOTPAY");
+    assert_eq!(s.state("paid-1").await, OrderState::NotPay.as_str());
 }
 
 #[tokio::test]
@@ -630,7 +645,15 @@ async fn due_orders_are_paged_in_batches() {
     for n in 0..7 {
         let order = format!("page-{n}");
         s.sim
-            .order(&order, 100, if n % 2 == 0 { "SUCCESS" } else { "NOTPAY" })
+            .order(
+                &order,
+                100,
+                if n % 2 == 0 {
+                    TradeState::Success.as_str()
+                } else {
+                    TradeState::NotPay.as_str()
+                },
+            )
             .await;
         s.env.insert_order(&order, 100).await;
     }
@@ -680,7 +703,7 @@ async fn reconcile_once_exits_zero_after_a_round_and_non_zero_when_it_cannot_run
         String::from_utf8_lossy(&output.stderr)
     );
     let worker = s.env.spawn_worker(s.settings.clone());
-    s.wait_state("cli-1", "PAID").await;
+    s.wait_state("cli-1", OrderState::Paid.as_str()).await;
     worker.stop().await;
 
     let output = worker_command(&s, &[("WXPAY__RABBITMQ__URL", closed_port_url("amqp"))])

@@ -1,5 +1,6 @@
 //! Refund rules through the steppable `Worker::process_one`.
 
+use wxpay_shared::state::OrderState;
 use wxpay_worker::{Outcome, Worker};
 
 use crate::builders::{v2_pay, v2_refund, v3_refund};
@@ -20,7 +21,7 @@ async fn partial_then_full_refund_moves_money_once_per_refund() {
     let order = env.order("r-1").await;
     assert_eq!(
         (order.state.as_str(), order.refunded_total),
-        ("PARTIALLY_REFUNDED", 300)
+        (OrderState::PartiallyRefunded.as_str(), 300)
     );
 
     // The same refund again, through v3: no money moves twice.
@@ -35,7 +36,7 @@ async fn partial_then_full_refund_moves_money_once_per_refund() {
     let order = env.order("r-1").await;
     assert_eq!(
         (order.state.as_str(), order.refunded_total),
-        ("REFUNDED", 1000)
+        (OrderState::Refunded.as_str(), 1000)
     );
     assert_eq!(env.outbox_count("order.refunded").await, 2);
     assert_eq!(env.count("FROM refunds WHERE status = 'SUCCESS'").await, 2);
@@ -67,7 +68,7 @@ async fn refund_exceeding_paid_is_an_anomaly() {
     let order = env.order("r-2").await;
     assert_eq!(
         (order.state.as_str(), order.refunded_total),
-        ("PARTIALLY_REFUNDED", 800)
+        (OrderState::PartiallyRefunded.as_str(), 800)
     );
 }
 
@@ -118,7 +119,10 @@ async fn change_and_closed_update_the_refund_without_money() {
         1
     );
     let order = env.order("r-3").await;
-    assert_eq!((order.state.as_str(), order.refunded_total), ("PAID", 0));
+    assert_eq!(
+        (order.state.as_str(), order.refunded_total),
+        (OrderState::Paid.as_str(), 0)
+    );
     assert_eq!(env.outbox_count("refund.updated").await, 2);
 }
 
@@ -140,5 +144,5 @@ async fn refund_before_payment_is_retried_then_applied() {
     );
     // The claim was released on failure: the retry is not blocked by it.
     assert_eq!(worker.process_one(&refund).await, Outcome::Applied);
-    assert_eq!(env.order("r-4").await.state, "REFUNDED");
+    assert_eq!(env.order("r-4").await.state, OrderState::Refunded.as_str());
 }

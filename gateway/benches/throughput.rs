@@ -19,8 +19,7 @@ use hdrhistogram::Histogram;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
-use lapin::publisher_confirm::Confirmation;
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Confirmation, Connection, ConnectionProperties};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -331,10 +330,7 @@ where
 }
 
 async fn connect() -> BenchResult<Connection> {
-    let properties = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
-    Ok(Connection::connect(&amqp_url(), properties).await?)
+    Ok(Connection::connect(&amqp_url(), ConnectionProperties::default()).await?)
 }
 
 /// The ceiling: publish with confirm straight on lapin, on `CHANNELS` channels of one
@@ -354,7 +350,11 @@ impl RawPublisher {
             let channel = connection.create_channel().await?;
             if index == 0 {
                 channel
-                    .queue_declare(queue, durable_queue_options(), quorum_queue_arguments())
+                    .queue_declare(
+                        queue.into(),
+                        durable_queue_options(),
+                        quorum_queue_arguments(),
+                    )
                     .await?;
             }
             channel
@@ -386,8 +386,8 @@ impl RawPublisher {
         };
         match self.channels[index]
             .basic_publish(
-                "",
-                &self.queue,
+                "".into(),
+                self.queue.as_str().into(),
                 options,
                 &message.body,
                 message.properties(),
@@ -402,9 +402,9 @@ impl RawPublisher {
     async fn close(&self) -> BenchResult<()> {
         let channel = self.connection.create_channel().await?;
         channel
-            .queue_delete(&self.queue, QueueDeleteOptions::default())
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
-        let _ = self.connection.close(200, "bench done").await;
+        let _ = self.connection.close(200, "bench done".into()).await;
         Ok(())
     }
 }
@@ -413,9 +413,9 @@ async fn purge(queue: &str) -> BenchResult<()> {
     let connection = connect().await?;
     let channel = connection.create_channel().await?;
     channel
-        .queue_purge(queue, QueuePurgeOptions::default())
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
         .await?;
-    let _ = connection.close(200, "purged").await;
+    let _ = connection.close(200, "purged".into()).await;
     Ok(())
 }
 
@@ -490,8 +490,8 @@ async fn run() -> BenchResult<()> {
     connection
         .create_channel()
         .await?
-        .queue_delete(&queue, QueueDeleteOptions::default())
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
         .await?;
-    let _ = connection.close(200, "bench done").await;
+    let _ = connection.close(200, "bench done".into()).await;
     Ok(())
 }

@@ -21,10 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::LongString;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Event, PublisherConfirm};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -148,6 +148,8 @@ struct Link {
     broken: Arc<AtomicBool>,
     /// Set when we close the link ourselves: errors after that are expected, not news.
     closing: Arc<AtomicBool>,
+    /// Reads the connection's events (see `watch_events`); stopped once the link is closed.
+    events: JoinHandle<()>,
 }
 
 impl Link {
@@ -163,12 +165,16 @@ impl Link {
     async fn close(&self, timeout: Duration) {
         self.closing.store(true, Ordering::Release);
         for confirm in &self.channels {
-            let closing = confirm.channel.close(REPLY_SUCCESS, "gateway shutdown");
+            let closing = confirm
+                .channel
+                .close(REPLY_SUCCESS, "gateway shutdown".into());
             if let Ok(Err(error)) = tokio::time::timeout(timeout, closing).await {
                 tracing::debug!(step = step::SHUTDOWN, %error, "channel close");
             }
         }
-        let closing = self.connection.close(REPLY_SUCCESS, "gateway shutdown");
+        let closing = self
+            .connection
+            .close(REPLY_SUCCESS, "gateway shutdown".into());
         match tokio::time::timeout(timeout, closing).await {
             Ok(Ok(())) => {
                 // lapin's IO thread notices the closed connection on its next turn; give
@@ -178,6 +184,7 @@ impl Link {
             Ok(Err(error)) => tracing::debug!(step = step::SHUTDOWN, %error, "connection close"),
             Err(_) => warn!(step = step::SHUTDOWN, "connection close timed out"),
         }
+        self.events.abort();
     }
 }
 
@@ -336,8 +343,8 @@ async fn publish_on(
 ) -> Result<(), PublishError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut publish = std::pin::pin!(confirm_channel.channel.basic_publish(
-        "",
-        queue,
+        "".into(),
+        queue.into(),
         BasicPublishOptions {
             mandatory: true,
             immediate: false
@@ -463,10 +470,9 @@ async fn bounded<T>(
 
 /// Connects, declares the queue and opens the confirm channels; every step bounded.
 async fn connect(config: &PublisherConfig, wake: Arc<Notify>) -> Result<Link, ConnectError> {
-    let properties = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
-        .with_connection_name(LongString::from("wxpay-gateway"));
+    // lapin runs on the current tokio runtime (its default with the `tokio` feature).
+    let properties =
+        ConnectionProperties::default().with_connection_name(LongString::from("wxpay-gateway"));
     let timeout = config.connect_timeout;
     let connection = bounded(
         "connect",
@@ -476,37 +482,57 @@ async fn connect(config: &PublisherConfig, wake: Arc<Notify>) -> Result<Link, Co
     .await?;
     let broken = Arc::new(AtomicBool::new(false));
     let closing = Arc::new(AtomicBool::new(false));
-    let on_error = |what: &'static str| {
-        let (broken, closing, wake) = (broken.clone(), closing.clone(), wake.clone());
-        move |error: lapin::Error| {
-            if closing.load(Ordering::Acquire) {
-                tracing::debug!(step = step::SHUTDOWN, %error, what, "broker error while closing");
-            } else {
-                warn!(step = step::PUBLISH, %error, what, "broker error");
-            }
-            broken.store(true, Ordering::Release);
-            wake.notify_one();
-        }
-    };
-    connection.on_error(on_error("connection"));
+    let events = watch_events(&connection, broken.clone(), closing.clone(), wake);
     match open_channels(&connection, config).await {
-        Ok(channels) => {
-            for confirm in &channels {
-                confirm.channel.on_error(on_error("channel"));
-            }
-            Ok(Link {
-                connection,
-                channels,
-                broken,
-                closing,
-            })
-        }
+        Ok(channels) => Ok(Link {
+            connection,
+            channels,
+            broken,
+            closing,
+            events,
+        }),
         Err(error) => {
-            let _ = tokio::time::timeout(timeout, connection.close(REPLY_SUCCESS, "setup failed"))
-                .await;
+            let closing = connection.close(REPLY_SUCCESS, "setup failed".into());
+            let _ = tokio::time::timeout(timeout, closing).await;
+            events.abort();
             Err(error)
         }
     }
+}
+
+/// lapin reports connection and channel errors (and broker flow control) as connection
+/// events: an error marks the link broken and wakes the supervisor at once. A blocked
+/// connection stays up; publishes then wait and time out, so it is only logged.
+fn watch_events(
+    connection: &Connection,
+    broken: Arc<AtomicBool>,
+    closing: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+) -> JoinHandle<()> {
+    let events = connection.events_listener();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Event::Error(error) => {
+                    if closing.load(Ordering::Acquire) {
+                        tracing::debug!(step = step::SHUTDOWN, %error, "broker error while closing");
+                    } else {
+                        warn!(step = step::PUBLISH, %error, "broker error");
+                    }
+                    broken.store(true, Ordering::Release);
+                    wake.notify_one();
+                }
+                Event::ConnectionBlocked(reason) => {
+                    warn!(step = step::PUBLISH, %reason, "broker blocked the connection");
+                }
+                Event::ConnectionUnblocked => {
+                    info!(step = step::PUBLISH, "broker unblocked the connection");
+                }
+                _ => {}
+            }
+        }
+    })
 }
 
 async fn open_channels(
@@ -522,7 +548,7 @@ async fn open_channels(
                 "declare queue",
                 timeout,
                 channel.queue_declare(
-                    &config.queue,
+                    config.queue.as_str().into(),
                     durable_queue_options(),
                     quorum_queue_arguments(),
                 ),

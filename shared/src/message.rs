@@ -157,7 +157,9 @@ impl NotifyMessage {
     /// and the contract's headers.
     pub fn properties(&self) -> BasicProperties {
         let mut headers = FieldTable::default();
-        let mut put = |name: &str, value: AMQPValue| headers.insert(ShortString::from(name), value);
+        let mut put = |name: &str, value: AMQPValue| {
+            headers.insert(ShortString::from(name), value);
+        };
         put(header::KIND, long_string(self.kind.as_str()));
         put(header::MCH_ID, long_string(&self.mch_id));
         put(

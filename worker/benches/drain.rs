@@ -133,8 +133,8 @@ async fn bench() -> anyhow::Result<()> {
             confirms.push(
                 channel
                     .basic_publish(
-                        "",
-                        &settings.rabbitmq.queue,
+                        "".into(),
+                        settings.rabbitmq.queue.as_str().into(),
                         BasicPublishOptions {
                             mandatory: true,
                             ..Default::default()
@@ -224,14 +224,17 @@ async fn bench() -> anyhow::Result<()> {
         );
         for queue in queues {
             let _ = channel
-                .queue_delete(&queue, QueueDeleteOptions::default())
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await;
         }
         let _ = channel
-            .exchange_delete(&settings.rabbitmq.events_exchange, Default::default())
+            .exchange_delete(
+                settings.rabbitmq.events_exchange.as_str().into(),
+                Default::default(),
+            )
             .await;
     }
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     let mut admin = AsyncPgConnection::establish(&format!("{PG_BASE}/postgres")).await?;
     admin
         .batch_execute(&format!(

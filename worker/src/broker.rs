@@ -5,9 +5,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use secrecy::ExposeSecret;
 use wxpay_shared::config::{RabbitmqSettings, WorkerSettings};
 use wxpay_shared::message::{durable_queue_options, quorum_queue_arguments};
@@ -25,6 +26,8 @@ pub enum BrokerError {
     Returned,
     #[error("the broker ended the consumer")]
     ConsumerEnded,
+    #[error("delivery not settled: its channel is gone or it was settled already")]
+    Unsettled,
 }
 
 /// Bound on one broker operation (channel, declaration, publish, confirm, close): lapin
@@ -44,23 +47,35 @@ pub async fn bounded<T>(
     }
 }
 
+/// Acks, nacks or rejects a delivery under [`OPERATION_TIMEOUT`]. lapin answers `Ok(false)`
+/// rather than an error when the delivery's channel is gone: the broker will redeliver, so
+/// it is a failure here.
+pub async fn settle(
+    operation: impl Future<Output = Result<bool, lapin::Error>>,
+) -> Result<(), BrokerError> {
+    if bounded(operation).await? {
+        Ok(())
+    } else {
+        Err(BrokerError::Unsettled)
+    }
+}
+
 /// Closes channels, then the connection, politely and bounded; best effort, for the ends
 /// of runs and shutdowns.
 pub async fn close(connection: &Connection, channels: &[&Channel], reason: &str) {
     for channel in channels {
-        let _ = bounded(channel.close(200, reason)).await;
+        let _ = bounded(channel.close(200, reason.into())).await;
     }
     if connection.status().connected() {
-        let _ = bounded(connection.close(200, reason)).await;
+        let _ = bounded(connection.close(200, reason.into())).await;
     }
     tokio::time::sleep(IO_LOOP_GRACE).await;
 }
 
 /// Connects, bounded by `rabbitmq.connect_timeout_ms`.
 pub async fn connect(settings: &RabbitmqSettings) -> Result<Connection, BrokerError> {
+    // lapin runs on the current tokio runtime (its default with the `tokio` feature).
     let properties = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
         .with_connection_name(lapin::types::LongString::from("wxpay-worker"));
     let timeout = Duration::from_millis(settings.connect_timeout_ms.max(1));
     match tokio::time::timeout(
@@ -94,7 +109,7 @@ pub async fn declare_topology(
     worker: &WorkerSettings,
 ) -> Result<(), BrokerError> {
     bounded(channel.queue_declare(
-        &rabbitmq.queue,
+        rabbitmq.queue.as_str().into(),
         durable_queue_options(),
         quorum_queue_arguments(),
     ))
@@ -112,20 +127,20 @@ pub async fn declare_topology(
             text(&rabbitmq.queue),
         );
         bounded(channel.queue_declare(
-            &rabbitmq.retry_queue(tier),
+            rabbitmq.retry_queue(tier).into(),
             durable_queue_options(),
             arguments,
         ))
         .await?;
     }
     bounded(channel.queue_declare(
-        &rabbitmq.parked_queue(),
+        rabbitmq.parked_queue().into(),
         durable_queue_options(),
         quorum_queue_arguments(),
     ))
     .await?;
     bounded(channel.exchange_declare(
-        &rabbitmq.events_exchange,
+        rabbitmq.events_exchange.as_str().into(),
         ExchangeKind::Topic,
         ExchangeDeclareOptions {
             durable: true,
@@ -149,8 +164,8 @@ pub async fn publish_confirmed(
     properties: BasicProperties,
 ) -> Result<(), BrokerError> {
     let confirm = bounded(channel.basic_publish(
-        exchange,
-        routing_key,
+        exchange.into(),
+        routing_key.into(),
         BasicPublishOptions {
             mandatory,
             ..BasicPublishOptions::default()

@@ -68,8 +68,8 @@ async fn session(worker: &Worker, shutdown: &CancellationToken) -> Result<(), (B
             .await?;
         let tag = format!("wxpay-worker-{}", uuid::Uuid::now_v7());
         let consumer = broker::bounded(consume.basic_consume(
-            &settings.rabbitmq.queue,
-            &tag,
+            settings.rabbitmq.queue.as_str().into(),
+            tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         ))
@@ -94,7 +94,7 @@ async fn session(worker: &Worker, shutdown: &CancellationToken) -> Result<(), (B
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                if let Err(error) = broker::bounded(consume.basic_cancel(&tag, BasicCancelOptions::default())).await {
+                if let Err(error) = broker::bounded(consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default())).await {
                     tracing::warn!(step = step::SHUTDOWN, %error, "cancelling the consumer failed");
                 }
                 break Ok(());
@@ -251,12 +251,12 @@ async fn settle(
                     request_id,
                     "test hook: dropping the channel after commit, before ack"
                 );
-                let _ = consume.close(320, "simulated crash").await;
+                let _ = consume.close(320, "simulated crash".into()).await;
                 return;
             }
         }
     }
-    match broker::bounded(delivery.acker.ack(BasicAckOptions::default())).await {
+    match broker::settle(delivery.acker.ack(BasicAckOptions::default())).await {
         Ok(()) => {
             worker.inner.stats.acked.fetch_add(1, Ordering::Relaxed);
         }
@@ -276,7 +276,7 @@ async fn requeue_later(delivery: &Delivery, request_id: &str, error: &BrokerErro
         requeue: true,
         ..BasicNackOptions::default()
     };
-    if let Err(error) = broker::bounded(delivery.acker.nack(requeue)).await {
+    if let Err(error) = broker::settle(delivery.acker.nack(requeue)).await {
         tracing::warn!(step = step::RETRY, request_id, %error, "nack failed; the broker will redeliver");
     }
 }

@@ -105,10 +105,10 @@ impl RedisDedupe {
         match redis::Client::open(redis.url.expose_secret()) {
             Ok(client) => {
                 let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(timeout)
-                    .set_connection_timeout(connect_timeout)
+                    .set_response_timeout(Some(timeout))
+                    .set_connection_timeout(Some(connect_timeout))
                     .set_number_of_retries(1)
-                    .set_max_delay(1_000);
+                    .set_max_delay(Duration::from_secs(1));
                 tokio::spawn(connect_loop(
                     Arc::downgrade(&connection),
                     client,

@@ -78,8 +78,8 @@ pub async fn relay_batch(
                 .with_delivery_mode(wxpay_shared::message::PERSISTENT)
                 .with_timestamp(u64::try_from(row.created_at.timestamp()).unwrap_or(0));
             let confirm = broker::bounded(channel.basic_publish(
-                exchange,
-                &row.event_type,
+                exchange.into(),
+                row.event_type.as_str().into(),
                 BasicPublishOptions::default(),
                 &body,
                 properties,

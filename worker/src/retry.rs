@@ -204,7 +204,7 @@ pub async fn dlq_list(settings: &Settings) -> Result<Vec<ParkedInfo>, BrokerErro
     broker::declare_topology(&channel, &settings.rabbitmq, &settings.worker).await?;
     let mut parked = Vec::new();
     while let Some(message) = broker::bounded(channel.basic_get(
-        &settings.rabbitmq.parked_queue(),
+        settings.rabbitmq.parked_queue().into(),
         BasicGetOptions { no_ack: false },
     ))
     .await?
@@ -234,7 +234,7 @@ pub async fn dlq_replay(
     broker::declare_topology(&channel, &settings.rabbitmq, &settings.worker).await?;
     let mut moved = 0;
     while let Some(message) = broker::bounded(channel.basic_get(
-        &settings.rabbitmq.parked_queue(),
+        settings.rabbitmq.parked_queue().into(),
         BasicGetOptions { no_ack: false },
     ))
     .await?
@@ -261,7 +261,7 @@ pub async fn dlq_replay(
             properties,
         )
         .await?;
-        broker::bounded(delivery.acker.ack(BasicAckOptions::default())).await?;
+        broker::settle(delivery.acker.ack(BasicAckOptions::default())).await?;
         moved += 1;
         tracing::info!(step = step::PARK, request_id = %info(&delivery).id, "parked message replayed");
     }

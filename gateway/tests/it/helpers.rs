@@ -413,9 +413,7 @@ impl TestApp {
 }
 
 pub async fn amqp() -> Connection {
-    let properties = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
+    let properties = ConnectionProperties::default();
     tokio::time::timeout(
         Duration::from_secs(5),
         Connection::connect(AMQP_URL, properties),
@@ -430,19 +428,20 @@ pub async fn drain_queue(queue: &str) -> Vec<BasicGetMessage> {
     let channel = connection.create_channel().await.expect("channel");
     let mut messages = Vec::new();
     while let Some(message) = channel
-        .basic_get(queue, BasicGetOptions::default())
+        .basic_get(queue.into(), BasicGetOptions::default())
         .await
         .expect("basic.get")
     {
-        message
+        let acked = message
             .delivery
             .acker
             .ack(BasicAckOptions::default())
             .await
             .expect("ack");
+        assert!(acked, "ack sent");
         messages.push(message);
     }
-    let _ = connection.close(200, "test done").await;
+    let _ = connection.close(200, "test done".into()).await;
     messages
 }
 
@@ -450,10 +449,10 @@ pub async fn delete_queue(queue: &str) {
     let connection = amqp().await;
     let channel = connection.create_channel().await.expect("channel");
     channel
-        .queue_delete(queue, QueueDeleteOptions::default())
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
         .await
         .expect("queue.delete");
-    let _ = connection.close(200, "test done").await;
+    let _ = connection.close(200, "test done".into()).await;
 }
 
 /// A string header of a queued message.

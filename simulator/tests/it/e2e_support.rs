@@ -727,9 +727,7 @@ fn cleanup(n: &Names) {
                     ))
                     .await;
             }
-            let properties = lapin::ConnectionProperties::default()
-                .with_executor(tokio_executor_trait::Tokio::current())
-                .with_reactor(tokio_reactor_trait::Tokio);
+            let properties = lapin::ConnectionProperties::default();
             if let Ok(connection) = lapin::Connection::connect(AMQP_URL, properties).await {
                 let mut queues = vec![n.queue.clone(), format!("{}.parked", n.queue)];
                 queues.extend((0..RETRY_DELAYS_MS.len()).map(|t| format!("{}.retry.{t}", n.queue)));
@@ -737,16 +735,19 @@ fn cleanup(n: &Names) {
                     // A channel per deletion: a failed one closes its channel.
                     if let Ok(channel) = connection.create_channel().await {
                         let _ = channel
-                            .queue_delete(&queue, QueueDeleteOptions::default())
+                            .queue_delete(queue.into(), QueueDeleteOptions::default())
                             .await;
                     }
                 }
                 if let Ok(channel) = connection.create_channel().await {
                     let _ = channel
-                        .exchange_delete(&n.exchange, ExchangeDeleteOptions::default())
+                        .exchange_delete(
+                            n.exchange.as_str().into(),
+                            ExchangeDeleteOptions::default(),
+                        )
                         .await;
                 }
-                let _ = connection.close(200, "cleanup").await;
+                let _ = connection.close(200, "cleanup".into()).await;
             }
             if let Ok(client) = redis::Client::open(REDIS_URL) {
                 if let Ok(mut conn) = client.get_multiplexed_async_connection().await {

@@ -25,7 +25,7 @@ impl Publisher {
         let connection = broker::connect(rabbitmq).await?;
         let channel = broker::confirm_channel(&connection).await?;
         broker::bounded(channel.queue_declare(
-            &rabbitmq.queue,
+            rabbitmq.queue.as_str().into(),
             durable_queue_options(),
             quorum_queue_arguments(),
         ))

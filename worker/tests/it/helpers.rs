@@ -219,7 +219,7 @@ impl TestEnv {
         )
         .await
         .expect("published");
-        let _ = connection.close(200, "done").await;
+        let _ = connection.close(200, "done".into()).await;
     }
 
     /// Publishes many messages over one channel, all confirmed.
@@ -230,8 +230,8 @@ impl TestEnv {
             for message in chunk {
                 let confirm = channel
                     .basic_publish(
-                        "",
-                        &self.settings.rabbitmq.queue,
+                        "".into(),
+                        self.settings.rabbitmq.queue.as_str().into(),
                         lapin::options::BasicPublishOptions {
                             mandatory: true,
                             ..Default::default()
@@ -247,7 +247,7 @@ impl TestEnv {
                 broker::check_confirmation(confirm.await.expect("confirm")).expect("acked");
             }
         }
-        let _ = connection.close(200, "done").await;
+        let _ = connection.close(200, "done".into()).await;
     }
 
     /// Messages ready in the main queue (declared first, so an absent queue counts 0).
@@ -255,7 +255,7 @@ impl TestEnv {
         let (connection, channel) = self.channel().await;
         let queue = channel
             .queue_declare(
-                &self.settings.rabbitmq.queue,
+                self.settings.rabbitmq.queue.as_str().into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
@@ -264,7 +264,7 @@ impl TestEnv {
             )
             .await
             .expect("queue exists");
-        let _ = connection.close(200, "done").await;
+        let _ = connection.close(200, "done".into()).await;
         queue.message_count()
     }
 
@@ -275,7 +275,7 @@ impl TestEnv {
         let queue = format!("{}.tap.{}", self.settings.rabbitmq.queue, routing_key);
         channel
             .queue_declare(
-                &queue,
+                queue.as_str().into(),
                 QueueDeclareOptions {
                     exclusive: true,
                     auto_delete: true,
@@ -287,9 +287,9 @@ impl TestEnv {
             .expect("tap queue");
         channel
             .queue_bind(
-                &queue,
-                &self.settings.rabbitmq.events_exchange,
-                routing_key,
+                queue.as_str().into(),
+                self.settings.rabbitmq.events_exchange.as_str().into(),
+                routing_key.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -297,8 +297,8 @@ impl TestEnv {
             .expect("bind");
         let mut consumer = channel
             .basic_consume(
-                &queue,
-                "tap",
+                queue.as_str().into(),
+                "tap".into(),
                 BasicConsumeOptions {
                     no_ack: true,
                     ..Default::default()
@@ -373,17 +373,17 @@ impl Drop for TestEnv {
                         queues.extend((0..tiers).map(|t| rabbitmq.retry_queue(t)));
                         for queue in queues {
                             let _ = channel
-                                .queue_delete(&queue, QueueDeleteOptions::default())
+                                .queue_delete(queue.into(), QueueDeleteOptions::default())
                                 .await;
                         }
                         let _ = channel
                             .exchange_delete(
-                                &rabbitmq.events_exchange,
+                                rabbitmq.events_exchange.as_str().into(),
                                 ExchangeDeleteOptions::default(),
                             )
                             .await;
                     }
-                    let _ = connection.close(200, "cleanup").await;
+                    let _ = connection.close(200, "cleanup".into()).await;
                 }
                 if let Ok(client) = redis::Client::open(REDIS_URL) {
                     if let Ok(mut conn) = client.get_multiplexed_async_connection().await {

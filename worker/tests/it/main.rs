@@ -5,6 +5,7 @@ mod builders;
 mod cli;
 mod helpers;
 
+mod doctor;
 mod migrations;
 mod pay;
 mod pipeline;

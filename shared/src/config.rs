@@ -59,6 +59,9 @@ pub struct GatewaySettings {
     pub shutdown_timeout_ms: u64,
     /// HTTP worker threads (0: one per core).
     pub http_workers: usize,
+    /// The public notify base URL WeChat Pay calls (e.g. `https://pay.example.com`); only
+    /// `wxpay-worker doctor` reads it, to check its shape and the route from outside.
+    pub public_url: Option<String>,
 }
 
 impl Default for GatewaySettings {
@@ -70,6 +73,7 @@ impl Default for GatewaySettings {
             publish_channels: 4,
             shutdown_timeout_ms: 10_000,
             http_workers: 0,
+            public_url: None,
         }
     }
 }
@@ -366,6 +370,17 @@ impl Settings {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
+        let settings = Self::read_with_env(path, env)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// As [`Settings::load_with_env`] without [`Settings::validate`]: `doctor` reports each
+    /// problem of a configuration the services would refuse, instead of stopping at the first.
+    pub fn read_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
         let load_error = |reason: String| ConfigError::Load {
             path: path.to_path_buf(),
             reason,
@@ -392,7 +407,6 @@ impl Settings {
             .build()
             .and_then(|built| built.try_deserialize())
             .map_err(|error| load_error(error.to_string()))?;
-        settings.validate()?;
         Ok(settings)
     }
 

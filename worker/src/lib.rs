@@ -17,6 +17,7 @@ pub mod consume;
 pub mod db;
 pub mod decode;
 pub mod dedupe;
+pub mod doctor;
 pub mod http;
 pub mod migrate;
 pub mod outbox;

@@ -1,4 +1,5 @@
-//! `wxpay-worker`: `run`, `migrate`, `reconcile [--once]`, `dlq list`, `dlq replay [--all | --id ID]`.
+//! `wxpay-worker`: `run`, `migrate`, `reconcile [--once]`, `dlq list`, `dlq replay [--all | --id ID]`,
+//! `doctor`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use wxpay_shared::config::{resolve_path, Settings};
 use wxpay_shared::telemetry::{self, step};
 use wxpay_worker::retry::{self, ReplaySelection};
-use wxpay_worker::{http, migrate, schema_check, Worker};
+use wxpay_worker::{doctor, http, migrate, schema_check, Worker};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +41,14 @@ enum Command {
         /// One round, then exit (non-zero if the round could not run).
         #[arg(long)]
         once: bool,
+    },
+    /// Check configuration, keys, services and the route from outside: one line per check,
+    /// `ok` or `FAIL` with what to do; exits non-zero on any FAIL.
+    Doctor {
+        /// Accept an http, IP-address or explicit-port gateway.public_url (local setups), so
+        /// that the route is still probed.
+        #[arg(long)]
+        allow_insecure_public_url: bool,
     },
     /// The parking (dead-letter) queue.
     Dlq {
@@ -88,6 +97,20 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let path = resolve_path(cli.config.as_deref());
+    if let Command::Doctor {
+        allow_insecure_public_url,
+    } = cli.command
+    {
+        // Before Settings::load: doctor reports every problem of a configuration that load
+        // would refuse at the first.
+        return run_doctor(
+            &path,
+            doctor::Options {
+                allow_insecure_public_url,
+            },
+        )
+        .await;
+    }
     let settings = Settings::load(&path)?;
     let connect_timeout = Duration::from_millis(settings.database.connect_timeout_ms);
     match cli.command {
@@ -104,6 +127,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             tokio::spawn(watch_signals(shutdown.clone()));
             Ok(wxpay_worker::reconcile::run(&settings, once, shutdown).await?)
         }
+        Command::Doctor { .. } => unreachable!("doctor is dispatched before Settings::load"),
         Command::Dlq {
             command: DlqCommand::List,
         } => {
@@ -132,6 +156,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+async fn run_doctor(path: &std::path::Path, options: doctor::Options) -> anyhow::Result<()> {
+    let checks = doctor::run(path, options).await;
+    for check in &checks {
+        println!("{check}");
+    }
+    match checks.iter().filter(|check| check.is_fail()).count() {
+        0 => Ok(()),
+        failed => anyhow::bail!("doctor: {failed} check(s) failed"),
     }
 }
 

@@ -125,6 +125,17 @@ pub fn certificate_serial_hex(pem: &str) -> Result<String, KeyError> {
     ))
 }
 
+/// When an X.509 certificate stops being valid (`notAfter`). A PEM that is not a certificate
+/// (a WeChat Pay public key, which has no expiry) is [`KeyError::UnsupportedLabel`].
+pub fn certificate_not_after(pem: &str) -> Result<std::time::SystemTime, KeyError> {
+    let (label, pem) = first_pem_block(pem)?;
+    if label != "CERTIFICATE" {
+        return Err(KeyError::UnsupportedLabel(label));
+    }
+    let cert = decode_certificate(&pem).map_err(|e| invalid(&label, e))?;
+    Ok(cert.tbs_certificate.validity.not_after.to_system_time())
+}
+
 /// Loads an RSA private key (the merchant's API key, `apiclient_key.pem`) from PEM:
 /// `PRIVATE KEY` (PKCS#8, as WeChat Pay's tool writes it) or `RSA PRIVATE KEY` (PKCS#1).
 /// Encrypted keys are not supported.

@@ -6,6 +6,7 @@ mod cli;
 mod helpers;
 
 mod db;
+mod doctor;
 mod migrations;
 mod pay;
 mod pipeline;

@@ -42,17 +42,17 @@ fn sim_binary() -> PathBuf {
 }
 
 /// A running `wxpay-sim serve` with its own merchant keys and order book.
-struct Sim {
-    url: String,
+pub(crate) struct Sim {
+    pub(crate) url: String,
     dir: tempfile::TempDir,
     /// The merchant as `wxpay-sim init` configured it (v2 and v3 credentials).
-    merchant: MerchantSettings,
+    pub(crate) merchant: MerchantSettings,
     http: reqwest::Client,
     _child: Child,
 }
 
 impl Sim {
-    async fn start() -> Sim {
+    pub(crate) async fn start() -> Sim {
         let binary = sim_binary();
         let dir = tempfile::tempdir().expect("temp dir");
         let init = Command::new(&binary)

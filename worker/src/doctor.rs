@@ -651,9 +651,9 @@ async fn passive_queue(connection: &Connection, queue: &str) -> Result<(), Broke
         ..QueueDeclareOptions::default()
     };
     let declared =
-        broker::bounded(channel.queue_declare(queue, options, FieldTable::default())).await;
+        broker::bounded(channel.queue_declare(queue.into(), options, FieldTable::default())).await;
     if channel.status().connected() {
-        let _ = broker::bounded(channel.close(200, "doctor")).await;
+        let _ = broker::bounded(channel.close(200, "doctor".into())).await;
     }
     declared.map(|_| ())
 }
@@ -665,14 +665,14 @@ async fn passive_exchange(connection: &Connection, exchange: &str) -> Result<(),
         ..ExchangeDeclareOptions::default()
     };
     let declared = broker::bounded(channel.exchange_declare(
-        exchange,
+        exchange.into(),
         ExchangeKind::Topic,
         options,
         FieldTable::default(),
     ))
     .await;
     if channel.status().connected() {
-        let _ = broker::bounded(channel.close(200, "doctor")).await;
+        let _ = broker::bounded(channel.close(200, "doctor".into())).await;
     }
     declared
 }

@@ -102,6 +102,7 @@ fn offline_settings(merchants: Vec<MerchantSettings>, public_url: Option<&str>) 
         database: DatabaseSettings {
             url: SecretString::from(format!("{}/wxpay", closed_port_url("postgres"))),
             connect_timeout_ms: 2_000,
+            ..Default::default()
         },
         wechatpay: WechatpaySettings {
             api_base: closed_port_url("http"),

@@ -24,8 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use wxpay_gateway::Application;
-use wxpay_shared::config::Settings;
-use wxpay_shared::message::{durable_queue_options, quorum_queue_arguments};
+use wxpay_runtime::amqp::{durable_queue_options, quorum_queue_arguments, AmqpMessage};
+use wxpay_runtime::config::Settings;
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::v2::{sign, SignType, XmlFields};
 

@@ -103,7 +103,7 @@ pub fn failed(format: Format, _error: &PublishError) -> HttpResponse {
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("configuration: {0}")]
-    Config(#[from] wxpay_shared::config::ConfigError),
+    Config(#[from] wxpay_runtime::config::ConfigError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: String,

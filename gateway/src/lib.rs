@@ -27,8 +27,8 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use wxpay_shared::config::Settings;
-use wxpay_shared::telemetry::{metric, metrics_handle, step};
+use wxpay_runtime::config::Settings;
+use wxpay_runtime::telemetry::{metric, metrics_handle, step};
 
 pub use error::StartupError;
 use publish::{PublishError, Publisher, PublisherConfig};

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::{error, info};
 use wxpay_gateway::Application;
-use wxpay_shared::config::{resolve_path, Settings};
-use wxpay_shared::telemetry::{init_logging, step};
+use wxpay_runtime::config::{resolve_path, Settings};
+use wxpay_runtime::telemetry::{init_logging, step};
 
 #[derive(Debug, Parser)]
 #[command(

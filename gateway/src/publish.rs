@@ -30,9 +30,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use wxpay_shared::config::Settings;
-use wxpay_shared::message::{durable_queue_options, quorum_queue_arguments, NotifyMessage};
-use wxpay_shared::telemetry::{metric, step};
+use wxpay_runtime::amqp::{durable_queue_options, quorum_queue_arguments, AmqpMessage};
+use wxpay_runtime::config::Settings;
+use wxpay_runtime::telemetry::{metric, step};
+use wxpay_shared::message::NotifyMessage;
 
 /// First reconnect delay; doubled after each failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);

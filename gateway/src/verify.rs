@@ -15,7 +15,7 @@
 
 use secrecy::ExposeSecret;
 use uuid::Uuid;
-use wxpay_shared::config::Merchants;
+use wxpay_runtime::config::Merchants;
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::v2::{self, PayNotification, RefundEnvelope, RefundInfo, XmlError, XmlFields};
 use wxpay_shared::v3::{

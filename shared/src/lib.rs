@@ -7,18 +7,16 @@
 //! - [`v3`]: the JSON notifications of API v3: the `Wechatpay-*` headers, RSA-SHA256
 //!   signatures, AEAD_AES_256_GCM resources, and the `Authorization` of API calls.
 //! - [`answer`]: what WeChat Pay must read back (v2 XML, v3 status + JSON).
-//! - [`message`]: the queue message between gateway and worker.
+//! - [`message`]: the queue message between gateway and worker: its fields, kinds and header
+//!   names (their AMQP encoding is in `wxpay-runtime`).
 //! - [`state`]: trade and refund states on the wire, and the worker's state columns.
-//! - [`config`]: the one TOML configuration, with `WXPAY__SECTION__KEY` overrides.
-//! - [`telemetry`]: JSON logs with a `step` field, and the Prometheus recorder.
 //!
-//! No network and no I/O happens in this crate: it is pure and tested with official and
-//! independently computed vectors.
+//! No network, no I/O and no process-wide state in this crate: it is pure and tested with
+//! official and independently computed vectors. Configuration loading, telemetry and the
+//! broker live in `wxpay-runtime`.
 
 pub mod answer;
-pub mod config;
 pub mod message;
 pub mod state;
-pub mod telemetry;
 pub mod v2;
 pub mod v3;

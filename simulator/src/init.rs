@@ -1,6 +1,6 @@
 //! `wxpay-sim init`: a test merchant, its keys, and the two files that use them.
 //!
-//! - `example.toml`: the configuration of gateway and worker (the `wxpay_shared::config`
+//! - `example.toml`: the configuration of gateway and worker (the `wxpay_runtime::config`
 //!   format, every section with local defaults), with the merchant's API v2 / APIv3 keys, the
 //!   platform PUBLIC key under a `PUB_KEY_ID_…` serial and the merchant's own API key pair;
 //! - `simulator.toml`: the same merchant plus the platform PRIVATE key, so the simulator can
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use rand::Rng;
 use secrecy::ExposeSecret;
-use wxpay_shared::config::Settings;
+use wxpay_runtime::config::Settings;
 use wxpay_shared::v3::keys::{
     generate_private_key, private_key_to_pem, public_key_to_pem, KeyError,
 };

@@ -408,7 +408,7 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
 }
 
 async fn run_serve(sim_config: &Path, a: ServeArgs) -> anyhow::Result<bool> {
-    wxpay_shared::telemetry::init_logging("simulator");
+    wxpay_runtime::telemetry::init_logging("simulator");
     let m = load_merchant(sim_config)?;
     let orders = m.orders_path.clone();
     let (server, addr) =
@@ -449,12 +449,12 @@ fn run_order(sim_config: &Path, a: OrderArgs) -> anyhow::Result<bool> {
 
 /// --database-url, else database.url of the services' configuration, else the local default.
 fn database_url(config: Option<&Path>) -> anyhow::Result<String> {
-    let path = wxpay_shared::config::resolve_path(config);
+    let path = wxpay_runtime::config::resolve_path(config);
     if config.is_some() || path.is_file() {
-        let settings = wxpay_shared::config::Settings::load(&path)?;
+        let settings = wxpay_runtime::config::Settings::load(&path)?;
         return Ok(settings.database.url.expose_secret().to_owned());
     }
-    Ok(wxpay_shared::config::DatabaseSettings::default()
+    Ok(wxpay_runtime::config::DatabaseSettings::default()
         .url
         .expose_secret()
         .to_owned())

@@ -2,7 +2,7 @@
 //! the platform PRIVATE key, so the simulator can sign as WeChat Pay does.
 //!
 //! The gateway and worker never read this file: they get the merchant from
-//! `config/example.toml` (the [`wxpay_shared::config`] format), which holds only the platform
+//! `config/example.toml` (the [`wxpay_runtime::config`] format), which holds only the platform
 //! PUBLIC key. Both files are written together by `wxpay-sim init`.
 
 use std::fmt;

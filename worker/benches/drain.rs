@@ -16,7 +16,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
-use wxpay_shared::config::{
+use wxpay_runtime::amqp::AmqpMessage;
+use wxpay_runtime::config::{
     DatabaseSettings, RabbitmqSettings, RedisSettings, Settings, WorkerSettings,
 };
 use wxpay_shared::message::NotifyMessage;

@@ -10,8 +10,8 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use secrecy::ExposeSecret;
-use wxpay_shared::config::{RabbitmqSettings, WorkerSettings};
-use wxpay_shared::message::{durable_queue_options, quorum_queue_arguments};
+use wxpay_runtime::amqp::{durable_queue_options, quorum_queue_arguments};
+use wxpay_runtime::config::{RabbitmqSettings, WorkerSettings};
 
 /// Why a broker operation failed. All of them are transient for the caller.
 #[derive(Debug, thiserror::Error)]

@@ -17,8 +17,9 @@ use lapin::Channel;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use wxpay_runtime::amqp::AmqpMessage;
+use wxpay_runtime::telemetry::{metric, step};
 use wxpay_shared::message::NotifyMessage;
-use wxpay_shared::telemetry::{metric, step};
 
 use crate::broker::{self, BrokerError};
 use crate::retry::{self, Scheduled};

@@ -17,7 +17,7 @@
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
-use wxpay_shared::config::{Merchant, Merchants};
+use wxpay_runtime::config::{Merchant, Merchants};
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::state::{RefundState, RefundStatus, TradeState};
 use wxpay_shared::v2::{self, PayNotification, RefundEnvelope, RefundInfo, XmlFields};

@@ -22,8 +22,8 @@ use rand::RngCore;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use secrecy::ExposeSecret;
-use wxpay_shared::config::{RedisSettings, WorkerSettings};
-use wxpay_shared::telemetry::{metric, step};
+use wxpay_runtime::config::{RedisSettings, WorkerSettings};
+use wxpay_runtime::telemetry::{metric, step};
 
 /// How long Redis is left alone after an error.
 const BACKOFF_MS: i64 = 1_000;

@@ -20,11 +20,11 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ExchangeKind};
 use reqwest::Url;
 use secrecy::ExposeSecret;
-use wxpay_shared::answer;
-use wxpay_shared::config::{
+use wxpay_runtime::config::{
     DatabaseSettings, MerchantSettings, RabbitmqSettings, RedisSettings, Settings,
     WechatpaySettings, WorkerSettings,
 };
+use wxpay_shared::answer;
 use wxpay_shared::v3::keys::{certificate_not_after, certificate_serial_hex};
 use wxpay_shared::v3::{load_private_key_pem, load_public_key_pem, KeyError, MAX_CLOCK_SKEW_SECS};
 

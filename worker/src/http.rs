@@ -90,7 +90,7 @@ async fn metrics<R: Readiness>(state: web::Data<State<R>>) -> HttpResponse {
 }
 
 /// Binds `listen` and returns the server (to spawn and later stop) and the bound address.
-/// `prometheus` is [`wxpay_shared::telemetry::metrics_handle`], taken before any metric is
+/// `prometheus` is [`wxpay_runtime::telemetry::metrics_handle`], taken before any metric is
 /// registered.
 pub fn serve<R: Readiness>(
     listen: &str,

@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use wxpay_shared::config::{ConfigError, Merchants, Settings};
+use wxpay_runtime::config::{ConfigError, Merchants, Settings};
+use wxpay_runtime::telemetry::{metric, step};
 use wxpay_shared::message::NotifyMessage;
-use wxpay_shared::telemetry::{metric, step};
 
 use crate::apply::{ApplyError, Verdict};
 use crate::db::{DbPool, PoolBuildError};

@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
-use wxpay_shared::config::{resolve_path, Settings};
-use wxpay_shared::telemetry::{self, step};
+use wxpay_runtime::config::{resolve_path, Settings};
+use wxpay_runtime::telemetry::{self, step};
 use wxpay_worker::retry::{self, ReplaySelection};
 use wxpay_worker::{doctor, http, migrate, schema_check, Worker};
 

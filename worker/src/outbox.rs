@@ -15,7 +15,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
 use tokio_util::sync::CancellationToken;
-use wxpay_shared::telemetry::{metric, step};
+use wxpay_runtime::telemetry::{metric, step};
 
 use crate::broker::{self, BrokerError};
 use crate::db::models::{DbUuid, OutboxRow};
@@ -75,7 +75,7 @@ pub async fn relay_batch(
                 .with_message_id(ShortString::from(row.id.0.to_string()))
                 .with_type(ShortString::from(row.event_type.as_str()))
                 .with_content_type(ShortString::from("application/json"))
-                .with_delivery_mode(wxpay_shared::message::PERSISTENT)
+                .with_delivery_mode(wxpay_runtime::amqp::PERSISTENT)
                 .with_timestamp(u64::try_from(row.created_at.timestamp()).unwrap_or(0));
             let confirm = broker::bounded(channel.basic_publish(
                 exchange.into(),

@@ -12,9 +12,10 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
-use wxpay_shared::config::Settings;
+use wxpay_runtime::amqp::AmqpMessage;
+use wxpay_runtime::config::Settings;
+use wxpay_runtime::telemetry::{metric, step};
 use wxpay_shared::message::{header, NotifyKind, NotifyMessage};
-use wxpay_shared::telemetry::{metric, step};
 
 use crate::broker::{self, BrokerError};
 

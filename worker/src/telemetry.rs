@@ -4,8 +4,8 @@
 use std::sync::Once;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use wxpay_runtime::telemetry::metric;
 use wxpay_shared::message::NotifyKind;
-use wxpay_shared::telemetry::metric;
 
 use crate::apply::reason;
 

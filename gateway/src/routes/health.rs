@@ -3,7 +3,7 @@
 //! `GET /metrics` (Prometheus text format).
 
 use actix_web::{web, HttpResponse};
-use wxpay_shared::telemetry::metrics_handle;
+use wxpay_runtime::telemetry::metrics_handle;
 
 use super::AppState;
 

@@ -12,8 +12,8 @@ use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse};
 use tracing::{info, warn};
 use uuid::Uuid;
-use wxpay_shared::config::Merchants;
-use wxpay_shared::telemetry::{metric, step};
+use wxpay_runtime::config::Merchants;
+use wxpay_runtime::telemetry::{metric, step};
 
 use crate::error::{self, Format};
 use crate::publish::Publisher;

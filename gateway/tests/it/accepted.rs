@@ -2,6 +2,7 @@
 //! answered SUCCESS (guarantee 1).
 
 use lapin::message::BasicGetMessage;
+use wxpay_runtime::amqp::AmqpMessage;
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::v2::SignType;
 

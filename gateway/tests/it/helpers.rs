@@ -13,7 +13,7 @@ use rsa::RsaPrivateKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use wxpay_gateway::{Application, ShutdownHandle, StartupError};
-use wxpay_shared::config::Settings;
+use wxpay_runtime::config::Settings;
 use wxpay_shared::v2::{encrypt_req_info, sign, SignType, XmlFields};
 use wxpay_shared::v3::{aead, load_private_key_pem, sign_notification};
 

@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use secrecy::ExposeSecret;
-use wxpay_shared::config::Settings;
+use wxpay_runtime::config::Settings;
 use wxpay_simulator::init::{init, InitError, InitOptions, InitOutcome};
 use wxpay_simulator::secrets::SimMerchant;
 

@@ -5,7 +5,7 @@
 use std::sync::Once;
 
 use metrics::{describe_counter, describe_histogram, Unit};
-use wxpay_shared::telemetry::metric;
+use wxpay_runtime::telemetry::metric;
 
 /// Rounds skipped because another replica held the round lock (not one of the shared
 /// metric names: only this module counts it).

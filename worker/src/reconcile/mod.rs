@@ -42,10 +42,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
-use wxpay_shared::config::{ConfigError, Merchant, Merchants, ReconcilerSettings, Settings};
+use wxpay_runtime::config::{ConfigError, Merchant, Merchants, ReconcilerSettings, Settings};
+use wxpay_runtime::telemetry::{self, metric, step};
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::state::{OrderState, RefundState, RefundStatus, TradeState};
-use wxpay_shared::telemetry::{self, metric, step};
 
 use self::metrics::reason;
 use self::publish::Publisher;
@@ -151,7 +151,7 @@ fn refund_finished(wire: &str) -> Option<bool> {
 
 struct Inner {
     settings: ReconcilerSettings,
-    rabbitmq: wxpay_shared::config::RabbitmqSettings,
+    rabbitmq: wxpay_runtime::config::RabbitmqSettings,
     merchants: Merchants,
     pool: DbPool,
     client: QueryClient,

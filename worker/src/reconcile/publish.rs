@@ -5,8 +5,9 @@
 //! race-free.
 
 use lapin::{Channel, Connection};
-use wxpay_shared::config::RabbitmqSettings;
-use wxpay_shared::message::{durable_queue_options, quorum_queue_arguments, NotifyMessage};
+use wxpay_runtime::amqp::{durable_queue_options, quorum_queue_arguments, AmqpMessage};
+use wxpay_runtime::config::RabbitmqSettings;
+use wxpay_shared::message::NotifyMessage;
 
 use crate::broker::{self, BrokerError};
 

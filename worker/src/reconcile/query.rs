@@ -25,7 +25,7 @@ use rand::Rng;
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
 use secrecy::ExposeSecret;
-use wxpay_shared::config::{Merchant, WechatpaySettings};
+use wxpay_runtime::config::{Merchant, WechatpaySettings};
 use wxpay_shared::v2::{self, SignType, XmlFields};
 use wxpay_shared::v3::{
     authorization_header, verify_response, RefundResource, TimestampCheck, Transaction,
@@ -384,7 +384,7 @@ impl QueryClient {
                 .unwrap_or_else(|| backoff(attempt))
                 .min(BACKOFF_CAP);
             tracing::debug!(
-                step = wxpay_shared::telemetry::step::RECONCILE,
+                step = wxpay_runtime::telemetry::step::RECONCILE,
                 attempt,
                 delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 reason = error.code(),
@@ -565,7 +565,7 @@ mod tests {
 
     use secrecy::SecretString;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use wxpay_shared::config::MerchantSigner;
+    use wxpay_runtime::config::MerchantSigner;
     use wxpay_shared::state::TradeState;
     use wxpay_shared::v3::{generate_private_key, sign_notification, PlatformKeys};
 

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use rsa::RsaPrivateKey;
 use secrecy::SecretString;
-use wxpay_shared::config::MerchantSettings;
+use wxpay_runtime::config::MerchantSettings;
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::v2::{self, SignType, XmlFields};
 use wxpay_shared::v3::{self, WechatpayHeaders};

@@ -14,11 +14,11 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::process::Command;
 use wxpay_gateway::error::public_message;
 use wxpay_gateway::verify::RejectReason;
-use wxpay_shared::answer;
-use wxpay_shared::config::{
+use wxpay_runtime::config::{
     DatabaseSettings, MerchantSettings, RabbitmqSettings, RedisSettings, Settings,
     WechatpaySettings,
 };
+use wxpay_shared::answer;
 use wxpay_worker::{broker, doctor};
 
 use crate::builders::{self, MCH_ID};

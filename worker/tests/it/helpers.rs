@@ -23,7 +23,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wxpay_shared::config::{
+use wxpay_runtime::amqp::AmqpMessage;
+use wxpay_runtime::config::{
     DatabaseSettings, RabbitmqSettings, RedisSettings, Settings, WorkerSettings,
 };
 use wxpay_shared::message::NotifyMessage;

@@ -228,7 +228,7 @@ async fn parked_for_unknown_merchant_is_replayed_once_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_endpoints_and_metrics() {
     let env = TestEnv::new().await;
-    let prometheus = wxpay_shared::telemetry::metrics_handle();
+    let prometheus = wxpay_runtime::telemetry::metrics_handle();
     let running = env.spawn_worker(env.settings());
     let (server, address) =
         wxpay_worker::http::serve("127.0.0.1:0", running.worker.clone(), prometheus)

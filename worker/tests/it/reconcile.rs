@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
-use wxpay_shared::config::{MerchantSettings, ReconcilerSettings, Settings};
+use wxpay_runtime::config::{MerchantSettings, ReconcilerSettings, Settings};
+use wxpay_runtime::telemetry;
 use wxpay_shared::state::{OrderState, RefundState, TradeState};
-use wxpay_shared::telemetry;
 use wxpay_worker::reconcile::query::Api;
 use wxpay_worker::reconcile::{Reconciler, RoundReport};
 

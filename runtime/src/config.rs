@@ -12,7 +12,7 @@ use std::sync::Arc;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::v3::keys::{load_private_key_pem, load_public_key_pem, PlatformKeys};
+use wxpay_shared::v3::keys::{load_private_key_pem, load_public_key_pem, PlatformKeys};
 
 /// Environment variable naming the configuration file.
 pub const CONFIG_ENV: &str = "WXPAY_CONFIG";

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use wxpay_shared::config::{ConfigError, Settings};
+use wxpay_runtime::config::{ConfigError, Settings};
 
 const V2_KEY: &str = "192006250b4c09247ec02edce69f6a2d";
 const V3_KEY: &str = "Zyxwvutsrqponmlkjihgfedcba543210";

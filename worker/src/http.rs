@@ -14,38 +14,15 @@ use diesel_async::RunQueryDsl;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::db::DbPool;
-use crate::reconcile::Reconciler;
-use crate::Worker;
 
 /// What `/readyz` checks: a process is ready when its broker connection is up and its
-/// PostgreSQL answers.
+/// PostgreSQL answers. Each process implements it beside its own type (the worker in the crate
+/// root, the reconciler in `reconcile`), so this module depends on neither.
 pub trait Readiness: Send + Sync + 'static {
     /// Whether the connection this process needs to do its work is up.
     fn broker(&self) -> bool;
     /// The pool `/readyz` probes with `SELECT 1`.
     fn database(&self) -> &DbPool;
-}
-
-/// The worker is ready when its consumer holds a broker connection.
-impl Readiness for Worker {
-    fn broker(&self) -> bool {
-        self.broker_connected()
-    }
-
-    fn database(&self) -> &DbPool {
-        self.pool()
-    }
-}
-
-/// The reconciler has no consumer: it is ready when its publisher's connection is up.
-impl Readiness for Reconciler {
-    fn broker(&self) -> bool {
-        self.broker_connected()
-    }
-
-    fn database(&self) -> &DbPool {
-        self.pool()
-    }
 }
 
 struct State<R> {

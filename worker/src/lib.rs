@@ -149,13 +149,17 @@ pub struct Hooks {
     pub crash_after_commit: AtomicU32,
 }
 
-/// Why the worker cannot start.
+/// Why `wxpay-worker run` or `reconcile` cannot start: one type for both processes.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
     Pool(#[from] PoolBuildError),
+    #[error("query client: {0}")]
+    QueryClient(#[from] reconcile::query::QueryError),
+    #[error("cannot serve health and metrics on {listen}: {reason}")]
+    Listen { listen: String, reason: String },
 }
 
 pub(crate) struct WorkerInner {
@@ -173,6 +177,17 @@ pub(crate) struct WorkerInner {
 #[derive(Clone)]
 pub struct Worker {
     inner: Arc<WorkerInner>,
+}
+
+/// The worker is ready when its consumer holds a broker connection.
+impl http::Readiness for Worker {
+    fn broker(&self) -> bool {
+        self.broker_connected()
+    }
+
+    fn database(&self) -> &DbPool {
+        self.pool()
+    }
 }
 
 impl Worker {

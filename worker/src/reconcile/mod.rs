@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
-use wxpay_runtime::config::{ConfigError, Merchant, Merchants, ReconcilerSettings, Settings};
+use wxpay_runtime::config::{Merchant, Merchants, ReconcilerSettings, Settings};
 use wxpay_runtime::telemetry::{self, metric, step};
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::state::{OrderState, RefundState, RefundStatus, TradeState};
@@ -53,27 +53,15 @@ use self::query::{Answer, Api, Found, QueryClient, QueryError};
 use self::rate::RateLimiter;
 use self::store::StoreError;
 use crate::broker::BrokerError;
-use crate::db::{self, DbPool, PoolBuildError};
-use crate::http;
+use crate::db::{self, DbPool};
+use crate::http::{self, Readiness};
+use crate::StartError;
 
 /// Queries in a row that found the API unavailable before a merchant is left for the rest
 /// of the round.
 const MAX_CONSECUTIVE_UNAVAILABLE: u32 = 3;
 /// Connections the reconciler needs: one per merchant task at a time, bounded.
 const MAX_POOL_SIZE: usize = 8;
-
-/// Why the reconciler cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Pool(#[from] PoolBuildError),
-    #[error("query client: {0}")]
-    Client(#[from] QueryError),
-    #[error("cannot serve health and metrics on {listen}: {reason}")]
-    Listen { listen: String, reason: String },
-}
 
 /// Why a round could not run (the `--once` exit status).
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +152,17 @@ struct Inner {
 #[derive(Clone)]
 pub struct Reconciler {
     inner: Arc<Inner>,
+}
+
+/// The reconciler has no consumer: it is ready when its publisher's connection is up.
+impl Readiness for Reconciler {
+    fn broker(&self) -> bool {
+        self.broker_connected()
+    }
+
+    fn database(&self) -> &DbPool {
+        self.pool()
+    }
 }
 
 impl Reconciler {

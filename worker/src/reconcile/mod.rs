@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::future::join_all;
+use futures::future::{join_all, BoxFuture};
 use tokio_util::sync::CancellationToken;
 use wxpay_runtime::config::{Merchant, Merchants, ReconcilerSettings, Settings};
 use wxpay_runtime::telemetry::{self, metric, step};
@@ -406,7 +406,7 @@ struct MerchantWork<'a> {
     unavailable_in_a_row: u32,
 }
 
-impl MerchantWork<'_> {
+impl<'a> MerchantWork<'a> {
     fn mch_id(&self) -> &str {
         &self.merchant.mch_id
     }
@@ -416,56 +416,72 @@ impl MerchantWork<'_> {
         window: &Window,
         shutdown: &CancellationToken,
     ) -> Result<(), SweepStop> {
-        let inner = &self.reconciler.inner;
+        let reconciler = self.reconciler;
+        let inner = &reconciler.inner;
         let batch = inner.settings.batch_size.max(1);
+        let merchant = self.merchant;
+        let mch_id = merchant.mch_id.as_str();
+        self.sweep_pages(
+            shutdown,
+            batch,
+            |cursor| async move {
+                let (newer, older) = (window.newer_than, window.older_than);
+                store::due_orders(&inner.pool, mch_id, newer, older, cursor.as_ref(), batch).await
+            },
+            |work, order| Box::pin(work.check_order(order)),
+        )
+        .await?;
+        self.sweep_pages(
+            shutdown,
+            batch,
+            |cursor| async move {
+                store::due_refunds(
+                    &inner.pool,
+                    mch_id,
+                    window.older_than,
+                    cursor.as_ref(),
+                    batch,
+                )
+                .await
+            },
+            |work, refund| Box::pin(work.check_refund(refund)),
+        )
+        .await
+    }
+
+    /// Pages through due rows oldest first, `batch` at a time, checking each; a short page
+    /// is the last.
+    async fn sweep_pages<Row, Fetch, Page>(
+        &mut self,
+        shutdown: &CancellationToken,
+        batch: i64,
+        fetch: Fetch,
+        check: for<'b> fn(
+            &'b mut MerchantWork<'a>,
+            &'b Row,
+        ) -> BoxFuture<'b, Result<(), SweepStop>>,
+    ) -> Result<(), SweepStop>
+    where
+        Row: store::Due,
+        Fetch: Fn(Option<store::Cursor>) -> Page,
+        Page: std::future::Future<Output = Result<Vec<Row>, StoreError>>,
+    {
         let mut cursor = None;
         loop {
-            let page = store::due_orders(
-                &inner.pool,
-                self.mch_id(),
-                window.newer_than,
-                window.older_than,
-                cursor.as_ref(),
-                batch,
-            )
-            .await?;
-            for order in &page {
+            let page = fetch(cursor.take()).await?;
+            for row in &page {
                 if shutdown.is_cancelled() {
                     return Err(SweepStop::Shutdown);
                 }
-                self.check_order(order).await?;
+                check(self, row).await?;
             }
             match page.last() {
                 Some(last) if i64::try_from(page.len()).unwrap_or(i64::MAX) >= batch => {
-                    cursor = Some((last.created_at, last.out_trade_no.clone()));
+                    cursor = Some(last.cursor());
                 }
-                _ => break,
+                _ => return Ok(()),
             }
         }
-        let mut cursor = None;
-        loop {
-            let page = store::due_refunds(
-                &inner.pool,
-                self.mch_id(),
-                window.older_than,
-                cursor.as_ref(),
-                batch,
-            )
-            .await?;
-            for refund in &page {
-                if shutdown.is_cancelled() {
-                    return Err(SweepStop::Shutdown);
-                }
-                self.check_refund(refund).await?;
-            }
-            match page.last() {
-                Some(last) if i64::try_from(page.len()).unwrap_or(i64::MAX) >= batch => {
-                    cursor = Some((last.created_at, last.out_refund_no.clone()));
-                }
-                _ => break,
-            }
-        }
-        Ok(())
     }
 
     /// Counts a query failure; stops the merchant's sweep after

@@ -43,6 +43,23 @@ pub struct DueRefund {
 /// Keyset position: rows strictly after `(created_at, number)` come next.
 pub type Cursor = (DateTime<Utc>, String);
 
+/// A due row, paged by keyset: its position in `(created_at, number)` order.
+pub trait Due {
+    fn cursor(&self) -> Cursor;
+}
+
+impl Due for DueOrder {
+    fn cursor(&self) -> Cursor {
+        (self.created_at, self.out_trade_no.clone())
+    }
+}
+
+impl Due for DueRefund {
+    fn cursor(&self) -> Cursor {
+        (self.created_at, self.out_refund_no.clone())
+    }
+}
+
 async fn conn(pool: &DbPool) -> Result<crate::db::DbConn, StoreError> {
     pool.get()
         .await

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use wxpay_shared::v2::{self, SignType, XmlFields};
 use wxpay_shared::v3::{
-    authorization_header, verify_response, TimestampCheck, Transaction, VerifyError,
+    authorization_header, verify_response, PrivateKey, TimestampCheck, Transaction, VerifyError,
     WechatpayHeaders,
 };
 use wxpay_simulator::build::random_string;
@@ -49,11 +49,7 @@ impl Sim {
     }
 
     /// A v3 GET signed by the merchant (or with `key` instead of its key).
-    async fn v3_get(
-        &self,
-        path_and_query: &str,
-        key: Option<&rsa::RsaPrivateKey>,
-    ) -> reqwest::Response {
+    async fn v3_get(&self, path_and_query: &str, key: Option<&PrivateKey>) -> reqwest::Response {
         let auth = authorization_header(
             &self.m.mch_id,
             &self.m.merchant_serial,

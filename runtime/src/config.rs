@@ -12,7 +12,7 @@ use std::sync::Arc;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use wxpay_shared::v3::keys::{load_private_key_pem, load_public_key_pem, PlatformKeys};
+use wxpay_shared::v3::keys::{load_private_key_pem, load_public_key_pem, PlatformKeys, PrivateKey};
 
 /// Environment variable naming the configuration file.
 pub const CONFIG_ENV: &str = "WXPAY_CONFIG";
@@ -309,7 +309,7 @@ impl std::fmt::Debug for Merchant {
 /// The merchant's own API certificate key and its serial.
 pub struct MerchantSigner {
     pub serial: String,
-    pub private_key: rsa::RsaPrivateKey,
+    pub private_key: PrivateKey,
 }
 
 /// The configured merchants by `mch_id`.

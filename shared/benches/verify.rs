@@ -123,7 +123,7 @@ fn v3_notification() -> (
         signature_type: Some(wxpay_shared::v3::SIGNATURE_TYPE_RSA.to_owned()),
     };
     let mut keys = PlatformKeys::new();
-    keys.insert(V3_SERIAL, rsa::RsaPublicKey::from(&private));
+    keys.insert(V3_SERIAL, private.public_key());
     (headers, body, keys, now)
 }
 

@@ -37,7 +37,7 @@ fn signed() -> &'static Signed {
         .unwrap();
         let private = load_private_key_pem(&pem).unwrap();
         let mut keys = PlatformKeys::new();
-        keys.insert(SERIAL, rsa::RsaPublicKey::from(&private));
+        keys.insert(SERIAL, private.public_key());
         let signature = sign_notification(&private, TIMESTAMP, NONCE, BODY.as_bytes());
         Signed { keys, signature }
     })

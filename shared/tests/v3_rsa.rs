@@ -7,16 +7,14 @@ use std::sync::OnceLock;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use rsa::{RsaPrivateKey, RsaPublicKey};
 use wxpay_shared::v3::authorization::{
     authorization_header, parse_authorization, request_message, verify_authorization,
     verify_response, AUTH_SCHEMA,
 };
 use wxpay_shared::v3::headers::{WechatpayHeaders, SIGNATURE_TYPE_RSA};
 use wxpay_shared::v3::keys::{
-    certificate_serial_hex, generate_private_key, load_private_key_pem, load_public_key_pem,
-    private_key_to_pem, public_key_to_pem, sign_sha256_rsa, verify_sha256_rsa, KeyError,
-    PlatformKeys,
+    certificate_serial_hex, load_private_key_pem, load_public_key_pem, public_key_to_pem,
+    sign_sha256_rsa, verify_sha256_rsa, KeyError, PlatformKeys, PrivateKey,
 };
 use wxpay_shared::v3::verify::{
     sign_notification, signed_message, verify_notification, TimestampCheck, VerifyError,
@@ -32,13 +30,13 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(Path::new(FIXTURES).join(name)).unwrap()
 }
 
-fn private_a() -> &'static RsaPrivateKey {
-    static KEY: OnceLock<RsaPrivateKey> = OnceLock::new();
+fn private_a() -> &'static PrivateKey {
+    static KEY: OnceLock<PrivateKey> = OnceLock::new();
     KEY.get_or_init(|| load_private_key_pem(&fixture("platform_a_private_pkcs8.pem")).unwrap())
 }
 
-fn private_b() -> &'static RsaPrivateKey {
-    static KEY: OnceLock<RsaPrivateKey> = OnceLock::new();
+fn private_b() -> &'static PrivateKey {
+    static KEY: OnceLock<PrivateKey> = OnceLock::new();
     KEY.get_or_init(|| load_private_key_pem(&fixture("platform_b_private_pkcs8.pem")).unwrap())
 }
 
@@ -241,7 +239,8 @@ fn key_forms_load_to_the_same_key() {
     let p8 = load_private_key_pem(&fixture("platform_b_private_pkcs8.pem")).unwrap();
     let p1 = load_private_key_pem(&fixture("platform_b_private_pkcs1.pem")).unwrap();
     assert_eq!(p8, p1);
-    assert_eq!(RsaPublicKey::from(&p8), spki);
+    assert_eq!(p8.public_key(), spki);
+    assert_eq!(spki.modulus_bits(), 2048);
     assert_eq!(
         certificate_serial_hex(&fixture("platform_b_cert.pem")).unwrap(),
         SERIAL_B
@@ -251,10 +250,7 @@ fn key_forms_load_to_the_same_key() {
 #[test]
 fn pem_round_trips_and_tolerates_toml_indentation() {
     let private = private_b();
-    let pem = private_key_to_pem(private);
-    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
-    assert_eq!(&load_private_key_pem(&pem).unwrap(), private);
-    let public = RsaPublicKey::from(private);
+    let public = private.public_key();
     let pem = public_key_to_pem(&public);
     assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
     assert_eq!(
@@ -263,8 +259,10 @@ fn pem_round_trips_and_tolerates_toml_indentation() {
         "same SPKI encoding as openssl"
     );
     // As pasted into an indented TOML multi-line string, with CRLF line ends.
-    let indented: String = pem.lines().map(|l| format!("    {l}\r\n")).collect();
-    assert_eq!(load_public_key_pem(&indented).unwrap(), public);
+    let indent = |pem: &str| -> String { pem.lines().map(|l| format!("    {l}\r\n")).collect() };
+    assert_eq!(load_public_key_pem(&indent(&pem)).unwrap(), public);
+    let private_pem = indent(&fixture("platform_b_private_pkcs8.pem"));
+    assert_eq!(&load_private_key_pem(&private_pem).unwrap(), private);
 }
 
 #[test]
@@ -287,19 +285,47 @@ fn wrong_pem_kinds_are_rejected() {
     assert_eq!(err, (SERIAL_A.to_owned(), KeyError::NoPem));
 }
 
-#[test]
-fn generated_key_signs_and_verifies() {
-    // 1024 bits keeps this fast in debug builds; the code path is the same as for 2048.
-    let key = generate_private_key(1024).unwrap();
-    let sig = sign_sha256_rsa(&key, b"message");
-    assert_eq!(
-        verify_sha256_rsa(&RsaPublicKey::from(&key), b"message", &sig),
-        Ok(())
+/// Writes `openssl genpkey` output for `args` and returns (private PEM, public SPKI PEM).
+fn openssl_genpkey(args: &[&str]) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("key.pem");
+    let key = key_path.to_str().unwrap();
+    let out = openssl(&[&["genpkey"], args, &["-out", key]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let out = openssl(&["pkey", "-in", key, "-pubout"]);
+    assert!(out.status.success());
+    (
+        std::fs::read_to_string(&key_path).unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+#[test]
+fn keys_ring_cannot_verify_with_are_refused_at_load() {
+    // Below 2048 bits: RSA_PKCS1_2048_8192_SHA256 would reject every signature, so the
+    // key is a configuration error rather than a stream of signature mismatches.
+    let (private, public) =
+        openssl_genpkey(&["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"]);
+    let Err(KeyError::Invalid { label, reason }) = load_public_key_pem(&public) else {
+        panic!("a 1024-bit public key must not load");
+    };
+    assert_eq!(label, "PUBLIC KEY");
+    assert!(reason.contains("1024 bits"), "{reason}");
     assert!(matches!(
-        generate_private_key(0),
-        Err(KeyError::Generate(_))
+        load_private_key_pem(&private),
+        Err(KeyError::Invalid { .. })
     ));
+    // A well-formed SPKI of another algorithm (EC P-256) is not taken for RSA.
+    let (_, ec_public) =
+        openssl_genpkey(&["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    let Err(KeyError::Invalid { reason, .. }) = load_public_key_pem(&ec_public) else {
+        panic!("an EC public key must not load as RSA");
+    };
+    assert!(reason.contains("not an RSA key"), "{reason}");
 }
 
 // ---------- verify_notification rules ----------
@@ -540,7 +566,7 @@ fn authorization_round_trip_and_openssl_cross_check() {
         verify_authorization(&params, &public, "GET", url, b"{}"),
         Err(VerifyError::SignatureMismatch)
     );
-    let other = RsaPublicKey::from(private_a());
+    let other = private_a().public_key();
     assert_eq!(
         verify_authorization(&params, &other, "GET", url, b""),
         Err(VerifyError::SignatureMismatch)
@@ -583,7 +609,7 @@ fn authorization_with_a_post_body() {
         body,
     );
     let params = parse_authorization(&header).unwrap();
-    let public = RsaPublicKey::from(private_a());
+    let public = private_a().public_key();
     assert_eq!(
         verify_authorization(
             &params,

@@ -470,7 +470,7 @@ fn v3_envelope(
 
 /// The five `Wechatpay-*` headers signing `body` with `key`.
 fn v3_headers(
-    key: &rsa::RsaPrivateKey,
+    key: &v3::PrivateKey,
     serial: &str,
     timestamp: i64,
     body: &[u8],

@@ -15,9 +15,7 @@ use chrono::Utc;
 use rand::Rng;
 use secrecy::ExposeSecret;
 use wxpay_runtime::config::Settings;
-use wxpay_shared::v3::keys::{
-    generate_private_key, private_key_to_pem, public_key_to_pem, KeyError,
-};
+use wxpay_shared::v3::keys::{load_private_key_pem, public_key_to_pem, KeyError, PrivateKey};
 
 use crate::build::random_string;
 use crate::secrets::{
@@ -79,7 +77,9 @@ pub enum InitError {
     HalfPresent { existing: PathBuf, missing: PathBuf },
     #[error("invalid option: {0}")]
     Option(String),
-    #[error("key generation failed: {0}")]
+    #[error("RSA key generation failed: {0}")]
+    Generate(String),
+    #[error("a generated key does not load: {0}")]
     Key(#[from] KeyError),
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
@@ -145,16 +145,30 @@ fn check_options(o: &InitOptions) -> Result<(), InitError> {
     if o.appid.is_empty() || !o.appid.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(InitError::Option("--appid must be alphanumeric".into()));
     }
-    if !(1024..=4096).contains(&o.key_bits) {
-        return Err(InitError::Option("--key-bits must be 1024 ..= 4096".into()));
+    // ring, which signs and verifies in the services, takes 2048 to 4096 bits.
+    if !(2048..=4096).contains(&o.key_bits) {
+        return Err(InitError::Option("--key-bits must be 2048 ..= 4096".into()));
     }
     Ok(())
 }
 
+/// A fresh RSA key and its PKCS#8 PEM (`PRIVATE KEY`, like WeChat Pay's
+/// `apiclient_key.pem`). ring cannot generate RSA keys, so the `rsa` crate does, here only:
+/// the key is then loaded back through the services' own loader.
+fn generate_key(bits: usize) -> Result<(PrivateKey, String), InitError> {
+    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+    let generate = |e: &dyn std::fmt::Display| InitError::Generate(e.to_string());
+    let pem = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), bits)
+        .map_err(|e| generate(&e))?
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| generate(&e))?;
+    Ok((load_private_key_pem(&pem)?, pem.to_string()))
+}
+
 /// A fresh merchant: random keys and serials.
 fn new_merchant(o: &InitOptions) -> Result<SimSecretsFile, InitError> {
-    let platform = generate_private_key(o.key_bits)?;
-    let merchant = generate_private_key(o.key_bits)?;
+    let (platform, platform_pem) = generate_key(o.key_bits)?;
+    let (merchant, merchant_pem) = generate_key(o.key_bits)?;
     let mut rng = rand::thread_rng();
     // Shaped like WeChat Pay's: PUB_KEY_ID_ + 01 + mch_id + date + digits.
     let platform_serial = format!(
@@ -172,13 +186,13 @@ fn new_merchant(o: &InitOptions) -> Result<SimSecretsFile, InitError> {
             api_v2_key: random_string(32),
             api_v3_key: random_string(32),
             merchant_serial,
-            merchant_public_key_pem: public_key_to_pem(&merchant.to_public_key()),
-            merchant_private_key_pem: private_key_to_pem(&merchant),
+            merchant_public_key_pem: public_key_to_pem(&merchant.public_key()),
+            merchant_private_key_pem: merchant_pem,
         },
         platform: PlatformSecrets {
             serial: platform_serial,
-            private_key_pem: private_key_to_pem(&platform),
-            public_key_pem: public_key_to_pem(&platform.to_public_key()),
+            private_key_pem: platform_pem,
+            public_key_pem: public_key_to_pem(&platform.public_key()),
         },
         orders_file: DEFAULT_ORDERS_FILE.to_owned(),
     })
@@ -317,4 +331,30 @@ pub fn validate(example: &Path, simulator: &Path) -> Result<(), InitError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wxpay_shared::v3::{load_public_key_pem, sign_sha256_rsa, verify_sha256_rsa};
+
+    #[test]
+    fn generated_keys_sign_and_verify_through_their_pems() {
+        let (key, pem) = generate_key(2048).expect("2048-bit key");
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+        assert_eq!(load_private_key_pem(&pem), Ok(key.clone()));
+        let public = load_public_key_pem(&public_key_to_pem(&key.public_key())).expect("loads");
+        let signature = sign_sha256_rsa(&key, b"message");
+        assert_eq!(verify_sha256_rsa(&public, b"message", &signature), Ok(()));
+    }
+
+    #[test]
+    fn keys_ring_cannot_use_are_refused() {
+        // The rsa crate makes a 1024-bit key; the services' loader must refuse it.
+        assert!(matches!(
+            generate_key(1024),
+            Err(InitError::Key(KeyError::Invalid { .. }))
+        ));
+        assert!(matches!(generate_key(0), Err(InitError::Generate(_))));
+    }
 }

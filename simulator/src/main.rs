@@ -63,7 +63,7 @@ struct InitArgs {
     /// Written as wechatpay.api_base: where `wxpay-sim serve` listens.
     #[arg(long, default_value = init::DEFAULT_SERVE_URL)]
     api_base: String,
-    /// RSA key size (WeChat Pay uses 2048).
+    /// RSA key size, 2048 to 4096 bits (WeChat Pay uses 2048).
     #[arg(long, default_value_t = 2048)]
     key_bits: usize,
 }

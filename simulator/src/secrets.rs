@@ -8,9 +8,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use rsa::{RsaPrivateKey, RsaPublicKey};
 use serde::{Deserialize, Serialize};
-use wxpay_shared::v3::keys::{load_private_key_pem, load_public_key_pem, KeyError};
+use wxpay_shared::v3::keys::{
+    load_private_key_pem, load_public_key_pem, KeyError, PrivateKey, PublicKey,
+};
 
 /// Default location of the secrets file (`--sim-config`).
 pub const DEFAULT_SIM_CONFIG: &str = "config/simulator.toml";
@@ -94,11 +95,11 @@ pub struct SimMerchant {
     pub api_v2_key: String,
     pub api_v3_key: String,
     pub merchant_serial: String,
-    pub merchant_public_key: RsaPublicKey,
-    pub merchant_private_key: RsaPrivateKey,
+    pub merchant_public_key: PublicKey,
+    pub merchant_private_key: PrivateKey,
     pub platform_serial: String,
-    pub platform_private_key: RsaPrivateKey,
-    pub platform_public_key: RsaPublicKey,
+    pub platform_private_key: PrivateKey,
+    pub platform_public_key: PublicKey,
     /// Resolved path of the order book.
     pub orders_path: PathBuf,
 }

@@ -9,13 +9,12 @@ use std::time::Duration;
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
-use rsa::RsaPrivateKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use wxpay_gateway::{Application, ShutdownHandle, StartupError};
 use wxpay_runtime::config::Settings;
 use wxpay_shared::v2::{encrypt_req_info, sign, SignType, XmlFields};
-use wxpay_shared::v3::{aead, load_private_key_pem, sign_notification};
+use wxpay_shared::v3::{aead, load_private_key_pem, sign_notification, PrivateKey};
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const BROKER: &str = "127.0.0.1:5672";
@@ -39,14 +38,14 @@ pub const OTHER_PRIVATE_PEM: &str = include_str!("fixtures/other_private.pem");
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The platform key that signs v3 notifications (fixture generated with `openssl genpkey`).
-pub fn platform_key() -> &'static RsaPrivateKey {
-    static KEY: OnceLock<RsaPrivateKey> = OnceLock::new();
+pub fn platform_key() -> &'static PrivateKey {
+    static KEY: OnceLock<PrivateKey> = OnceLock::new();
     KEY.get_or_init(|| load_private_key_pem(PLATFORM_PRIVATE_PEM).expect("fixture key"))
 }
 
 /// A key that is not the platform's (forged v3 signatures).
-pub fn other_key() -> &'static RsaPrivateKey {
-    static KEY: OnceLock<RsaPrivateKey> = OnceLock::new();
+pub fn other_key() -> &'static PrivateKey {
+    static KEY: OnceLock<PrivateKey> = OnceLock::new();
     KEY.get_or_init(|| load_private_key_pem(OTHER_PRIVATE_PEM).expect("fixture key"))
 }
 
@@ -242,7 +241,7 @@ pub fn now_unix() -> i64 {
 pub fn v3_headers(
     body: &str,
     timestamp: i64,
-    key: &RsaPrivateKey,
+    key: &PrivateKey,
     serial: &str,
 ) -> Vec<(String, String)> {
     let timestamp = timestamp.to_string();

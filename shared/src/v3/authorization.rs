@@ -8,11 +8,10 @@
 //! - header: `WECHATPAY2-SHA256-RSA2048 mchid="…",nonce_str="…",signature="…",timestamp="…",serial_no="…"`,
 //!   where `serial_no` is the serial of the merchant's API certificate.
 
-use rsa::{RsaPrivateKey, RsaPublicKey};
-
+use super::error::VerifyError;
 use super::headers::{is_timestamp, WechatpayHeaders};
-use super::keys::{sign_sha256_rsa, verify_sha256_rsa, PlatformKeys};
-use super::verify::{TimestampCheck, VerifyError};
+use super::keys::{sign_sha256_rsa, verify_sha256_rsa, PlatformKeys, PrivateKey, PublicKey};
+use super::verify::TimestampCheck;
 
 /// The authentication schema of the `Authorization` header.
 pub const AUTH_SCHEMA: &str = "WECHATPAY2-SHA256-RSA2048";
@@ -90,7 +89,7 @@ pub fn request_message(
 pub fn authorization_header(
     mchid: &str,
     serial_no: &str,
-    key: &RsaPrivateKey,
+    key: &PrivateKey,
     method: &str,
     canonical_url: &str,
     timestamp: i64,
@@ -163,7 +162,7 @@ pub fn parse_authorization(header: &str) -> Result<AuthorizationParams, Authoriz
 /// [`super::verify::check_timestamp`]).
 pub fn verify_authorization(
     params: &AuthorizationParams,
-    key: &RsaPublicKey,
+    key: &PublicKey,
     method: &str,
     canonical_url: &str,
     body: &[u8],

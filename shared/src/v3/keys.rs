@@ -6,27 +6,30 @@
 //! serial number in hex) or, since 2024, a WeChat Pay public key (微信支付公钥, serial
 //! `PUB_KEY_ID_…`). Both are RSA-2048; during a rotation several are valid at once, so the
 //! keys are kept by serial in [`PlatformKeys`].
+//!
+//! The RSA operations run on `ring`: constant time, unlike the `rsa` crate
+//! (RUSTSEC-2023-0071, "Marvin"), which the gateway and worker therefore do not link.
 //! <https://pay.weixin.qq.com/docs/merchant/development/interface-rules/signature-verification.html>
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use rsa::pkcs1::der::zeroize::Zeroizing;
-use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
-use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
-use rsa::pkcs8::{
-    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+use ring::rand::SystemRandom;
+use ring::signature::{
+    RsaKeyPair, UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256,
 };
-use rsa::signature::{RandomizedSigner, SignatureEncoding, Verifier};
-use rsa::{RsaPrivateKey, RsaPublicKey};
-use sha2::Sha256;
-use x509_cert::der::{Decode, Encode};
+use secrecy::zeroize::Zeroizing;
+use x509_cert::der::asn1::{AnyRef, BitStringRef, UintRef};
+use x509_cert::der::pem::LineEnding;
+use x509_cert::der::{Decode, Encode, Reader, SliceReader};
+use x509_cert::spki::{AlgorithmIdentifierRef, ObjectIdentifier, SubjectPublicKeyInfoRef};
 
-use super::verify::VerifyError;
+use super::error::VerifyError;
 
-/// Why a key could not be loaded or generated. Messages never contain key material.
+/// Why a key could not be loaded. Messages never contain key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     /// The text holds no `-----BEGIN …-----` / `-----END …-----` block.
@@ -44,9 +47,6 @@ pub enum KeyError {
         /// What the decoder said.
         reason: String,
     },
-    /// Key generation failed (e.g. an unsupported size).
-    #[error("RSA key generation failed: {0}")]
-    Generate(String),
 }
 
 /// Finds the first PEM block in `text` and rebuilds it with one trimmed line per line, so
@@ -82,33 +82,154 @@ fn invalid(label: &str, reason: impl fmt::Display) -> KeyError {
     }
 }
 
+/// `rsaEncryption` (RFC 8017), the algorithm of an RSA SubjectPublicKeyInfo.
+const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+
+/// Modulus sizes that [`RSA_PKCS1_2048_8192_SHA256`] verifies; checked at load time so that a
+/// key that could never verify is a configuration error, not a signature mismatch later.
+const MODULUS_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
+
+/// An RSA public key (a platform key, or the merchant's for the simulator), held as the
+/// PKCS#1 `RSAPublicKey` DER that `ring` verifies with. Equal keys have equal encodings (DER
+/// is canonical), whichever PEM form they were loaded from.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    pkcs1_der: Box<[u8]>,
+    bits: usize,
+}
+
+impl PublicKey {
+    /// Checks a PKCS#1 `RSAPublicKey` (`SEQUENCE { n, e }`): modulus of 2048 to 8192 bits
+    /// and an odd exponent that `ring` accepts (3 ..= 2^33 − 1).
+    fn from_pkcs1_der(der: &[u8]) -> Result<Self, String> {
+        let mut reader = SliceReader::new(der).map_err(|e| e.to_string())?;
+        let (n, e) = reader
+            .sequence(|seq| Ok((seq.decode::<UintRef>()?, seq.decode::<UintRef>()?)))
+            .map_err(|e| e.to_string())?;
+        reader.finish(()).map_err(|e| e.to_string())?;
+        let n = n.as_bytes();
+        let bits = n
+            .first()
+            .map_or(0, |top| n.len() * 8 - top.leading_zeros() as usize);
+        if !MODULUS_BITS.contains(&bits) {
+            return Err(format!(
+                "RSA modulus of {bits} bits (supported: {} to {})",
+                MODULUS_BITS.start(),
+                MODULUS_BITS.end()
+            ));
+        }
+        let e = e.as_bytes();
+        let exponent_ok = e.len() <= 8 && {
+            let e = e.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
+            e % 2 == 1 && (3..1 << 33).contains(&e)
+        };
+        if !exponent_ok {
+            return Err("unsupported RSA public exponent".into());
+        }
+        Ok(Self {
+            pkcs1_der: der.into(),
+            bits,
+        })
+    }
+
+    /// The key of a SubjectPublicKeyInfo (`PUBLIC KEY` PEM or a certificate's key), given
+    /// its algorithm and its subjectPublicKey bits.
+    fn from_spki(algorithm: ObjectIdentifier, key: Option<&[u8]>) -> Result<Self, String> {
+        if algorithm != RSA_ENCRYPTION {
+            return Err(format!("not an RSA key (algorithm {algorithm})"));
+        }
+        Self::from_pkcs1_der(key.ok_or("subjectPublicKey is not a whole number of bytes")?)
+    }
+
+    /// Size of the modulus in bits (2048 for WeChat Pay).
+    pub fn modulus_bits(&self) -> usize {
+        self.bits
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicKey")
+            .field("bits", &self.bits)
+            .finish()
+    }
+}
+
+/// An RSA private key (the merchant's API key, or the platform key the simulator signs
+/// with), in `ring`'s constant-time implementation. Cloning shares the key.
+#[derive(Clone)]
+pub struct PrivateKey {
+    pair: Arc<RsaKeyPair>,
+    public: PublicKey,
+}
+
+impl PrivateKey {
+    fn from_key_pair(pair: RsaKeyPair) -> Result<Self, String> {
+        let public = PublicKey::from_pkcs1_der(pair.public().as_ref())?;
+        Ok(Self {
+            pair: Arc::new(pair),
+            public,
+        })
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> PublicKey {
+        self.public.clone()
+    }
+}
+
+/// Two private keys are the same key when their moduli (and exponents) are: the modulus
+/// determines the primes.
+impl PartialEq for PrivateKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.public == other.public
+    }
+}
+
+impl Eq for PrivateKey {}
+
+/// Shows the size only: never key material.
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrivateKey")
+            .field("bits", &self.public.bits)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Loads an RSA public key from PEM: `PUBLIC KEY` (SubjectPublicKeyInfo, the form of the
 /// WeChat Pay public key), `RSA PUBLIC KEY` (PKCS#1) or `CERTIFICATE` (X.509 platform
 /// certificate: its subject public key is used; validity dates are not checked here because
 /// WeChat Pay itself keeps signing with a certificate until the rotation completes).
-pub fn load_public_key_pem(pem: &str) -> Result<RsaPublicKey, KeyError> {
+pub fn load_public_key_pem(pem: &str) -> Result<PublicKey, KeyError> {
     let (label, pem) = first_pem_block(pem)?;
-    match label.as_str() {
-        "PUBLIC KEY" => RsaPublicKey::from_public_key_pem(&pem).map_err(|e| invalid(&label, e)),
-        "RSA PUBLIC KEY" => RsaPublicKey::from_pkcs1_pem(&pem).map_err(|e| invalid(&label, e)),
-        "CERTIFICATE" => {
-            let spki_der = certificate_spki_der(&pem).map_err(|e| invalid(&label, e))?;
-            RsaPublicKey::from_public_key_der(&spki_der).map_err(|e| invalid(&label, e))
-        }
-        _ => Err(KeyError::UnsupportedLabel(label)),
-    }
+    let loaded = match label.as_str() {
+        "PUBLIC KEY" => pem_der(&pem).and_then(|der| {
+            let spki = SubjectPublicKeyInfoRef::from_der(&der).map_err(|e| e.to_string())?;
+            PublicKey::from_spki(spki.algorithm.oid, spki.subject_public_key.as_bytes())
+        }),
+        "RSA PUBLIC KEY" => pem_der(&pem).and_then(|der| PublicKey::from_pkcs1_der(&der)),
+        "CERTIFICATE" => decode_certificate(&pem)
+            .map_err(|e| e.to_string())
+            .and_then(|cert| {
+                let spki = &cert.tbs_certificate.subject_public_key_info;
+                PublicKey::from_spki(spki.algorithm.oid, spki.subject_public_key.as_bytes())
+            }),
+        _ => return Err(KeyError::UnsupportedLabel(label)),
+    };
+    loaded.map_err(|reason| invalid(&label, reason))
+}
+
+/// The DER inside a normalised PEM block, wiped when dropped (it may be a private key).
+fn pem_der(pem: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    x509_cert::der::pem::decode_vec(pem.as_bytes())
+        .map(|(_, der)| Zeroizing::new(der))
+        .map_err(|e| e.to_string())
 }
 
 fn decode_certificate(pem: &str) -> Result<x509_cert::Certificate, x509_cert::der::Error> {
     let (_, der) = x509_cert::der::pem::decode_vec(pem.as_bytes())?;
     x509_cert::Certificate::from_der(&der)
-}
-
-fn certificate_spki_der(pem: &str) -> Result<Vec<u8>, x509_cert::der::Error> {
-    decode_certificate(pem)?
-        .tbs_certificate
-        .subject_public_key_info
-        .to_der()
 }
 
 /// The serial number of an X.509 certificate as WeChat Pay writes it in `Wechatpay-Serial`
@@ -138,47 +259,45 @@ pub fn certificate_not_after(pem: &str) -> Result<std::time::SystemTime, KeyErro
 
 /// Loads an RSA private key (the merchant's API key, `apiclient_key.pem`) from PEM:
 /// `PRIVATE KEY` (PKCS#8, as WeChat Pay's tool writes it) or `RSA PRIVATE KEY` (PKCS#1).
-/// Encrypted keys are not supported.
-pub fn load_private_key_pem(pem: &str) -> Result<RsaPrivateKey, KeyError> {
+/// Encrypted keys are not supported; `ring` signs with moduli of 2048 to 4096 bits.
+pub fn load_private_key_pem(pem: &str) -> Result<PrivateKey, KeyError> {
     let (label, pem) = first_pem_block(pem)?;
-    match label.as_str() {
-        "PRIVATE KEY" => RsaPrivateKey::from_pkcs8_pem(&pem).map_err(|e| invalid(&label, e)),
-        "RSA PRIVATE KEY" => RsaPrivateKey::from_pkcs1_pem(&pem).map_err(|e| invalid(&label, e)),
-        _ => Err(KeyError::UnsupportedLabel(label)),
-    }
+    let parse: fn(&[u8]) -> Result<RsaKeyPair, ring::error::KeyRejected> = match label.as_str() {
+        "PRIVATE KEY" => RsaKeyPair::from_pkcs8,
+        "RSA PRIVATE KEY" => RsaKeyPair::from_der,
+        _ => return Err(KeyError::UnsupportedLabel(label)),
+    };
+    pem_der(&pem)
+        .and_then(|der| parse(&der).map_err(|e| format!("rejected by ring: {e}")))
+        .and_then(PrivateKey::from_key_pair)
+        .map_err(|reason| invalid(&label, reason))
 }
 
 /// `-----BEGIN PUBLIC KEY-----` (SubjectPublicKeyInfo), the form WeChat Pay distributes its
 /// public key in; the simulator's `init` writes it into the configuration.
-pub fn public_key_to_pem(key: &RsaPublicKey) -> String {
-    // Encoding a well-formed in-memory RSA key into DER cannot fail (no input is parsed);
-    // an error here would be a bug in the rsa crate, not bad input.
+pub fn public_key_to_pem(key: &PublicKey) -> String {
+    let spki = SubjectPublicKeyInfoRef {
+        algorithm: AlgorithmIdentifierRef {
+            oid: RSA_ENCRYPTION,
+            // RFC 8017 A.1: the parameters of rsaEncryption are NULL (as openssl writes them).
+            parameters: Some(AnyRef::NULL),
+        },
+        subject_public_key: BitStringRef::from_bytes(&key.pkcs1_der)
+            .unwrap_or_else(|_| unreachable!("a key of at most 8192 bits fits a BIT STRING")),
+    };
+    // Encoding a checked in-memory key cannot fail (no input is parsed).
     #[allow(clippy::expect_used)]
-    key.to_public_key_pem(LineEnding::LF)
-        .expect("an RsaPublicKey always encodes as SPKI")
-}
-
-/// `-----BEGIN PRIVATE KEY-----` (PKCS#8), like WeChat Pay's `apiclient_key.pem`.
-pub fn private_key_to_pem(key: &RsaPrivateKey) -> String {
-    // As in `public_key_to_pem`: encoding a valid in-memory key cannot fail.
+    let der = spki.to_der().expect("an RSA SPKI always encodes");
     #[allow(clippy::expect_used)]
-    let pem = key
-        .to_pkcs8_pem(LineEnding::LF)
-        .expect("an RsaPrivateKey always encodes as PKCS#8");
-    pem.to_string()
-}
-
-/// Generates an RSA key (2048 bits for WeChat Pay) from the OS random generator.
-/// Slow (seconds in debug builds): for the simulator and tests, not for request paths.
-pub fn generate_private_key(bits: usize) -> Result<RsaPrivateKey, KeyError> {
-    RsaPrivateKey::new(&mut rand::thread_rng(), bits).map_err(|e| KeyError::Generate(e.to_string()))
+    x509_cert::der::pem::encode_string("PUBLIC KEY", LineEnding::LF, &der)
+        .expect("DER always encodes as PEM")
 }
 
 /// The platform keys of one merchant, by serial (`Wechatpay-Serial`). Several at once during
 /// a certificate or public-key rotation, when WeChat Pay may sign with either.
 #[derive(Clone, Default)]
 pub struct PlatformKeys {
-    keys: BTreeMap<String, RsaPublicKey>,
+    keys: BTreeMap<String, PublicKey>,
 }
 
 impl PlatformKeys {
@@ -202,12 +321,12 @@ impl PlatformKeys {
     }
 
     /// Adds (or replaces) the key for `serial`.
-    pub fn insert(&mut self, serial: impl Into<String>, key: RsaPublicKey) {
+    pub fn insert(&mut self, serial: impl Into<String>, key: PublicKey) {
         self.keys.insert(serial.into(), key);
     }
 
     /// The key named by `serial`, exactly (serials are case-sensitive in WeChat's headers).
-    pub fn get(&self, serial: &str) -> Option<&RsaPublicKey> {
+    pub fn get(&self, serial: &str) -> Option<&PublicKey> {
         self.keys.get(serial)
     }
 
@@ -237,17 +356,21 @@ impl fmt::Debug for PlatformKeys {
 
 /// Signs `message` with RSA PKCS#1 v1.5 over SHA-256 and returns the signature in standard
 /// base64, as WeChat Pay's `Wechatpay-Signature` and the `signature` of `Authorization`.
-///
-/// Security note: the `rsa` crate is subject to RUSTSEC-2023-0071 ("Marvin": private-key
-/// operations are not constant time, so an attacker who can time many of them may recover the
-/// key). The signature is computed with blinding (a randomized signer), which mitigates but
-/// does not formally remove that risk. Only the simulator and the reconciler sign, with keys
-/// that sign a few requests; the gateway's and worker's path ([`verify_sha256_rsa`]) uses
-/// public keys only and is not affected.
-pub fn sign_sha256_rsa(key: &RsaPrivateKey, message: &[u8]) -> String {
-    let signer = SigningKey::<Sha256>::new(key.clone());
-    let signature = signer.sign_with_rng(&mut rand::thread_rng(), message);
-    BASE64.encode(signature.to_bytes())
+/// `ring`'s private-key operation is constant time (no RUSTSEC-2023-0071 "Marvin" timing leak).
+pub fn sign_sha256_rsa(key: &PrivateKey, message: &[u8]) -> String {
+    let mut signature = vec![0; key.pair.public().modulus_len()];
+    // ring fails only on an output buffer of the wrong size (it is sized from the key here)
+    // or when the random source fails, which PKCS#1 v1.5 padding never draws from.
+    #[allow(clippy::expect_used)]
+    key.pair
+        .sign(
+            &RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            message,
+            &mut signature,
+        )
+        .expect("RSA PKCS#1 v1.5 signing into a modulus-sized buffer cannot fail");
+    BASE64.encode(signature)
 }
 
 /// Verifies a base64 RSA PKCS#1 v1.5 SHA-256 signature of `message`.
@@ -256,17 +379,15 @@ pub fn sign_sha256_rsa(key: &RsaPrivateKey, message: &[u8]) -> String {
 /// [`VerifyError::SignatureMismatch`] when it does not verify (wrong key, altered message,
 /// wrong length).
 pub fn verify_sha256_rsa(
-    key: &RsaPublicKey,
+    key: &PublicKey,
     message: &[u8],
     signature_b64: &str,
 ) -> Result<(), VerifyError> {
     let raw = BASE64
         .decode(signature_b64)
         .map_err(|_| VerifyError::BadSignatureEncoding)?;
-    let signature =
-        Signature::try_from(raw.as_slice()).map_err(|_| VerifyError::SignatureMismatch)?;
-    VerifyingKey::<Sha256>::new(key.clone())
-        .verify(message, &signature)
+    UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &key.pkcs1_der[..])
+        .verify(message, &raw)
         .map_err(|_| VerifyError::SignatureMismatch)
 }
 

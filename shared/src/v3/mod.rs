@@ -2,7 +2,8 @@
 //!
 //! - [`headers`]: the `Wechatpay-*` signature headers.
 //! - [`keys`]: loading RSA keys (public key, PKCS#1, certificate, PKCS#8) and the
-//!   RSA-SHA256 signature scheme; [`PlatformKeys`] by serial, for rotation.
+//!   RSA-SHA256 signature scheme (through `ring`); [`PlatformKeys`] by serial, for rotation.
+//! - [`error`]: [`VerifyError`], why a signature is rejected.
 //! - [`verify`]: verification of notifications (probe, type, serial, timestamp, signature).
 //! - [`aead`]: AEAD_AES_256_GCM decryption of the `resource`.
 //! - [`resource`]: the notification envelope, payment and refund resources.
@@ -12,6 +13,7 @@
 
 pub mod aead;
 pub mod authorization;
+pub mod error;
 pub mod headers;
 pub mod keys;
 pub mod resource;
@@ -27,8 +29,8 @@ pub use headers::{
     HEADER_SIGNATURE_TYPE, HEADER_TIMESTAMP, SIGNATURE_TYPE_RSA,
 };
 pub use keys::{
-    generate_private_key, load_private_key_pem, load_public_key_pem, private_key_to_pem,
-    public_key_to_pem, sign_sha256_rsa, verify_sha256_rsa, KeyError, PlatformKeys,
+    load_private_key_pem, load_public_key_pem, public_key_to_pem, sign_sha256_rsa,
+    verify_sha256_rsa, KeyError, PlatformKeys, PrivateKey, PublicKey,
 };
 pub use resource::{
     EncryptedResource, EventType, NotificationEnvelope, RefundAmount, RefundResource,

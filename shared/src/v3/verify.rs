@@ -8,10 +8,9 @@
 //! - a `Wechatpay-Signature` starting with `WECHATPAY/SIGNTEST/` is a probe WeChat Pay sends
 //!   to check that the merchant verifies signatures: it must fail.
 
-use rsa::{RsaPrivateKey, RsaPublicKey};
-
+pub use super::error::VerifyError;
 use super::headers::{WechatpayHeaders, SIGNATURE_TYPE_RSA};
-use super::keys::{sign_sha256_rsa, verify_sha256_rsa, PlatformKeys};
+use super::keys::{sign_sha256_rsa, verify_sha256_rsa, PlatformKeys, PrivateKey, PublicKey};
 
 /// Largest accepted distance, in seconds, between `Wechatpay-Timestamp` and our clock, in
 /// either direction (WeChat Pay's documented 5 minutes).
@@ -39,51 +38,6 @@ impl TimestampCheck {
     pub fn now() -> Self {
         Self::Enforce {
             now_unix: chrono::Utc::now().timestamp(),
-        }
-    }
-}
-
-/// Why a v3 signature is rejected. All of them mean "answer FAIL, never enqueue".
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VerifyError {
-    /// A `WECHATPAY/SIGNTEST/` probe: it must fail, whatever else it carries.
-    #[error("signature probe (WECHATPAY/SIGNTEST/)")]
-    Probe,
-    /// No configured key has this serial (unknown or already rotated out).
-    #[error("unknown platform key serial {0:?}")]
-    UnknownSerial(String),
-    /// The timestamp is more than [`MAX_CLOCK_SKEW_SECS`] from now; `skew_secs` is
-    /// now − timestamp (positive: in the past).
-    #[error("timestamp {skew_secs} s away from now")]
-    StaleTimestamp {
-        /// now − timestamp, in seconds.
-        skew_secs: i64,
-    },
-    /// The timestamp is not a unix time in seconds.
-    #[error("malformed timestamp")]
-    BadTimestamp,
-    /// `Wechatpay-Signature-Type` is present and not `WECHATPAY2-SHA256-RSA2048`.
-    #[error("unsupported signature type {0:?}")]
-    UnsupportedSignatureType(String),
-    /// The signature is not base64.
-    #[error("signature is not base64")]
-    BadSignatureEncoding,
-    /// The signature does not match the message under the key.
-    #[error("signature mismatch")]
-    SignatureMismatch,
-}
-
-impl VerifyError {
-    /// A short stable code, for metric labels and logs.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Probe => "probe",
-            Self::UnknownSerial(_) => "unknown_serial",
-            Self::StaleTimestamp { .. } => "stale_timestamp",
-            Self::BadTimestamp => "bad_timestamp",
-            Self::UnsupportedSignatureType(_) => "unsupported_signature_type",
-            Self::BadSignatureEncoding => "bad_signature_encoding",
-            Self::SignatureMismatch => "signature_mismatch",
         }
     }
 }
@@ -129,7 +83,7 @@ pub fn verify_notification(
             return Err(VerifyError::UnsupportedSignatureType(t.clone()));
         }
     }
-    let key: &RsaPublicKey = keys
+    let key: &PublicKey = keys
         .get(&headers.serial)
         .ok_or_else(|| VerifyError::UnknownSerial(headers.serial.clone()))?;
     check_timestamp(&headers.timestamp, check)?;
@@ -139,7 +93,7 @@ pub fn verify_notification(
 
 /// Signs a notification as WeChat Pay would: the base64 `Wechatpay-Signature` of
 /// [`signed_message`]. For the simulator and tests.
-pub fn sign_notification(key: &RsaPrivateKey, timestamp: &str, nonce: &str, body: &[u8]) -> String {
+pub fn sign_notification(key: &PrivateKey, timestamp: &str, nonce: &str, body: &[u8]) -> String {
     sign_sha256_rsa(key, &signed_message(timestamp, nonce, body))
 }
 

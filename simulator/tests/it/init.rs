@@ -53,7 +53,7 @@ fn init_writes_a_configuration_the_services_load() {
         .as_ref()
         .expect("merchant signer for the reconciler");
     assert_eq!(signer.serial, sim.merchant_serial);
-    assert_eq!(signer.private_key.to_public_key(), sim.merchant_public_key);
+    assert_eq!(signer.private_key.public_key(), sim.merchant_public_key);
     assert_eq!(
         sim.api_v3_key,
         m.api_v3_key.as_ref().unwrap().expose_secret()

@@ -7,7 +7,7 @@ use serde_json::json;
 use wxpay_shared::state::{OrderState, TradeState};
 use wxpay_shared::v2::{self, SignType, XmlFields};
 use wxpay_shared::v3::{
-    authorization_header, verify_response, TimestampCheck, Transaction, VerifyError,
+    authorization_header, verify_response, PrivateKey, TimestampCheck, Transaction, VerifyError,
     WechatpayHeaders,
 };
 use wxpay_simulator::build::random_string;
@@ -50,11 +50,7 @@ impl Sim {
     }
 
     /// A v3 GET signed by the merchant (or with `key` instead of its key).
-    async fn v3_get(
-        &self,
-        path_and_query: &str,
-        key: Option<&rsa::RsaPrivateKey>,
-    ) -> reqwest::Response {
+    async fn v3_get(&self, path_and_query: &str, key: Option<&PrivateKey>) -> reqwest::Response {
         let auth = authorization_header(
             &self.m.mch_id,
             &self.m.merchant_serial,

@@ -567,7 +567,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use wxpay_runtime::config::MerchantSigner;
     use wxpay_shared::state::TradeState;
-    use wxpay_shared::v3::{generate_private_key, sign_notification, PlatformKeys};
+    use wxpay_shared::v3::{load_private_key_pem, sign_notification, PlatformKeys, PrivateKey};
 
     const MCH_ID: &str = "1900000109";
     const KEY: &str = "192006250b4c09247ec02edce69f6a2d";
@@ -584,17 +584,31 @@ mod tests {
         }
     }
 
+    /// Fixture keys made with `openssl genpkey` (2048 bits, the least ring accepts).
+    fn fixture_key(pem: &str) -> PrivateKey {
+        load_private_key_pem(pem).expect("fixture key loads")
+    }
+
+    fn platform_key() -> PrivateKey {
+        fixture_key(include_str!("../../tests/it/fixtures/platform_private.pem"))
+    }
+
+    /// Not the platform's: the merchant's own key, and the impostor's.
+    fn other_key() -> PrivateKey {
+        fixture_key(include_str!("../../tests/it/fixtures/other_private.pem"))
+    }
+
     /// A v3 merchant and the platform private key that signs its answers.
-    fn v3_merchant() -> (Merchant, rsa::RsaPrivateKey) {
-        let platform = generate_private_key(1024).expect("key");
+    fn v3_merchant() -> (Merchant, PrivateKey) {
+        let platform = platform_key();
         let mut keys = PlatformKeys::new();
-        keys.insert(SERIAL, platform.to_public_key());
+        keys.insert(SERIAL, platform.public_key());
         let merchant = Merchant {
             api_v3_key: Some(SecretString::from("0123456789abcdef0123456789ABCDEF")),
             platform_keys: keys,
             signer: Some(MerchantSigner {
                 serial: "MERCHANT_SERIAL".into(),
-                private_key: generate_private_key(1024).expect("key"),
+                private_key: other_key(),
             }),
             ..v2_merchant()
         };
@@ -721,7 +735,7 @@ mod tests {
         ));
     }
 
-    fn v3_headers(key: &rsa::RsaPrivateKey, ts: i64, body: &[u8]) -> Vec<(&'static str, String)> {
+    fn v3_headers(key: &PrivateKey, ts: i64, body: &[u8]) -> Vec<(&'static str, String)> {
         let ts = ts.to_string();
         vec![
             ("Wechatpay-Timestamp", ts.clone()),
@@ -744,7 +758,7 @@ mod tests {
         let headers = v3_verified(&good, &merchant).expect("verifies");
         assert_eq!(headers.serial, SERIAL);
 
-        let impostor = generate_private_key(1024).expect("key");
+        let impostor = other_key();
         let forged = raw(200, &v3_headers(&impostor, now, &body), body.clone());
         assert!(matches!(
             v3_verified(&forged, &merchant),

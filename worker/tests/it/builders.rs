@@ -6,12 +6,11 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use rsa::RsaPrivateKey;
 use secrecy::SecretString;
 use wxpay_runtime::config::MerchantSettings;
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::v2::{self, SignType, XmlFields};
-use wxpay_shared::v3::{self, WechatpayHeaders};
+use wxpay_shared::v3::{self, PrivateKey, WechatpayHeaders};
 
 pub const MCH_ID: &str = "1900000109";
 pub const APPID: &str = "wxd930ea5d5a258f4f";
@@ -24,8 +23,8 @@ const PLATFORM_PRIVATE_PEM: &str = include_str!("fixtures/platform_private.pem")
 const PLATFORM_PUBLIC_PEM: &str = include_str!("fixtures/platform_public.pem");
 
 /// The platform key WeChat Pay would sign v3 notifications with (fixture made with openssl).
-pub fn platform_key() -> &'static RsaPrivateKey {
-    static KEY: OnceLock<RsaPrivateKey> = OnceLock::new();
+pub fn platform_key() -> &'static PrivateKey {
+    static KEY: OnceLock<PrivateKey> = OnceLock::new();
     KEY.get_or_init(|| {
         v3::load_private_key_pem(PLATFORM_PRIVATE_PEM).expect("fixture private key loads")
     })

@@ -59,7 +59,7 @@ impl Sim {
             .arg("init")
             .arg("--dir")
             .arg(dir.path())
-            .args(["--mch-id", MCH_ID, "--appid", APPID, "--key-bits", "1024"])
+            .args(["--mch-id", MCH_ID, "--appid", APPID, "--key-bits", "2048"])
             .args(["--api-base", "http://127.0.0.1:1"])
             .output()
             .await

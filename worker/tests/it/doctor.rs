@@ -222,7 +222,7 @@ fn openssl_certificate(dir: &Path, serial: &str, days: i32) -> String {
         "req",
         "-new",
         "-newkey",
-        "rsa:1024",
+        "rsa:2048",
         "-nodes",
         "-subj",
         "/CN=doctor-test",

@@ -36,6 +36,43 @@ pub mod header {
 /// Delivery mode 2: the broker writes the message to disk (with a quorum queue, to a majority).
 pub const PERSISTENT: u8 = 2;
 
+/// Longest AMQP short string (content type, message id, header names): its length is one
+/// byte on the wire, and a longer value makes a frame RabbitMQ answers by closing the
+/// whole connection (`INTERNAL_ERROR`), failing every publish in flight on it.
+pub const MAX_SHORT_STRING: usize = 255;
+
+/// Longest value copied from a request into a message header (`x-wxpay-mch-id`,
+/// `wechatpay-*`). Genuine values are far shorter (a 2048-bit RSA signature is 344 base64
+/// characters), and the whole content header must fit in one frame.
+pub const MAX_HEADER_VALUE: usize = 512;
+
+/// The content types a message may carry. Whatever a request says is mapped onto one of
+/// these ([`content_type_property`]), so no sender's text reaches the broker as a short
+/// string.
+pub const CONTENT_TYPES: [&str; 4] = [
+    "application/xml",
+    "text/xml",
+    "application/json",
+    "application/octet-stream",
+];
+
+/// Maps a `Content-Type` onto [`CONTENT_TYPES`] by its essence (parameters such as
+/// `charset` are dropped: the body travels as raw bytes and the worker decodes by kind).
+/// Anything unknown becomes `application/octet-stream`.
+pub fn content_type_property(value: &str) -> &'static str {
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    CONTENT_TYPES
+        .into_iter()
+        .find(|known| essence.eq_ignore_ascii_case(known))
+        .unwrap_or("application/octet-stream")
+}
+
+/// A merchant id as WeChat Pay issues them: 1 to 32 ASCII digits. Anything else is not
+/// logged or copied verbatim.
+pub fn is_valid_mch_id(value: &str) -> bool {
+    (1..=32).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// The arguments of the notify queue's (and the parking queue's) declaration: a quorum
 /// queue, replicated and durable by construction. Gateway, worker and reconciler all
 /// declare the queue with exactly these, because RabbitMQ refuses (PRECONDITION_FAILED) a
@@ -145,7 +182,7 @@ impl NotifyMessage {
             kind,
             mch_id: mch_id.into(),
             received_at_ms: chrono::Utc::now().timestamp_millis(),
-            content_type,
+            content_type: content_type.map(|value| content_type_property(&value).to_owned()),
             wechatpay,
             attempt: 1,
             park_reason: None,
@@ -153,8 +190,34 @@ impl NotifyMessage {
         }
     }
 
+    /// Checks what came from a request before it is published: the merchant id is 1–32
+    /// ASCII digits and every `wechatpay-*` value is visible ASCII of at most
+    /// [`MAX_HEADER_VALUE`] bytes. The gateway refuses a message that fails this.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        if !is_valid_mch_id(&self.mch_id) {
+            return Err(MessageError::Invalid {
+                name: header::MCH_ID,
+                reason: "not 1 to 32 ASCII digits".to_owned(),
+            });
+        }
+        if let Some(wechatpay) = &self.wechatpay {
+            for (name, value) in wechatpay.pairs() {
+                let visible = value.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+                if value.len() > MAX_HEADER_VALUE || !visible {
+                    return Err(MessageError::Invalid {
+                        name: "wechatpay-*",
+                        reason: format!(
+                            "{name}: not visible ASCII of at most {MAX_HEADER_VALUE} bytes"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The AMQP properties of this message: persistent, with id, timestamp, content type
-    /// and the contract's headers.
+    /// (always one of [`CONTENT_TYPES`]) and the contract's headers.
     pub fn properties(&self) -> BasicProperties {
         let mut headers = FieldTable::default();
         let mut put = |name: &str, value: AMQPValue| headers.insert(ShortString::from(name), value);
@@ -189,7 +252,8 @@ impl NotifyMessage {
             .with_delivery_mode(PERSISTENT)
             .with_headers(headers);
         if let Some(content_type) = &self.content_type {
-            properties = properties.with_content_type(ShortString::from(content_type.as_str()));
+            properties = properties
+                .with_content_type(ShortString::from(content_type_property(content_type)));
         }
         properties
     }
@@ -256,7 +320,7 @@ impl NotifyMessage {
             content_type: properties
                 .content_type()
                 .as_ref()
-                .map(|ct| ct.as_str().to_owned()),
+                .map(|ct| content_type_property(ct.as_str()).to_owned()),
             wechatpay,
             attempt,
             park_reason: text(header::PARK_REASON)?,
@@ -422,6 +486,95 @@ mod tests {
         );
         let options = durable_queue_options();
         assert!(options.durable && !options.exclusive && !options.auto_delete && !options.passive);
+    }
+
+    /// Encodes the content header as lapin puts it on the wire and parses it back.
+    fn encode(properties: &BasicProperties) -> BasicProperties {
+        use lapin::protocol::basic::{gen_properties, parse_properties};
+        let (buffer, _) =
+            cookie_factory::gen(gen_properties(properties), Vec::new()).expect("properties encode");
+        let (rest, parsed) = parse_properties(buffer.as_slice()).expect("properties parse");
+        assert!(rest.is_empty());
+        parsed
+    }
+
+    #[test]
+    fn properties_at_the_limits_encode_as_they_are() {
+        let longest = "x".repeat(MAX_HEADER_VALUE);
+        let headers = WechatpayHeaders {
+            timestamp: "9".repeat(12),
+            nonce: longest.clone(),
+            signature: longest.clone(),
+            serial: longest.clone(),
+            signature_type: Some(longest),
+        };
+        let hostile_type = format!("text/xml; x={}", "a".repeat(300));
+        let message = NotifyMessage::new(
+            NotifyKind::V3,
+            "9".repeat(32),
+            b"{}".to_vec(),
+            Some(hostile_type.clone()),
+            Some(headers),
+        );
+        assert_eq!(message.validate(), Ok(()));
+        assert_eq!(message.content_type.as_deref(), Some("text/xml"));
+        let properties = message.properties();
+        assert_eq!(encode(&properties), properties);
+        // Even a field set directly never reaches the wire as a long short string.
+        let direct = NotifyMessage {
+            content_type: Some(hostile_type),
+            ..message.clone()
+        };
+        let wire = encode(&direct.properties());
+        assert_eq!(
+            wire.content_type().as_ref().map(ShortString::as_str),
+            Some("text/xml")
+        );
+        for name in wire.headers().clone().expect("headers").inner().keys() {
+            assert!(name.as_str().len() <= MAX_SHORT_STRING, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn content_types_map_onto_the_fixed_set() {
+        for (given, mapped) in [
+            ("text/xml; charset=UTF-8", "text/xml"),
+            ("Application/JSON", "application/json"),
+            ("application/xml", "application/xml"),
+            ("", "application/octet-stream"),
+            ("text/plain", "application/octet-stream"),
+        ] {
+            assert_eq!(content_type_property(given), mapped, "{given:?}");
+        }
+        let long = format!("application/json;{}", "p".repeat(1000));
+        assert_eq!(content_type_property(&long), "application/json");
+    }
+
+    #[test]
+    fn validate_refuses_what_no_genuine_request_carries() {
+        let ok = NotifyMessage::new(NotifyKind::V2Pay, "1900000109", vec![], None, None);
+        assert_eq!(ok.validate(), Ok(()));
+        for mch_id in ["", "19000001x9", &"1".repeat(33), "１２３"] {
+            let bad = NotifyMessage {
+                mch_id: mch_id.to_owned(),
+                ..ok.clone()
+            };
+            assert!(bad.validate().is_err(), "{mch_id:?}");
+        }
+        let mut headers = v3_headers();
+        headers.nonce = "n".repeat(MAX_HEADER_VALUE + 1);
+        let long = NotifyMessage {
+            wechatpay: Some(headers),
+            ..ok.clone()
+        };
+        assert!(long.validate().is_err());
+        let mut headers = v3_headers();
+        headers.serial = "PUB\nKEY\u{7}".to_owned();
+        let control = NotifyMessage {
+            wechatpay: Some(headers),
+            ..ok
+        };
+        assert!(control.validate().is_err());
     }
 
     #[test]

@@ -65,4 +65,15 @@ fn corpus_reaches_past_the_signatures() {
             .is_ok_and(|text| wxpay_shared::v2::decrypt_req_info(text, harness::V2_KEY).is_ok())
     });
     assert!(decrypted, "no req_info seed decrypts under harness::V2_KEY");
+    let resource = corpus("v3_notification").iter().any(|path| {
+        let data = std::fs::read(path).expect("corpus file");
+        data.windows(2)
+            .position(|pair| pair == b"\n\n")
+            .and_then(|at| wxpay_shared::v3::NotificationEnvelope::parse(&data[at + 2..]).ok())
+            .is_some_and(|envelope| envelope.decrypt(harness::V3_KEY).is_ok())
+    });
+    assert!(
+        resource,
+        "no v3 seed's resource decrypts under harness::V3_KEY"
+    );
 }

@@ -348,3 +348,20 @@ async fn pipeline(
         .await;
     Outcome::Published(Box::new(verified), publish_started, result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_values_are_capped_and_cleaned_for_logs() {
+        assert_eq!(log_mch_id("1900000109"), "1900000109");
+        for bad in ["", "19000x0109", &"1".repeat(33), &"9".repeat(64 * 1024)] {
+            assert_eq!(log_mch_id(bad), "invalid");
+        }
+        let flood = "a".repeat(64 * 1024);
+        assert_eq!(log_safe(&flood).chars().count(), MAX_LOGGED + 1);
+        assert_eq!(log_safe("line\nforged\u{1b}[31m"), "line?forged?[31m");
+        assert_eq!(log_safe("短い"), "短い");
+    }
+}

@@ -416,3 +416,73 @@ async fn a_source_over_its_rate_gets_429_others_are_not_affected() {
     assert_eq!(app.drain().await.len(), 2 + accepted);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_publish_pipeline_sheds_at_once_and_queues_nothing_shed() {
+    let proxy = FrameProxy::start(BROKER).await;
+    let app = TestApp::spawn_with(&proxy.url(), |settings| {
+        settings.gateway.max_in_flight = 1;
+    })
+    .await;
+    proxy.pause().await;
+    // Two notifications while the broker holds its confirms: one takes the only slot
+    // and waits for its confirm (FAIL at publish_timeout_ms), the other is shed at once.
+    let slot_a = v2_pay_body("slot-a", 100);
+    let (first, second) = tokio::join!(app.post_v2_pay(&slot_a), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        app.post_v2_pay(&v2_pay_body("slot-b", 100)).await
+    });
+    first.assert_v2_fail(200, RETRY);
+    second.assert_v2_fail(200, RETRY);
+    let (_, metrics) = app.get("/metrics").await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "wxpay_gateway_shed_total{reason=\"in_flight_full\"}"
+        ),
+        1.0
+    );
+    proxy.resume().await;
+    let after = app.post_v2_pay(&v2_pay_body("slot-c", 100)).await;
+    assert!(after.is_v2_success(), "{after:?}");
+    // The publish that timed out reaches the queue late (WeChat Pay re-sends it and the
+    // worker dedupes); the shed one never does.
+    let queued: Vec<String> = app
+        .drain()
+        .await
+        .iter()
+        .filter_map(|m| {
+            let fields = wxpay_shared::v2::XmlFields::parse(&m.delivery.data).ok()?;
+            fields.get("out_trade_no").map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    assert!(queued.contains(&"slot-c".to_owned()), "{queued:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_deadline_bounds_a_slow_broker_not_the_publish_timeout() {
+    let proxy = FrameProxy::start(BROKER).await;
+    let app = TestApp::spawn_with(&proxy.url(), |settings| {
+        settings.gateway.publish_timeout_ms = 20_000;
+        settings.gateway.answer_deadline_ms = 1_000;
+    })
+    .await;
+    proxy.pause().await;
+    let started = Instant::now();
+    let body = v3_body(
+        "TRANSACTION.SUCCESS",
+        "transaction",
+        &v3_transaction("deadline"),
+    );
+    let headers = v3_headers(&body, now_unix(), platform_key(), SERIAL);
+    app.post_v3(V3_MCH, &body, &headers)
+        .await
+        .assert_v3_fail(503, RETRY);
+    let waited = started.elapsed();
+    // Bounded by the 1 s deadline, far from the 20 s publish timeout.
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+    proxy.resume().await;
+    app.stop().await;
+}

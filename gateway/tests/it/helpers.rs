@@ -591,6 +591,7 @@ pub struct FrameProxy {
     pub port: u16,
     clients: Arc<Mutex<Vec<Arc<tokio::sync::Mutex<OwnedWriteHalf>>>>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    paused: tokio::sync::Mutex<Vec<tokio::sync::OwnedMutexGuard<OwnedWriteHalf>>>,
 }
 
 impl FrameProxy {
@@ -644,6 +645,7 @@ impl FrameProxy {
             port,
             clients,
             tasks,
+            paused: tokio::sync::Mutex::default(),
         }
     }
 
@@ -660,6 +662,21 @@ impl FrameProxy {
     /// Sends `connection.unblocked`.
     pub async fn unblock(&self) {
         self.send(&connection_method(61, None)).await;
+    }
+
+    /// Holds back every frame from the broker (confirms included) until [`Self::resume`]:
+    /// a broker that has become slow.
+    pub async fn pause(&self) {
+        let clients = self.clients.lock().expect("proxy lock").clone();
+        let mut paused = self.paused.lock().await;
+        for client in clients {
+            paused.push(client.lock_owned().await);
+        }
+    }
+
+    /// Lets the held-back frames through.
+    pub async fn resume(&self) {
+        self.paused.lock().await.clear();
     }
 
     async fn send(&self, frame: &[u8]) {

@@ -168,7 +168,7 @@ fn millis(started: Instant) -> f64 {
 }
 
 /// Longest untrusted text put in a log line.
-const MAX_LOGGED: usize = 200;
+pub const MAX_LOGGED: usize = 200;
 
 /// An untrusted value as it may appear in a log line: at most [`MAX_LOGGED`] characters,
 /// control characters replaced, so a sender can neither flood nor forge log lines.

@@ -11,7 +11,6 @@ use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use wxpay_shared::answer;
 
-use crate::publish::PublishError;
 use crate::verify::{RejectReason, Rejection, Route};
 
 /// The wire format of a route's answers.
@@ -45,6 +44,10 @@ pub fn public_message(reason: RejectReason) -> &'static str {
         RejectReason::UnknownSerial => "unknown Wechatpay-Serial",
         RejectReason::Timestamp => "timestamp out of range",
         RejectReason::Probe => "signature probe rejected",
+        RejectReason::ContentEncoding => "content encoding not accepted, send identity",
+        RejectReason::SlowBody => "body not received in time",
+        RejectReason::SourceNotAllowed => "source not allowed",
+        RejectReason::RateLimited => "too many requests",
     }
 }
 
@@ -75,14 +78,10 @@ pub fn accepted(format: Format) -> HttpResponse {
 pub fn rejected(format: Format, rejection: &Rejection) -> HttpResponse {
     let message = public_message(rejection.reason);
     match format {
-        Format::V2 => {
-            let status = if rejection.reason == RejectReason::TooLarge {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::OK
-            };
-            v2(status, answer::v2_fail(message))
-        }
+        Format::V2 => v2(
+            StatusCode::from_u16(rejection.reason.v2_status()).unwrap_or(StatusCode::OK),
+            answer::v2_fail(message),
+        ),
         Format::V3 => v3_fail(
             StatusCode::from_u16(rejection.reason.v3_status()).unwrap_or(StatusCode::BAD_REQUEST),
             message,
@@ -90,8 +89,9 @@ pub fn rejected(format: Format, rejection: &Rejection) -> HttpResponse {
     }
 }
 
-/// FAIL for a verified request the broker did not confirm: WeChat Pay re-sends it.
-pub fn failed(format: Format, _error: &PublishError) -> HttpResponse {
+/// FAIL for a verified request the broker did not confirm, or that was shed (overload,
+/// blocked broker, deadline): WeChat Pay re-sends it.
+pub fn failed(format: Format) -> HttpResponse {
     const MESSAGE: &str = "temporarily unavailable, please retry";
     match format {
         Format::V2 => v2(StatusCode::OK, answer::v2_fail(MESSAGE)),

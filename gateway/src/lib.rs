@@ -10,10 +10,12 @@
 //! - [`verify`]: request → verified queue message, or a rejection with its reason.
 //! - [`publish`]: confirm channels and supervision of the broker link.
 //! - [`error`]: the answers, in each route's format.
+//! - [`admission`]: per-source limits (off by default) and load shedding.
 //!
 //! [`Application`] builds the whole service (zero-to-production style) so tests and
 //! benches run it in-process on port 0.
 
+pub mod admission;
 pub mod error;
 pub mod publish;
 pub mod routes;
@@ -30,9 +32,10 @@ use tracing::{info, warn};
 use wxpay_runtime::config::Settings;
 use wxpay_runtime::telemetry::{metric, metrics_handle, step};
 
+use admission::{Admission, Shed};
 pub use error::StartupError;
 use publish::{PublishError, Publisher, PublisherConfig};
-use routes::{outcome, AppState};
+use routes::{outcome, AppState, Limits};
 use verify::{RejectReason, Route};
 
 /// Describes every gateway metric and touches each with a first label set, so `/metrics`
@@ -69,9 +72,20 @@ pub fn register_metrics() {
             metrics::counter!(metric::GATEWAY_REQUESTS_TOTAL, "route" => name, "outcome" => outcome::FAILED, "reason" => reason)
                 .increment(0);
         }
+        for shed in Shed::ALL {
+            metrics::counter!(metric::GATEWAY_REQUESTS_TOTAL, "route" => name, "outcome" => outcome::SHED, "reason" => shed.code())
+                .increment(0);
+        }
         let _ = metrics::histogram!(metric::GATEWAY_REQUEST_DURATION_SECONDS, "route" => name);
     }
     let _ = metrics::histogram!(metric::GATEWAY_PUBLISH_DURATION_SECONDS);
+    metrics::describe_counter!(
+        metric::GATEWAY_SHED_TOTAL,
+        "Notify requests answered FAIL at once without publishing, by reason"
+    );
+    for shed in Shed::ALL {
+        metrics::counter!(metric::GATEWAY_SHED_TOTAL, "reason" => shed.code()).increment(0);
+    }
 }
 
 /// Triggers a graceful shutdown of a running [`Application`] (signals, tests).
@@ -125,13 +139,14 @@ impl Application {
         let state = web::Data::new(AppState {
             merchants: merchants.clone(),
             publisher: publisher.clone(),
+            admission: Arc::new(Admission::from_settings(&settings.gateway)),
+            limits: Limits::from_settings(&settings.gateway),
         });
-        let body_limit = settings.gateway.body_limit_bytes;
+        let header_timeout = Duration::from_millis(settings.gateway.header_read_timeout_ms);
         let shutdown_timeout = Duration::from_millis(settings.gateway.shutdown_timeout_ms);
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .app_data(web::PayloadConfig::new(body_limit))
                 .route("/notify/v2/pay", web::post().to(routes::v2::pay))
                 .route("/notify/v2/refund", web::post().to(routes::v2::refund))
                 .route("/notify/v3/{mch_id}", web::post().to(routes::v3::notify))
@@ -140,6 +155,8 @@ impl Application {
                 .route("/metrics", web::get().to(routes::health::metrics))
         })
         .disable_signals()
+        // Headers trickled slower than this: 408 and the connection is closed.
+        .client_request_timeout(header_timeout)
         .shutdown_timeout(shutdown_timeout.as_secs().max(1));
         if settings.gateway.http_workers > 0 {
             server = server.workers(settings.gateway.http_workers);

@@ -258,6 +258,14 @@ impl Publisher {
         self.shared.current().is_some_and(|link| !link.is_broken())
     }
 
+    /// Whether RabbitMQ has blocked the connection (`connection.blocked`: a memory or disk
+    /// alarm). Publishes would only wait for their timeout, so the gateway sheds instead.
+    pub fn is_blocked(&self) -> bool {
+        self.shared
+            .current()
+            .is_some_and(|link| link.connection.status().blocked())
+    }
+
     /// Waits until connected, at most `timeout`; returns whether it is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -281,14 +289,30 @@ impl Publisher {
     /// = queue) and waits for the broker's confirm of this very message, at most
     /// `gateway.publish_timeout_ms` in all. `Ok` only on a plain ack.
     pub async fn publish(&self, message: &NotifyMessage) -> Result<(), PublishError> {
+        self.publish_within(message, self.shared.config.publish_timeout)
+            .await
+    }
+
+    /// [`Publisher::publish`], waiting at most `limit` (and never longer than
+    /// `gateway.publish_timeout_ms`): the caller's answer deadline.
+    pub async fn publish_within(
+        &self,
+        message: &NotifyMessage,
+        limit: Duration,
+    ) -> Result<(), PublishError> {
         let started = Instant::now();
-        let result = self.publish_inner(message).await;
+        let timeout = limit.min(self.shared.config.publish_timeout);
+        let result = self.publish_inner(message, timeout).await;
         metrics::histogram!(metric::GATEWAY_PUBLISH_DURATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
         result
     }
 
-    async fn publish_inner(&self, message: &NotifyMessage) -> Result<(), PublishError> {
+    async fn publish_inner(
+        &self,
+        message: &NotifyMessage,
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
         let link = self
             .shared
             .current()
@@ -297,7 +321,6 @@ impl Publisher {
         let count = link.channels.len().max(1);
         let index = self.shared.next_channel.fetch_add(1, Ordering::Relaxed) % count;
         let confirm_channel = link.channels.get(index).ok_or(PublishError::NotConnected)?;
-        let timeout = self.shared.config.publish_timeout;
         let result = publish_on(confirm_channel, &self.shared.config.queue, message, timeout).await;
         if let Err(error) = &result {
             if error.breaks_link() {

@@ -81,11 +81,20 @@ pub enum RejectReason {
     Timestamp,
     /// v3: a `WECHATPAY/SIGNTEST/` probe.
     Probe,
+    /// A `Content-Encoding` other than `identity`: WeChat Pay never compresses, and
+    /// inflating a stranger's body is a memory bomb. Refused unread.
+    ContentEncoding,
+    /// The body did not arrive within `gateway.body_read_timeout_ms` (or the deadline).
+    SlowBody,
+    /// The client address is not in `gateway.allow_sources`.
+    SourceNotAllowed,
+    /// The client address is over `gateway.rate_limit_per_second`.
+    RateLimited,
 }
 
 impl RejectReason {
     /// Every reason, to pre-register metric labels.
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 15] = [
         RejectReason::ContentType,
         RejectReason::TooLarge,
         RejectReason::Doctype,
@@ -97,6 +106,10 @@ impl RejectReason {
         RejectReason::UnknownSerial,
         RejectReason::Timestamp,
         RejectReason::Probe,
+        RejectReason::ContentEncoding,
+        RejectReason::SlowBody,
+        RejectReason::SourceNotAllowed,
+        RejectReason::RateLimited,
     ];
 
     /// Stable short code: metric label `reason` and log field.
@@ -113,6 +126,10 @@ impl RejectReason {
             RejectReason::UnknownSerial => "unknown_serial",
             RejectReason::Timestamp => "timestamp",
             RejectReason::Probe => "probe",
+            RejectReason::ContentEncoding => "content_encoding",
+            RejectReason::SlowBody => "slow_body",
+            RejectReason::SourceNotAllowed => "source_not_allowed",
+            RejectReason::RateLimited => "rate_limited",
         }
     }
 
@@ -120,7 +137,10 @@ impl RejectReason {
     pub fn v3_status(self) -> u16 {
         match self {
             RejectReason::TooLarge => 413,
-            RejectReason::ContentType => 415,
+            RejectReason::ContentType | RejectReason::ContentEncoding => 415,
+            RejectReason::SlowBody => 408,
+            RejectReason::SourceNotAllowed => 403,
+            RejectReason::RateLimited => 429,
             RejectReason::UnknownMerchant => 404,
             RejectReason::Doctype | RejectReason::Malformed | RejectReason::WrongAppid => 400,
             RejectReason::Signature
@@ -128,6 +148,20 @@ impl RejectReason {
             | RejectReason::UnknownSerial
             | RejectReason::Timestamp
             | RejectReason::Probe => 401,
+        }
+    }
+
+    /// The HTTP status of a v2 answer: 200 with FAIL XML, as WeChat Pay expects, except
+    /// where the request itself was not acceptable as HTTP (size, encoding, pace, source):
+    /// still FAIL to WeChat Pay, clearer to operators and proxies.
+    pub fn v2_status(self) -> u16 {
+        match self {
+            RejectReason::TooLarge
+            | RejectReason::ContentEncoding
+            | RejectReason::SlowBody
+            | RejectReason::SourceNotAllowed
+            | RejectReason::RateLimited => self.v3_status(),
+            _ => 200,
         }
     }
 }
@@ -212,7 +246,7 @@ fn message(
     route: Route,
     mch_id: &str,
     wechatpay: Option<WechatpayHeaders>,
-) -> NotifyMessage {
+) -> Result<NotifyMessage, Rejection> {
     let mut message = NotifyMessage::new(
         route.kind(),
         mch_id,
@@ -221,7 +255,12 @@ fn message(
         wechatpay,
     );
     message.message_id = incoming.request_id;
-    message
+    // Nothing from the request reaches the broker unchecked (the content type is already
+    // mapped onto a fixed set by NotifyMessage::new).
+    message.validate().map_err(|error| {
+        Rejection::new(RejectReason::Malformed, error.to_string()).for_merchant(mch_id)
+    })?;
+    Ok(message)
 }
 
 /// v2 支付结果通知: parse, find the merchant by `mch_id`, verify the signature (method from
@@ -265,7 +304,7 @@ pub fn verify_v2_pay(
     }
     let out_trade_no = Some(notification.out_trade_no).filter(|no| !no.is_empty());
     Ok(Verified {
-        message: message(incoming, Route::V2Pay, mch_id, None),
+        message: message(incoming, Route::V2Pay, mch_id, None)?,
         out_trade_no,
     })
 }
@@ -312,7 +351,7 @@ pub fn verify_v2_refund(
     })?;
     let out_trade_no = Some(info.out_trade_no).filter(|no| !no.is_empty());
     Ok(Verified {
-        message: message(incoming, Route::V2Refund, mch_id, None),
+        message: message(incoming, Route::V2Refund, mch_id, None)?,
         out_trade_no,
     })
 }
@@ -376,7 +415,7 @@ pub fn verify_v3<'h>(
         .for_merchant(mch_id)
     })?;
     Ok(Verified {
-        message: message(incoming, Route::V3, mch_id, Some(headers)),
+        message: message(incoming, Route::V3, mch_id, Some(headers))?,
         out_trade_no: None,
     })
 }

@@ -10,7 +10,9 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 use uuid::Uuid;
-use wxpay_shared::message::{header, MessageError, NotifyKind, NotifyMessage, WECHATPAY_HEADERS};
+use wxpay_shared::message::{
+    content_type_property, header, MessageError, NotifyKind, NotifyMessage, WECHATPAY_HEADERS,
+};
 use wxpay_shared::v3::headers::WechatpayHeaders;
 
 /// Delivery mode 2: the broker writes the message to disk (with a quorum queue, to a majority).
@@ -38,6 +40,7 @@ pub fn durable_queue_options() -> QueueDeclareOptions {
 /// A [`NotifyMessage`] in and out of AMQP properties.
 pub trait AmqpMessage: Sized {
     /// The AMQP properties of this message: persistent, with id, timestamp, content type
+    /// (always one of `CONTENT_TYPES`)
     /// and the contract's headers.
     fn properties(&self) -> BasicProperties;
 
@@ -83,7 +86,8 @@ impl AmqpMessage for NotifyMessage {
             .with_delivery_mode(PERSISTENT)
             .with_headers(headers);
         if let Some(content_type) = &self.content_type {
-            properties = properties.with_content_type(ShortString::from(content_type.as_str()));
+            properties = properties
+                .with_content_type(ShortString::from(content_type_property(content_type)));
         }
         properties
     }
@@ -200,6 +204,7 @@ fn header_integer(headers: &FieldTable, name: &'static str) -> Result<Option<i64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wxpay_shared::message::{MAX_HEADER_VALUE, MAX_SHORT_STRING};
 
     fn v3_headers() -> WechatpayHeaders {
         WechatpayHeaders {
@@ -319,5 +324,51 @@ mod tests {
                 .attempt,
             4
         );
+    }
+
+    fn encode(properties: &BasicProperties) -> BasicProperties {
+        use lapin::protocol::basic::{gen_properties, parse_properties};
+        let (buffer, _) =
+            cookie_factory::gen(gen_properties(properties), Vec::new()).expect("properties encode");
+        let (rest, parsed) = parse_properties(buffer.as_slice()).expect("properties parse");
+        assert!(rest.is_empty());
+        parsed
+    }
+
+    #[test]
+    fn properties_at_the_limits_encode_as_they_are() {
+        let longest = "x".repeat(MAX_HEADER_VALUE);
+        let headers = WechatpayHeaders {
+            timestamp: "9".repeat(12),
+            nonce: longest.clone(),
+            signature: longest.clone(),
+            serial: longest.clone(),
+            signature_type: Some(longest),
+        };
+        let hostile_type = format!("text/xml; x={}", "a".repeat(300));
+        let message = NotifyMessage::new(
+            NotifyKind::V3,
+            "9".repeat(32),
+            b"{}".to_vec(),
+            Some(hostile_type.clone()),
+            Some(headers),
+        );
+        assert_eq!(message.validate(), Ok(()));
+        assert_eq!(message.content_type.as_deref(), Some("text/xml"));
+        let properties = message.properties();
+        assert_eq!(encode(&properties), properties);
+        // Even a field set directly never reaches the wire as a long short string.
+        let direct = NotifyMessage {
+            content_type: Some(hostile_type),
+            ..message.clone()
+        };
+        let wire = encode(&direct.properties());
+        assert_eq!(
+            wire.content_type().as_ref().map(ShortString::as_str),
+            Some("text/xml")
+        );
+        for name in wire.headers().clone().expect("headers").inner().keys() {
+            assert!(name.as_str().len() <= MAX_SHORT_STRING, "{name:?}");
+        }
     }
 }

@@ -62,6 +62,24 @@ pub struct GatewaySettings {
     /// The public notify base URL WeChat Pay calls (e.g. `https://pay.example.com`); only
     /// `wxpay-worker doctor` reads it, to check its shape and the route from outside.
     pub public_url: Option<String>,
+    /// Every notify request is answered within this, counted from its headers: body,
+    /// verification and broker included. Past it: FAIL (WeChat Pay gives up at ~5 s).
+    pub answer_deadline_ms: u64,
+    /// A body not fully received by then is answered 408 (slow senders hold a connection).
+    pub body_read_timeout_ms: u64,
+    /// Headers not fully received by then: the connection is answered 408 and closed.
+    pub header_read_timeout_ms: u64,
+    /// Publishes awaiting their confirm at once; past it, FAIL at once (WeChat Pay re-sends).
+    pub max_in_flight: usize,
+    /// Notify requests per second per client address (0: no limit). Off by default.
+    pub rate_limit_per_second: u32,
+    /// Requests a client address may send at once above its rate (token bucket size).
+    pub rate_limit_burst: u32,
+    /// CIDR blocks allowed to send notifications (empty: everyone). Off by default.
+    pub allow_sources: Vec<String>,
+    /// CIDR blocks of the proxies in front of the gateway: only from them is
+    /// `X-Forwarded-For` believed. Empty: the client is the TCP peer.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for GatewaySettings {
@@ -74,6 +92,14 @@ impl Default for GatewaySettings {
             shutdown_timeout_ms: 10_000,
             http_workers: 0,
             public_url: None,
+            answer_deadline_ms: 4_000,
+            body_read_timeout_ms: 2_000,
+            header_read_timeout_ms: 2_000,
+            max_in_flight: 1_024,
+            rate_limit_per_second: 0,
+            rate_limit_burst: 20,
+            allow_sources: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -427,6 +453,44 @@ impl Settings {
         if self.gateway.publish_channels == 0 {
             return invalid("gateway.publish_channels", "must be positive");
         }
+        for (field, value) in [
+            (
+                "gateway.answer_deadline_ms",
+                self.gateway.answer_deadline_ms,
+            ),
+            (
+                "gateway.body_read_timeout_ms",
+                self.gateway.body_read_timeout_ms,
+            ),
+            (
+                "gateway.header_read_timeout_ms",
+                self.gateway.header_read_timeout_ms,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(field, "must be positive");
+            }
+        }
+        if self.gateway.max_in_flight == 0 {
+            return invalid("gateway.max_in_flight", "must be positive");
+        }
+        if self.gateway.rate_limit_per_second > 0 && self.gateway.rate_limit_burst == 0 {
+            return invalid(
+                "gateway.rate_limit_burst",
+                "must be positive with a rate limit",
+            );
+        }
+        for (field, blocks) in [
+            ("gateway.allow_sources", &self.gateway.allow_sources),
+            ("gateway.trusted_proxies", &self.gateway.trusted_proxies),
+        ] {
+            if let Some(bad) = blocks.iter().find(|block| Cidr::parse(block).is_none()) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("{bad:?} is not an IP address or CIDR block"),
+                });
+            }
+        }
         if self.worker.prefetch == 0 {
             return invalid("worker.prefetch", "must be positive");
         }
@@ -540,5 +604,50 @@ impl MerchantSettings {
             platform_keys,
             signer,
         })
+    }
+}
+
+/// An IP network (`10.0.0.0/8`, `2001:db8::/32`, or a single address), for the gateway's
+/// source allowlist and trusted proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `address[/prefix]`; `None` when malformed or the prefix is too long.
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (address, prefix) = match text.trim().split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text.trim(), None),
+        };
+        let network: std::net::IpAddr = address.parse().ok()?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(prefix) => prefix.parse().ok().filter(|p| *p <= max)?,
+        };
+        Some(Cidr { network, prefix })
+    }
+
+    /// Whether `address` is inside (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, address: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let address = match address {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => u128::from(u32::from(v4)) << 96,
+            IpAddr::V6(v6) => u128::from(v6),
+        };
+        if address.is_ipv4() != self.network.is_ipv4() {
+            return false;
+        }
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(self.prefix))
+            .unwrap_or(0);
+        bits(address) & mask == bits(self.network) & mask
     }
 }

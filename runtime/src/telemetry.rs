@@ -33,6 +33,7 @@ pub mod metric {
     pub const GATEWAY_REQUEST_DURATION_SECONDS: &str = "wxpay_gateway_request_duration_seconds";
     pub const GATEWAY_PUBLISH_DURATION_SECONDS: &str = "wxpay_gateway_publish_duration_seconds";
     pub const GATEWAY_BROKER_CONNECTED: &str = "wxpay_gateway_broker_connected";
+    pub const GATEWAY_SHED_TOTAL: &str = "wxpay_gateway_shed_total";
     pub const WORKER_MESSAGES_TOTAL: &str = "wxpay_worker_messages_total";
     pub const WORKER_PROCESS_DURATION_SECONDS: &str = "wxpay_worker_process_duration_seconds";
     pub const WORKER_LAG_SECONDS: &str = "wxpay_worker_lag_seconds";

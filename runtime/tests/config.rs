@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use wxpay_runtime::config::{ConfigError, Settings};
+use wxpay_runtime::config::{Cidr, ConfigError, Settings};
 
 const V2_KEY: &str = "192006250b4c09247ec02edce69f6a2d";
 const V3_KEY: &str = "Zyxwvutsrqponmlkjihgfedcba543210";
@@ -214,4 +214,50 @@ fn secrets_are_redacted_in_debug_output() {
     );
     assert!(!shown.contains(V2_KEY));
     assert!(!shown.contains("guest:guest"));
+}
+
+#[test]
+fn cidr_blocks_match_their_addresses_only() {
+    let ip = |text: &str| text.parse::<std::net::IpAddr>().expect("address");
+    let block = Cidr::parse("10.0.0.0/8").expect("v4 block");
+    assert!(block.contains(ip("10.255.0.1")));
+    assert!(!block.contains(ip("11.0.0.1")));
+    assert!(
+        block.contains(ip("::ffff:10.1.2.3")),
+        "IPv4-mapped counts as IPv4"
+    );
+    assert!(!block.contains(ip("::1")));
+    let single = Cidr::parse("203.0.113.7").expect("one address");
+    assert!(single.contains(ip("203.0.113.7")) && !single.contains(ip("203.0.113.8")));
+    assert!(Cidr::parse("0.0.0.0/0")
+        .expect("all")
+        .contains(ip("198.51.100.1")));
+    let v6 = Cidr::parse("2001:db8::/32").expect("v6 block");
+    assert!(v6.contains(ip("2001:db8:1::1")) && !v6.contains(ip("2001:db9::1")));
+    for bad in [
+        "10.0.0.0/33",
+        "2001:db8::/129",
+        "10.0.0/8",
+        "",
+        "x/8",
+        "10.0.0.0/-1",
+    ] {
+        assert_eq!(Cidr::parse(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn gateway_cidr_lists_are_validated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        &dir,
+        "[gateway]\ntrusted_proxies = [\"10.0.0.0/8\", \"not-a-block\"]\n",
+    );
+    match load(&path) {
+        Err(ConfigError::Invalid { field, reason }) => {
+            assert_eq!(field, "gateway.trusted_proxies");
+            assert!(reason.contains("not-a-block"), "{reason}");
+        }
+        other => panic!("expected an invalid trusted_proxies, got {other:?}"),
+    }
 }

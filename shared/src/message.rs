@@ -30,6 +30,43 @@ pub mod header {
     pub const PARK_REASON: &str = "x-wxpay-park-reason";
 }
 
+/// Longest AMQP short string (content type, message id, header names): its length is one
+/// byte on the wire, and a longer value makes a frame RabbitMQ answers by closing the
+/// whole connection (`INTERNAL_ERROR`), failing every publish in flight on it.
+pub const MAX_SHORT_STRING: usize = 255;
+
+/// Longest value copied from a request into a message header (`x-wxpay-mch-id`,
+/// `wechatpay-*`). Genuine values are far shorter (a 2048-bit RSA signature is 344 base64
+/// characters), and the whole content header must fit in one frame.
+pub const MAX_HEADER_VALUE: usize = 512;
+
+/// The content types a message may carry. Whatever a request says is mapped onto one of
+/// these ([`content_type_property`]), so no sender's text reaches the broker as a short
+/// string.
+pub const CONTENT_TYPES: [&str; 4] = [
+    "application/xml",
+    "text/xml",
+    "application/json",
+    "application/octet-stream",
+];
+
+/// Maps a `Content-Type` onto [`CONTENT_TYPES`] by its essence (parameters such as
+/// `charset` are dropped: the body travels as raw bytes and the worker decodes by kind).
+/// Anything unknown becomes `application/octet-stream`.
+pub fn content_type_property(value: &str) -> &'static str {
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    CONTENT_TYPES
+        .into_iter()
+        .find(|known| essence.eq_ignore_ascii_case(known))
+        .unwrap_or("application/octet-stream")
+}
+
+/// A merchant id as WeChat Pay issues them: 1 to 32 ASCII digits. Anything else is not
+/// logged or copied verbatim.
+pub fn is_valid_mch_id(value: &str) -> bool {
+    (1..=32).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Which channel brought the news, hence how the worker decodes the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NotifyKind {
@@ -120,12 +157,38 @@ impl NotifyMessage {
             kind,
             mch_id: mch_id.into(),
             received_at_ms: chrono::Utc::now().timestamp_millis(),
-            content_type,
+            content_type: content_type.map(|value| content_type_property(&value).to_owned()),
             wechatpay,
             attempt: 1,
             park_reason: None,
             body,
         }
+    }
+
+    /// Checks what came from a request before it is published: the merchant id is 1–32
+    /// ASCII digits and every `wechatpay-*` value is visible ASCII of at most
+    /// [`MAX_HEADER_VALUE`] bytes. The gateway refuses a message that fails this.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        if !is_valid_mch_id(&self.mch_id) {
+            return Err(MessageError::Invalid {
+                name: header::MCH_ID,
+                reason: "not 1 to 32 ASCII digits".to_owned(),
+            });
+        }
+        if let Some(wechatpay) = &self.wechatpay {
+            for (name, value) in wechatpay.pairs() {
+                let visible = value.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+                if value.len() > MAX_HEADER_VALUE || !visible {
+                    return Err(MessageError::Invalid {
+                        name: "wechatpay-*",
+                        reason: format!(
+                            "{name}: not visible ASCII of at most {MAX_HEADER_VALUE} bytes"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -137,3 +200,60 @@ pub const WECHATPAY_HEADERS: [(&str, &str); 5] = [
     (HEADER_SERIAL, "wechatpay-serial"),
     (HEADER_SIGNATURE_TYPE, "wechatpay-signature-type"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v3_headers() -> WechatpayHeaders {
+        WechatpayHeaders {
+            timestamp: "1700000000".into(),
+            nonce: "n0nce".into(),
+            signature: "c2lnbmF0dXJl".into(),
+            serial: "PUB_KEY_ID_0119000001092025".into(),
+            signature_type: Some("WECHATPAY2-SHA256-RSA2048".into()),
+        }
+    }
+
+    #[test]
+    fn content_types_map_onto_the_fixed_set() {
+        for (given, mapped) in [
+            ("text/xml; charset=UTF-8", "text/xml"),
+            ("Application/JSON", "application/json"),
+            ("application/xml", "application/xml"),
+            ("", "application/octet-stream"),
+            ("text/plain", "application/octet-stream"),
+        ] {
+            assert_eq!(content_type_property(given), mapped, "{given:?}");
+        }
+        let long = format!("application/json;{}", "p".repeat(1000));
+        assert_eq!(content_type_property(&long), "application/json");
+    }
+
+    #[test]
+    fn validate_refuses_what_no_genuine_request_carries() {
+        let ok = NotifyMessage::new(NotifyKind::V2Pay, "1900000109", vec![], None, None);
+        assert_eq!(ok.validate(), Ok(()));
+        for mch_id in ["", "19000001x9", &"1".repeat(33), "１２３"] {
+            let bad = NotifyMessage {
+                mch_id: mch_id.to_owned(),
+                ..ok.clone()
+            };
+            assert!(bad.validate().is_err(), "{mch_id:?}");
+        }
+        let mut headers = v3_headers();
+        headers.nonce = "n".repeat(MAX_HEADER_VALUE + 1);
+        let long = NotifyMessage {
+            wechatpay: Some(headers),
+            ..ok.clone()
+        };
+        assert!(long.validate().is_err());
+        let mut headers = v3_headers();
+        headers.serial = "PUB\nKEY\u{7}".to_owned();
+        let control = NotifyMessage {
+            wechatpay: Some(headers),
+            ..ok
+        };
+        assert!(control.validate().is_err());
+    }
+}

@@ -219,6 +219,14 @@ publish_timeout_ms = 2000          # no confirm by then -> answer FAIL, WeChat r
 publish_channels = 4
 shutdown_timeout_ms = 10000
 http_workers = 0                   # 0 = one per core
+answer_deadline_ms = 4000          # every notify request answered by then (body, verify, broker), else FAIL
+body_read_timeout_ms = 2000        # body not received by then -> 408 (slow senders)
+header_read_timeout_ms = 2000      # headers not received by then -> 408, connection closed
+max_in_flight = 1024               # publishes awaiting a confirm; past it FAIL at once (WeChat re-sends)
+rate_limit_per_second = 0          # per client address; 0 = off (see "Behind an ingress")
+rate_limit_burst = 20
+allow_sources = []                 # CIDR allowlist of senders; empty = everyone (off)
+trusted_proxies = []               # CIDR of proxies whose X-Forwarded-For is believed
 
 [worker]
 metrics_listen = "0.0.0.0:9091"

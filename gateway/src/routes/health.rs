@@ -1,5 +1,6 @@
-//! `GET /healthz` (the process answers), `GET /readyz` (the broker link is up: without it
-//! every notification would be answered FAIL, so take the pod out of the Service), and
+//! `GET /healthz` (the process answers), `GET /readyz` (the broker link is up and not
+//! blocked: otherwise every notification would be answered FAIL, so take the pod out of the
+//! Service), and
 //! `GET /metrics` (Prometheus text format).
 
 use actix_web::{web, HttpResponse};
@@ -14,7 +15,12 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.publisher.is_connected() {
+    if state.publisher.is_blocked() {
+        // Every notification would be shed: let the load balancer try another pod.
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain; charset=utf-8")
+            .body("broker blocked the connection")
+    } else if state.publisher.is_connected() {
         HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")
             .body("ready")

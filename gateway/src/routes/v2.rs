@@ -2,7 +2,7 @@
 //! XML body (<https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_7>,
 //! <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_16&index=10>).
 
-use actix_web::web::{self, Bytes};
+use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
 
 use super::{handle, AppState};
@@ -11,7 +11,7 @@ use crate::verify::{verify_v2_pay, verify_v2_refund, Route};
 /// 支付结果通知.
 pub async fn pay(
     request: HttpRequest,
-    body: Result<Bytes, actix_web::Error>,
+    body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     handle(Route::V2Pay, &request, body, &state, verify_v2_pay).await
@@ -20,7 +20,7 @@ pub async fn pay(
 /// 退款结果通知.
 pub async fn refund(
     request: HttpRequest,
-    body: Result<Bytes, actix_web::Error>,
+    body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     handle(Route::V2Refund, &request, body, &state, verify_v2_refund).await

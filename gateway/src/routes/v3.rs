@@ -2,7 +2,7 @@
 //! registers), the signature in the `Wechatpay-*` headers
 //! (<https://pay.weixin.qq.com/docs/merchant/development/interface-rules/signature-verification.html>).
 
-use actix_web::web::{self, Bytes};
+use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
 
 use super::{handle, AppState};
@@ -12,7 +12,7 @@ use crate::verify::{verify_v3, Route};
 pub async fn notify(
     request: HttpRequest,
     path: web::Path<String>,
-    body: Result<Bytes, actix_web::Error>,
+    body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let mch_id = path.into_inner();

@@ -1,7 +1,9 @@
 //! Test merchants, signed notifications, an in-process gateway on port 0 against the real
 //! RabbitMQ with its own queue, and a TCP proxy that can cut the broker link.
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -9,6 +11,8 @@ use std::time::Duration;
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use wxpay_gateway::{Application, ShutdownHandle, StartupError};
@@ -532,4 +536,185 @@ impl Drop for Proxy {
         self.cut();
         self.accept.abort();
     }
+}
+
+/// Spawns the binary with a config on port 0 and returns it with its port (read from the
+/// "gateway listening" log line).
+pub fn spawn_binary(config: &std::path::Path) -> (std::process::Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wxpay-gateway"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    // Logs are JSON lines on stderr.
+    let logs = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(logs).lines().map_while(Result::ok) {
+            if !sent {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if value["message"] == "gateway listening" {
+                        let port = value["port"].as_u64().unwrap_or(0);
+                        let _ = tx.send(u16::try_from(port).unwrap_or(0));
+                        sent = true;
+                    }
+                }
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("gateway logs its port");
+    (child, port)
+}
+
+/// Peak resident memory (`VmHWM`, kB) of a process, from /proc.
+pub fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM line")
+}
+
+/// A proxy between the gateway and RabbitMQ that forwards the broker's frames whole, so a
+/// test can slip `connection.blocked` / `connection.unblocked` in between them, as
+/// RabbitMQ sends them on a memory or disk alarm (which a shared broker cannot be put in).
+pub struct FrameProxy {
+    pub port: u16,
+    clients: Arc<Mutex<Vec<Arc<tokio::sync::Mutex<OwnedWriteHalf>>>>>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    paused: tokio::sync::Mutex<Vec<tokio::sync::OwnedMutexGuard<OwnedWriteHalf>>>,
+}
+
+impl FrameProxy {
+    pub async fn start(target: &str) -> FrameProxy {
+        let target: SocketAddr = target.parse().expect("target address");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let clients: Arc<Mutex<Vec<Arc<tokio::sync::Mutex<OwnedWriteHalf>>>>> = Arc::default();
+        let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept = tokio::spawn({
+            let (clients, tasks) = (clients.clone(), tasks.clone());
+            async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        continue;
+                    };
+                    let (mut client_read, client_write) = inbound.into_split();
+                    let (mut broker_read, mut broker_write) = outbound.into_split();
+                    let client_write = Arc::new(tokio::sync::Mutex::new(client_write));
+                    clients
+                        .lock()
+                        .expect("proxy lock")
+                        .push(client_write.clone());
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_read, &mut broker_write).await;
+                    });
+                    let down = tokio::spawn(async move {
+                        // Frame: type (1), channel (2), size (4), payload, 0xCE.
+                        let mut header = [0u8; 7];
+                        while broker_read.read_exact(&mut header).await.is_ok() {
+                            let size =
+                                u32::from_be_bytes([header[3], header[4], header[5], header[6]]);
+                            let mut rest = vec![0u8; size as usize + 1];
+                            if broker_read.read_exact(&mut rest).await.is_err() {
+                                break;
+                            }
+                            let mut writer = client_write.lock().await;
+                            if writer.write_all(&header).await.is_err()
+                                || writer.write_all(&rest).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                    });
+                    tasks.lock().expect("proxy lock").extend([up, down]);
+                }
+            }
+        });
+        tasks.lock().expect("proxy lock").push(accept);
+        FrameProxy {
+            port,
+            clients,
+            tasks,
+            paused: tokio::sync::Mutex::default(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Sends `connection.blocked` (as on a memory alarm) to every proxied connection.
+    pub async fn block(&self) {
+        self.send(&connection_method(60, Some("low on memory")))
+            .await;
+    }
+
+    /// Sends `connection.unblocked`.
+    pub async fn unblock(&self) {
+        self.send(&connection_method(61, None)).await;
+    }
+
+    /// Holds back every frame from the broker (confirms included) until [`Self::resume`]:
+    /// a broker that has become slow.
+    pub async fn pause(&self) {
+        let clients = self.clients.lock().expect("proxy lock").clone();
+        let mut paused = self.paused.lock().await;
+        for client in clients {
+            paused.push(client.lock_owned().await);
+        }
+    }
+
+    /// Lets the held-back frames through.
+    pub async fn resume(&self) {
+        self.paused.lock().await.clear();
+    }
+
+    async fn send(&self, frame: &[u8]) {
+        let clients = self.clients.lock().expect("proxy lock").clone();
+        assert!(!clients.is_empty(), "no connection through the proxy");
+        for client in clients {
+            client
+                .lock()
+                .await
+                .write_all(frame)
+                .await
+                .expect("frame sent");
+        }
+    }
+}
+
+impl Drop for FrameProxy {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().expect("proxy lock").drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// A method frame of class `connection` (10) on channel 0, with an optional short-string
+/// argument (the reason of `connection.blocked`).
+fn connection_method(method: u16, reason: Option<&str>) -> Vec<u8> {
+    let mut payload = vec![0, 10];
+    payload.extend(method.to_be_bytes());
+    if let Some(reason) = reason {
+        payload.push(u8::try_from(reason.len()).expect("short reason"));
+        payload.extend(reason.as_bytes());
+    }
+    let mut frame = vec![1, 0, 0];
+    frame.extend(
+        u32::try_from(payload.len())
+            .expect("small frame")
+            .to_be_bytes(),
+    );
+    frame.extend(payload);
+    frame.push(0xCE);
+    frame
 }

@@ -2,6 +2,7 @@
 
 mod accepted;
 mod broker;
+mod edge;
 mod helpers;
 mod rejected;
 mod service;

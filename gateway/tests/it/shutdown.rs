@@ -1,8 +1,7 @@
 //! SIGTERM during load: the real binary stops accepting, finishes in-flight requests and
 //! their confirms, exits 0, and every request it answered SUCCESS is in the queue.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,40 +10,6 @@ use nix::unistd::Pid;
 use tokio::sync::Mutex;
 
 use crate::helpers::*;
-
-/// Spawns the binary with a config on port 0 and returns it with its port (read from the
-/// "gateway listening" log line).
-fn spawn_binary(config: &std::path::Path) -> (std::process::Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wxpay-gateway"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    // Logs are JSON lines on stderr.
-    let logs = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(logs).lines().map_while(Result::ok) {
-            if !sent {
-                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if value["message"] == "gateway listening" {
-                        let port = value["port"].as_u64().unwrap_or(0);
-                        let _ = tx.send(u16::try_from(port).unwrap_or(0));
-                        sent = true;
-                    }
-                }
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("gateway logs its port");
-    (child, port)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_load_loses_nothing_answered_success() {

@@ -16,7 +16,7 @@
 //! benches run it in-process on port 0.
 
 pub mod admission;
-pub mod error;
+pub mod answer;
 pub mod publish;
 pub mod routes;
 pub mod verify;
@@ -33,7 +33,6 @@ use wxpay_runtime::config::Settings;
 use wxpay_runtime::telemetry::{metric, metrics_handle, step};
 
 use admission::{Admission, Shed};
-pub use error::StartupError;
 use publish::{PublishError, Publisher, PublisherConfig};
 use routes::{outcome, AppState, Limits};
 use verify::{RejectReason, Route};
@@ -99,6 +98,20 @@ impl ShutdownHandle {
     }
 }
 
+/// Why the gateway cannot start (or its server stopped with an error).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(#[from] wxpay_runtime::config::ConfigError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("http server: {0}")]
+    Server(std::io::Error),
+}
+
 /// The gateway, bound and ready to run.
 pub struct Application {
     port: u16,
@@ -113,17 +126,17 @@ impl Application {
     /// the broker supervisor (waiting at most `rabbitmq.connect_timeout_ms` for a first
     /// link: without one the gateway still serves, answering FAIL and `/readyz` 503) and
     /// builds the HTTP server. Must be called inside a tokio runtime.
-    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+    pub async fn build(settings: Settings) -> Result<Application, StartError> {
         register_metrics();
         let merchants = Arc::new(settings.merchants()?);
         let address = settings.gateway.listen.clone();
-        let listener = TcpListener::bind(&address).map_err(|source| StartupError::Bind {
+        let listener = TcpListener::bind(&address).map_err(|source| StartError::Bind {
             address: address.clone(),
             source,
         })?;
         let port = listener
             .local_addr()
-            .map_err(|source| StartupError::Bind {
+            .map_err(|source| StartError::Bind {
                 address: address.clone(),
                 source,
             })?
@@ -163,7 +176,7 @@ impl Application {
         }
         let server = server
             .listen(listener)
-            .map_err(|source| StartupError::Bind {
+            .map_err(|source| StartError::Bind {
                 address: address.clone(),
                 source,
             })?
@@ -191,7 +204,7 @@ impl Application {
     /// Serves until the server stops or a shutdown is triggered; then stops accepting,
     /// finishes in-flight requests and their confirms (bounded by
     /// `gateway.shutdown_timeout_ms`) and closes the broker link.
-    pub async fn run_until_stopped(self) -> Result<(), StartupError> {
+    pub async fn run_until_stopped(self) -> Result<(), StartError> {
         let Application {
             server,
             publisher,
@@ -235,10 +248,8 @@ impl Application {
         info!(step = step::SHUTDOWN, "gateway stopped");
         match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(StartupError::Server(error)),
-            Err(join) => Err(StartupError::Server(std::io::Error::other(
-                join.to_string(),
-            ))),
+            Ok(Err(error)) => Err(StartError::Server(error)),
+            Err(join) => Err(StartError::Server(std::io::Error::other(join.to_string()))),
         }
     }
 }

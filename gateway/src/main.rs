@@ -52,7 +52,7 @@ async fn serve(settings: Settings) -> ExitCode {
     let signals = Signals::install();
     let application = match Application::build(settings).await {
         Ok(application) => application,
-        Err(error @ wxpay_gateway::StartupError::Config(_)) => {
+        Err(error @ wxpay_gateway::StartError::Config(_)) => {
             error!(step = step::STARTUP, %error, "invalid configuration");
             return ExitCode::from(2);
         }

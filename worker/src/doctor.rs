@@ -32,7 +32,7 @@ use crate::broker::{self, BrokerError};
 use crate::db::with_connect_timeout;
 use crate::migrate::MIGRATIONS;
 
-/// The gateway's `public_message(RejectReason::Malformed)` (gateway/src/error.rs): its v2
+/// The gateway's `public_message(RejectReason::Malformed)` (gateway/src/answer.rs): its v2
 /// answer to a body without `mch_id` is what tells this gateway apart from anything else.
 pub const MALFORMED_MESSAGE: &str = "malformed notification";
 /// The route probe: well-formed XML without `mch_id`, so the gateway rejects it as malformed

@@ -22,7 +22,7 @@ use wxpay_runtime::telemetry::{metric, step};
 use wxpay_shared::message::is_valid_mch_id;
 
 use crate::admission::{Admission, Refusal, Shed};
-use crate::error::{self, Format};
+use crate::answer::{self, Format};
 use crate::publish::Publisher;
 use crate::verify::{Incoming, RejectReason, Rejection, Route, Verified};
 
@@ -231,7 +231,7 @@ pub async fn handle(
                 "notification rejected"
             );
             (
-                error::rejected(format, &rejection),
+                answer::rejected(format, &rejection),
                 outcome::REJECTED,
                 Some(rejection.reason.code()),
             )
@@ -239,7 +239,7 @@ pub async fn handle(
         Outcome::Shed(shed) => {
             warn!(step = step::PUBLISH, %request_id, route = route.as_str(), reason = shed.code(), latency_ms = millis(started), "shed: answering FAIL at once so WeChat Pay re-sends later");
             metrics::counter!(metric::GATEWAY_SHED_TOTAL, "reason" => shed.code()).increment(1);
-            (error::failed(format), outcome::SHED, Some(shed.code()))
+            (answer::failed(format), outcome::SHED, Some(shed.code()))
         }
         Outcome::Published(verified, publish_started, result) => {
             let message = &verified.message;
@@ -256,7 +256,7 @@ pub async fn handle(
                         latency_ms = millis(started),
                         "notification accepted"
                     );
-                    (error::accepted(format), outcome::ACCEPTED, None)
+                    (answer::accepted(format), outcome::ACCEPTED, None)
                 }
                 Err(publish_error) => {
                     warn!(
@@ -272,7 +272,7 @@ pub async fn handle(
                         "publish not confirmed: answering FAIL so WeChat Pay re-sends"
                     );
                     (
-                        error::failed(format),
+                        answer::failed(format),
                         outcome::FAILED,
                         Some(publish_error.code()),
                     )

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use wxpay_gateway::{Application, ShutdownHandle, StartupError};
+use wxpay_gateway::{Application, ShutdownHandle, StartError};
 use wxpay_runtime::config::Settings;
 use wxpay_shared::v2::{encrypt_req_info, sign, SignType, XmlFields};
 use wxpay_shared::v3::{aead, load_private_key_pem, sign_notification, PrivateKey};
@@ -269,7 +269,7 @@ pub struct TestApp {
     pub queue: String,
     pub client: reqwest::Client,
     shutdown: ShutdownHandle,
-    task: JoinHandle<Result<(), StartupError>>,
+    task: JoinHandle<Result<(), StartError>>,
 }
 
 /// What a test got back.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::process::Command;
-use wxpay_gateway::error::public_message;
+use wxpay_gateway::answer::public_message;
 use wxpay_gateway::verify::RejectReason;
 use wxpay_runtime::config::{
     DatabaseSettings, MerchantSettings, RabbitmqSettings, RedisSettings, Settings,

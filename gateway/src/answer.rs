@@ -1,5 +1,5 @@
-//! The answers WeChat Pay reads, in each route's format (docs/ARCHITECTURE.md, "Protocol rules"),
-//! and the errors of start-up.
+//! The answers WeChat Pay reads, in each route's format: the last step of a notify request
+//! (receive → verify → publish → answer; docs/ARCHITECTURE.md, "The data's path").
 //!
 //! - v2 (<https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_7>): HTTP 200 with the
 //!   `return_code` XML; any FAIL makes WeChat Pay re-send. Oversize is 413 with the FAIL XML
@@ -9,7 +9,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
-use wxpay_shared::answer;
+use wxpay_shared::answer as wire;
 
 use crate::verify::{RejectReason, Rejection, Route};
 
@@ -53,22 +53,22 @@ pub fn public_message(reason: RejectReason) -> &'static str {
 
 fn v2(status: StatusCode, body: String) -> HttpResponse {
     HttpResponse::build(status)
-        .content_type(answer::V2_CONTENT_TYPE)
+        .content_type(wire::V2_CONTENT_TYPE)
         .body(body)
 }
 
 fn v3_fail(status: StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status)
-        .content_type(answer::V3_CONTENT_TYPE)
-        .body(answer::v3_fail_body(message))
+        .content_type(wire::V3_CONTENT_TYPE)
+        .body(wire::v3_fail_body(message))
 }
 
 /// SUCCESS: the broker confirmed the message.
 pub fn accepted(format: Format) -> HttpResponse {
     match format {
-        Format::V2 => v2(StatusCode::OK, answer::V2_SUCCESS.to_owned()),
+        Format::V2 => v2(StatusCode::OK, wire::V2_SUCCESS.to_owned()),
         Format::V3 => HttpResponse::build(
-            StatusCode::from_u16(answer::V3_SUCCESS_STATUS).unwrap_or(StatusCode::NO_CONTENT),
+            StatusCode::from_u16(wire::V3_SUCCESS_STATUS).unwrap_or(StatusCode::NO_CONTENT),
         )
         .finish(),
     }
@@ -80,7 +80,7 @@ pub fn rejected(format: Format, rejection: &Rejection) -> HttpResponse {
     match format {
         Format::V2 => v2(
             StatusCode::from_u16(rejection.reason.v2_status()).unwrap_or(StatusCode::OK),
-            answer::v2_fail(message),
+            wire::v2_fail(message),
         ),
         Format::V3 => v3_fail(
             StatusCode::from_u16(rejection.reason.v3_status()).unwrap_or(StatusCode::BAD_REQUEST),
@@ -94,21 +94,7 @@ pub fn rejected(format: Format, rejection: &Rejection) -> HttpResponse {
 pub fn failed(format: Format) -> HttpResponse {
     const MESSAGE: &str = "temporarily unavailable, please retry";
     match format {
-        Format::V2 => v2(StatusCode::OK, answer::v2_fail(MESSAGE)),
+        Format::V2 => v2(StatusCode::OK, wire::v2_fail(MESSAGE)),
         Format::V3 => v3_fail(StatusCode::SERVICE_UNAVAILABLE, MESSAGE),
     }
-}
-
-/// Why the gateway cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    #[error("configuration: {0}")]
-    Config(#[from] wxpay_runtime::config::ConfigError),
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        address: String,
-        source: std::io::Error,
-    },
-    #[error("http server: {0}")]
-    Server(std::io::Error),
 }

@@ -125,6 +125,9 @@ pub struct WorkerSettings {
     pub outbox_poll_ms: u64,
     /// Upper bound on a graceful drain after SIGTERM.
     pub shutdown_timeout_ms: u64,
+    /// A notification for an order that does not exist yet is retried this long after its
+    /// receipt (the business system's insert may be late), then parked as `unknown_order`.
+    pub unknown_order_grace_secs: u64,
 }
 
 impl Default for WorkerSettings {
@@ -138,6 +141,7 @@ impl Default for WorkerSettings {
             db_pool_size: 16,
             outbox_poll_ms: 200,
             shutdown_timeout_ms: 30_000,
+            unknown_order_grace_secs: 600,
         }
     }
 }
@@ -175,6 +179,12 @@ impl RabbitmqSettings {
     /// The delay queue of retry tier `tier` (0-based).
     pub fn retry_queue(&self, tier: usize) -> String {
         format!("{}.retry.{tier}", self.queue)
+    }
+
+    /// The alternate exchange of the events exchange and its queue (same name): events no
+    /// subscriber's binding takes wait there.
+    pub fn unrouted_events(&self) -> String {
+        format!("{}.unrouted", self.events_exchange)
     }
 }
 

@@ -103,6 +103,11 @@ impl NotifyKind {
         }
     }
 
+    /// The reconciler's query answers (`query.pay`, `query.refund`).
+    pub fn is_query(self) -> bool {
+        matches!(self, NotifyKind::QueryPay | NotifyKind::QueryRefund)
+    }
+
     /// Parses an `x-wxpay-kind` value.
     pub fn parse(value: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.as_str() == value)

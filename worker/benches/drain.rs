@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use diesel::sql_types::{BigInt, Double};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
+use lapin::options::BasicPublishOptions;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use wxpay_runtime::amqp::AmqpMessage;
@@ -215,26 +215,7 @@ async fn bench() -> anyhow::Result<()> {
 
     // Clean up.
     drop(conn);
-    if let Ok(channel) = connection.create_channel().await {
-        let mut queues = vec![
-            settings.rabbitmq.queue.clone(),
-            settings.rabbitmq.parked_queue(),
-        ];
-        queues.extend(
-            (0..settings.worker.retry_delays_ms.len()).map(|t| settings.rabbitmq.retry_queue(t)),
-        );
-        for queue in queues {
-            let _ = channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = channel
-            .exchange_delete(
-                settings.rabbitmq.events_exchange.as_str().into(),
-                Default::default(),
-            )
-            .await;
-    }
+    broker::delete_topology(&connection, &settings.rabbitmq, &settings.worker).await;
     let _ = connection.close(200, "done".into()).await;
     let mut admin = AsyncPgConnection::establish(&format!("{PG_BASE}/postgres")).await?;
     admin

@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
@@ -28,6 +30,13 @@ pub enum BrokerError {
     ConsumerEnded,
     #[error("delivery not settled: its channel is gone or it was settled already")]
     Unsettled,
+    /// The broker refused a declaration: the queue or exchange exists with other arguments.
+    #[error("the broker refused to declare {what}: {fix} ({detail})")]
+    Inequivalent {
+        what: String,
+        fix: String,
+        detail: String,
+    },
 }
 
 /// Bound on one broker operation (channel, declaration, publish, confirm, close): lapin
@@ -100,9 +109,66 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.as_bytes()))
 }
 
+/// Deliveries of one message from a retry tier before the broker dead-letters it (to the
+/// main queue, like an expiry): nothing consumes the tiers, so only an operator's tool
+/// fetching and returning a message counts; past the limit it moves on instead of being
+/// dropped.
+pub const RETRY_TIER_DELIVERY_LIMIT: i64 = 5;
+
+/// The arguments of retry tier queue with `delay_ms`: a quorum queue (replicated: these
+/// hold notifications the gateway already answered SUCCESS for) whose messages expire after
+/// the delay and are dead-lettered back to the main queue at least once (the broker
+/// re-publishes with confirms and keeps the message until the main queue took it; this
+/// needs `reject-publish` overflow).
+pub fn retry_tier_arguments(rabbitmq: &RabbitmqSettings, delay_ms: u64) -> FieldTable {
+    let mut arguments = quorum_queue_arguments();
+    let mut put = |name: &str, value: AMQPValue| {
+        arguments.insert(ShortString::from(name), value);
+    };
+    put(
+        "x-message-ttl",
+        AMQPValue::LongLongInt(i64::try_from(delay_ms).unwrap_or(i64::MAX)),
+    );
+    put("x-dead-letter-exchange", text(""));
+    put("x-dead-letter-routing-key", text(&rabbitmq.queue));
+    put("x-dead-letter-strategy", text("at-least-once"));
+    put("x-overflow", text("reject-publish"));
+    put(
+        "x-delivery-limit",
+        AMQPValue::LongLongInt(RETRY_TIER_DELIVERY_LIMIT),
+    );
+    arguments
+}
+
+/// The events exchange's arguments: unroutable events go to `<events_exchange>.unrouted`.
+pub fn events_exchange_arguments(rabbitmq: &RabbitmqSettings) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("alternate-exchange"),
+        text(&rabbitmq.unrouted_events()),
+    );
+    arguments
+}
+
+/// A declaration the broker refused because the queue or exchange exists with other
+/// arguments: says which, and the step that fixes it (README, "Upgrading the broker
+/// topology").
+fn refused(error: BrokerError, what: &str, fix: &str) -> BrokerError {
+    let text = error.to_string();
+    if text.contains("PRECONDITION_FAILED") || text.contains("inequivalent arg") {
+        BrokerError::Inequivalent {
+            what: what.to_owned(),
+            fix: fix.to_owned(),
+            detail: text,
+        }
+    } else {
+        error
+    }
+}
+
 /// Declares the main queue (durable quorum, as the gateway does), one delay queue per retry
-/// tier (durable; messages expire after the tier's delay and are dead-lettered back to the
-/// main queue), the parking queue (durable quorum) and the events exchange (durable topic).
+/// tier ([`retry_tier_arguments`]), the parking queue (durable quorum), the events exchange
+/// (durable topic) with its alternate exchange (fanout) and that exchange's quorum queue.
 pub async fn declare_topology(
     channel: &Channel,
     rabbitmq: &RabbitmqSettings,
@@ -115,23 +181,25 @@ pub async fn declare_topology(
     ))
     .await?;
     for (tier, delay) in worker.retry_delays_ms.iter().enumerate() {
-        let mut arguments = FieldTable::default();
-        let ttl = i64::try_from(*delay).unwrap_or(i64::MAX);
-        arguments.insert(
-            ShortString::from("x-message-ttl"),
-            AMQPValue::LongLongInt(ttl),
-        );
-        arguments.insert(ShortString::from("x-dead-letter-exchange"), text(""));
-        arguments.insert(
-            ShortString::from("x-dead-letter-routing-key"),
-            text(&rabbitmq.queue),
-        );
+        let queue = rabbitmq.retry_queue(tier);
         bounded(channel.queue_declare(
-            rabbitmq.retry_queue(tier).into(),
+            queue.as_str().into(),
             durable_queue_options(),
-            arguments,
+            retry_tier_arguments(rabbitmq, *delay),
         ))
-        .await?;
+        .await
+        .map_err(|error| {
+            refused(
+                error,
+                &format!("retry tier queue {queue}"),
+                &format!(
+                    "it is a classic queue of an older release (or its delay changed): stop the \
+                     workers, wait until it is empty (`rabbitmqctl list_queues name messages`), \
+                     delete it (`rabbitmqctl delete_queue {queue}`), then start the worker, which \
+                     declares it as a quorum queue"
+                ),
+            )
+        })?;
     }
     bounded(channel.queue_declare(
         rabbitmq.parked_queue().into(),
@@ -139,9 +207,10 @@ pub async fn declare_topology(
         quorum_queue_arguments(),
     ))
     .await?;
+    let unrouted = rabbitmq.unrouted_events();
     bounded(channel.exchange_declare(
-        rabbitmq.events_exchange.as_str().into(),
-        ExchangeKind::Topic,
+        unrouted.as_str().into(),
+        ExchangeKind::Fanout,
         ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -149,7 +218,71 @@ pub async fn declare_topology(
         FieldTable::default(),
     ))
     .await?;
+    bounded(channel.queue_declare(
+        unrouted.as_str().into(),
+        durable_queue_options(),
+        quorum_queue_arguments(),
+    ))
+    .await?;
+    bounded(channel.queue_bind(
+        unrouted.as_str().into(),
+        unrouted.as_str().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    ))
+    .await?;
+    let exchange = &rabbitmq.events_exchange;
+    bounded(channel.exchange_declare(
+        exchange.as_str().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        events_exchange_arguments(rabbitmq),
+    ))
+    .await
+    .map_err(|error| {
+        refused(
+            error,
+            &format!("events exchange {exchange}"),
+            &format!(
+                "it was declared by an older release without alternate-exchange={unrouted}: \
+                 delete it (`rabbitmqadmin delete exchange name={exchange}`; its subscribers' \
+                 bindings go with it and must be re-created) or set rabbitmq.events_exchange to \
+                 a new name, then start the worker, which declares it"
+            ),
+        )
+    })?;
     Ok(())
+}
+
+/// Deletes what [`declare_topology`] declares, best effort (tests and benchmarks clean up
+/// their own names with it). Never for a production name: the queues hold messages.
+pub async fn delete_topology(
+    connection: &Connection,
+    rabbitmq: &RabbitmqSettings,
+    worker: &WorkerSettings,
+) {
+    let mut queues = vec![
+        rabbitmq.queue.clone(),
+        rabbitmq.parked_queue(),
+        rabbitmq.unrouted_events(),
+    ];
+    queues.extend((0..worker.retry_delays_ms.len()).map(|tier| rabbitmq.retry_queue(tier)));
+    // A channel per deletion: a failed one closes its channel.
+    for queue in queues {
+        if let Ok(channel) = bounded(connection.create_channel()).await {
+            let _ = bounded(channel.queue_delete(queue.as_str().into(), Default::default())).await;
+        }
+    }
+    for exchange in [rabbitmq.events_exchange.clone(), rabbitmq.unrouted_events()] {
+        if let Ok(channel) = bounded(connection.create_channel()).await {
+            let _ = bounded(channel.exchange_delete(exchange.as_str().into(), Default::default()))
+                .await;
+        }
+    }
 }
 
 /// Publishes and waits for the broker's confirm, each step bounded. `mandatory` turns an

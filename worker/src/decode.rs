@@ -42,6 +42,9 @@ pub struct PayEvent {
     /// `SUCCESS`, or the failure / trade state as WeChat Pay wrote it.
     pub state_text: String,
     pub paid_at: Option<DateTime<Utc>>,
+    /// ISO 4217 currency of `amount_total` (`fee_type`, `amount.currency`); WeChat Pay's
+    /// default `CNY` when the message names none.
+    pub currency: String,
 }
 
 /// A refund result, whichever channel brought it.
@@ -57,6 +60,29 @@ pub struct RefundEvent {
     /// news from two channels dedupes.
     pub status: RefundState,
     pub succeeded_at: Option<DateTime<Utc>>,
+    /// Currency of the refund; `CNY` when the message names none.
+    pub currency: String,
+    /// What a v2 refund notification says of its order. Its `req_info` is AES-256-ECB
+    /// without integrity of its own, so these must agree with the order before money moves.
+    pub order_check: Option<RefundOrderCheck>,
+}
+
+/// The order as a refund notification describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundOrderCheck {
+    pub transaction_id: String,
+    /// The order's total in fen.
+    pub total_fee: i64,
+}
+
+/// WeChat Pay's currency when a message names none.
+pub const DEFAULT_CURRENCY: &str = "CNY";
+
+fn currency_or_default(currency: Option<&str>) -> String {
+    currency
+        .filter(|c| !c.is_empty())
+        .unwrap_or(DEFAULT_CURRENCY)
+        .to_owned()
 }
 
 /// The one internal event type `apply` works on.
@@ -180,6 +206,29 @@ pub fn decode(message: &NotifyMessage, merchants: &Merchants) -> Result<Decoded,
     }
 }
 
+/// Decodes a notification read back from the `notifications` table (`anomaly resolve
+/// --action reapply`): as [`decode`], except for v3 notification rows written before the
+/// `Wechatpay-*` headers were stored with them (`notifications.wechatpay_headers` NULL).
+/// Those cannot have their RSA signature checked again, and need not: the resource is
+/// AEAD_AES_256_GCM under the merchant's APIv3 key, which only WeChat Pay and the merchant
+/// hold, so a resource that decrypts (tag verified) was written by WeChat Pay; and the row
+/// itself was written by this worker only after the full verification. The envelope's
+/// clear-text fields only choose the resource's parser: a wrong choice fails to parse.
+/// A v3 query answer is signed but not encrypted: without its headers it reads as v2 and
+/// fails the v2 signature check, so it is never applied unverified.
+pub fn decode_recorded(
+    message: &NotifyMessage,
+    merchants: &Merchants,
+) -> Result<Decoded, DecodeError> {
+    if message.kind == NotifyKind::V3 && message.wechatpay.is_none() {
+        let merchant = merchants
+            .get(&message.mch_id)
+            .ok_or_else(|| DecodeError::UnknownMerchant(message.mch_id.clone()))?;
+        return decrypt_v3(&message.body, merchant);
+    }
+    decode(message, merchants)
+}
+
 fn v2_key(merchant: &Merchant) -> &str {
     merchant.api_v2_key.expose_secret()
 }
@@ -213,6 +262,7 @@ fn decode_v2_pay(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeErro
     };
     let paid_at = n.paid_at();
     Ok(Decoded::Pay(PayEvent {
+        currency: currency_or_default(n.fee_type.as_deref()),
         mch_id: non_empty_or(n.mch_id, &merchant.mch_id),
         appid: n.appid,
         out_trade_no: n.out_trade_no,
@@ -249,6 +299,7 @@ fn failed_v2_pay(fields: &XmlFields, merchant: &Merchant) -> Decoded {
         success: false,
         state_text,
         paid_at: None,
+        currency: currency_or_default(fields.get("fee_type")),
     })
 }
 
@@ -275,6 +326,11 @@ fn decode_v2_refund(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeE
     let info = RefundInfo::from_fields(&root).map_err(malformed)?;
     let succeeded_at = info.succeeded_at();
     let status = info.refund_status.normalised();
+    let currency = currency_or_default(
+        root.get("refund_fee_type")
+            .filter(|c| !c.is_empty())
+            .or_else(|| root.get("fee_type")),
+    );
     Ok(Decoded::Refund(RefundEvent {
         mch_id: non_empty_or(envelope.mch_id, &merchant.mch_id),
         out_trade_no: info.out_trade_no,
@@ -283,6 +339,11 @@ fn decode_v2_refund(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeE
         refund_fee: info.refund_fee,
         status,
         succeeded_at,
+        currency,
+        order_check: Some(RefundOrderCheck {
+            transaction_id: info.transaction_id,
+            total_fee: info.total_fee,
+        }),
     }))
 }
 
@@ -293,6 +354,12 @@ fn decode_v3(
 ) -> Result<Decoded, DecodeError> {
     verify_notification(headers, body, &merchant.platform_keys, TimestampCheck::Skip)
         .map_err(|e| DecodeError::BadSignature(e.code().to_owned()))?;
+    decrypt_v3(body, merchant)
+}
+
+/// The resource of a v3 notification whose signature was checked (or, for
+/// [`decode_recorded`], need not be).
+fn decrypt_v3(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeError> {
     let envelope = NotificationEnvelope::parse(body).map_err(malformed)?;
     let key = merchant
         .api_v3_key
@@ -348,7 +415,9 @@ fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<Decoded, 
         (None, true) => return Err(malformed("paid transaction without amount")),
     };
     let paid_at = t.paid_at();
+    let currency = currency_or_default(t.amount.as_ref().map(|a| a.currency.as_str()));
     Ok(Decoded::Pay(PayEvent {
+        currency,
         mch_id: non_empty_or(t.mchid, &merchant.mch_id),
         appid: t.appid,
         out_trade_no: t.out_trade_no,
@@ -371,6 +440,7 @@ fn refund_from_resource(r: RefundResource, merchant: &Merchant) -> Result<Decode
         .normalised();
     let succeeded_at = r.succeeded_at();
     Ok(Decoded::Refund(RefundEvent {
+        currency: currency_or_default(r.amount.currency.as_deref()),
         mch_id: non_empty_or(r.mchid, &merchant.mch_id),
         out_trade_no: r.out_trade_no,
         out_refund_no: r.out_refund_no,
@@ -378,6 +448,9 @@ fn refund_from_resource(r: RefundResource, merchant: &Merchant) -> Result<Decode
         refund_fee: r.amount.refund,
         status,
         succeeded_at,
+        // Signed (notification) or signed and encrypted with AEAD: the check of v2's
+        // unauthenticated req_info is not needed.
+        order_check: None,
     }))
 }
 
@@ -432,6 +505,7 @@ fn decode_v2_order_query(body: &[u8], merchant: &Merchant) -> Result<Decoded, De
         None => 0,
     };
     Ok(Decoded::Pay(PayEvent {
+        currency: currency_or_default(fields.get("fee_type")),
         mch_id: required(&fields, "mch_id")?.to_owned(),
         appid: required(&fields, "appid")?.to_owned(),
         out_trade_no: required(&fields, "out_trade_no")?.to_owned(),
@@ -463,6 +537,14 @@ fn decode_v2_refund_query(body: &[u8], merchant: &Merchant) -> Result<Decoded, D
         refund_fee: fen("refund_fee_0", required(&fields, "refund_fee_0")?)?,
         status,
         succeeded_at: beijing_time(fields.get("refund_success_time_0"), "%Y-%m-%d %H:%M:%S"),
+        currency: currency_or_default(
+            fields
+                .get("refund_fee_type")
+                .filter(|c| !c.is_empty())
+                .or_else(|| fields.get("fee_type")),
+        ),
+        // A signed answer: nothing to cross-check.
+        order_check: None,
     }))
 }
 
@@ -481,6 +563,7 @@ mod tests {
             success: true,
             state_text: TradeState::Success.as_str().into(),
             paid_at: None,
+            currency: DEFAULT_CURRENCY.into(),
         };
         assert_eq!(
             Decoded::Pay(pay.clone()).dedupe_key(b"a"),
@@ -507,6 +590,8 @@ mod tests {
             refund_fee: 1,
             status: RefundState::Closed,
             succeeded_at: None,
+            currency: DEFAULT_CURRENCY.into(),
+            order_check: None,
         };
         assert_eq!(
             Decoded::Refund(refund).dedupe_key(b""),

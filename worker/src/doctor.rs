@@ -622,6 +622,7 @@ async fn rabbitmq_checks(rabbitmq: &RabbitmqSettings, worker: &WorkerSettings) -
     let mut checks = vec![Check::ok("RabbitMQ reachable")];
     let mut queues = vec![rabbitmq.queue.clone(), rabbitmq.parked_queue()];
     queues.extend((0..worker.retry_delays_ms.len()).map(|tier| rabbitmq.retry_queue(tier)));
+    queues.push(rabbitmq.unrouted_events());
     for name in queues {
         checks.push(match passive_queue(&connection, &name).await {
             Ok(()) => Check::ok(format!("RabbitMQ queue {name} is declared")),

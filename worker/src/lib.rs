@@ -6,11 +6,13 @@
 //! [`dedupe`] (Redis fast path; PostgreSQL's unique key is the authority) →
 //! [`apply`] (one transaction: notification row, locked order, state change, outbox) →
 //! [`outbox`] (relay of domain events) — with [`retry`] (delay tiers, parking, `dlq`),
-//! [`db`], [`migrate`], [`schema_check`] and [`http`] (/healthz /readyz /metrics) around it.
+//! [`db`], [`migrate`], [`schema_check`] and [`http`] (/healthz /readyz /metrics) around it,
+//! and [`anomaly`] (anomalies listed and resolved by a person).
 //!
 //! [`Worker::process_one`] is the steppable core: the consumer maps its [`Outcome`] to
 //! ack, retry-then-ack or park-then-ack.
 
+pub mod anomaly;
 pub mod apply;
 pub mod broker;
 pub mod consume;
@@ -284,7 +286,14 @@ impl Worker {
         let out_trade_no = decoded.out_trade_no();
         let key = decoded.dedupe_key(&message.body);
 
-        let claim = match inner.dedupe.begin(&key).await {
+        // The reconciler's answers skip the done marker: after a PostgreSQL restore, markers
+        // would hide real payments for done_ttl_secs; PostgreSQL's unique key decides.
+        let begin = if message.kind.is_query() {
+            Begin::Claim(inner.dedupe.claim(&key).await)
+        } else {
+            inner.dedupe.begin(&key).await
+        };
+        let claim = match begin {
             Begin::Done => {
                 metrics::counter!(metric::WORKER_DEDUPE_HITS_TOTAL, "layer" => "redis")
                     .increment(1);
@@ -332,6 +341,14 @@ impl Worker {
                 if let Some(token) = claim.token() {
                     inner.dedupe.release(&key, token).await;
                 }
+                if matches!(error, ApplyError::UnknownOrder(_))
+                    && self.past_unknown_order_grace(message)
+                {
+                    tracing::warn!(step = step::APPLY, %request_id, mch_id, kind, out_trade_no, reason = error.code(), "order still unknown after the grace period: parking");
+                    return Outcome::Park {
+                        reason: retry_reason(&error),
+                    };
+                }
                 tracing::warn!(step = step::APPLY, %request_id, mch_id, kind, out_trade_no, reason = error.code(), %error, "not applied, will retry");
                 Outcome::Retry {
                     reason: retry_reason(&error),
@@ -339,6 +356,20 @@ impl Worker {
             }
         };
         outcome
+    }
+
+    /// Whether `worker.unknown_order_grace_secs` passed since the gateway received `message`.
+    fn past_unknown_order_grace(&self, message: &NotifyMessage) -> bool {
+        let grace_ms = self
+            .inner
+            .settings
+            .worker
+            .unknown_order_grace_secs
+            .saturating_mul(1000);
+        let age_ms = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_sub(message.received_at_ms);
+        u64::try_from(age_ms).is_ok_and(|age| age >= grace_ms)
     }
 
     fn log_verdict(&self, verdict: &Verdict, message: &NotifyMessage, decoded: &Decoded) {

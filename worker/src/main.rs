@@ -1,5 +1,5 @@
 //! `wxpay-worker`: `run`, `migrate`, `reconcile [--once]`, `dlq list`, `dlq replay [--all | --id ID]`,
-//! `doctor`.
+//! `anomaly list`, `anomaly resolve --id N --action reapply|dismiss --note TEXT`, `doctor`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,8 +10,9 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use wxpay_runtime::config::{resolve_path, Settings};
 use wxpay_runtime::telemetry::{self, step};
+use wxpay_worker::anomaly::{self, Action};
 use wxpay_worker::retry::{self, ReplaySelection};
-use wxpay_worker::{doctor, http, migrate, schema_check, Worker};
+use wxpay_worker::{db, doctor, http, migrate, schema_check, Worker};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +55,33 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Notifications that disagreed with their order (outcome ANOMALY).
+    Anomaly {
+        #[command(subcommand)]
+        command: AnomalyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AnomalyCommand {
+    /// The open anomalies, one line each: id, merchant, order, reason, detail, received.
+    List,
+    /// Close an anomaly, recorded with who, when and why.
+    Resolve {
+        /// The anomaly's id (first column of `anomaly list`).
+        #[arg(long)]
+        id: i64,
+        /// `reapply`: apply the original notification again (after correcting the order);
+        /// `dismiss`: close it without applying.
+        #[arg(long)]
+        action: Action,
+        /// Why (kept in the audit table).
+        #[arg(long)]
+        note: String,
+        /// Who (default: $USER, else "cli").
+        #[arg(long)]
+        actor: Option<String>,
     },
 }
 
@@ -128,6 +156,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(wxpay_worker::reconcile::run(&settings, once, shutdown).await?)
         }
         Command::Doctor { .. } => unreachable!("doctor is dispatched before Settings::load"),
+        Command::Anomaly { command } => anomaly_command(&settings, command).await,
         Command::Dlq {
             command: DlqCommand::List,
         } => {
@@ -154,6 +183,47 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     anyhow::bail!("no parked message with id {id}");
                 }
             }
+            Ok(())
+        }
+    }
+}
+
+async fn anomaly_command(settings: &Settings, command: AnomalyCommand) -> anyhow::Result<()> {
+    let url = settings.database.url.expose_secret();
+    let connect_timeout = Duration::from_millis(settings.database.connect_timeout_ms);
+    schema_check::check(url, connect_timeout).await?;
+    let pool = db::build_pool(
+        url,
+        1,
+        connect_timeout,
+        Duration::from_millis(settings.database.pool_wait_timeout_ms),
+    )?;
+    match command {
+        AnomalyCommand::List => {
+            let open = anomaly::list(&pool).await?;
+            println!("id\tmch_id\torder\treason\tdetail\treceived_at");
+            for anomaly in &open {
+                println!("{anomaly}");
+            }
+            eprintln!(
+                "{} open anomal{}",
+                open.len(),
+                if open.len() == 1 { "y" } else { "ies" }
+            );
+            Ok(())
+        }
+        AnomalyCommand::Resolve {
+            id,
+            action,
+            note,
+            actor,
+        } => {
+            let merchants = settings.merchants()?;
+            let actor = actor
+                .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+                .unwrap_or_else(|| "cli".to_owned());
+            let resolution = anomaly::resolve(&pool, &merchants, id, action, &actor, &note).await?;
+            println!("{resolution}");
             Ok(())
         }
     }

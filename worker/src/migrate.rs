@@ -76,9 +76,26 @@ pub async fn ensure_database(url: &str, connect_timeout: Duration) -> Result<boo
 pub async fn run_migrations(url: &str, connect_timeout: Duration) -> Result<usize, MigrateError> {
     let mut conn =
         AsyncPgConnection::establish(&with_connect_timeout(url, connect_timeout)).await?;
-    // Session-level lock on this very connection, held across the migration.
-    conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+    // Session-level lock on this very connection, held across the migration. Polled with
+    // the non-blocking form: a session blocked in pg_advisory_lock holds a snapshot, and
+    // CREATE INDEX CONCURRENTLY of the migration holding the lock waits for every snapshot
+    // to end (a deadlock).
+    #[derive(QueryableByName)]
+    struct Locked {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        locked: bool,
+    }
+    loop {
+        let lock: Locked = diesel::sql_query(format!(
+            "SELECT pg_try_advisory_lock({MIGRATION_LOCK_KEY}) AS locked"
+        ))
+        .get_result(&mut conn)
         .await?;
+        if lock.locked {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let joined = tokio::task::spawn_blocking(move || -> Result<usize, MigrateError> {
         let mut wrapper: AsyncConnectionWrapper<AsyncPgConnection> =
             AsyncConnectionWrapper::from(conn);

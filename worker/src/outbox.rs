@@ -4,6 +4,8 @@
 //! them published. Rows are picked with `FOR UPDATE SKIP LOCKED`, so several replicas relay
 //! side by side without publishing the same batch at once. Delivery is at least once: a
 //! crash between the confirm and the commit re-publishes the batch with the same ids.
+//! Publishes are `mandatory` and the exchange has an alternate exchange
+//! (`<events_exchange>.unrouted`), so an event is never confirmed into the void.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,10 +79,16 @@ pub async fn relay_batch(
                 .with_content_type(ShortString::from("application/json"))
                 .with_delivery_mode(wxpay_runtime::amqp::PERSISTENT)
                 .with_timestamp(u64::try_from(row.created_at.timestamp()).unwrap_or(0));
+            // Mandatory: with the alternate exchange an event no subscriber takes is kept in
+            // `<exchange>.unrouted`; should even that fail (its queue deleted), the broker
+            // returns it and the batch is not marked published.
             let confirm = broker::bounded(channel.basic_publish(
                 exchange.into(),
                 row.event_type.as_str().into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 &body,
                 properties,
             ))

@@ -17,6 +17,7 @@ use wxpay_runtime::config::Settings;
 use wxpay_runtime::telemetry::{metric, step};
 use wxpay_shared::message::{header, NotifyKind, NotifyMessage};
 
+use crate::apply::UNKNOWN_ORDER_REASON;
 use crate::broker::{self, BrokerError};
 
 /// Header carrying why the last attempt failed (diagnostics of retried messages).
@@ -113,8 +114,14 @@ pub async fn schedule(
     attempt: u32,
     reason: &str,
 ) -> Result<Scheduled, BrokerError> {
-    let tier = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
-    if tier >= settings.worker.retry_delays_ms.len() {
+    let tiers = settings.worker.retry_delays_ms.len();
+    let mut tier = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+    // An unknown order waits out worker.unknown_order_grace_secs in the last tier, however
+    // short the tiers are; the worker parks it itself once the grace period is over.
+    if tier >= tiers && tiers > 0 && reason_label(reason) == UNKNOWN_ORDER_REASON {
+        tier = tiers - 1;
+    }
+    if tier >= tiers {
         park(
             channel,
             settings,

@@ -20,7 +20,7 @@ const OUTCOMES: [&str; 6] = [
     "retried",
     "parked",
 ];
-const PARK_REASONS: [&str; 8] = [
+const PARK_REASONS: [&str; 10] = [
     "undecodable",
     "unknown_merchant",
     "malformed",
@@ -29,6 +29,8 @@ const PARK_REASONS: [&str; 8] = [
     "no_v3_key",
     "unsupported",
     "retries_exhausted",
+    "unknown_order",
+    "query_failed",
 ];
 
 /// Describes every metric and touches each with zero. Idempotent.

@@ -299,6 +299,9 @@ pub struct RefundAmount {
     /// What goes back to the payer (optional, as `payer_total`).
     #[serde(default)]
     pub payer_refund: Option<i64>,
+    /// Currency of the amounts (`CNY`); optional, as in the refund notification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 impl RefundResource {

@@ -729,7 +729,12 @@ fn cleanup(n: &Names) {
             }
             let properties = lapin::ConnectionProperties::default();
             if let Ok(connection) = lapin::Connection::connect(AMQP_URL, properties).await {
-                let mut queues = vec![n.queue.clone(), format!("{}.parked", n.queue)];
+                let unrouted = format!("{}.unrouted", n.exchange);
+                let mut queues = vec![
+                    n.queue.clone(),
+                    format!("{}.parked", n.queue),
+                    unrouted.clone(),
+                ];
                 queues.extend((0..RETRY_DELAYS_MS.len()).map(|t| format!("{}.retry.{t}", n.queue)));
                 for queue in queues {
                     // A channel per deletion: a failed one closes its channel.
@@ -739,13 +744,15 @@ fn cleanup(n: &Names) {
                             .await;
                     }
                 }
-                if let Ok(channel) = connection.create_channel().await {
-                    let _ = channel
-                        .exchange_delete(
-                            n.exchange.as_str().into(),
-                            ExchangeDeleteOptions::default(),
-                        )
-                        .await;
+                for exchange in [&n.exchange, &unrouted] {
+                    if let Ok(channel) = connection.create_channel().await {
+                        let _ = channel
+                            .exchange_delete(
+                                exchange.as_str().into(),
+                                ExchangeDeleteOptions::default(),
+                            )
+                            .await;
+                    }
                 }
                 let _ = connection.close(200, "cleanup".into()).await;
             }

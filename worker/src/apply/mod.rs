@@ -7,6 +7,12 @@
 //! 内容一定要做签名验证,并校验返回的订单金额是否与商户侧的订单金额一致"): an order is marked
 //! paid only when merchant, appid and amount agree with it; anything else is an anomaly, kept
 //! and alerted, never a state change.
+//!
+//! An order that does not exist (yet) is not an anomaly but [`ApplyError::UnknownOrder`]:
+//! nothing commits, so the business key stays free for when the order appears (the worker
+//! retries through the tiers for `worker.unknown_order_grace_secs`, then parks).
+//! Every event of an order carries `order_seq`, the order's `event_seq` bumped under its row
+//! lock in the same transaction, so consumers can put an order's events in order.
 
 mod pay;
 mod refund;
@@ -19,15 +25,14 @@ use uuid::Uuid;
 use wxpay_shared::message::NotifyMessage;
 use wxpay_shared::state::NotificationOutcome;
 
-use crate::db::models::{DbOutcome, DbUuid, NewNotification, NewOutbox};
+use crate::db::models::{DbOutcome, DbUuid, NewNotification, NewOutbox, Order};
 use crate::db::queries::{InsertNotification, InsertOutbox};
-use crate::db::schema::notifications;
+use crate::db::schema::{notifications, orders};
 use crate::db::{pool_error_text, DbPool};
 use crate::decode::Decoded;
 
 /// Anomaly reasons (`notifications.anomaly_reason`, label of `wxpay_worker_anomalies_total`).
 pub mod reason {
-    pub const UNKNOWN_ORDER: &str = "UNKNOWN_ORDER";
     pub const AMOUNT_MISMATCH: &str = "AMOUNT_MISMATCH";
     pub const APPID_MISMATCH: &str = "APPID_MISMATCH";
     pub const MCH_ID_MISMATCH: &str = "MCH_ID_MISMATCH";
@@ -36,10 +41,13 @@ pub mod reason {
     pub const REFUND_EXCEEDS_PAID: &str = "REFUND_EXCEEDS_PAID";
     pub const REFUND_ON_CLOSED_ORDER: &str = "REFUND_ON_CLOSED_ORDER";
     pub const REFUND_REVERSED: &str = "REFUND_REVERSED";
+    /// A v2 refund whose `transaction_id` or `total_fee` is not the order's.
+    pub const REFUND_MISMATCH: &str = "REFUND_MISMATCH";
+    /// The notification's currency is not the order's `currency`.
+    pub const CURRENCY_MISMATCH: &str = "CURRENCY_MISMATCH";
 
     /// All of them, to pre-register metric labels.
-    pub const ALL: [&str; 9] = [
-        UNKNOWN_ORDER,
+    pub const ALL: [&str; 10] = [
         AMOUNT_MISMATCH,
         APPID_MISMATCH,
         MCH_ID_MISMATCH,
@@ -48,6 +56,8 @@ pub mod reason {
         REFUND_EXCEEDS_PAID,
         REFUND_ON_CLOSED_ORDER,
         REFUND_REVERSED,
+        REFUND_MISMATCH,
+        CURRENCY_MISMATCH,
     ];
 }
 
@@ -87,6 +97,9 @@ pub enum ApplyError {
     /// Out of order: e.g. a refund for an order whose payment is not applied yet.
     #[error("not yet: {0}")]
     NotYet(String),
+    /// No such order (yet): the business system's insert may be late or on a replica.
+    #[error("no order {0}")]
+    UnknownOrder(String),
 }
 
 impl ApplyError {
@@ -96,9 +109,13 @@ impl ApplyError {
             ApplyError::Pool(_) => "database_unavailable",
             ApplyError::Database(_) => "database_error",
             ApplyError::NotYet(_) => "out_of_order",
+            ApplyError::UnknownOrder(_) => UNKNOWN_ORDER_REASON,
         }
     }
 }
+
+/// Park reason (and retry reason code) of a notification whose order never appeared.
+pub const UNKNOWN_ORDER_REASON: &str = "unknown_order";
 
 /// The notification being applied.
 pub(crate) struct Context<'a> {
@@ -139,6 +156,15 @@ impl Context<'_> {
             anomaly_reason: anomaly.map(|(reason, _)| reason),
             anomaly_detail: anomaly.map(|(_, detail)| detail),
             received_at,
+            wechatpay_headers: self.message.wechatpay.as_ref().map(|headers| {
+                Value::Object(
+                    headers
+                        .pairs()
+                        .into_iter()
+                        .map(|(name, value)| (name.to_owned(), Value::from(value)))
+                        .collect(),
+                )
+            }),
         }
     }
 
@@ -177,9 +203,16 @@ impl Context<'_> {
             .map(|_| ())
     }
 
-    /// The `anomaly.detected` payload.
-    fn anomaly_payload(&self, row: &LogRow<'_>, reason: &str, detail: &str) -> Value {
+    /// The `anomaly.detected` payload; `order_seq` is null when no order row is involved.
+    fn anomaly_payload(
+        &self,
+        row: &LogRow<'_>,
+        reason: &str,
+        detail: &str,
+        order_seq: Option<i64>,
+    ) -> Value {
         serde_json::json!({
+            "order_seq": order_seq,
             "reason": reason,
             "detail": detail,
             "mch_id": row.mch_id,
@@ -197,6 +230,7 @@ impl Context<'_> {
         conn: &mut AsyncPgConnection,
         id: i64,
         row: &LogRow<'_>,
+        order: Option<&Order>,
         reason: &'static str,
         detail: String,
     ) -> Result<Verdict, diesel::result::Error> {
@@ -207,19 +241,25 @@ impl Context<'_> {
             Some((reason, &detail)),
         )
         .await?;
-        self.emit_anomaly(conn, row, reason, detail).await
+        self.emit_anomaly(conn, row, order, reason, detail).await
     }
 
-    /// The `anomaly.detected` event of an anomaly just logged.
+    /// The `anomaly.detected` event of an anomaly just logged (numbered in the order's
+    /// sequence when the order, locked by the caller, is known).
     async fn emit_anomaly(
         &self,
         conn: &mut AsyncPgConnection,
         row: &LogRow<'_>,
+        order: Option<&Order>,
         reason: &'static str,
         detail: String,
     ) -> Result<Verdict, diesel::result::Error> {
         let aggregate = row.out_refund_no.or(row.out_trade_no).unwrap_or_default();
-        let payload = self.anomaly_payload(row, reason, &detail);
+        let order_seq = match order {
+            Some(order) => Some(bump_seq(conn, order).await?),
+            None => None,
+        };
+        let payload = self.anomaly_payload(row, reason, &detail, order_seq);
         emit(
             conn,
             event::ANOMALY_DETECTED,
@@ -236,6 +276,7 @@ impl Context<'_> {
         &self,
         conn: &mut AsyncPgConnection,
         row: &LogRow<'_>,
+        order: Option<&Order>,
         reason: &'static str,
         detail: String,
     ) -> Result<Verdict, diesel::result::Error> {
@@ -250,7 +291,7 @@ impl Context<'_> {
         {
             return Ok(Verdict::Duplicate);
         }
-        self.emit_anomaly(conn, row, reason, detail).await
+        self.emit_anomaly(conn, row, order, reason, detail).await
     }
 
     /// Logs a notification that changes nothing.
@@ -267,6 +308,19 @@ impl Context<'_> {
             Ok(Verdict::Duplicate)
         }
     }
+}
+
+/// The next `order_seq` of `order` (locked `FOR UPDATE` by the caller), stored on the row.
+async fn bump_seq(
+    conn: &mut AsyncPgConnection,
+    order: &Order,
+) -> Result<i64, diesel::result::Error> {
+    let seq = order.event_seq + 1;
+    diesel::update(orders::table.find((&order.mch_id, &order.out_trade_no)))
+        .set(orders::event_seq.eq(seq))
+        .execute(conn)
+        .await?;
+    Ok(seq)
 }
 
 /// An outbox row with a fresh stable id.
@@ -310,14 +364,26 @@ pub async fn apply(
         .get()
         .await
         .map_err(|error| ApplyError::Pool(pool_error_text(&error)))?;
+    conn.transaction::<_, ApplyError, _>(async |conn| {
+        apply_in(conn, message, decoded, dedupe_key).await
+    })
+    .await
+}
+
+/// Applies `decoded` inside the caller's transaction (an `Err` must roll it back): the
+/// one apply path, shared by the consumer and `anomaly resolve --action reapply`.
+pub async fn apply_in(
+    conn: &mut AsyncPgConnection,
+    message: &NotifyMessage,
+    decoded: &Decoded,
+    dedupe_key: &str,
+) -> Result<Verdict, ApplyError> {
     let ctx = Context {
         message,
         dedupe_key,
     };
-    let ctx = &ctx;
-    conn.transaction::<_, ApplyError, _>(async |conn| match decoded {
-        Decoded::Pay(event) => pay::apply(conn, ctx, event).await,
-        Decoded::Refund(event) => refund::apply(conn, ctx, event).await,
-    })
-    .await
+    match decoded {
+        Decoded::Pay(event) => pay::apply(conn, &ctx, event).await,
+        Decoded::Refund(event) => refund::apply(conn, &ctx, event).await,
+    }
 }

@@ -1,5 +1,5 @@
-//! Payment results: `NOTPAY → PAID` when merchant, appid and amount agree; anomalies
-//! otherwise.
+//! Payment results: `NOTPAY → PAID` when merchant, appid, amount and currency agree;
+//! anomalies otherwise, and a transient [`ApplyError::UnknownOrder`] when there is no order.
 //!
 //! The hot path is four round trips: `BEGIN`; the order lock and the notification row
 //! (inserted optimistically as `APPLIED`) pipelined; the order update and the outbox event
@@ -40,7 +40,7 @@ pub(super) async fn apply(
     if pay.mch_id != ctx.message.mch_id {
         let detail = format!("body names merchant {}", pay.mch_id);
         return Ok(ctx
-            .anomaly(conn, &row, reason::MCH_ID_MISMATCH, detail)
+            .anomaly(conn, &row, None, reason::MCH_ID_MISMATCH, detail)
             .await?);
     }
     // Pipelined (futures on a shared borrow of the connection, polled together): the
@@ -59,36 +59,54 @@ pub(super) async fn apply(
         return Ok(Verdict::Duplicate);
     };
 
+    // No order (yet): the error rolls the transaction back, the row just inserted with it,
+    // so the business key stays free for when the order exists.
     let Some(order) = order else {
-        let detail = format!("no order {}", pay.out_trade_no);
-        return Ok(ctx
-            .amend_anomaly(conn, id, &row, reason::UNKNOWN_ORDER, detail)
-            .await?);
+        return Err(ApplyError::UnknownOrder(pay.out_trade_no.clone()));
     };
-    if order.appid != pay.appid {
-        let detail = format!("order appid {}, notified {}", order.appid, pay.appid);
+    let order = &order;
+    let mismatch = if order.appid != pay.appid {
+        Some((
+            reason::APPID_MISMATCH,
+            format!("order appid {}, notified {}", order.appid, pay.appid),
+        ))
+    } else if order.amount_total != pay.amount_total {
+        Some((
+            reason::AMOUNT_MISMATCH,
+            format!(
+                "order amount {} fen, notified {} fen",
+                order.amount_total, pay.amount_total
+            ),
+        ))
+    } else if order.currency != pay.currency {
+        Some((
+            reason::CURRENCY_MISMATCH,
+            format!(
+                "order currency {}, notified {}",
+                order.currency, pay.currency
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some((reason, detail)) = mismatch {
         return Ok(ctx
-            .amend_anomaly(conn, id, &row, reason::APPID_MISMATCH, detail)
-            .await?);
-    }
-    if order.amount_total != pay.amount_total {
-        let detail = format!(
-            "order amount {} fen, notified {} fen",
-            order.amount_total, pay.amount_total
-        );
-        return Ok(ctx
-            .amend_anomaly(conn, id, &row, reason::AMOUNT_MISMATCH, detail)
+            .amend_anomaly(conn, id, &row, Some(order), reason, detail)
             .await?);
     }
     match order.state {
         OrderState::NotPay => {
             let paid_at = pay.paid_at.unwrap_or_else(Utc::now);
+            // Locked above: the next number is ours.
+            let order_seq = order.event_seq + 1;
             let payload = serde_json::json!({
+                "order_seq": order_seq,
                 "mch_id": order.mch_id,
                 "out_trade_no": order.out_trade_no,
                 "appid": order.appid,
                 "transaction_id": pay.transaction_id,
                 "amount_total": order.amount_total,
+                "currency": order.currency,
                 "paid_at": paid_at.to_rfc3339(),
             });
             let update = MarkPaid {
@@ -96,6 +114,7 @@ pub(super) async fn apply(
                 out_trade_no: &order.out_trade_no,
                 transaction_id: pay.transaction_id.as_deref(),
                 paid_at,
+                event_seq: order_seq,
             }
             .execute(&mut &*conn);
             let emit = InsertOutbox(new_event(
@@ -111,7 +130,14 @@ pub(super) async fn apply(
         OrderState::Closed => {
             let detail = format!("order {} is {}", order.out_trade_no, order.state);
             Ok(ctx
-                .amend_anomaly(conn, id, &row, reason::PAID_AFTER_CLOSE, detail)
+                .amend_anomaly(
+                    conn,
+                    id,
+                    &row,
+                    Some(order),
+                    reason::PAID_AFTER_CLOSE,
+                    detail,
+                )
                 .await?)
         }
         OrderState::Paid | OrderState::PartiallyRefunded | OrderState::Refunded => {
@@ -125,7 +151,14 @@ pub(super) async fn apply(
                     order.transaction_id.as_deref().unwrap_or("?")
                 );
                 Ok(ctx
-                    .amend_anomaly(conn, id, &row, reason::DUPLICATE_PAYMENT, detail)
+                    .amend_anomaly(
+                        conn,
+                        id,
+                        &row,
+                        Some(order),
+                        reason::DUPLICATE_PAYMENT,
+                        detail,
+                    )
                     .await?)
             }
         }

@@ -1,5 +1,8 @@
 //! Refund results: a successful refund moves money once (distinct refunds only) and never
-//! beyond the paid amount; other statuses update the refund row and move no money.
+//! beyond the paid amount; other statuses update the refund row and move no money. A v2
+//! refund that describes another order (`transaction_id`, `total_fee`) or a refund in
+//! another currency is an anomaly; no order at all is the transient
+//! [`ApplyError::UnknownOrder`].
 //! <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_16&index=10>
 
 use chrono::Utc;
@@ -7,7 +10,7 @@ use diesel::prelude::*;
 use diesel::upsert::excluded;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::{emit, event, reason, ApplyError, Context, LogRow, Verdict};
+use super::{bump_seq, emit, event, reason, ApplyError, Context, LogRow, Verdict};
 use wxpay_shared::state::{NotificationOutcome, OrderState, RefundState};
 
 use crate::db::models::{NewRefund, Order, Refund};
@@ -28,7 +31,7 @@ pub(super) async fn apply(
     if refund.mch_id != ctx.message.mch_id {
         let detail = format!("body names merchant {}", refund.mch_id);
         return Ok(ctx
-            .anomaly(conn, &row, reason::MCH_ID_MISMATCH, detail)
+            .anomaly(conn, &row, None, reason::MCH_ID_MISMATCH, detail)
             .await?);
     }
     // The order lock serialises every change to this order's money.
@@ -40,11 +43,9 @@ pub(super) async fn apply(
         .await
         .optional()?;
     let Some(order) = order else {
-        let detail = format!("no order {}", refund.out_trade_no);
-        return Ok(ctx
-            .anomaly(conn, &row, reason::UNKNOWN_ORDER, detail)
-            .await?);
+        return Err(ApplyError::UnknownOrder(refund.out_trade_no.clone()));
     };
+    let order = &order;
     match order.state {
         // Its payment notification is not applied yet: transient, retried later.
         OrderState::NotPay => {
@@ -56,10 +57,19 @@ pub(super) async fn apply(
         OrderState::Closed => {
             let detail = format!("order {} is {}", order.out_trade_no, order.state);
             return Ok(ctx
-                .anomaly(conn, &row, reason::REFUND_ON_CLOSED_ORDER, detail)
+                .anomaly(
+                    conn,
+                    &row,
+                    Some(order),
+                    reason::REFUND_ON_CLOSED_ORDER,
+                    detail,
+                )
                 .await?);
         }
         OrderState::Paid | OrderState::PartiallyRefunded | OrderState::Refunded => {}
+    }
+    if let Some((reason, detail)) = mismatch(order, refund) {
+        return Ok(ctx.anomaly(conn, &row, Some(order), reason, detail).await?);
     }
     let existing: Option<Refund> = refunds::table
         .find((&refund.mch_id, &refund.out_refund_no))
@@ -88,7 +98,7 @@ pub(super) async fn apply(
                     order.amount_total
                 );
                 return Ok(ctx
-                    .anomaly(conn, &row, reason::REFUND_EXCEEDS_PAID, detail)
+                    .anomaly(conn, &row, Some(order), reason::REFUND_EXCEEDS_PAID, detail)
                     .await?);
             };
             if !ctx
@@ -103,15 +113,19 @@ pub(super) async fn apply(
             } else {
                 OrderState::PartiallyRefunded
             };
+            // The order is locked: the next number is ours.
+            let order_seq = order.event_seq + 1;
             diesel::update(orders::table.find((&order.mch_id, &order.out_trade_no)))
                 .set((
                     orders::state.eq(new_state.as_str()),
                     orders::refunded_total.eq(refunded_total),
+                    orders::event_seq.eq(order_seq),
                     orders::updated_at.eq(Utc::now()),
                 ))
                 .execute(conn)
                 .await?;
             let payload = serde_json::json!({
+                "order_seq": order_seq,
                 "mch_id": order.mch_id,
                 "out_trade_no": order.out_trade_no,
                 "out_refund_no": refund.out_refund_no,
@@ -155,7 +169,7 @@ pub(super) async fn apply(
                     refund.status.as_str()
                 );
                 return Ok(ctx
-                    .anomaly(conn, &row, reason::REFUND_REVERSED, detail)
+                    .anomaly(conn, &row, Some(order), reason::REFUND_REVERSED, detail)
                     .await?);
             }
             if !ctx
@@ -165,7 +179,9 @@ pub(super) async fn apply(
                 return Ok(Verdict::Duplicate);
             }
             upsert_refund(conn, refund).await?;
+            let order_seq = bump_seq(conn, order).await?;
             let payload = serde_json::json!({
+                "order_seq": order_seq,
                 "mch_id": refund.mch_id,
                 "out_trade_no": refund.out_trade_no,
                 "out_refund_no": refund.out_refund_no,
@@ -184,6 +200,35 @@ pub(super) async fn apply(
             Ok(Verdict::Applied)
         }
     }
+}
+
+/// Why `refund` cannot be for `order`: it names another payment or order total (v2's
+/// unauthenticated `req_info`), or another currency.
+fn mismatch(order: &Order, refund: &RefundEvent) -> Option<(&'static str, String)> {
+    if let Some(check) = &refund.order_check {
+        if order.transaction_id.as_deref() != Some(check.transaction_id.as_str())
+            || order.amount_total != check.total_fee
+        {
+            let detail = format!(
+                "refund {} names transaction {} of {} fen; order {} is transaction {} of {} fen",
+                refund.out_refund_no,
+                check.transaction_id,
+                check.total_fee,
+                order.out_trade_no,
+                order.transaction_id.as_deref().unwrap_or("?"),
+                order.amount_total
+            );
+            return Some((reason::REFUND_MISMATCH, detail));
+        }
+    }
+    if order.currency != refund.currency {
+        let detail = format!(
+            "order currency {}, refund {} in {}",
+            order.currency, refund.out_refund_no, refund.currency
+        );
+        return Some((reason::CURRENCY_MISMATCH, detail));
+    }
+    None
 }
 
 fn new_refund(refund: &RefundEvent) -> NewRefund<'_> {

@@ -60,7 +60,10 @@ pub async fn establish(url: &str) -> Result<AsyncPgConnection, ConnectionError> 
 /// Builds the pool; connections are opened lazily, so a database that is down at start-up
 /// only delays work (deliveries go to the retry tiers), it does not stop the worker.
 /// A checkout waits at most `wait_timeout` for a free connection (then
-/// `PoolError::Timeout`), so a pool held by stuck transactions cannot stall callers forever.
+/// `PoolError::Timeout`), so a pool held by stuck transactions cannot stall callers forever;
+/// opening a connection is bounded by `connect_timeout` as a whole (the URL's
+/// `connect_timeout` covers only the TCP connect: a server that accepts and never answers
+/// would hang the startup handshake), and recycling one by `wait_timeout`.
 pub fn build_pool(
     url: &str,
     size: usize,
@@ -77,6 +80,8 @@ pub fn build_pool(
     Pool::builder(manager)
         .max_size(size.max(1))
         .wait_timeout(Some(wait_timeout))
+        .create_timeout(Some(connect_timeout))
+        .recycle_timeout(Some(wait_timeout))
         // deadpool needs a runtime to enforce its timeouts.
         .runtime(Runtime::Tokio1)
         .build()

@@ -95,6 +95,9 @@ pub struct Order {
     pub transaction_id: Option<String>,
     pub paid_at: Option<DateTime<Utc>>,
     pub refunded_total: i64,
+    pub currency: String,
+    /// Sequence number of the order's last event (`order_seq` of the events).
+    pub event_seq: i64,
 }
 
 /// A refund row.
@@ -141,6 +144,8 @@ pub struct NewNotification<'a> {
     pub anomaly_reason: Option<&'a str>,
     pub anomaly_detail: Option<&'a str>,
     pub received_at: DateTime<Utc>,
+    /// The v3 signature headers, so that a reapply re-verifies what was received.
+    pub wechatpay_headers: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Insertable)]

@@ -32,7 +32,7 @@ impl QueryFragment<Pg> for InsertNotification<'_> {
         out.push_sql(
             "INSERT INTO notifications (dedupe_key, message_id, kind, mch_id, out_trade_no, \
              out_refund_no, transaction_id, raw_body, outcome, anomaly_reason, anomaly_detail, \
-             received_at) VALUES (",
+             received_at, wechatpay_headers) VALUES (",
         );
         out.push_bind_param::<Text, _>(&row.dedupe_key)?;
         out.push_sql(", ");
@@ -57,6 +57,8 @@ impl QueryFragment<Pg> for InsertNotification<'_> {
         out.push_bind_param::<Nullable<Text>, _>(&row.anomaly_detail)?;
         out.push_sql(", ");
         out.push_bind_param::<Timestamptz, _>(&row.received_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Jsonb>, _>(&row.wechatpay_headers)?;
         out.push_sql(") ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
         Ok(())
     }
@@ -90,12 +92,14 @@ impl QueryFragment<Pg> for InsertOutbox<'_> {
     }
 }
 
-/// `UPDATE orders SET state = 'PAID', …` for one order.
+/// `UPDATE orders SET state = 'PAID', …` for one order, with the `event_seq` of its
+/// `order.paid` event.
 pub struct MarkPaid<'a> {
     pub mch_id: &'a str,
     pub out_trade_no: &'a str,
     pub transaction_id: Option<&'a str>,
     pub paid_at: DateTime<Utc>,
+    pub event_seq: i64,
 }
 
 impl QueryId for MarkPaid<'_> {
@@ -109,6 +113,8 @@ impl QueryFragment<Pg> for MarkPaid<'_> {
         out.push_bind_param::<Nullable<Text>, _>(&self.transaction_id)?;
         out.push_sql(", paid_at = ");
         out.push_bind_param::<Timestamptz, _>(&self.paid_at)?;
+        out.push_sql(", event_seq = ");
+        out.push_bind_param::<BigInt, _>(&self.event_seq)?;
         out.push_sql(", updated_at = now() WHERE mch_id = ");
         out.push_bind_param::<Text, _>(&self.mch_id)?;
         out.push_sql(" AND out_trade_no = ");

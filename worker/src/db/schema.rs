@@ -13,6 +13,8 @@ diesel::table! {
         refunded_total -> Int8,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        currency -> Text,
+        event_seq -> Int8,
     }
 }
 
@@ -46,6 +48,21 @@ diesel::table! {
         anomaly_detail -> Nullable<Text>,
         received_at -> Timestamptz,
         processed_at -> Timestamptz,
+        resolved_at -> Nullable<Timestamptz>,
+        wechatpay_headers -> Nullable<Jsonb>,
+    }
+}
+
+diesel::table! {
+    anomaly_resolutions (id) {
+        id -> Int8,
+        anomaly_id -> Int8,
+        action -> Text,
+        actor -> Text,
+        note -> Text,
+        result -> Text,
+        new_notification_id -> Nullable<Int8>,
+        at -> Timestamptz,
     }
 }
 
@@ -61,4 +78,10 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(orders, refunds, notifications, outbox);
+diesel::allow_tables_to_appear_in_same_query!(
+    orders,
+    refunds,
+    notifications,
+    outbox,
+    anomaly_resolutions
+);

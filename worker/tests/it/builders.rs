@@ -47,14 +47,7 @@ pub fn merchant_settings() -> MerchantSettings {
 
 /// A v2 支付结果通知, MD5-signed.
 pub fn v2_pay(out_trade_no: &str, transaction_id: &str, total_fee: i64) -> NotifyMessage {
-    v2_pay_with(
-        out_trade_no,
-        transaction_id,
-        total_fee,
-        APPID,
-        "SUCCESS",
-        V2_KEY,
-    )
+    v2_pay_in(out_trade_no, transaction_id, total_fee, "CNY")
 }
 
 pub fn v2_pay_with(
@@ -65,11 +58,49 @@ pub fn v2_pay_with(
     result_code: &str,
     key: &str,
 ) -> NotifyMessage {
+    v2_pay_signed(
+        out_trade_no,
+        transaction_id,
+        total_fee,
+        appid,
+        result_code,
+        key,
+        "CNY",
+    )
+}
+
+/// A genuine v2 payment notification in currency `fee_type`.
+pub fn v2_pay_in(
+    out_trade_no: &str,
+    transaction_id: &str,
+    total_fee: i64,
+    fee_type: &str,
+) -> NotifyMessage {
+    v2_pay_signed(
+        out_trade_no,
+        transaction_id,
+        total_fee,
+        APPID,
+        "SUCCESS",
+        V2_KEY,
+        fee_type,
+    )
+}
+
+fn v2_pay_signed(
+    out_trade_no: &str,
+    transaction_id: &str,
+    total_fee: i64,
+    appid: &str,
+    result_code: &str,
+    key: &str,
+    fee_type: &str,
+) -> NotifyMessage {
     let mut fields = XmlFields::new();
     fields.insert("appid", appid);
     fields.insert("bank_type", "CFT");
     fields.insert("cash_fee", total_fee.to_string());
-    fields.insert("fee_type", "CNY");
+    fields.insert("fee_type", fee_type);
     fields.insert("is_subscribe", "N");
     fields.insert("mch_id", MCH_ID);
     fields.insert("nonce_str", "5d2b6c2a8db53831f7eda20af46e531c");
@@ -97,8 +128,14 @@ pub fn v2_pay_with(
     )
 }
 
-/// A v2 退款结果通知 (`req_info` encrypted with the merchant's key). `status` is the v2
-/// wire value: SUCCESS | CHANGE | REFUNDCLOSE.
+/// The transaction id the refund builders name for `out_trade_no`: pay the order with it,
+/// or the v2 refund disagrees with the order (REFUND_MISMATCH).
+pub fn transaction_of(out_trade_no: &str) -> String {
+    format!("42{out_trade_no}")
+}
+
+/// A v2 退款结果通知 (`req_info` encrypted with the merchant's key) of the order paid by
+/// [`transaction_of`]. `status` is the v2 wire value: SUCCESS | CHANGE | REFUNDCLOSE.
 pub fn v2_refund(
     out_trade_no: &str,
     out_refund_no: &str,
@@ -122,7 +159,7 @@ pub fn v2_refund(
         root.insert("success_time", "2024-01-02 03:04:05");
     }
     root.insert("total_fee", total_fee.to_string());
-    root.insert("transaction_id", format!("42{out_trade_no}"));
+    root.insert("transaction_id", transaction_of(out_trade_no));
     let mut fields = XmlFields::new();
     fields.insert("return_code", "SUCCESS");
     fields.insert("appid", APPID);
@@ -219,7 +256,7 @@ pub fn v3_refund(
         &serde_json::json!({
             "mchid": MCH_ID,
             "out_trade_no": out_trade_no,
-            "transaction_id": format!("42{out_trade_no}"),
+            "transaction_id": transaction_of(out_trade_no),
             "out_refund_no": out_refund_no,
             "refund_id": refund_id,
             "refund_status": status,

@@ -16,7 +16,7 @@ use crate::helpers::{eventually, TestEnv};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wxpay-worker");
 
-fn config_file(env: &TestEnv) -> tempfile::NamedTempFile {
+pub(crate) fn config_file(env: &TestEnv) -> tempfile::NamedTempFile {
     let s = &env.settings;
     let merchant = builders::merchant_settings();
     let (serial, pem) = merchant
@@ -68,7 +68,7 @@ api_v3_key = "{v3}"
     file
 }
 
-fn worker(config: &tempfile::NamedTempFile, args: &[&str]) -> Command {
+pub(crate) fn worker(config: &tempfile::NamedTempFile, args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
     command
         .arg("--config")
@@ -82,7 +82,9 @@ fn worker(config: &tempfile::NamedTempFile, args: &[&str]) -> Command {
 async fn migrate_creates_the_database_and_is_idempotent() {
     let env = TestEnv::with_migration(false).await;
     let config = config_file(&env);
-    for expected in ["migrations applied: 1", "migrations applied: 0"] {
+    let embedded = wxpay_worker::schema_check::embedded_versions().expect("embedded");
+    let all = format!("migrations applied: {}", embedded.len());
+    for expected in [all.as_str(), "migrations applied: 0"] {
         let output = worker(&config, &["migrate"]).output().expect("runs");
         assert!(
             output.status.success(),

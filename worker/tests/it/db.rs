@@ -39,6 +39,40 @@ async fn checkout_of_an_exhausted_pool_times_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_from_a_server_that_never_answers_times_out() {
+    // Accepts TCP, then says nothing: the startup handshake would wait forever.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let connect = Duration::from_millis(500);
+    let pool = db::build_pool(
+        &format!("postgres://postgres@{address}/wxpay"),
+        2,
+        connect,
+        Duration::from_secs(1),
+    )
+    .expect("pool");
+    let started = Instant::now();
+    let checkout = tokio::time::timeout(Duration::from_secs(10), pool.get())
+        .await
+        .expect("checkout bounded by the pool's create timeout");
+    assert!(checkout.is_err(), "a connection out of a silent server");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    silent.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_path_update_is_prepared_once_per_connection() {
     let env = TestEnv::new().await;
     env.insert_order("p-1", 100).await;
@@ -49,6 +83,7 @@ async fn hot_path_update_is_prepared_once_per_connection() {
             out_trade_no: "p-1",
             transaction_id: Some("4200p1"),
             paid_at: Utc::now(),
+            event_seq: 1,
         }
         .execute(&mut conn)
         .await

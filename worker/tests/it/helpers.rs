@@ -14,10 +14,7 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::{TcpListener, TcpStream};
@@ -71,6 +68,7 @@ impl TestEnv {
                 db_pool_size: 8,
                 outbox_poll_ms: 50,
                 shutdown_timeout_ms: 10_000,
+                unknown_order_grace_secs: 600,
             },
             rabbitmq: RabbitmqSettings {
                 url: SecretString::from(AMQP_URL),
@@ -349,7 +347,7 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         let db_name = self.db_name.clone();
         let rabbitmq = self.settings.rabbitmq.clone();
-        let tiers = self.settings.worker.retry_delays_ms.len();
+        let worker = self.settings.worker.clone();
         let prefix = self.settings.redis.key_prefix.clone();
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -369,21 +367,7 @@ impl Drop for TestEnv {
                         .await;
                 }
                 if let Ok(connection) = broker::connect(&rabbitmq).await {
-                    if let Ok(channel) = connection.create_channel().await {
-                        let mut queues = vec![rabbitmq.queue.clone(), rabbitmq.parked_queue()];
-                        queues.extend((0..tiers).map(|t| rabbitmq.retry_queue(t)));
-                        for queue in queues {
-                            let _ = channel
-                                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                                .await;
-                        }
-                        let _ = channel
-                            .exchange_delete(
-                                rabbitmq.events_exchange.as_str().into(),
-                                ExchangeDeleteOptions::default(),
-                            )
-                            .await;
-                    }
+                    broker::delete_topology(&connection, &rabbitmq, &worker).await;
                     let _ = connection.close(200, "cleanup".into()).await;
                 }
                 if let Ok(client) = redis::Client::open(REDIS_URL) {

@@ -5,11 +5,16 @@ mod builders;
 mod cli;
 mod helpers;
 
+mod anomalies;
 mod db;
 mod doctor;
+mod events;
 mod migrations;
+mod money;
 mod pay;
 mod pipeline;
 mod query;
 mod reconcile;
 mod refund;
+mod topology;
+mod unknown_order;

@@ -116,17 +116,6 @@ async fn amount_or_appid_mismatch_never_pays() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_order_is_an_anomaly() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
-    assert_eq!(
-        worker.process_one(&v2_pay("nope", "4200F", 1)).await,
-        anomaly("UNKNOWN_ORDER")
-    );
-    assert_eq!(env.anomalies("UNKNOWN_ORDER").await, 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_payment_is_recorded_without_transition() {
     let env = TestEnv::new().await;
     let worker = Worker::new(env.settings()).expect("worker");

@@ -173,3 +173,48 @@ async fn refund_queries_apply_like_notifications() {
         1
     );
 }
+
+/// After a PostgreSQL restore the Redis `done` markers outlive the rows they stood for: a
+/// notification is skipped by its marker, but the reconciler's answer is decided by
+/// PostgreSQL and applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_answers_skip_the_redis_done_marker() {
+    let env = TestEnv::new().await;
+    let worker = Worker::new(env.settings()).expect("worker");
+    env.insert_order("q-9", 900).await;
+    crate::helpers::eventually(std::time::Duration::from_secs(5), "redis connected", || {
+        let connected = worker.redis_connected();
+        async move { connected }
+    })
+    .await;
+    // The marker of a payment whose row the restore lost.
+    let client = redis::Client::open(crate::helpers::REDIS_URL).expect("redis");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let _: () = redis::cmd("SET")
+        .arg(format!(
+            "{}done:pay:{MCH_ID}:4200q9",
+            env.settings.redis.key_prefix
+        ))
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .expect("marker set");
+
+    let notified = worker.process_one(&v2_pay("q-9", "4200q9", 900)).await;
+    assert_eq!(
+        notified,
+        Outcome::Duplicate {
+            layer: wxpay_worker::DedupeLayer::Redis
+        }
+    );
+    assert_eq!(
+        worker
+            .process_one(&v2_order_query("q-9", "4200q9", "900", "SUCCESS"))
+            .await,
+        Outcome::Applied
+    );
+    assert_eq!(env.order("q-9").await.state, OrderState::Paid.as_str());
+}

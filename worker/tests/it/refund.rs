@@ -3,7 +3,7 @@
 use wxpay_shared::state::OrderState;
 use wxpay_worker::{Outcome, Worker};
 
-use crate::builders::{v2_pay, v2_refund, v3_refund};
+use crate::builders::{transaction_of, v2_pay, v2_refund, v3_refund};
 use crate::helpers::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -12,7 +12,9 @@ async fn partial_then_full_refund_moves_money_once_per_refund() {
     let worker = Worker::new(env.settings()).expect("worker");
     env.insert_order("r-1", 1000).await;
     assert_eq!(
-        worker.process_one(&v2_pay("r-1", "4201", 1000)).await,
+        worker
+            .process_one(&v2_pay("r-1", &transaction_of("r-1"), 1000))
+            .await,
         Outcome::Applied
     );
 
@@ -48,7 +50,9 @@ async fn refund_exceeding_paid_is_an_anomaly() {
     let worker = Worker::new(env.settings()).expect("worker");
     env.insert_order("r-2", 1000).await;
     assert_eq!(
-        worker.process_one(&v2_pay("r-2", "4202", 1000)).await,
+        worker
+            .process_one(&v2_pay("r-2", &transaction_of("r-2"), 1000))
+            .await,
         Outcome::Applied
     );
     assert_eq!(
@@ -78,7 +82,9 @@ async fn change_and_closed_update_the_refund_without_money() {
     let worker = Worker::new(env.settings()).expect("worker");
     env.insert_order("r-3", 1000).await;
     assert_eq!(
-        worker.process_one(&v2_pay("r-3", "4203", 1000)).await,
+        worker
+            .process_one(&v2_pay("r-3", &transaction_of("r-3"), 1000))
+            .await,
         Outcome::Applied
     );
     assert_eq!(
@@ -139,7 +145,9 @@ async fn refund_before_payment_is_retried_then_applied() {
     );
     assert_eq!(env.count("FROM notifications").await, 0);
     assert_eq!(
-        worker.process_one(&v2_pay("r-4", "4204", 1000)).await,
+        worker
+            .process_one(&v2_pay("r-4", &transaction_of("r-4"), 1000))
+            .await,
         Outcome::Applied
     );
     // The claim was released on failure: the retry is not blocked by it.

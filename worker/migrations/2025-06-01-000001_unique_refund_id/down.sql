@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS refunds_mch_refund_id;

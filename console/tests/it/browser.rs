@@ -89,7 +89,7 @@ async fn log_in(browser: &Client, app: &App, user: &str, password: &str) {
     type_into(browser, Locator::Css("input[name=username]"), user).await;
     type_into(browser, Locator::Css("input[name=password]"), password).await;
     click(browser, Locator::Id("login")).await;
-    let heading = text(browser, Locator::Css("h1")).await;
+    let heading = text_when(browser, Locator::Css("h1"), |h| h == "Overview").await;
     assert_eq!(heading, "Overview");
 }
 
@@ -102,6 +102,23 @@ async fn text(browser: &Client, locator: Locator<'_>) -> String {
         .text()
         .await
         .expect("text")
+}
+
+/// Polls the text of `locator` until `done` holds or 10 s pass, and returns the last text
+/// read: a click's (or a script's) navigation may still be under way, and the old page's
+/// elements go stale meanwhile.
+async fn text_when(browser: &Client, locator: Locator<'_>, done: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..100 {
+        if let Ok(element) = browser.find(locator).await {
+            last = element.text().await.unwrap_or_default();
+            if done(&last) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
 }
 
 async fn body_text(browser: &Client) -> String {
@@ -194,7 +211,7 @@ async fn operators_find_payments_and_replay_parked_messages_viewers_cannot() {
     assert!(list.contains(&parked.message_id.to_string()), "{list}");
     screenshot(&browser, "parked").await;
     click(&browser, Locator::Css("button.replay")).await;
-    let after = body_text(&browser).await;
+    let after = text_when(&browser, Locator::Css("main"), |t| t.contains("replayed 1")).await;
     assert!(after.contains("No parked message."), "{after}");
     assert!(
         after.contains("parked.replay") && after.contains("replayed 1"),
@@ -215,7 +232,8 @@ async fn operators_find_payments_and_replay_parked_messages_viewers_cannot() {
     // Log out; then a viewer, whose forged replay is refused.
     browser.goto(&app.url("/logout")).await.expect("goto");
     click(&browser, Locator::Id("logout")).await;
-    assert_eq!(browser.current_url().await.expect("url").path(), "/login");
+    let heading = text_when(&browser, Locator::Css("h1"), |h| h == "Log in").await;
+    assert_eq!(heading, "Log in", "logged out");
     app.park(
         &builders::v2_pay("order-x", "4200000104", 1),
         "unknown_merchant: test",
@@ -237,7 +255,7 @@ async fn operators_find_payments_and_replay_parked_messages_viewers_cannot() {
         )
         .await
         .expect("forged form");
-    let heading = text(&browser, Locator::Css("h1")).await;
+    let heading = text_when(&browser, Locator::Css("h1"), |h| h != "Parked messages").await;
     assert_eq!(heading, "Only operators may do this");
     browser.close().await.expect("close");
     app.stop().await;

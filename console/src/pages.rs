@@ -21,9 +21,9 @@ use crate::html::{self, escape, mask_openids, opt, opt_time, table, time, Viewer
 use crate::State;
 
 /// The session cookie (HttpOnly, SameSite=Strict, Secure behind TLS).
-pub const SESSION_COOKIE: &str = "wxpay_console_session";
+pub const SESSION_COOKIE: &str = "console_session";
 /// The login form's own CSRF cookie (double submit: before a session exists).
-pub const LOGIN_COOKIE: &str = "wxpay_console_login";
+pub const LOGIN_COOKIE: &str = "console_login";
 
 type Data = web::Data<State>;
 

@@ -40,7 +40,7 @@ async fn without_a_session_pages_redirect_to_login_and_actions_answer_401() {
     // A made-up session cookie is no session.
     let answer = http
         .get(app.url("/"))
-        .header("cookie", "wxpay_console_session=00ff")
+        .header("cookie", "console_session=00ff")
         .send()
         .await
         .expect("get");
@@ -147,7 +147,7 @@ async fn a_viewer_reads_but_every_action_is_refused_with_403() {
 async fn the_session_cookie_is_httponly_strict_and_secure_only_behind_tls() {
     let app = App::start_with(|c| c.trusted_proxies = vec!["127.0.0.1/32".into()]).await;
     let plain = try_login(&app, OPERATOR.0, OPERATOR.1, &[]).await;
-    let cookie = set_cookie(&plain, "wxpay_console_session").expect("cookie");
+    let cookie = set_cookie(&plain, "console_session").expect("cookie");
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
@@ -160,7 +160,7 @@ async fn the_session_cookie_is_httponly_strict_and_secure_only_behind_tls() {
         &[("x-forwarded-proto", "https")],
     )
     .await;
-    let cookie = set_cookie(&tls, "wxpay_console_session").expect("cookie");
+    let cookie = set_cookie(&tls, "console_session").expect("cookie");
     assert!(cookie.contains("Secure"), "{cookie}");
     app.stop().await;
 
@@ -173,7 +173,7 @@ async fn the_session_cookie_is_httponly_strict_and_secure_only_behind_tls() {
         &[("x-forwarded-proto", "https")],
     )
     .await;
-    let cookie = set_cookie(&answer, "wxpay_console_session").expect("cookie");
+    let cookie = set_cookie(&answer, "console_session").expect("cookie");
     assert!(!cookie.contains("Secure"), "{cookie}");
     app.stop().await;
 }
@@ -184,7 +184,7 @@ async fn failed_logins_are_rate_limited_per_user_and_address() {
     for _ in 0..3 {
         let answer = try_login(&app, OPERATOR.0, "wrong", &[]).await;
         assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
-        assert!(set_cookie(&answer, "wxpay_console_session").is_none());
+        assert!(set_cookie(&answer, "console_session").is_none());
     }
     let answer = try_login(&app, OPERATOR.0, OPERATOR.1, &[]).await;
     assert_eq!(
@@ -214,7 +214,7 @@ async fn the_auth_header_counts_only_from_a_trusted_proxy_and_only_for_known_use
         .expect("get");
     assert_eq!(answer.status(), StatusCode::OK);
     assert!(
-        set_cookie(&answer, "wxpay_console_session").is_some(),
+        set_cookie(&answer, "console_session").is_some(),
         "a session for its forms"
     );
     let answer = http

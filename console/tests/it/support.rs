@@ -149,8 +149,7 @@ pub async fn try_login(app: &App, user: &str, password: &str, extra: &[(&str, &s
         get = get.header(*k, *v);
     }
     let form = get.send().await.expect("login form");
-    let login_cookie =
-        cookie_pair(&set_cookie(&form, "wxpay_console_login").expect("login cookie"));
+    let login_cookie = cookie_pair(&set_cookie(&form, "console_login").expect("login cookie"));
     let csrf = hidden(&form.text().await.expect("body"), "csrf").expect("csrf field");
     let mut post = http
         .post(app.url("/login"))
@@ -165,8 +164,7 @@ pub async fn try_login(app: &App, user: &str, password: &str, extra: &[(&str, &s
 pub async fn login(app: &App, user: &str, password: &str) -> Login {
     let answer = try_login(app, user, password, &[]).await;
     assert_eq!(answer.status(), StatusCode::SEE_OTHER, "login succeeds");
-    let cookie =
-        cookie_pair(&set_cookie(&answer, "wxpay_console_session").expect("session cookie"));
+    let cookie = cookie_pair(&set_cookie(&answer, "console_session").expect("session cookie"));
     let page = client()
         .get(app.url("/parked"))
         .header("cookie", &cookie)

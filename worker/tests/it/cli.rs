@@ -82,14 +82,20 @@ fn worker(config: &tempfile::NamedTempFile, args: &[&str]) -> Command {
 async fn migrate_creates_the_database_and_is_idempotent() {
     let env = TestEnv::with_migration(false).await;
     let config = config_file(&env);
-    for expected in ["migrations applied: 1", "migrations applied: 0"] {
+    let embedded = wxpay_worker::schema_check::embedded_versions()
+        .expect("embedded")
+        .len();
+    for expected in [
+        format!("migrations applied: {embedded}"),
+        "migrations applied: 0".to_owned(),
+    ] {
         let output = worker(&config, &["migrate"]).output().expect("runs");
         assert!(
             output.status.success(),
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(String::from_utf8_lossy(&output.stdout).contains(expected));
+        assert!(String::from_utf8_lossy(&output.stdout).contains(&expected));
     }
     assert_eq!(env.count("FROM orders").await, 0);
 }

@@ -69,16 +69,17 @@ async fn main() -> ExitCode {
 
 async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     let settings = Settings::load(&resolve_path(config.as_deref()))?;
-    // The audit table is a migration's: refuse a database `wxpay-worker migrate` has not
-    // brought to this binary's schema.
-    schema_check::check(
-        settings.database.url.expose_secret(),
-        Duration::from_millis(settings.database.connect_timeout_ms),
-    )
-    .await?;
     let listen = settings.console.listen.clone();
     let users = settings.console.users.len();
+    let (database_url, connect_timeout) = (
+        settings.database.url.expose_secret().to_owned(),
+        Duration::from_millis(settings.database.connect_timeout_ms),
+    );
+    // Users and proxies first: a bad entry is a one-line error before any connection.
     let console = Console::new(settings)?;
+    // The audit table is a migration's: refuse a database `wxpay-worker migrate` has not
+    // brought to this binary's schema.
+    schema_check::check(&database_url, connect_timeout).await?;
     let (server, address) = console.serve(&listen)?;
     tracing::info!(step = step::STARTUP, %address, users, "console listening (sessions end when it restarts)");
     let handle = server.handle();

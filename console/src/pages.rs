@@ -2,7 +2,7 @@
 //! POST action needs a session (else 401), its form's CSRF token (else 403) and the
 //! operator role (else 403), and leaves a line in the audit table.
 //!
-//! An action is [`act`] with a closure: anomaly `reapply` / `dismiss` become one route and
+//! An action is `act` with a closure: anomaly `reapply` / `dismiss` become one route and
 //! one call of the worker's resolution each, with the note as the audit note.
 
 use std::future::Future;

@@ -23,7 +23,8 @@ COPY runtime/Cargo.toml runtime/
 COPY gateway/Cargo.toml gateway/
 COPY worker/Cargo.toml worker/build.rs worker/
 COPY simulator/Cargo.toml simulator/
-RUN for crate in shared runtime gateway worker simulator; do \
+COPY console/Cargo.toml console/
+RUN for crate in shared runtime gateway worker simulator console; do \
       mkdir -p "$crate/src" "$crate/benches" "$crate/tests/it" \
       && echo 'fn main() {}' >"$crate/src/main.rs" \
       && touch "$crate/src/lib.rs" "$crate/tests/it/main.rs"; \
@@ -33,17 +34,17 @@ RUN for crate in shared runtime gateway worker simulator; do \
     done \
  && mkdir -p worker/migrations \
  && cargo build --release --locked --bins \
- && rm -rf shared runtime gateway worker simulator
+ && rm -rf shared runtime gateway worker simulator console
 
 COPY . .
 # The same command as scripts/run, so the image runs exactly what was tested. The stub
 # builds of our own crates are removed first: their outputs could look newer than the
 # sources just copied (COPY keeps the files' modification times).
 # --locked: Cargo.lock is the reviewed dependency set; never resolve anew in an image build.
-RUN cargo clean --release --locked -p wxpay-shared -p wxpay-runtime -p wxpay-gateway -p wxpay-worker -p wxpay-simulator \
+RUN cargo clean --release --locked -p wxpay-shared -p wxpay-runtime -p wxpay-gateway -p wxpay-worker -p wxpay-simulator -p wxpay-console \
  && cargo build --release --locked --bins \
  && mkdir -p /out \
- && cp target/release/wxpay-gateway target/release/wxpay-worker target/release/wxpay-sim /out/ \
+ && cp target/release/wxpay-gateway target/release/wxpay-worker target/release/wxpay-sim target/release/wxpay-console /out/ \
  && strip --strip-debug /out/*
 
 # The runtime root file system, assembled here so that the images need no distribution:
@@ -74,7 +75,7 @@ RUN set -eu; \
 # ---- runtime image: the services --------------------------------------------------------
 FROM scratch AS runtime
 COPY --from=build /rootfs/ /
-COPY --from=build /out/wxpay-gateway /out/wxpay-worker /usr/local/bin/
+COPY --from=build /out/wxpay-gateway /out/wxpay-worker /out/wxpay-console /usr/local/bin/
 # Numeric user so Kubernetes' runAsNonRoot can verify it without resolving names.
 USER 10001:10001
 ENV PATH=/usr/local/bin:/usr/bin:/bin \

@@ -41,6 +41,8 @@ pub struct Settings {
     pub reconciler: ReconcilerSettings,
     #[serde(default)]
     pub merchants: Vec<MerchantSettings>,
+    #[serde(default)]
+    pub console: ConsoleSettings,
 }
 
 /// `[gateway]`
@@ -286,6 +288,127 @@ impl Default for ReconcilerSettings {
     }
 }
 
+/// `[console]`: the operations console (`wxpay-console`), its users and how it trusts a proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Serves the pages and /healthz /readyz /metrics. Loopback by default: the console
+    /// can replay messages, so it is exposed on purpose (the deployment sets `0.0.0.0:9300`
+    /// behind a ClusterIP Service), never by accident.
+    pub listen: String,
+    /// PostgreSQL connections of the console's pool (reads, and the audit insert).
+    pub db_pool_size: usize,
+    /// Idle sessions end after this; every session ends when the process restarts.
+    pub session_ttl_secs: u64,
+    /// Failed logins per user name and client address within `login_window_secs`; past it
+    /// the login form answers 429 until the window has passed.
+    pub login_max_failures: u32,
+    pub login_window_secs: u64,
+    /// Set `Secure` on the session cookie always. Without it, `Secure` is set when a
+    /// trusted proxy says `X-Forwarded-Proto: https`.
+    pub secure_cookies: bool,
+    /// A header an authenticating proxy sets to the user's name (e.g. `X-Forwarded-User`),
+    /// honoured only from `trusted_proxies`; the name must be one of `users`, whose role
+    /// applies. Unset: form login only.
+    pub auth_header: Option<String>,
+    /// CIDRs of the proxies whose `auth_header` and `X-Forwarded-Proto` are believed.
+    pub trusted_proxies: Vec<String>,
+    /// `[[console.users]]`.
+    pub users: Vec<ConsoleUser>,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        ConsoleSettings {
+            listen: "127.0.0.1:9300".into(),
+            db_pool_size: 4,
+            session_ttl_secs: 8 * 3600,
+            login_max_failures: 5,
+            login_window_secs: 300,
+            secure_cookies: false,
+            auth_header: None,
+            trusted_proxies: Vec::new(),
+            users: Vec::new(),
+        }
+    }
+}
+
+/// One `[[console.users]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleUser {
+    pub name: String,
+    /// An argon2id PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`). Absent: the user
+    /// can only come through the trusted `auth_header`. Redacted in `Debug`.
+    #[serde(default)]
+    pub password_hash: Option<SecretString>,
+    pub role: ConsoleRole,
+}
+
+/// What a console user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleRole {
+    /// Reads every page.
+    Viewer,
+    /// Also replays parked messages and resolves anomalies.
+    Operator,
+}
+
+impl ConsoleRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsoleRole::Viewer => "viewer",
+            ConsoleRole::Operator => "operator",
+        }
+    }
+}
+
+impl ConsoleSettings {
+    /// What needs no cryptography: names, duplicates, limits. `wxpay-console` parses the
+    /// PHC strings and CIDRs at start-up too.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if self.db_pool_size == 0 {
+            return invalid("console.db_pool_size", "must be positive".into());
+        }
+        if self.session_ttl_secs == 0 {
+            return invalid("console.session_ttl_secs", "must be positive".into());
+        }
+        if self.login_window_secs == 0 {
+            return invalid("console.login_window_secs", "must be positive".into());
+        }
+        if self.login_max_failures == 0 {
+            return invalid("console.login_max_failures", "must be positive".into());
+        }
+        if self.auth_header.as_deref().is_some_and(str::is_empty) {
+            return invalid("console.auth_header", "must not be empty when set".into());
+        }
+        if self.auth_header.is_some() && self.trusted_proxies.is_empty() {
+            return invalid(
+                "console.trusted_proxies",
+                "auth_header needs the proxies it is believed from".into(),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for user in &self.users {
+            if user.name.is_empty() || user.name.chars().any(char::is_control) {
+                return invalid(
+                    "console.users",
+                    "a user name is empty or unprintable".into(),
+                );
+            }
+            if !names.insert(user.name.as_str()) {
+                return invalid(
+                    "console.users",
+                    format!("user {} is configured twice", user.name),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One `[[merchants]]` entry as written in the file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -513,6 +636,7 @@ impl Settings {
         if self.rabbitmq.queue.is_empty() {
             return invalid("rabbitmq.queue", "must not be empty");
         }
+        self.console.validate()?;
         self.merchants().map(|_| ())
     }
 

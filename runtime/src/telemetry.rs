@@ -49,6 +49,8 @@ pub mod metric {
     pub const RECONCILER_RECOVERED_TOTAL: &str = "wxpay_reconciler_recovered_total";
     pub const RECONCILER_ERRORS_TOTAL: &str = "wxpay_reconciler_errors_total";
     pub const RECONCILER_ROUND_DURATION_SECONDS: &str = "wxpay_reconciler_round_duration_seconds";
+    pub const CONSOLE_LOGINS_TOTAL: &str = "wxpay_console_logins_total";
+    pub const CONSOLE_ACTIONS_TOTAL: &str = "wxpay_console_actions_total";
 }
 
 /// Histogram buckets (seconds): sub-millisecond answers up to the 10-minute retry tier.

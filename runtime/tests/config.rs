@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use wxpay_runtime::config::{Cidr, ConfigError, Settings};
+use wxpay_runtime::config::{Cidr, ConfigError, ConsoleRole, Settings};
 
 const V2_KEY: &str = "192006250b4c09247ec02edce69f6a2d";
 const V3_KEY: &str = "Zyxwvutsrqponmlkjihgfedcba543210";
@@ -260,4 +260,50 @@ fn gateway_cidr_lists_are_validated() {
         }
         other => panic!("expected an invalid trusted_proxies, got {other:?}"),
     }
+}
+
+#[test]
+fn the_console_section_loads_users_with_roles_and_refuses_inconsistent_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let users = "[console]\nlisten = \"0.0.0.0:9300\"\n\
+                 [[console.users]]\nname = \"olivia\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA\"\nrole = \"operator\"\n\
+                 [[console.users]]\nname = \"victor\"\nrole = \"viewer\"\n";
+    let settings = load(&write(&dir, users)).expect("loads");
+    assert_eq!(settings.console.listen, "0.0.0.0:9300");
+    let roles: Vec<_> = settings
+        .console
+        .users
+        .iter()
+        .map(|u| (u.name.as_str(), u.role))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("olivia", ConsoleRole::Operator),
+            ("victor", ConsoleRole::Viewer)
+        ]
+    );
+    assert!(
+        !format!("{settings:?}").contains("argon2id"),
+        "the hash is redacted"
+    );
+    assert_eq!(
+        load(&write(&dir, "")).expect("defaults").console.listen,
+        "127.0.0.1:9300"
+    );
+
+    let twice = "[[console.users]]\nname = \"a\"\nrole = \"viewer\"\n[[console.users]]\nname = \"a\"\nrole = \"operator\"\n";
+    let error = load(&write(&dir, twice)).expect_err("duplicate user");
+    assert!(
+        error.to_string().contains("user a is configured twice"),
+        "{error}"
+    );
+    let bad_role = "[[console.users]]\nname = \"a\"\nrole = \"admin\"\n";
+    assert!(load(&write(&dir, bad_role)).is_err(), "unknown role");
+    let header_alone = "[console]\nauth_header = \"X-Forwarded-User\"\n";
+    let error = load(&write(&dir, header_alone)).expect_err("header without proxies");
+    assert!(
+        error.to_string().contains("console.trusted_proxies"),
+        "{error}"
+    );
 }

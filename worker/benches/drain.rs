@@ -78,6 +78,7 @@ async fn bench() -> anyhow::Result<()> {
         wechatpay: Default::default(),
         reconciler: Default::default(),
         merchants: vec![builders::merchant_settings()],
+        console: Default::default(),
     };
     let db_url = settings.database.url.expose_secret().to_owned();
     println!("drain: {total} notifications ({unique} orders, {duplicates} duplicates), prefetch {}, pool {}",

@@ -66,6 +66,42 @@ async fn metrics<R: Readiness>(state: web::Data<State<R>>) -> HttpResponse {
         .body(state.prometheus.render())
 }
 
+/// The three routes with their state, to mount beside a service's own routes (the
+/// console serves them on its one port).
+pub struct Probes<R> {
+    state: web::Data<State<R>>,
+}
+
+impl<R> Clone for Probes<R> {
+    fn clone(&self) -> Self {
+        Probes {
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<R: Readiness> Probes<R> {
+    /// `prometheus` is [`wxpay_runtime::telemetry::metrics_handle`], taken before any
+    /// metric is registered.
+    pub fn new(readiness: R, prometheus: PrometheusHandle) -> Self {
+        Probes {
+            state: web::Data::new(State {
+                readiness,
+                prometheus,
+            }),
+        }
+    }
+
+    /// Adds `/healthz`, `/readyz` and `/metrics` to an app.
+    pub fn configure(&self, config: &mut web::ServiceConfig) {
+        config
+            .app_data(self.state.clone())
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz::<R>))
+            .route("/metrics", web::get().to(metrics::<R>));
+    }
+}
+
 /// Binds `listen` and returns the server (to spawn and later stop) and the bound address.
 /// `prometheus` is [`wxpay_runtime::telemetry::metrics_handle`], taken before any metric is
 /// registered.
@@ -74,21 +110,12 @@ pub fn serve<R: Readiness>(
     readiness: R,
     prometheus: PrometheusHandle,
 ) -> std::io::Result<(Server, SocketAddr)> {
-    let state = web::Data::new(State {
-        readiness,
-        prometheus,
-    });
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz::<R>))
-            .route("/metrics", web::get().to(metrics::<R>))
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(2)
-    .bind(listen)?;
+    let probes = Probes::new(readiness, prometheus);
+    let server = HttpServer::new(move || App::new().configure(|config| probes.configure(config)))
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(2)
+        .bind(listen)?;
     let address = server
         .addrs()
         .into_iter()

@@ -110,6 +110,7 @@ fn offline_settings(merchants: Vec<MerchantSettings>, public_url: Option<&str>) 
         },
         reconciler: Default::default(),
         merchants,
+        console: Default::default(),
     };
     settings.gateway.public_url = public_url.map(str::to_owned);
     settings

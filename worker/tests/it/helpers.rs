@@ -90,6 +90,7 @@ impl TestEnv {
             wechatpay: Default::default(),
             reconciler: Default::default(),
             merchants: vec![builders::merchant_settings()],
+            console: Default::default(),
         };
         let env = TestEnv {
             id,

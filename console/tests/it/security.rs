@@ -1,0 +1,315 @@
+//! The security rules over plain HTTP: sessions, CSRF, roles, cookies, the login limit,
+//! the trusted proxy, escaping, and the audit trail of an action.
+
+use reqwest::StatusCode;
+
+use crate::builders;
+use crate::support::{client, login, set_cookie, try_login, App, OPERATOR, VIEWER};
+
+/// A page's body, fetched with a session cookie.
+async fn fetch(app: &App, path: &str, cookie: &str) -> String {
+    client()
+        .get(app.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_session_pages_redirect_to_login_and_actions_answer_401() {
+    let app = App::start().await;
+    let http = client();
+    for path in ["/", "/search?q=x", "/anomalies", "/parked", "/logout"] {
+        let answer = http.get(app.url(path)).send().await.expect("get");
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "GET {path}");
+        assert_eq!(answer.headers()["location"], "/login", "GET {path}");
+    }
+    for path in ["/parked/replay", "/parked/replay-all", "/logout"] {
+        let answer = http
+            .post(app.url(path))
+            .form(&[("csrf", "x"), ("id", "y")])
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "POST {path}");
+    }
+    // A made-up session cookie is no session.
+    let answer = http
+        .get(app.url("/"))
+        .header("cookie", "console_session=00ff")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_without_their_csrf_token_are_refused_with_403() {
+    let app = App::start().await;
+    let operator = login(&app, OPERATOR.0, OPERATOR.1).await;
+    let http = client();
+    for form in [vec![], vec![("csrf", "0".repeat(64))]] {
+        for path in ["/parked/replay-all", "/parked/replay", "/logout"] {
+            let answer = http
+                .post(app.url(path))
+                .header("cookie", &operator.cookie)
+                .form(&form)
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(
+                answer.status(),
+                StatusCode::FORBIDDEN,
+                "POST {path} {form:?}"
+            );
+        }
+    }
+    // The login form has its own token: a cross-site login POST is refused too.
+    let answer = http
+        .post(app.url("/login"))
+        .form(&[("username", OPERATOR.0), ("password", OPERATOR.1)])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+    // With the token, the same action is accepted (and audited).
+    let answer = http
+        .post(app.url("/parked/replay-all"))
+        .header("cookie", &operator.cookie)
+        .form(&[("csrf", operator.csrf.as_str())])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        app.env
+            .count("FROM console_audit WHERE actor = 'olivia' AND action = 'parked.replay_all' AND result = 'replayed 0'")
+            .await,
+        1
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_reads_but_every_action_is_refused_with_403() {
+    let app = App::start().await;
+    app.park(
+        &builders::v2_pay("order-v", "tx-v", 100),
+        "unknown_merchant: test",
+    )
+    .await;
+    let viewer = login(&app, VIEWER.0, VIEWER.1).await;
+    let http = client();
+    let page = http
+        .get(app.url("/parked"))
+        .header("cookie", &viewer.cookie)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(page.status(), StatusCode::OK);
+    let body = page.text().await.expect("body");
+    assert!(body.contains("unknown_merchant: test"), "{body}");
+    assert!(
+        !body.contains("/parked/replay"),
+        "no replay form for a viewer"
+    );
+    let id = builders::v2_pay("order-v", "tx-v", 100)
+        .message_id
+        .to_string();
+    for (path, form) in [
+        (
+            "/parked/replay",
+            vec![("csrf", viewer.csrf.clone()), ("id", id)],
+        ),
+        ("/parked/replay-all", vec![("csrf", viewer.csrf.clone())]),
+    ] {
+        let answer = http
+            .post(app.url(path))
+            .header("cookie", &viewer.cookie)
+            .form(&form)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(answer.status(), StatusCode::FORBIDDEN, "POST {path}");
+    }
+    assert_eq!(app.env.count("FROM console_audit").await, 0);
+    let still = fetch(&app, "/parked", &viewer.cookie).await;
+    assert!(still.contains("unknown_merchant: test"), "still parked");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cookie_is_httponly_strict_and_secure_only_behind_tls() {
+    let app = App::start_with(|c| c.trusted_proxies = vec!["127.0.0.1/32".into()]).await;
+    let plain = try_login(&app, OPERATOR.0, OPERATOR.1, &[]).await;
+    let cookie = set_cookie(&plain, "console_session").expect("cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let tls = try_login(
+        &app,
+        OPERATOR.0,
+        OPERATOR.1,
+        &[("x-forwarded-proto", "https")],
+    )
+    .await;
+    let cookie = set_cookie(&tls, "console_session").expect("cookie");
+    assert!(cookie.contains("Secure"), "{cookie}");
+    app.stop().await;
+
+    // The same header from an untrusted peer changes nothing.
+    let app = App::start_with(|c| c.trusted_proxies = vec!["10.0.0.0/8".into()]).await;
+    let answer = try_login(
+        &app,
+        OPERATOR.0,
+        OPERATOR.1,
+        &[("x-forwarded-proto", "https")],
+    )
+    .await;
+    let cookie = set_cookie(&answer, "console_session").expect("cookie");
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_rate_limited_per_user_and_address() {
+    let app = App::start_with(|c| c.login_max_failures = 3).await;
+    for _ in 0..3 {
+        let answer = try_login(&app, OPERATOR.0, "wrong", &[]).await;
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+        assert!(set_cookie(&answer, "console_session").is_none());
+    }
+    let answer = try_login(&app, OPERATOR.0, OPERATOR.1, &[]).await;
+    assert_eq!(
+        answer.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits"
+    );
+    // Another user from the same address is not locked out.
+    let answer = try_login(&app, VIEWER.0, VIEWER.1, &[]).await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_header_counts_only_from_a_trusted_proxy_and_only_for_known_users() {
+    let app = App::start_with(|c| {
+        c.auth_header = Some("x-forwarded-user".into());
+        c.trusted_proxies = vec!["127.0.0.1/32".into()];
+    })
+    .await;
+    let http = client();
+    let answer = http
+        .get(app.url("/"))
+        .header("x-forwarded-user", OPERATOR.0)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(
+        set_cookie(&answer, "console_session").is_some(),
+        "a session for its forms"
+    );
+    let answer = http
+        .get(app.url("/"))
+        .header("x-forwarded-user", "stranger")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    app.stop().await;
+
+    let app = App::start_with(|c| {
+        c.auth_header = Some("x-forwarded-user".into());
+        c.trusted_proxies = vec!["10.0.0.0/8".into()];
+    })
+    .await;
+    let answer = client()
+        .get(app.url("/"))
+        .header("x-forwarded-user", OPERATOR.0)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        answer.status(),
+        StatusCode::SEE_OTHER,
+        "not from a trusted proxy"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_shows_the_story_escaped_and_never_a_body() {
+    let app = App::start().await;
+    app.env.insert_order("order-1", 100).await;
+    let running = app.env.spawn_worker(app.env.settings());
+    app.env
+        .publish(&builders::v2_pay("order-1", "4200000001", 100))
+        .await;
+    crate::helpers::eventually(std::time::Duration::from_secs(20), "order paid", || async {
+        app.env.order("order-1").await.state == "PAID"
+    })
+    .await;
+    running.stop().await;
+    let viewer = login(&app, VIEWER.0, VIEWER.1).await;
+    for q in ["order-1", "4200000001"] {
+        let body = fetch(&app, &format!("/search?q={q}"), &viewer.cookie).await;
+        assert!(body.contains("id=\"state-order-1\">PAID<"), "{body}");
+        assert!(body.contains("APPLIED") && body.contains("v2"), "{body}");
+        assert!(body.contains("order.paid"), "the event: {body}");
+        assert!(
+            !body.contains("<xml>") && !body.contains("&lt;xml&gt;"),
+            "no raw body"
+        );
+    }
+    let body = fetch(
+        &app,
+        "/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+        &viewer.cookie,
+    )
+    .await;
+    assert!(!body.contains("<script>"), "{body}");
+    assert!(body.contains("&lt;script&gt;"), "{body}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_without_a_session() {
+    let app = App::start().await;
+    let http = client();
+    assert_eq!(
+        http.get(app.url("/healthz"))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.get(app.url("/readyz"))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        StatusCode::OK
+    );
+    let login = try_login(&app, OPERATOR.0, "wrong", &[]).await;
+    assert_eq!(login.status(), StatusCode::UNAUTHORIZED);
+    let metrics = http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    assert!(metrics.contains("wxpay_console_logins_total"), "{metrics}");
+    app.stop().await;
+}

@@ -1,0 +1,176 @@
+//! A running console over a fresh test environment, users with known passwords, and an
+//! HTTP client that logs in like a browser (login cookie, CSRF field, session cookie).
+
+use std::sync::OnceLock;
+
+use actix_web::dev::ServerHandle;
+use reqwest::redirect::Policy;
+use reqwest::{Response, StatusCode};
+use secrecy::SecretString;
+use wxpay_console::{auth, Console};
+use wxpay_runtime::amqp::AmqpMessage;
+use wxpay_runtime::config::{ConsoleRole, ConsoleSettings, ConsoleUser, Settings};
+use wxpay_shared::message::NotifyMessage;
+use wxpay_worker::{broker, retry};
+
+use crate::helpers::TestEnv;
+
+pub const OPERATOR: (&str, &str) = ("olivia", "operator password 1");
+pub const VIEWER: (&str, &str) = ("victor", "viewer password 2");
+
+fn hash(password: &'static str, slot: &'static OnceLock<String>) -> SecretString {
+    SecretString::from(
+        slot.get_or_init(|| auth::hash_password(password).expect("hash"))
+            .clone(),
+    )
+}
+
+pub fn users() -> Vec<ConsoleUser> {
+    static OPERATOR_HASH: OnceLock<String> = OnceLock::new();
+    static VIEWER_HASH: OnceLock<String> = OnceLock::new();
+    vec![
+        ConsoleUser {
+            name: OPERATOR.0.into(),
+            password_hash: Some(hash(OPERATOR.1, &OPERATOR_HASH)),
+            role: ConsoleRole::Operator,
+        },
+        ConsoleUser {
+            name: VIEWER.0.into(),
+            password_hash: Some(hash(VIEWER.1, &VIEWER_HASH)),
+            role: ConsoleRole::Viewer,
+        },
+    ]
+}
+
+pub struct App {
+    pub env: TestEnv,
+    pub base: String,
+    handle: ServerHandle,
+}
+
+impl App {
+    pub async fn start() -> App {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut ConsoleSettings)) -> App {
+        let env = TestEnv::new().await;
+        let mut settings: Settings = env.settings();
+        settings.console = ConsoleSettings {
+            listen: "127.0.0.1:0".into(),
+            users: users(),
+            ..ConsoleSettings::default()
+        };
+        adjust(&mut settings.console);
+        let console = Console::new(settings).expect("console builds");
+        let (server, address) = console.serve("127.0.0.1:0").expect("binds");
+        let handle = server.handle();
+        tokio::spawn(server);
+        App {
+            env,
+            base: format!("http://{address}"),
+            handle,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Parks `message` as the worker would have (with a park reason), confirmed.
+    pub async fn park(&self, message: &NotifyMessage, reason: &str) {
+        let settings = &self.env.settings.rabbitmq;
+        let connection = broker::connect(settings).await.expect("broker");
+        let channel = broker::confirm_channel(&connection).await.expect("channel");
+        broker::declare_topology(&channel, settings, &self.env.settings.worker)
+            .await
+            .expect("topology");
+        let properties = retry::with_headers(&message.properties(), Some(5), Some(reason), None);
+        broker::publish_confirmed(
+            &channel,
+            "",
+            &settings.parked_queue(),
+            true,
+            &message.body,
+            properties,
+        )
+        .await
+        .expect("parked");
+        broker::close(&connection, &[&channel], "parked").await;
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+/// The value of `name="…" value="…"` hidden input in a page.
+pub fn hidden(body: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = body.find(&marker)? + marker.len();
+    let end = body[start..].find('"')?;
+    Some(body[start..start + end].to_owned())
+}
+
+/// `name=value` of a response's Set-Cookie for `name`, with its attributes.
+pub fn set_cookie(response: &Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap_or_default().to_owned()
+}
+
+/// A client that follows no redirect, so that tests see the 303s.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// A logged-in user: the `Cookie` header value and the session's CSRF token.
+pub struct Login {
+    pub cookie: String,
+    pub csrf: String,
+}
+
+/// Logs in through the form; `extra` headers go with every request (proxy headers).
+pub async fn try_login(app: &App, user: &str, password: &str, extra: &[(&str, &str)]) -> Response {
+    let http = client();
+    let mut get = http.get(app.url("/login"));
+    for (k, v) in extra {
+        get = get.header(*k, *v);
+    }
+    let form = get.send().await.expect("login form");
+    let login_cookie = cookie_pair(&set_cookie(&form, "console_login").expect("login cookie"));
+    let csrf = hidden(&form.text().await.expect("body"), "csrf").expect("csrf field");
+    let mut post = http
+        .post(app.url("/login"))
+        .header("cookie", login_cookie)
+        .form(&[("username", user), ("password", password), ("csrf", &csrf)]);
+    for (k, v) in extra {
+        post = post.header(*k, *v);
+    }
+    post.send().await.expect("login post")
+}
+
+pub async fn login(app: &App, user: &str, password: &str) -> Login {
+    let answer = try_login(app, user, password, &[]).await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER, "login succeeds");
+    let cookie = cookie_pair(&set_cookie(&answer, "console_session").expect("session cookie"));
+    let page = client()
+        .get(app.url("/parked"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("page");
+    let csrf = hidden(&page.text().await.expect("body"), "csrf").expect("csrf on every page");
+    Login { cookie, csrf }
+}

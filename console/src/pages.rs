@@ -13,6 +13,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use wxpay_runtime::config::ConsoleRole;
 use wxpay_runtime::telemetry::metric;
+use wxpay_worker::anomaly::{self, Action};
 use wxpay_worker::retry::{self, ReplaySelection};
 
 use crate::auth::{random_token, tokens_match, Session};
@@ -36,6 +37,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/logout", web::post().to(logout))
         .route("/search", web::get().to(search))
         .route("/anomalies", web::get().to(anomalies))
+        .route("/anomalies/resolve", web::post().to(resolve_anomaly))
         .route("/parked", web::get().to(parked))
         .route("/parked/replay", web::post().to(replay_one))
         .route("/parked/replay-all", web::post().to(replay_all));
@@ -609,9 +611,52 @@ async fn anomalies(state: Data, req: HttpRequest) -> HttpResponse {
     let Some(auth) = authenticate(&state, &req) else {
         return to_login();
     };
+    let csrf = escape(&auth.session.csrf);
     let mut body = String::from(
-        "<p class=\"muted\">Every anomaly the worker recorded, newest first; all are open until \
-         the worker records resolutions (reapply / dismiss).</p>",
+        "<h2>Open</h2><p class=\"muted\">Correct the order first, then <b>reapply</b>: the original \
+         notification goes through the normal apply path once. <b>Dismiss</b> closes it unapplied. \
+         Both need a note and are audited.</p>",
+    );
+    match anomaly::list(&state.pool).await {
+        Ok(open) => {
+            let rows: Vec<Vec<String>> = open
+                .iter()
+                .map(|a| {
+                    let mut cells = vec![
+                        a.id.to_string(),
+                        time(&a.received_at),
+                        escape(&a.mch_id),
+                        opt(&a.out_trade_no),
+                        opt(&a.out_refund_no),
+                        opt(&a.anomaly_reason),
+                        escape(&mask_openids(a.anomaly_detail.as_deref().unwrap_or(""))),
+                    ];
+                    if auth.is_operator() {
+                        cells.push(format!(
+                            "<form class=\"inline\" method=\"post\" action=\"/anomalies/resolve\">\
+                             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                             <input type=\"hidden\" name=\"id\" value=\"{}\">\
+                             <input type=\"text\" name=\"note\" required placeholder=\"note\">\
+                             <button type=\"submit\" name=\"action\" value=\"reapply\">Reapply</button>\
+                             <button type=\"submit\" name=\"action\" value=\"dismiss\">Dismiss</button></form>",
+                            a.id
+                        ));
+                    }
+                    cells
+                })
+                .collect();
+            let mut head = vec![
+                "Id", "Received", "Merchant", "Order", "Refund", "Reason", "Detail",
+            ];
+            if auth.is_operator() {
+                head.push("");
+            }
+            body.push_str(&table("open-anomalies", &head, &rows, "No open anomaly."));
+        }
+        Err(error) => body.push_str(&error_note("Database", &error)),
+    }
+    body.push_str(
+        "<h2>Recorded</h2><p class=\"muted\">Every anomaly the worker recorded, newest first.</p>",
     );
     match data::anomalies(&state.pool, 200).await {
         Ok(rows) => {
@@ -632,7 +677,6 @@ async fn anomalies(state: Data, req: HttpRequest) -> HttpResponse {
                         opt(&n.out_refund_no),
                         opt(&n.anomaly_reason),
                         escape(&mask_openids(n.anomaly_detail.as_deref().unwrap_or(""))),
-                        "open".into(),
                     ]
                 })
                 .collect();
@@ -647,7 +691,6 @@ async fn anomalies(state: Data, req: HttpRequest) -> HttpResponse {
                     "Refund",
                     "Reason",
                     "Detail",
-                    "Status",
                 ],
                 &rows,
                 "No anomaly.",
@@ -657,6 +700,60 @@ async fn anomalies(state: Data, req: HttpRequest) -> HttpResponse {
     }
     body.push_str(&audit_section(&state, "anomaly.").await);
     auth.page("Anomalies", &body)
+}
+
+#[derive(Deserialize)]
+struct ResolveForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    note: String,
+}
+
+/// `reapply` / `dismiss` one anomaly through the worker's own resolution (the same function
+/// as `wxpay-worker anomaly resolve`), with the operator as the actor.
+async fn resolve_anomaly(
+    state: Data,
+    req: HttpRequest,
+    form: web::Form<ResolveForm>,
+) -> HttpResponse {
+    let form = form.into_inner();
+    let audit_action = match form.action.as_str() {
+        "reapply" => "anomaly.reapply",
+        "dismiss" => "anomaly.dismiss",
+        _ => "anomaly.unknown",
+    };
+    let actor = authenticate(&state, &req)
+        .map(|auth| auth.session.user.clone())
+        .unwrap_or_default();
+    let (pool, settings) = (state.pool.clone(), state.settings.clone());
+    let (id, action, note) = (form.id.clone(), form.action.clone(), form.note.clone());
+    act(
+        &state,
+        &req,
+        &form.csrf,
+        audit_action,
+        &form.id,
+        Some(&form.note),
+        "/anomalies",
+        || async move {
+            let id: i64 = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("{id:?} is not an anomaly id"))?;
+            let action: Action = action.parse()?;
+            let merchants = settings.merchants().map_err(|error| error.to_string())?;
+            let resolution = anomaly::resolve(&pool, &merchants, id, action, &actor, &note)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok(format!("{:?}", resolution.outcome))
+        },
+    )
+    .await
 }
 
 // ------------------------------------------------------------------ parked messages

@@ -1,6 +1,8 @@
 //! The security rules over plain HTTP: sessions, CSRF, roles, cookies, the login limit,
 //! the trusted proxy, escaping, and the audit trail of an action.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 
 use crate::builders;
@@ -312,4 +314,98 @@ async fn probes_answer_without_a_session() {
         .expect("body");
     assert!(metrics.contains("wxpay_console_logins_total"), "{metrics}");
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_reapplies_a_corrected_anomaly_once_and_a_viewer_cannot() {
+    let app = App::start().await;
+    let env = &app.env;
+    env.insert_order("order-odd", 100).await;
+    let worker = env.spawn_worker(env.settings());
+    env.publish(&crate::builders::v2_pay("order-odd", "4200000901", 999))
+        .await;
+    crate::helpers::eventually(Duration::from_secs(20), "anomaly recorded", || async {
+        env.anomalies("AMOUNT_MISMATCH").await == 1
+    })
+    .await;
+    let anomaly_id: i64 = {
+        use diesel_async::RunQueryDsl;
+        let mut conn = env.conn().await;
+        diesel::sql_query("SELECT id FROM notifications WHERE outcome = 'ANOMALY'")
+            .get_result::<AnomalyId>(&mut conn)
+            .await
+            .expect("anomaly id")
+            .id
+    };
+    let form = |csrf: &str, action: &str| {
+        vec![
+            ("csrf", csrf.to_owned()),
+            ("id", anomaly_id.to_string()),
+            ("action", action.to_owned()),
+            ("note", "amount corrected with the merchant".to_owned()),
+        ]
+    };
+    let http = client();
+    let viewer = login(&app, VIEWER.0, VIEWER.1).await;
+    let refused = http
+        .post(app.url("/anomalies/resolve"))
+        .header("cookie", &viewer.cookie)
+        .form(&form(&viewer.csrf, "reapply"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let operator = login(&app, OPERATOR.0, OPERATOR.1).await;
+    let no_token = http
+        .post(app.url("/anomalies/resolve"))
+        .header("cookie", &operator.cookie)
+        .form(&form("", "reapply"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(no_token.status(), StatusCode::FORBIDDEN);
+    assert_eq!(env.order("order-odd").await.state, "NOTPAY");
+
+    // The person corrects the order, then reapplies: the payment is booked once.
+    {
+        use diesel_async::SimpleAsyncConnection;
+        let mut conn = env.conn().await;
+        conn.batch_execute("UPDATE orders SET amount_total = 999 WHERE out_trade_no = 'order-odd'")
+            .await
+            .expect("correct the order");
+    }
+    let done = http
+        .post(app.url("/anomalies/resolve"))
+        .header("cookie", &operator.cookie)
+        .form(&form(&operator.csrf, "reapply"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert_eq!(env.order("order-odd").await.state, "PAID");
+    assert_eq!(
+        env.count("FROM console_audit WHERE actor = 'olivia' AND action = 'anomaly.reapply'")
+            .await,
+        1
+    );
+    // Resolved: no longer open, and a second reapply changes nothing.
+    let again = http
+        .post(app.url("/anomalies/resolve"))
+        .header("cookie", &operator.cookie)
+        .form(&form(&operator.csrf, "reapply"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(again.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(env.outbox_count("order.paid").await, 1);
+    let page = fetch(&app, "/anomalies", &operator.cookie).await;
+    assert!(page.contains("No open anomaly."), "{page}");
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[derive(diesel::QueryableByName)]
+struct AnomalyId {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
 }

@@ -9,7 +9,7 @@
 //!   `/notify/v3/{mch_id}`, `/healthz`, `/readyz`, `/metrics`).
 //! - [`verify`]: request → verified queue message, or a rejection with its reason.
 //! - [`publish`]: confirm channels and supervision of the broker link.
-//! - [`error`]: the answers, in each route's format.
+//! - [`answer`]: the answers, in each route's format.
 //! - [`admission`]: per-source limits (off by default) and load shedding.
 //!
 //! [`Application`] builds the whole service (zero-to-production style) so tests and

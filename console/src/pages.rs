@@ -750,7 +750,7 @@ async fn resolve_anomaly(
             let resolution = anomaly::resolve(&pool, &merchants, id, action, &actor, &note)
                 .await
                 .map_err(|error| error.to_string())?;
-            Ok(format!("{:?}", resolution.outcome))
+            Ok(format!("{:?}", resolution.effect))
         },
     )
     .await

@@ -118,7 +118,7 @@ impl fmt::Display for OpenAnomaly {
 
 /// What a resolution did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Effect {
     Dismissed,
     /// The notification went through the apply path again; `notification_id` is the row
     /// it wrote (`None` for a duplicate, which writes nothing). A `Verdict::Anomaly` means
@@ -136,16 +136,16 @@ pub struct Resolution {
     pub id: i64,
     pub anomaly_id: i64,
     pub action: Action,
-    pub outcome: Outcome,
+    pub effect: Effect,
 }
 
 impl Resolution {
     /// `anomaly_resolutions.result`: `DISMISSED`, or the verdict of the reapply (`APPLIED`,
     /// `NOOP`, `RECORDED`, `DUPLICATE`, `ANOMALY <reason>`).
     pub fn result_text(&self) -> String {
-        match &self.outcome {
-            Outcome::Dismissed => "DISMISSED".to_owned(),
-            Outcome::Reapplied { verdict, .. } => verdict_text(verdict),
+        match &self.effect {
+            Effect::Dismissed => "DISMISSED".to_owned(),
+            Effect::Reapplied { verdict, .. } => verdict_text(verdict),
         }
     }
 }
@@ -159,10 +159,10 @@ impl fmt::Display for Resolution {
             self.action.as_str(),
             self.result_text()
         )?;
-        if let Outcome::Reapplied {
+        if let Effect::Reapplied {
             verdict: Verdict::Anomaly { detail, .. },
             notification_id,
-        } = &self.outcome
+        } = &self.effect
         {
             let id = notification_id.map_or_else(|| "?".to_owned(), |id| id.to_string());
             write!(
@@ -285,10 +285,10 @@ pub async fn resolve(
         if let Some(at) = stored.resolved_at {
             return Err(AnomalyError::AlreadyResolved { id, at });
         }
-        let outcome = match action {
+        let effect = match action {
             Action::Dismiss => {
                 close(conn, id, None).await?;
-                Outcome::Dismissed
+                Effect::Dismissed
             }
             Action::Reapply => reapply(conn, merchants, id, &stored).await?,
         };
@@ -296,13 +296,13 @@ pub async fn resolve(
             id: 0,
             anomaly_id: id,
             action,
-            outcome,
+            effect,
         };
-        let new_notification_id = match &resolution.outcome {
-            Outcome::Reapplied {
+        let new_notification_id = match &resolution.effect {
+            Effect::Reapplied {
                 notification_id, ..
             } => *notification_id,
-            Outcome::Dismissed => None,
+            Effect::Dismissed => None,
         };
         resolution.id = diesel::insert_into(anomaly_resolutions::table)
             .values((
@@ -353,7 +353,7 @@ async fn reapply(
     merchants: &Merchants,
     id: i64,
     stored: &Stored,
-) -> Result<Outcome, AnomalyError> {
+) -> Result<Effect, AnomalyError> {
     let message = stored.message(id)?;
     let decoded = decode::decode_recorded(&message, merchants)
         .map_err(|error| AnomalyError::Undecodable { id, error })?;
@@ -376,7 +376,7 @@ async fn reapply(
             .await
             .optional()?,
     };
-    Ok(Outcome::Reapplied {
+    Ok(Effect::Reapplied {
         verdict,
         notification_id,
     })

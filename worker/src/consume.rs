@@ -23,7 +23,7 @@ use wxpay_shared::message::NotifyMessage;
 
 use crate::broker::{self, BrokerError};
 use crate::retry::{self, Scheduled};
-use crate::{Outcome, Worker};
+use crate::{Disposition, Worker};
 
 /// Consumes until `shutdown`, reconnecting with a capped backoff.
 pub(crate) async fn run(worker: Worker, shutdown: CancellationToken) {
@@ -174,7 +174,7 @@ async fn handle(
             metrics::counter!(metric::WORKER_MESSAGES_TOTAL, "kind" => "unknown", "outcome" => "parked").increment(1);
             worker.inner.stats.parked.fetch_add(1, Ordering::Relaxed);
             (
-                Outcome::Park {
+                Disposition::Park {
                     reason: format!("undecodable: {error}"),
                 },
                 1,
@@ -200,12 +200,12 @@ async fn settle(
     consume: &Channel,
     delivery: &Delivery,
     attempt: u32,
-    outcome: &Outcome,
+    outcome: &Disposition,
     request_id: &str,
 ) {
     let settings = worker.settings();
     match outcome {
-        Outcome::Retry { reason } => {
+        Disposition::Retry { reason } => {
             match retry::schedule(publish, settings, delivery, attempt, reason).await {
                 Ok(Scheduled::Retry { tier }) => {
                     tracing::info!(
@@ -230,7 +230,7 @@ async fn settle(
                 Err(error) => return requeue_later(delivery, request_id, &error).await,
             }
         }
-        Outcome::Park { reason } => {
+        Disposition::Park { reason } => {
             if let Err(error) = retry::park(publish, settings, delivery, reason).await {
                 return requeue_later(delivery, request_id, &error).await;
             }

@@ -9,7 +9,7 @@
 //! [`db`], [`migrate`], [`schema_check`] and [`http`] (/healthz /readyz /metrics) around it,
 //! and [`anomaly`] (anomalies listed and resolved by a person).
 //!
-//! [`Worker::process_one`] is the steppable core: the consumer maps its [`Outcome`] to
+//! [`Worker::process_one`] is the steppable core: the consumer maps its [`Disposition`] to
 //! ack, retry-then-ack or park-then-ack.
 
 pub mod anomaly;
@@ -61,7 +61,7 @@ impl DedupeLayer {
 
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Disposition {
     /// Committed a state change.
     Applied,
     /// Already done: nothing written (or, for the same payment through another channel, a
@@ -77,23 +77,23 @@ pub enum Outcome {
     Park { reason: String },
 }
 
-impl Outcome {
+impl Disposition {
     /// The `outcome` label of `wxpay_worker_messages_total`.
     pub fn label(&self) -> &'static str {
         match self {
-            Outcome::Applied => "applied",
-            Outcome::Duplicate { .. } => "duplicate",
-            Outcome::Recorded => "recorded",
-            Outcome::Anomaly { .. } => "anomaly",
-            Outcome::Retry { .. } => "retried",
-            Outcome::Park { .. } => "parked",
+            Disposition::Applied => "applied",
+            Disposition::Duplicate { .. } => "duplicate",
+            Disposition::Recorded => "recorded",
+            Disposition::Anomaly { .. } => "anomaly",
+            Disposition::Retry { .. } => "retried",
+            Disposition::Park { .. } => "parked",
         }
     }
 
     /// Whether a PostgreSQL transaction committed the message's fate (the delivery may be
     /// acked and the Redis done marker written).
     pub fn is_final(&self) -> bool {
-        !matches!(self, Outcome::Retry { .. } | Outcome::Park { .. })
+        !matches!(self, Disposition::Retry { .. } | Disposition::Park { .. })
     }
 }
 
@@ -112,14 +112,14 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn count(&self, outcome: &Outcome) {
+    fn count(&self, outcome: &Disposition) {
         let counter = match outcome {
-            Outcome::Applied => &self.applied,
-            Outcome::Duplicate { .. } => &self.duplicate,
-            Outcome::Recorded => &self.recorded,
-            Outcome::Anomaly { .. } => &self.anomaly,
-            Outcome::Retry { .. } => &self.retried,
-            Outcome::Park { .. } => &self.parked,
+            Disposition::Applied => &self.applied,
+            Disposition::Duplicate { .. } => &self.duplicate,
+            Disposition::Recorded => &self.recorded,
+            Disposition::Anomaly { .. } => &self.anomaly,
+            Disposition::Retry { .. } => &self.retried,
+            Disposition::Park { .. } => &self.parked,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -257,7 +257,7 @@ impl Worker {
 
     /// Decodes, dedupes and applies one message. Never panics on input; the caller maps
     /// the outcome to ack / retry / park.
-    pub async fn process_one(&self, message: &NotifyMessage) -> Outcome {
+    pub async fn process_one(&self, message: &NotifyMessage) -> Disposition {
         let started = Instant::now();
         let outcome = self.process(message).await;
         let kind = message.kind.as_str();
@@ -269,7 +269,7 @@ impl Worker {
         outcome
     }
 
-    async fn process(&self, message: &NotifyMessage) -> Outcome {
+    async fn process(&self, message: &NotifyMessage) -> Disposition {
         let inner = &self.inner;
         let request_id = message.message_id;
         let kind = message.kind.as_str();
@@ -278,7 +278,7 @@ impl Worker {
             Ok(decoded) => decoded,
             Err(error) => {
                 tracing::warn!(step = step::DECODE, %request_id, mch_id, kind, reason = error.code(), %error, "poison message");
-                return Outcome::Park {
+                return Disposition::Park {
                     reason: format!("{}: {error}", error.code()),
                 };
             }
@@ -298,7 +298,7 @@ impl Worker {
                 metrics::counter!(metric::WORKER_DEDUPE_HITS_TOTAL, "layer" => "redis")
                     .increment(1);
                 tracing::debug!(step = step::DEDUPE, %request_id, mch_id, kind, out_trade_no, layer = "redis", "duplicate");
-                return Outcome::Duplicate {
+                return Disposition::Duplicate {
                     layer: DedupeLayer::Redis,
                 };
             }
@@ -317,21 +317,21 @@ impl Worker {
                 match verdict {
                     Verdict::Applied => {
                         inner.outbox_wakeup.notify_one();
-                        Outcome::Applied
+                        Disposition::Applied
                     }
-                    Verdict::Noop | Verdict::Recorded => Outcome::Recorded,
+                    Verdict::Noop | Verdict::Recorded => Disposition::Recorded,
                     Verdict::Anomaly { reason, .. } => {
                         inner.outbox_wakeup.notify_one();
                         metrics::counter!(metric::WORKER_ANOMALIES_TOTAL, "reason" => reason)
                             .increment(1);
-                        Outcome::Anomaly {
+                        Disposition::Anomaly {
                             reason: reason.to_owned(),
                         }
                     }
                     Verdict::Duplicate => {
                         metrics::counter!(metric::WORKER_DEDUPE_HITS_TOTAL, "layer" => "postgres")
                             .increment(1);
-                        Outcome::Duplicate {
+                        Disposition::Duplicate {
                             layer: DedupeLayer::Postgres,
                         }
                     }
@@ -345,12 +345,12 @@ impl Worker {
                     && self.past_unknown_order_grace(message)
                 {
                     tracing::warn!(step = step::APPLY, %request_id, mch_id, kind, out_trade_no, reason = error.code(), "order still unknown after the grace period: parking");
-                    return Outcome::Park {
+                    return Disposition::Park {
                         reason: retry_reason(&error),
                     };
                 }
                 tracing::warn!(step = step::APPLY, %request_id, mch_id, kind, out_trade_no, reason = error.code(), %error, "not applied, will retry");
-                Outcome::Retry {
+                Disposition::Retry {
                     reason: retry_reason(&error),
                 }
             }

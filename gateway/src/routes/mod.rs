@@ -219,7 +219,7 @@ pub async fn handle(
     )
     .await
     {
-        Outcome::Rejected(rejection) => {
+        Handling::Rejected(rejection) => {
             warn!(
                 step = step::VERIFY,
                 %request_id,
@@ -236,12 +236,12 @@ pub async fn handle(
                 Some(rejection.reason.code()),
             )
         }
-        Outcome::Shed(shed) => {
+        Handling::Shed(shed) => {
             warn!(step = step::PUBLISH, %request_id, route = route.as_str(), reason = shed.code(), latency_ms = millis(started), "shed: answering FAIL at once so WeChat Pay re-sends later");
             metrics::counter!(metric::GATEWAY_SHED_TOTAL, "reason" => shed.code()).increment(1);
             (answer::failed(format), outcome::SHED, Some(shed.code()))
         }
-        Outcome::Published(verified, publish_started, result) => {
+        Handling::Published(verified, publish_started, result) => {
             let message = &verified.message;
             match result {
                 Ok(()) => {
@@ -286,7 +286,9 @@ pub async fn handle(
     response
 }
 
-enum Outcome {
+/// How the pipeline ended for one request, before it is answered (the `outcome` label of
+/// `wxpay_gateway_requests_total` is derived from it).
+enum Handling {
     Rejected(Rejection),
     Shed(Shed),
     Published(
@@ -304,19 +306,19 @@ async fn pipeline(
     verify: impl FnOnce(&Incoming<'_>, &Merchants) -> Result<Verified, Rejection>,
     request_id: Uuid,
     deadline: Instant,
-) -> Outcome {
+) -> Handling {
     if let Err(rejection) = admit(request, state) {
-        return Outcome::Rejected(rejection);
+        return Handling::Rejected(rejection);
     }
     // A blocked broker would only let the publish wait for its timeout: shed before even
     // reading the body.
     if state.publisher.is_blocked() {
-        return Outcome::Shed(Shed::BrokerBlocked);
+        return Handling::Shed(Shed::BrokerBlocked);
     }
     let body_until = (Instant::now() + state.limits.body_read_timeout).min(deadline);
     let bytes = match read_body(payload, state.limits.body_limit, body_until.into()).await {
         Ok(bytes) => bytes,
-        Err(rejection) => return Outcome::Rejected(rejection),
+        Err(rejection) => return Handling::Rejected(rejection),
     };
     let verified = content_type(request).and_then(|content_type| {
         let incoming = Incoming { request_id, body: &bytes, content_type };
@@ -325,18 +327,18 @@ async fn pipeline(
     });
     let verified = match verified {
         Ok(verified) => verified,
-        Err(rejection) => return Outcome::Rejected(rejection),
+        Err(rejection) => return Handling::Rejected(rejection),
     };
     let _slot = match state.admission.publish_slot() {
         Ok(slot) => slot,
-        Err(shed) => return Outcome::Shed(shed),
+        Err(shed) => return Handling::Shed(shed),
     };
     if state.publisher.is_blocked() {
-        return Outcome::Shed(Shed::BrokerBlocked);
+        return Handling::Shed(Shed::BrokerBlocked);
     }
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Outcome::Shed(Shed::Deadline);
+        return Handling::Shed(Shed::Deadline);
     }
     // The publish gets what is left of the deadline. A confirm that arrives after it is
     // answered FAIL all the same (the publisher keeps watching it): WeChat Pay re-sends and
@@ -346,7 +348,7 @@ async fn pipeline(
         .publisher
         .publish_within(&verified.message, left)
         .await;
-    Outcome::Published(Box::new(verified), publish_started, result)
+    Handling::Published(Box::new(verified), publish_started, result)
 }
 
 #[cfg(test)]

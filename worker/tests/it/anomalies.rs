@@ -4,9 +4,9 @@
 
 use diesel_async::SimpleAsyncConnection;
 use wxpay_shared::state::OrderState;
-use wxpay_worker::anomaly::{self, Action, AnomalyError, Outcome as Resolved};
+use wxpay_worker::anomaly::{self, Action, AnomalyError, Effect as Resolved};
 use wxpay_worker::apply::Verdict;
-use wxpay_worker::{db, Outcome, Worker};
+use wxpay_worker::{db, Disposition, Worker};
 
 use crate::builders::{v2_pay, v3_pay};
 use crate::cli::{config_file, worker as worker_cli};
@@ -46,7 +46,7 @@ async fn corrected_order_and_reapply_through_the_cli_ends_paid_once() {
     let payment = v2_pay("a-1", "4200a1", 990);
     assert!(matches!(
         worker.process_one(&payment).await,
-        Outcome::Anomaly { .. }
+        Disposition::Anomaly { .. }
     ));
     let config = config_file(&env);
 
@@ -109,7 +109,7 @@ async fn corrected_order_and_reapply_through_the_cli_ends_paid_once() {
 
     // WeChat Pay's re-send is a duplicate now, and a second resolution is refused.
     let again = worker.process_one(&crate::builders::resend(&payment)).await;
-    assert!(matches!(again, Outcome::Duplicate { .. }), "{again:?}");
+    assert!(matches!(again, Disposition::Duplicate { .. }), "{again:?}");
     assert_eq!(env.outbox_count("order.paid").await, 1);
     let twice = worker_cli(
         &config,
@@ -145,7 +145,7 @@ async fn reapply_of_a_still_wrong_order_records_a_new_anomaly_and_says_so() {
     let Resolved::Reapplied {
         verdict: Verdict::Anomaly { reason, .. },
         notification_id: Some(new_id),
-    } = &resolution.outcome
+    } = &resolution.effect
     else {
         panic!("{resolution:?}");
     };
@@ -168,11 +168,11 @@ async fn reapply_of_a_still_wrong_order_records_a_new_anomaly_and_says_so() {
     )
     .await
     .expect("dismissed");
-    assert_eq!(dismissed.outcome, Resolved::Dismissed);
+    assert_eq!(dismissed.effect, Resolved::Dismissed);
     assert!(anomaly::list(&pool(&env)).await.expect("list").is_empty());
     assert!(matches!(
         worker.process_one(&v3_pay("a-2", "4200a2", 1)).await,
-        Outcome::Duplicate { .. }
+        Disposition::Duplicate { .. }
     ));
     assert_eq!(env.count("FROM anomaly_resolutions").await, 2);
 }
@@ -222,7 +222,7 @@ async fn a_refused_reapply_changes_nothing() {
         .expect("reapplied");
     assert!(
         matches!(
-            resolution.outcome,
+            resolution.effect,
             Resolved::Reapplied {
                 verdict: Verdict::Applied,
                 ..

@@ -8,7 +8,7 @@ use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use wxpay_worker::outbox::{self, RelayError};
-use wxpay_worker::{broker, db, Outcome, Worker};
+use wxpay_worker::{broker, db, Disposition, Worker};
 
 use crate::builders::{transaction_of, v2_pay, v2_refund};
 use crate::helpers::{eventually, TestEnv};
@@ -71,11 +71,11 @@ async fn every_event_of_an_order_carries_the_next_order_seq() {
     let tid = transaction_of("e-2");
     assert_eq!(
         worker.process_one(&v2_pay("e-2", &tid, 1000)).await,
-        Outcome::Applied
+        Disposition::Applied
     );
     assert!(matches!(
         worker.process_one(&v2_pay("e-2", "4200other", 1000)).await,
-        Outcome::Anomaly { .. }
+        Disposition::Anomaly { .. }
     ));
     for (refund, fee, status) in [
         ("er-1", 400, "SUCCESS"),
@@ -87,7 +87,7 @@ async fn every_event_of_an_order_carries_the_next_order_seq() {
             worker
                 .process_one(&v2_refund("e-2", refund, &id, 1000, fee, status))
                 .await,
-            Outcome::Applied
+            Disposition::Applied
         );
     }
     assert_eq!(order_seqs(&env, "order.paid").await, [Some(1)]);

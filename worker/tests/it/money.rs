@@ -3,13 +3,13 @@
 
 use diesel_async::SimpleAsyncConnection;
 use wxpay_shared::state::OrderState;
-use wxpay_worker::{Outcome, Worker};
+use wxpay_worker::{Disposition, Worker};
 
 use crate::builders::{transaction_of, v2_pay, v2_pay_in, v2_refund, MCH_ID};
 use crate::helpers::TestEnv;
 
-fn anomaly(reason: &str) -> Outcome {
-    Outcome::Anomaly {
+fn anomaly(reason: &str) -> Disposition {
+    Disposition::Anomaly {
         reason: reason.to_owned(),
     }
 }
@@ -26,7 +26,7 @@ async fn v2_refund_that_names_another_payment_or_total_is_an_anomaly() {
     // Paid by another transaction than the one the refund names.
     assert_eq!(
         worker.process_one(&v2_pay("m-1", "4200m1", 1000)).await,
-        Outcome::Applied
+        Disposition::Applied
     );
     assert_eq!(
         worker
@@ -39,7 +39,7 @@ async fn v2_refund_that_names_another_payment_or_total_is_an_anomaly() {
         worker
             .process_one(&v2_pay("m-2", &transaction_of("m-2"), 1000))
             .await,
-        Outcome::Applied
+        Disposition::Applied
     );
     // The right payment, another order total.
     assert_eq!(
@@ -88,7 +88,7 @@ async fn a_payment_in_another_currency_is_an_anomaly() {
         worker
             .process_one(&v2_pay_in("m-4", "4200m4b", 500, "USD"))
             .await,
-        Outcome::Applied
+        Disposition::Applied
     );
     assert_eq!(env.anomalies("CURRENCY_MISMATCH").await, 2);
 }

@@ -1,13 +1,13 @@
 //! Payment rules through the steppable `Worker::process_one`.
 
 use wxpay_shared::state::OrderState;
-use wxpay_worker::{DedupeLayer, Outcome, Worker};
+use wxpay_worker::{DedupeLayer, Disposition, Worker};
 
 use crate::builders::{self, v2_pay, v2_pay_with, v3_pay, MCH_ID, OTHER_APPID, V2_KEY};
 use crate::helpers::{closed_port_url, TestEnv};
 
-fn anomaly(reason: &str) -> Outcome {
-    Outcome::Anomaly {
+fn anomaly(reason: &str) -> Disposition {
+    Disposition::Anomaly {
         reason: reason.to_owned(),
     }
 }
@@ -19,18 +19,21 @@ async fn notpay_becomes_paid_once_whatever_the_channel() {
     env.insert_order("o-1", 888).await;
 
     let v2 = v2_pay("o-1", "4200001", 888);
-    assert_eq!(worker.process_one(&v2).await, Outcome::Applied);
+    assert_eq!(worker.process_one(&v2).await, Disposition::Applied);
     let order = env.order("o-1").await;
     assert_eq!(order.state, OrderState::Paid.as_str());
     assert_eq!(order.transaction_id.as_deref(), Some("4200001"));
 
     // The same notification again, a WeChat re-send, and the same payment through v3.
     let again = worker.process_one(&v2).await;
-    assert!(matches!(again, Outcome::Duplicate { .. }), "{again:?}");
+    assert!(matches!(again, Disposition::Duplicate { .. }), "{again:?}");
     let resent = worker.process_one(&builders::resend(&v2)).await;
-    assert!(matches!(resent, Outcome::Duplicate { .. }), "{resent:?}");
+    assert!(
+        matches!(resent, Disposition::Duplicate { .. }),
+        "{resent:?}"
+    );
     let v3 = worker.process_one(&v3_pay("o-1", "4200001", 888)).await;
-    assert!(matches!(v3, Outcome::Duplicate { .. }), "{v3:?}");
+    assert!(matches!(v3, Disposition::Duplicate { .. }), "{v3:?}");
 
     assert_eq!(env.count("FROM notifications").await, 1);
     assert_eq!(env.outbox_count("order.paid").await, 1);
@@ -43,7 +46,7 @@ async fn v3_payment_is_verified_decrypted_and_applied() {
     env.insert_order("o-v3", 100).await;
     assert_eq!(
         worker.process_one(&v3_pay("o-v3", "4200v3", 100)).await,
-        Outcome::Applied
+        Disposition::Applied
     );
     assert_eq!(env.order("o-v3").await.state, OrderState::Paid.as_str());
 }
@@ -55,7 +58,7 @@ async fn paid_twice_is_a_duplicate_payment_anomaly() {
     env.insert_order("o-2", 500).await;
     assert_eq!(
         worker.process_one(&v2_pay("o-2", "4200A", 500)).await,
-        Outcome::Applied
+        Disposition::Applied
     );
     assert_eq!(
         worker.process_one(&v2_pay("o-2", "4200B", 500)).await,
@@ -111,7 +114,7 @@ async fn amount_or_appid_mismatch_never_pays() {
     assert_eq!(env.outbox_count("anomaly.detected").await, 2);
     // Re-sent, the anomaly is not recorded twice.
     let again = worker.process_one(&v2_pay("o-4", "4200D", 1)).await;
-    assert!(matches!(again, Outcome::Duplicate { .. }), "{again:?}");
+    assert!(matches!(again, Disposition::Duplicate { .. }), "{again:?}");
     assert_eq!(env.anomalies("AMOUNT_MISMATCH").await, 1);
 }
 
@@ -121,10 +124,10 @@ async fn failed_payment_is_recorded_without_transition() {
     let worker = Worker::new(env.settings()).expect("worker");
     env.insert_order("o-5", 300).await;
     let failed = v2_pay_with("o-5", "", 300, builders::APPID, "FAIL", V2_KEY);
-    assert_eq!(worker.process_one(&failed).await, Outcome::Recorded);
+    assert_eq!(worker.process_one(&failed).await, Disposition::Recorded);
     assert!(matches!(
         worker.process_one(&builders::resend(&failed)).await,
-        Outcome::Duplicate { .. }
+        Disposition::Duplicate { .. }
     ));
     assert_eq!(env.order("o-5").await.state, OrderState::NotPay.as_str());
     assert_eq!(
@@ -135,7 +138,7 @@ async fn failed_payment_is_recorded_without_transition() {
     // The payment that follows still applies.
     assert_eq!(
         worker.process_one(&v2_pay("o-5", "4200G", 300)).await,
-        Outcome::Applied
+        Disposition::Applied
     );
 }
 
@@ -154,7 +157,7 @@ async fn forged_and_unknown_merchant_messages_are_parked() {
     );
     let outcome = worker.process_one(&forged).await;
     assert!(
-        matches!(&outcome, Outcome::Park { reason } if reason.starts_with("bad_signature")),
+        matches!(&outcome, Disposition::Park { reason } if reason.starts_with("bad_signature")),
         "{outcome:?}"
     );
 
@@ -164,7 +167,7 @@ async fn forged_and_unknown_merchant_messages_are_parked() {
         .into_bytes();
     let outcome = worker.process_one(&tampered).await;
     assert!(
-        matches!(&outcome, Outcome::Park { reason } if reason.starts_with("bad_signature")),
+        matches!(&outcome, Disposition::Park { reason } if reason.starts_with("bad_signature")),
         "{outcome:?}"
     );
 
@@ -172,7 +175,7 @@ async fn forged_and_unknown_merchant_messages_are_parked() {
     stranger.mch_id = "1234567890".into();
     let outcome = worker.process_one(&stranger).await;
     assert!(
-        matches!(&outcome, Outcome::Park { reason } if reason.starts_with("unknown_merchant")),
+        matches!(&outcome, Disposition::Park { reason } if reason.starts_with("unknown_merchant")),
         "{outcome:?}"
     );
 
@@ -189,10 +192,10 @@ async fn without_redis_postgres_alone_dedupes() {
     let worker = Worker::new(settings).expect("worker");
     env.insert_order("o-7", 100).await;
     let message = v2_pay("o-7", "4200I", 100);
-    assert_eq!(worker.process_one(&message).await, Outcome::Applied);
+    assert_eq!(worker.process_one(&message).await, Disposition::Applied);
     assert_eq!(
         worker.process_one(&message).await,
-        Outcome::Duplicate {
+        Disposition::Duplicate {
             layer: DedupeLayer::Postgres
         }
     );
@@ -210,10 +213,10 @@ async fn redis_done_marker_short_circuits() {
     })
     .await;
     let message = v2_pay("o-8", "4200J", 100);
-    assert_eq!(worker.process_one(&message).await, Outcome::Applied);
+    assert_eq!(worker.process_one(&message).await, Disposition::Applied);
     assert_eq!(
         worker.process_one(&message).await,
-        Outcome::Duplicate {
+        Disposition::Duplicate {
             layer: DedupeLayer::Redis
         }
     );

@@ -5,7 +5,7 @@ use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::state::{OrderState, TradeState};
 use wxpay_shared::v2::{self, SignType, XmlFields};
 use wxpay_shared::v3::{self, WechatpayHeaders};
-use wxpay_worker::{Outcome, Worker};
+use wxpay_worker::{Disposition, Worker};
 
 use crate::builders::{self, v2_pay, APPID, MCH_ID, SERIAL, V2_KEY};
 use crate::helpers::TestEnv;
@@ -81,17 +81,17 @@ async fn v2_order_query_applies_and_dedupes_with_the_notification() {
         worker
             .process_one(&v2_order_query("q-1", "", "", TradeState::NotPay.as_str()))
             .await,
-        Outcome::Recorded
+        Disposition::Recorded
     );
     assert_eq!(
         worker
             .process_one(&v2_order_query("q-1", "4200q1", "700", "SUCCESS"))
             .await,
-        Outcome::Applied
+        Disposition::Applied
     );
     let notified = worker.process_one(&v2_pay("q-1", "4200q1", 700)).await;
     assert!(
-        matches!(notified, Outcome::Duplicate { .. }),
+        matches!(notified, Disposition::Duplicate { .. }),
         "{notified:?}"
     );
     // A forged answer (wrong key) is parked.
@@ -102,7 +102,7 @@ async fn v2_order_query_applies_and_dedupes_with_the_notification() {
     );
     assert!(matches!(
         worker.process_one(&forged).await,
-        Outcome::Park { .. }
+        Disposition::Park { .. }
     ));
     // v3 answer: plain JSON, signed in the response headers.
     let answer = v3_response(
@@ -114,7 +114,7 @@ async fn v2_order_query_applies_and_dedupes_with_the_notification() {
             "amount": { "total": 700, "payer_total": 700, "currency": "CNY", "payer_currency": "CNY" }
         }),
     );
-    assert_eq!(worker.process_one(&answer).await, Outcome::Applied);
+    assert_eq!(worker.process_one(&answer).await, Disposition::Applied);
     assert_eq!(env.order("q-2").await.state, OrderState::Paid.as_str());
 }
 
@@ -125,7 +125,7 @@ async fn refund_queries_apply_like_notifications() {
     env.insert_order("q-3", 1000).await;
     assert_eq!(
         worker.process_one(&v2_pay("q-3", "4200q3", 1000)).await,
-        Outcome::Applied
+        Disposition::Applied
     );
     let v2_answer = signed_v2(
         NotifyKind::QueryRefund,
@@ -146,13 +146,13 @@ async fn refund_queries_apply_like_notifications() {
         ],
         V2_KEY,
     );
-    assert_eq!(worker.process_one(&v2_answer).await, Outcome::Applied);
+    assert_eq!(worker.process_one(&v2_answer).await, Disposition::Applied);
     let same = worker
         .process_one(&builders::v3_refund(
             "q-3", "qr-1", "5030q1", 1000, 400, "SUCCESS",
         ))
         .await;
-    assert!(matches!(same, Outcome::Duplicate { .. }), "{same:?}");
+    assert!(matches!(same, Disposition::Duplicate { .. }), "{same:?}");
     let v3_answer = v3_response(
         NotifyKind::QueryRefund,
         serde_json::json!({
@@ -161,7 +161,7 @@ async fn refund_queries_apply_like_notifications() {
             "amount": { "total": 1000, "refund": 600, "payer_total": 1000, "payer_refund": 600 }
         }),
     );
-    assert_eq!(worker.process_one(&v3_answer).await, Outcome::Recorded);
+    assert_eq!(worker.process_one(&v3_answer).await, Disposition::Recorded);
     let order = env.order("q-3").await;
     assert_eq!(
         (order.state.as_str(), order.refunded_total),
@@ -206,7 +206,7 @@ async fn query_answers_skip_the_redis_done_marker() {
     let notified = worker.process_one(&v2_pay("q-9", "4200q9", 900)).await;
     assert_eq!(
         notified,
-        Outcome::Duplicate {
+        Disposition::Duplicate {
             layer: wxpay_worker::DedupeLayer::Redis
         }
     );
@@ -214,7 +214,7 @@ async fn query_answers_skip_the_redis_done_marker() {
         worker
             .process_one(&v2_order_query("q-9", "4200q9", "900", "SUCCESS"))
             .await,
-        Outcome::Applied
+        Disposition::Applied
     );
     assert_eq!(env.order("q-9").await.state, OrderState::Paid.as_str());
 }

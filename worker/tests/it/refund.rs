@@ -1,7 +1,7 @@
 //! Refund rules through the steppable `Worker::process_one`.
 
 use wxpay_shared::state::OrderState;
-use wxpay_worker::{Outcome, Worker};
+use wxpay_worker::{Disposition, Worker};
 
 use crate::builders::{transaction_of, v2_pay, v2_refund, v3_refund};
 use crate::helpers::TestEnv;
@@ -15,11 +15,11 @@ async fn partial_then_full_refund_moves_money_once_per_refund() {
         worker
             .process_one(&v2_pay("r-1", &transaction_of("r-1"), 1000))
             .await,
-        Outcome::Applied
+        Disposition::Applied
     );
 
     let first = v2_refund("r-1", "rf-1", "5001", 1000, 300, "SUCCESS");
-    assert_eq!(worker.process_one(&first).await, Outcome::Applied);
+    assert_eq!(worker.process_one(&first).await, Disposition::Applied);
     let order = env.order("r-1").await;
     assert_eq!(
         (order.state.as_str(), order.refunded_total),
@@ -30,11 +30,11 @@ async fn partial_then_full_refund_moves_money_once_per_refund() {
     let same = worker
         .process_one(&v3_refund("r-1", "rf-1", "5001", 1000, 300, "SUCCESS"))
         .await;
-    assert!(matches!(same, Outcome::Duplicate { .. }), "{same:?}");
+    assert!(matches!(same, Disposition::Duplicate { .. }), "{same:?}");
     assert_eq!(env.order("r-1").await.refunded_total, 300);
 
     let second = v3_refund("r-1", "rf-2", "5002", 1000, 700, "SUCCESS");
-    assert_eq!(worker.process_one(&second).await, Outcome::Applied);
+    assert_eq!(worker.process_one(&second).await, Disposition::Applied);
     let order = env.order("r-1").await;
     assert_eq!(
         (order.state.as_str(), order.refunded_total),
@@ -53,19 +53,19 @@ async fn refund_exceeding_paid_is_an_anomaly() {
         worker
             .process_one(&v2_pay("r-2", &transaction_of("r-2"), 1000))
             .await,
-        Outcome::Applied
+        Disposition::Applied
     );
     assert_eq!(
         worker
             .process_one(&v2_refund("r-2", "rf-3", "5003", 1000, 800, "SUCCESS"))
             .await,
-        Outcome::Applied
+        Disposition::Applied
     );
     assert_eq!(
         worker
             .process_one(&v2_refund("r-2", "rf-4", "5004", 1000, 300, "SUCCESS"))
             .await,
-        Outcome::Anomaly {
+        Disposition::Anomaly {
             reason: "REFUND_EXCEEDS_PAID".into()
         }
     );
@@ -85,13 +85,13 @@ async fn change_and_closed_update_the_refund_without_money() {
         worker
             .process_one(&v2_pay("r-3", &transaction_of("r-3"), 1000))
             .await,
-        Outcome::Applied
+        Disposition::Applied
     );
     assert_eq!(
         worker
             .process_one(&v2_refund("r-3", "rf-5", "5005", 1000, 100, "CHANGE"))
             .await,
-        Outcome::Applied
+        Disposition::Applied
     );
     assert_eq!(
         env.count("FROM refunds WHERE out_refund_no = 'rf-5' AND status = 'ABNORMAL'")
@@ -103,20 +103,20 @@ async fn change_and_closed_update_the_refund_without_money() {
         .process_one(&v3_refund("r-3", "rf-5", "5005", 1000, 100, "ABNORMAL"))
         .await;
     assert!(
-        matches!(abnormal, Outcome::Duplicate { .. }),
+        matches!(abnormal, Disposition::Duplicate { .. }),
         "{abnormal:?}"
     );
     assert_eq!(
         worker
             .process_one(&v3_refund("r-3", "rf-6", "5006", 1000, 100, "CLOSED"))
             .await,
-        Outcome::Applied
+        Disposition::Applied
     );
     let closed_v2 = worker
         .process_one(&v2_refund("r-3", "rf-6", "5006", 1000, 100, "REFUNDCLOSE"))
         .await;
     assert!(
-        matches!(closed_v2, Outcome::Duplicate { .. }),
+        matches!(closed_v2, Disposition::Duplicate { .. }),
         "{closed_v2:?}"
     );
     assert_eq!(
@@ -140,7 +140,7 @@ async fn refund_before_payment_is_retried_then_applied() {
     let refund = v2_refund("r-4", "rf-7", "5007", 1000, 1000, "SUCCESS");
     let early = worker.process_one(&refund).await;
     assert!(
-        matches!(&early, Outcome::Retry { reason } if reason.starts_with("out_of_order")),
+        matches!(&early, Disposition::Retry { reason } if reason.starts_with("out_of_order")),
         "{early:?}"
     );
     assert_eq!(env.count("FROM notifications").await, 0);
@@ -148,9 +148,9 @@ async fn refund_before_payment_is_retried_then_applied() {
         worker
             .process_one(&v2_pay("r-4", &transaction_of("r-4"), 1000))
             .await,
-        Outcome::Applied
+        Disposition::Applied
     );
     // The claim was released on failure: the retry is not blocked by it.
-    assert_eq!(worker.process_one(&refund).await, Outcome::Applied);
+    assert_eq!(worker.process_one(&refund).await, Disposition::Applied);
     assert_eq!(env.order("r-4").await.state, OrderState::Refunded.as_str());
 }

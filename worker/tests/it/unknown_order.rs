@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use wxpay_shared::state::OrderState;
 use wxpay_worker::retry::{self, ReplaySelection};
-use wxpay_worker::{Outcome, Worker};
+use wxpay_worker::{Disposition, Worker};
 
 use crate::builders::{transaction_of, v2_pay, v2_refund, v3_pay};
 use crate::helpers::{eventually, TestEnv};
@@ -19,13 +19,13 @@ async fn unknown_order_takes_no_key_and_applies_once_the_order_exists() {
     let worker = Worker::new(env.settings()).expect("worker");
     let early = worker.process_one(&v3_pay("u-1", "4200u1", 500)).await;
     assert!(
-        matches!(&early, Outcome::Retry { reason } if reason.starts_with("unknown_order")),
+        matches!(&early, Disposition::Retry { reason } if reason.starts_with("unknown_order")),
         "{early:?}"
     );
     let refund = v2_refund("u-2", "ur-2", "5030u2", 500, 500, "SUCCESS");
     let early = worker.process_one(&refund).await;
     assert!(
-        matches!(&early, Outcome::Retry { reason } if reason.starts_with("unknown_order")),
+        matches!(&early, Disposition::Retry { reason } if reason.starts_with("unknown_order")),
         "{early:?}"
     );
     assert_eq!(env.count("FROM notifications").await, 0, "no key taken");
@@ -34,7 +34,7 @@ async fn unknown_order_takes_no_key_and_applies_once_the_order_exists() {
     env.insert_order("u-1", 500).await;
     assert_eq!(
         worker.process_one(&v3_pay("u-1", "4200u1", 500)).await,
-        Outcome::Applied
+        Disposition::Applied
     );
     assert_eq!(env.order("u-1").await.state, OrderState::Paid.as_str());
     env.insert_order("u-2", 500).await;
@@ -42,9 +42,9 @@ async fn unknown_order_takes_no_key_and_applies_once_the_order_exists() {
         worker
             .process_one(&v2_pay("u-2", &transaction_of("u-2"), 500))
             .await,
-        Outcome::Applied
+        Disposition::Applied
     );
-    assert_eq!(worker.process_one(&refund).await, Outcome::Applied);
+    assert_eq!(worker.process_one(&refund).await, Disposition::Applied);
     assert_eq!(env.order("u-2").await.state, OrderState::Refunded.as_str());
 }
 
@@ -58,13 +58,13 @@ async fn past_the_grace_period_it_is_parked_as_unknown_order() {
     old.received_at_ms -= 61_000;
     let outcome = worker.process_one(&old).await;
     assert!(
-        matches!(&outcome, Outcome::Park { reason } if reason.starts_with("unknown_order")),
+        matches!(&outcome, Disposition::Park { reason } if reason.starts_with("unknown_order")),
         "{outcome:?}"
     );
     let young = v2_pay("u-3", "4200u3", 100);
     assert!(matches!(
         worker.process_one(&young).await,
-        Outcome::Retry { .. }
+        Disposition::Retry { .. }
     ));
     assert_eq!(env.count("FROM notifications").await, 0);
 }

@@ -1,15 +1,15 @@
-//! Replays the committed fuzz corpus (`fuzz/corpus/<target>/`) through the very functions the
+//! Replays the committed fuzz corpus (`shared/fuzz/corpus/<target>/`) through the very functions the
 //! cargo-fuzz targets call, on stable: a finding that was fixed stays fixed, and CI needs no
 //! nightly toolchain. A panic (an invariant of the harness) fails the test with the file name.
 
-#[path = "../../fuzz/harness.rs"]
+#[path = "../fuzz/harness.rs"]
 mod harness;
 
 use std::path::{Path, PathBuf};
 
 fn corpus(target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
+        .join("fuzz/corpus")
         .join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))

@@ -1,6 +1,6 @@
 //! What each fuzz target does with one input, and the invariants it asserts.
 //!
-//! Compiled twice: by the cargo-fuzz targets (nightly, `fuzz/fuzz_targets/*.rs`) and by the
+//! Compiled twice: by the cargo-fuzz targets (nightly, `shared/fuzz/fuzz_targets/*.rs`) and by the
 //! stable corpus replay test of wxpay-shared (`shared/tests/fuzz_corpus.rs`), so CI checks
 //! every committed corpus file with exactly the code the fuzzer ran. A panic is a finding.
 
@@ -17,7 +17,7 @@ use wxpay_shared::v3::{
 pub const V2_KEY: &str = "fuzzfuzzfuzzfuzzfuzzfuzzfuzz0123";
 /// The merchant's API v3 key the corpus resources were encrypted with.
 pub const V3_KEY: &[u8; 32] = b"FuzzApiV3KeyFuzzApiV3Key01234567";
-/// The `Wechatpay-Serial` of the platform key in `fuzz/keys/platform_public.pem`.
+/// The `Wechatpay-Serial` of the platform key in `shared/fuzz/keys/platform_public.pem`.
 pub const V3_SERIAL: &str = "PUB_KEY_ID_0114232019111000000000000000";
 /// The clock the timestamp window is checked against.
 pub const NOW_UNIX: i64 = 1_700_000_000;

@@ -750,7 +750,9 @@ async fn resolve_anomaly(
             let resolution = anomaly::resolve(&pool, &merchants, id, action, &actor, &note)
                 .await
                 .map_err(|error| error.to_string())?;
-            Ok(format!("{:?}", resolution.effect))
+            // As the CLI prints it: the verdict, and a new anomaly's id when the order still
+            // disagrees.
+            Ok(resolution.to_string())
         },
     )
     .await

@@ -12,7 +12,7 @@ use wxpay_runtime::config::Settings;
 use wxpay_shared::state::{NotificationOutcome, OrderState};
 use wxpay_worker::broker::{self, BrokerError};
 use wxpay_worker::db::models::{DbOrderState, DbOutcome, DbUuid, Order, Refund};
-use wxpay_worker::db::schema::{notifications, orders, outbox, refunds};
+use wxpay_worker::db::schema::{anomaly_resolutions, notifications, orders, outbox, refunds};
 use wxpay_worker::db::{pool_error_text, DbConn, DbPool};
 
 diesel::table! {
@@ -242,16 +242,47 @@ fn seconds(secs: u64) -> Duration {
     Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
 }
 
-/// Anomalies, newest first. Until the worker records resolutions every one is open.
-pub async fn anomalies(pool: &DbPool, limit: i64) -> Result<Vec<NotificationRow>, DataError> {
+/// How a person closed an anomaly (`anomaly_resolutions`), from the console or the CLI.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = anomaly_resolutions, check_for_backend(diesel::pg::Pg))]
+pub struct ResolutionRow {
+    pub action: String,
+    pub actor: String,
+    pub note: String,
+    pub result: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A recorded anomaly and its resolution, `None` while it is open.
+#[derive(Debug, Clone)]
+pub struct RecordedAnomaly {
+    pub notification: NotificationRow,
+    pub resolution: Option<ResolutionRow>,
+}
+
+/// Anomalies, newest first, each with its resolution (at most one: `anomaly_id` is unique).
+pub async fn anomalies(pool: &DbPool, limit: i64) -> Result<Vec<RecordedAnomaly>, DataError> {
     let mut conn = conn(pool).await?;
-    Ok(notifications::table
+    let rows: Vec<(NotificationRow, Option<ResolutionRow>)> = notifications::table
+        .left_join(
+            anomaly_resolutions::table.on(anomaly_resolutions::anomaly_id.eq(notifications::id)),
+        )
         .filter(notifications::outcome.eq(DbOutcome(NotificationOutcome::Anomaly)))
         .order_by(notifications::processed_at.desc())
         .limit(limit)
-        .select(NotificationRow::as_select())
+        .select((
+            NotificationRow::as_select(),
+            Option::<ResolutionRow>::as_select(),
+        ))
         .load(&mut conn)
-        .await?)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(notification, resolution)| RecordedAnomaly {
+            notification,
+            resolution,
+        })
+        .collect())
 }
 
 /// One line of the audit trail.

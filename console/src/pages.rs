@@ -17,7 +17,7 @@ use wxpay_worker::anomaly::{self, Action};
 use wxpay_worker::retry::{self, ReplaySelection};
 
 use crate::auth::{random_token, tokens_match, Session};
-use crate::data::{self, AuditRow, NotificationRow, Story};
+use crate::data::{self, AuditRow, NotificationRow, RecordedAnomaly, Story};
 use crate::html::{self, escape, mask_openids, opt, opt_time, table, time, Viewer};
 use crate::State;
 
@@ -607,6 +607,37 @@ async fn audit_section(state: &State, prefix: &str) -> String {
     }
 }
 
+fn recorded_anomaly_cells(recorded: &RecordedAnomaly) -> Vec<String> {
+    let n = &recorded.notification;
+    let order = n
+        .out_trade_no
+        .as_deref()
+        .map(|o| format!("<a href=\"/search?q={}\">{}</a>", escape(o), escape(o)))
+        .unwrap_or_else(|| "—".into());
+    let resolution = match &recorded.resolution {
+        Some(done) => format!(
+            "{} → {}<br><span class=\"muted\">{}, {}</span><br>{}",
+            escape(&done.action),
+            escape(&done.result),
+            escape(&done.actor),
+            time(&done.at),
+            escape(&done.note)
+        ),
+        None => "<span class=\"warn\">open</span>".into(),
+    };
+    vec![
+        n.id.to_string(),
+        time(&n.processed_at),
+        escape(&n.kind),
+        escape(&n.mch_id),
+        order,
+        opt(&n.out_refund_no),
+        opt(&n.anomaly_reason),
+        escape(&mask_openids(n.anomaly_detail.as_deref().unwrap_or(""))),
+        resolution,
+    ]
+}
+
 async fn anomalies(state: Data, req: HttpRequest) -> HttpResponse {
     let Some(auth) = authenticate(&state, &req) else {
         return to_login();
@@ -656,30 +687,12 @@ async fn anomalies(state: Data, req: HttpRequest) -> HttpResponse {
         Err(error) => body.push_str(&error_note("Database", &error)),
     }
     body.push_str(
-        "<h2>Recorded</h2><p class=\"muted\">Every anomaly the worker recorded, newest first.</p>",
+        "<h2>Recorded</h2><p class=\"muted\">Every anomaly the worker recorded, newest first, \
+         with its resolution (here or by <code>wxpay-worker anomaly resolve</code>).</p>",
     );
     match data::anomalies(&state.pool, 200).await {
         Ok(rows) => {
-            let rows: Vec<Vec<String>> = rows
-                .iter()
-                .map(|n| {
-                    let order = n
-                        .out_trade_no
-                        .as_deref()
-                        .map(|o| format!("<a href=\"/search?q={}\">{}</a>", escape(o), escape(o)))
-                        .unwrap_or_else(|| "—".into());
-                    vec![
-                        n.id.to_string(),
-                        time(&n.processed_at),
-                        escape(&n.kind),
-                        escape(&n.mch_id),
-                        order,
-                        opt(&n.out_refund_no),
-                        opt(&n.anomaly_reason),
-                        escape(&mask_openids(n.anomaly_detail.as_deref().unwrap_or(""))),
-                    ]
-                })
-                .collect();
+            let rows: Vec<Vec<String>> = rows.iter().map(recorded_anomaly_cells).collect();
             body.push_str(&table(
                 "anomalies",
                 &[
@@ -691,6 +704,7 @@ async fn anomalies(state: Data, req: HttpRequest) -> HttpResponse {
                     "Refund",
                     "Reason",
                     "Detail",
+                    "Resolution",
                 ],
                 &rows,
                 "No anomaly.",

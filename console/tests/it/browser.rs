@@ -145,24 +145,86 @@ async fn type_into(browser: &Client, locator: Locator<'_>, keys: &str) {
         .expect("type");
 }
 
+/// The XPath of the open anomaly of `order` (its row in the operator's table).
+fn open_anomaly_row(order: &str) -> String {
+    format!("//table[@id='open-anomalies']//tr[td[4]='{order}']")
+}
+
+/// The cells' texts of the first row of table `id` with a cell reading `cell`.
+async fn row_cells(browser: &Client, id: &str, cell: &str) -> Vec<String> {
+    let row = browser
+        .find(Locator::XPath(&format!(
+            "//table[@id='{id}']//tr[td[.='{cell}']]"
+        )))
+        .await
+        .unwrap_or_else(|_| panic!("a row of #{id} reads {cell:?}"));
+    let mut texts = Vec::new();
+    for td in row.find_all(Locator::Css("td")).await.expect("cells") {
+        texts.push(td.text().await.expect("text"));
+    }
+    texts
+}
+
+/// Clicks `action` (reapply / dismiss) on the open anomaly of `order`, whose note field
+/// already holds `note`, and waits for the audit line that names the note.
+async fn resolve_anomaly(browser: &Client, order: &str, action: &str, note: &str) {
+    click(
+        browser,
+        Locator::XPath(&format!(
+            "{}//button[@value='{action}']",
+            open_anomaly_row(order)
+        )),
+    )
+    .await;
+    let audit = text_when(browser, Locator::Id("audit"), |t| t.contains(note)).await;
+    assert!(audit.contains(note), "{action} {order} audited: {audit}");
+}
+
+/// Asserts the audit line with `note`: this operator, now, this action, and its result.
+async fn assert_audited(browser: &Client, note: &str, action: &str, result: &str) {
+    let cells = row_cells(browser, "audit", note).await;
+    let [when, who, what, _target, _note, outcome] = &cells[..] else {
+        panic!("audit columns: {cells:?}");
+    };
+    let when = chrono::NaiveDateTime::parse_from_str(when, "%Y-%m-%d %H:%M:%S UTC")
+        .unwrap_or_else(|_| panic!("a time: {when:?}"))
+        .and_utc();
+    let age = chrono::Utc::now() - when;
+    assert!(
+        age >= chrono::Duration::seconds(-5) && age < chrono::Duration::minutes(2),
+        "just now: {when}"
+    );
+    assert_eq!(who, OPERATOR.0);
+    assert_eq!(what, action);
+    assert!(outcome.contains(result), "{action}: {outcome}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operators_find_payments_and_replay_parked_messages_viewers_cannot() {
+async fn operators_find_payments_resolve_anomalies_and_replay_parked_messages_viewers_cannot() {
     let app = App::start().await;
     let env = &app.env;
     env.insert_order("order-paid", 2_500).await;
-    env.insert_order("order-odd", 100).await;
     env.insert_order("order-parked", 700).await;
+    // Three amount mismatches: one the operator corrects and reapplies, one dismissed, one
+    // left open for the viewer.
+    for (order, transaction_id) in [
+        ("order-odd", "4200000102"),
+        ("order-stray", "4200000105"),
+        ("order-open", "4200000106"),
+    ] {
+        env.insert_order(order, 100).await;
+        env.publish(&builders::v2_pay(order, transaction_id, 999))
+            .await;
+    }
     let worker = env.spawn_worker(env.settings());
     env.publish(&builders::v2_pay("order-paid", "4200000101", 2_500))
         .await;
-    env.publish(&builders::v2_pay("order-odd", "4200000102", 999))
-        .await;
     eventually(
         Duration::from_secs(20),
-        "paid and anomaly applied",
+        "paid and anomalies applied",
         || async {
             env.order("order-paid").await.state == "PAID"
-                && env.anomalies("AMOUNT_MISMATCH").await == 1
+                && env.anomalies("AMOUNT_MISMATCH").await == 3
         },
     )
     .await;
@@ -197,13 +259,76 @@ async fn operators_find_payments_and_replay_parked_messages_viewers_cannot() {
     );
     screenshot(&browser, "search").await;
 
+    // Anomalies: the person corrects order-odd's amount and reapplies its notification (the
+    // order is paid once), dismisses order-stray; both leave the open list, noted and audited.
     browser.goto(&app.url("/anomalies")).await.expect("goto");
-    let anomalies = body_text(&browser).await;
+    let open = text(&browser, Locator::Id("open-anomalies")).await;
     assert!(
-        anomalies.contains("AMOUNT_MISMATCH") && anomalies.contains("order-odd"),
-        "{anomalies}"
+        ["order-odd", "order-stray", "order-open"]
+            .iter()
+            .all(|order| open.contains(order))
+            && open.contains("AMOUNT_MISMATCH"),
+        "{open}"
     );
+    app.correct_order_amount("order-odd", 999).await;
+    let reapplied = "amount corrected with the merchant";
+    let note_field = format!("{}//input[@name='note']", open_anomaly_row("order-odd"));
+    type_into(&browser, Locator::XPath(&note_field), reapplied).await;
     screenshot(&browser, "anomalies").await;
+    resolve_anomaly(&browser, "order-odd", "reapply", reapplied).await;
+    let dismissed = "test payment, refunded in the merchant platform";
+    let note_field = format!("{}//input[@name='note']", open_anomaly_row("order-stray"));
+    type_into(&browser, Locator::XPath(&note_field), dismissed).await;
+    resolve_anomaly(&browser, "order-stray", "dismiss", dismissed).await;
+    assert_audited(&browser, reapplied, "anomaly.reapply", "APPLIED").await;
+    assert_audited(&browser, dismissed, "anomaly.dismiss", "DISMISSED").await;
+    let open = text(&browser, Locator::Id("open-anomalies")).await;
+    assert!(
+        !open.contains("order-odd") && !open.contains("order-stray") && open.contains("order-open"),
+        "{open}"
+    );
+    let recorded = row_cells(&browser, "anomalies", "order-odd").await;
+    let resolution = recorded.last().expect("a resolution column");
+    assert!(
+        resolution.contains("reapply → APPLIED")
+            && resolution.contains(OPERATOR.0)
+            && resolution.contains(reapplied),
+        "{recorded:?}"
+    );
+    let recorded = row_cells(&browser, "anomalies", "order-stray").await;
+    let resolution = recorded.last().expect("a resolution column");
+    assert!(resolution.contains("dismiss → DISMISSED"), "{recorded:?}");
+    let recorded = row_cells(&browser, "anomalies", "order-open").await;
+    assert_eq!(recorded.last().map(String::as_str), Some("open"));
+    // The screenshot shows the resolutions and the audit below them.
+    browser
+        .execute(
+            "document.getElementById('anomalies').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .expect("scroll");
+    screenshot(&browser, "anomalies-resolved").await;
+    // The reapplied payment on the order's story: PAID, its new notification APPLIED beside
+    // the anomaly; the dismissed order is left unpaid.
+    browser
+        .goto(&app.url("/search?q=order-odd"))
+        .await
+        .expect("goto");
+    assert_eq!(text(&browser, Locator::Id("state-order-odd")).await, "PAID");
+    let notifications = text(&browser, Locator::Id("notifications")).await;
+    assert!(
+        notifications.contains("ANOMALY") && notifications.contains("APPLIED"),
+        "{notifications}"
+    );
+    browser
+        .goto(&app.url("/search?q=order-stray"))
+        .await
+        .expect("goto");
+    assert_eq!(
+        text(&browser, Locator::Id("state-order-stray")).await,
+        "NOTPAY"
+    );
 
     // Replay the parked message: it leaves the list, the worker pays the order.
     browser.goto(&app.url("/parked")).await.expect("goto");
@@ -240,6 +365,17 @@ async fn operators_find_payments_and_replay_parked_messages_viewers_cannot() {
     )
     .await;
     log_in(&browser, &app, VIEWER.0, VIEWER.1).await;
+    // A viewer reads the open anomaly but has no form to resolve it.
+    browser.goto(&app.url("/anomalies")).await.expect("goto");
+    let open = text(&browser, Locator::Id("open-anomalies")).await;
+    assert!(open.contains("order-open"), "{open}");
+    assert!(
+        browser
+            .find(Locator::Css("form[action='/anomalies/resolve']"))
+            .await
+            .is_err(),
+        "no resolve form"
+    );
     browser.goto(&app.url("/parked")).await.expect("goto");
     assert!(
         browser.find(Locator::Css("button.replay")).await.is_err(),

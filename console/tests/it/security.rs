@@ -367,13 +367,7 @@ async fn an_operator_reapplies_a_corrected_anomaly_once_and_a_viewer_cannot() {
     assert_eq!(env.order("order-odd").await.state, "NOTPAY");
 
     // The person corrects the order, then reapplies: the payment is booked once.
-    {
-        use diesel_async::SimpleAsyncConnection;
-        let mut conn = env.conn().await;
-        conn.batch_execute("UPDATE orders SET amount_total = 999 WHERE out_trade_no = 'order-odd'")
-            .await
-            .expect("correct the order");
-    }
+    app.correct_order_amount("order-odd", 999).await;
     let done = http
         .post(app.url("/anomalies/resolve"))
         .header("cookie", &operator.cookie)

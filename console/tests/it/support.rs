@@ -99,6 +99,21 @@ impl App {
         broker::close(&connection, &[&channel], "parked").await;
     }
 
+    /// Corrects an order's amount, as a person does before reapplying its AMOUNT_MISMATCH.
+    pub async fn correct_order_amount(&self, out_trade_no: &str, amount_total: i64) {
+        use diesel::sql_types::{BigInt, Text};
+        use diesel_async::RunQueryDsl;
+        let mut conn = self.env.conn().await;
+        let updated =
+            diesel::sql_query("UPDATE orders SET amount_total = $1 WHERE out_trade_no = $2")
+                .bind::<BigInt, _>(amount_total)
+                .bind::<Text, _>(out_trade_no)
+                .execute(&mut conn)
+                .await
+                .expect("order corrected");
+        assert_eq!(updated, 1, "one order {out_trade_no}");
+    }
+
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }

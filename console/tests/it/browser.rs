@@ -2,17 +2,22 @@
 //! (started here on a free port) with fantoccini. Set `WXPAY_CONSOLE_SCREENSHOTS=DIR` to
 //! save a screenshot of each page (docs/console/*.png are made this way).
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 
 use crate::builders;
 use crate::helpers::eventually;
 use crate::support::{App, OPERATOR, VIEWER};
 
-/// chromedriver, stopped (by its pid, the one this test started) when dropped.
+/// chromedriver in a process group of its own, the browsers it starts included: the group
+/// (the one this test started) is killed when dropped, so that a failing test, which never
+/// closes its session, leaves no browser behind.
 struct Driver {
     child: Child,
     url: String,
@@ -29,6 +34,7 @@ impl Driver {
                 .arg(format!("--port={port}"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
+                .process_group(0)
                 .spawn()
                 .expect("chromedriver runs (scripts/test installs Debian's chromium-driver)");
         let driver = Driver {
@@ -67,7 +73,9 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if let Ok(group) = i32::try_from(self.child.id()) {
+            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+        }
         let _ = self.child.wait();
     }
 }

@@ -109,11 +109,7 @@ impl Console {
         .disable_signals()
         .shutdown_timeout(5)
         .bind(listen)?;
-        let address = server
-            .addrs()
-            .into_iter()
-            .next()
-            .ok_or_else(|| std::io::Error::other("no address bound"))?;
+        let address = wxpay_worker::http::bound_address(server.addrs())?;
         Ok((server.run(), address))
     }
 }

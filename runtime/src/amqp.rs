@@ -206,14 +206,21 @@ mod tests {
     use super::*;
     use wxpay_shared::message::{MAX_HEADER_VALUE, MAX_SHORT_STRING};
 
+    /// Headers as WeChat Pay sends them, read the way the gateway reads a request.
     fn v3_headers() -> WechatpayHeaders {
-        WechatpayHeaders {
-            timestamp: "1700000000".into(),
-            nonce: "n0nce".into(),
-            signature: "c2lnbmF0dXJl".into(),
-            serial: "PUB_KEY_ID_0119000001092025".into(),
-            signature_type: Some("WECHATPAY2-SHA256-RSA2048".into()),
-        }
+        let sent = [
+            ("Wechatpay-Timestamp", "1700000000"),
+            ("Wechatpay-Nonce", "n0nce"),
+            ("Wechatpay-Signature", "c2lnbmF0dXJl"),
+            ("Wechatpay-Serial", "PUB_KEY_ID_0119000001092025"),
+            ("Wechatpay-Signature-Type", "WECHATPAY2-SHA256-RSA2048"),
+        ];
+        WechatpayHeaders::from_lookup(|name| {
+            sent.iter()
+                .find(|(sent_name, _)| sent_name.eq_ignore_ascii_case(name))
+                .map(|(_, value)| *value)
+        })
+        .expect("complete headers")
     }
 
     #[test]

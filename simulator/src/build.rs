@@ -170,6 +170,29 @@ pub struct Notification {
     pub out_refund_no: Option<String>,
 }
 
+impl Notification {
+    /// A v2 notification: the XML body on the merchant's v2 route, no headers.
+    fn v2(
+        kind: Kind,
+        variant: Variant,
+        m: &SimMerchant,
+        fields: &XmlFields,
+        out_trade_no: &str,
+        out_refund_no: Option<&str>,
+    ) -> Self {
+        Notification {
+            kind,
+            variant,
+            route: kind.route(&m.mch_id),
+            content_type: V2_CONTENT_TYPE,
+            headers: Vec::new(),
+            body: fields.to_xml().into_bytes(),
+            out_trade_no: out_trade_no.to_owned(),
+            out_refund_no: out_refund_no.map(str::to_owned),
+        }
+    }
+}
+
 /// How a v2 notification is signed.
 #[derive(Debug, Clone, Copy)]
 pub struct V2Signing {
@@ -303,16 +326,14 @@ pub fn v2_pay(
             ))
         }
     };
-    Ok(Notification {
-        kind: Kind::V2Pay,
+    Ok(Notification::v2(
+        Kind::V2Pay,
         variant,
-        route: Kind::V2Pay.route(&m.mch_id),
-        content_type: V2_CONTENT_TYPE,
-        headers: Vec::new(),
-        body: fields.to_xml().into_bytes(),
-        out_trade_no: p.out_trade_no.clone(),
-        out_refund_no: None,
-    })
+        m,
+        &fields,
+        &p.out_trade_no,
+        None,
+    ))
 }
 
 fn not_applicable(variant: Variant, kind: Kind, why: &'static str) -> BuildError {
@@ -385,16 +406,14 @@ pub fn v2_refund(
     f.insert("mch_id", m.mch_id.as_str());
     f.insert("nonce_str", random_string(32));
     f.insert("req_info", v2::encrypt_req_info(&v2_refund_root(r), &key));
-    Ok(Notification {
-        kind: Kind::V2Refund,
+    Ok(Notification::v2(
+        Kind::V2Refund,
         variant,
-        route: Kind::V2Refund.route(&m.mch_id),
-        content_type: V2_CONTENT_TYPE,
-        headers: Vec::new(),
-        body: f.to_xml().into_bytes(),
-        out_trade_no: r.out_trade_no.clone(),
-        out_refund_no: Some(r.out_refund_no.clone()),
-    })
+        m,
+        &f,
+        &r.out_trade_no,
+        Some(&r.out_refund_no),
+    ))
 }
 
 /// The decrypted resource of a v3 pay notification (a `transaction`).

@@ -102,6 +102,14 @@ impl<R: Readiness> Probes<R> {
     }
 }
 
+/// The address a server bound (`listen` with port 0 picks a free port; tests read it here).
+pub fn bound_address(addrs: Vec<SocketAddr>) -> std::io::Result<SocketAddr> {
+    addrs
+        .into_iter()
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address bound"))
+}
+
 /// Binds `listen` and returns the server (to spawn and later stop) and the bound address.
 /// `prometheus` is [`wxpay_runtime::telemetry::metrics_handle`], taken before any metric is
 /// registered.
@@ -116,10 +124,6 @@ pub fn serve<R: Readiness>(
         .disable_signals()
         .shutdown_timeout(2)
         .bind(listen)?;
-    let address = server
-        .addrs()
-        .into_iter()
-        .next()
-        .ok_or_else(|| std::io::Error::other("no address bound"))?;
+    let address = bound_address(server.addrs())?;
     Ok((server.run(), address))
 }

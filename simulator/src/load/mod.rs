@@ -561,39 +561,11 @@ pub async fn run(
         None => {
             // Without a database only the answers can be judged: feed the verifier an
             // observation that agrees with the plan, so only answer problems remain.
-            report.problems = verify::verify(&plan, &answers, &expected_observation(&plan));
+            report.problems = verify::verify(&plan, &answers, &Observed::expected(&plan));
         }
     }
     report.verified = report.problems.is_empty();
     Ok(report)
-}
-
-/// The database state a correct system leaves (used when the database is not audited).
-fn expected_observation(plan: &Plan) -> Observed {
-    let mut observed = Observed::default();
-    for o in &plan.orders {
-        let genuine = o.fate == Fate::Genuine;
-        observed.orders.insert(
-            o.out_trade_no.clone(),
-            (
-                if genuine {
-                    OrderState::Paid
-                } else {
-                    OrderState::NotPay
-                },
-                genuine.then(|| o.transaction_id.clone()),
-            ),
-        );
-        if genuine {
-            observed
-                .notifications
-                .entry(o.out_trade_no.clone())
-                .or_default()
-                .insert(NotificationOutcome::Applied, 1);
-            observed.paid_events.insert(o.out_trade_no.clone(), 1);
-        }
-    }
-    observed
 }
 
 /// Waits until every genuine order is PAID and the notification log stopped growing (the

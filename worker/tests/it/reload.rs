@@ -60,12 +60,22 @@ async fn state(env: &TestEnv, out_trade_no: &str) -> String {
     env.order(out_trade_no).await.state
 }
 
-fn sighup(child: &Child) {
+fn signal(child: &Child, signal: Signal) {
     kill(
         Pid::from_raw(i32::try_from(child.id()).expect("pid")),
-        Signal::SIGHUP,
+        signal,
     )
-    .expect("SIGHUP");
+    .expect("signal sent");
+}
+
+/// SIGTERM, then the exit status, which must be success.
+async fn stop(mut child: Child) {
+    signal(&child, Signal::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,7 +91,7 @@ async fn a_serial_added_and_sighup_applies_what_it_signed_and_a_broken_file_chan
     }
     let logs_dir = tempfile::tempdir().expect("tempdir");
     let logs = logs_dir.path().join("worker.log");
-    let mut child = worker(&config, &["run"])
+    let child = worker(&config, &["run"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&logs).expect("log file"))
@@ -100,7 +110,7 @@ async fn a_serial_added_and_sighup_applies_what_it_signed_and_a_broken_file_chan
     assert_eq!(state(&env, "hup-1").await, OrderState::NotPay.as_str());
 
     std::fs::write(config.path(), &with_new_serial).expect("config");
-    sighup(&child);
+    signal(&child, Signal::SIGHUP);
     let added = format!("{MCH_ID}/{NEW_SERIAL}");
     logged(&logs, "merchants reloaded", |line| {
         line["message"] == "merchants reloaded" && line["serials_added"] == added.as_str()
@@ -126,7 +136,7 @@ async fn a_serial_added_and_sighup_applies_what_it_signed_and_a_broken_file_chan
     // The APIv3 key of the wrong length: refused, the keys in use stay.
     let broken = with_new_serial.replace(crate::builders::V3_KEY, "not-32-bytes");
     std::fs::write(config.path(), broken).expect("config");
-    sighup(&child);
+    signal(&child, Signal::SIGHUP);
     let refused = logged(&logs, "refused", |line| {
         line["step"] == "reload" && line["trigger"] == "SIGHUP" && line["level"] == "WARN"
     })
@@ -141,16 +151,7 @@ async fn a_serial_added_and_sighup_applies_what_it_signed_and_a_broken_file_chan
     })
     .await;
 
-    kill(
-        Pid::from_raw(i32::try_from(child.id()).expect("pid")),
-        Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
-    assert!(status.success(), "{status:?}");
+    stop(child).await;
     let lines = log_lines(&logs);
     let reload_warnings: Vec<&Value> = lines
         .iter()
@@ -167,4 +168,38 @@ async fn a_serial_added_and_sighup_applies_what_it_signed_and_a_broken_file_chan
             .await,
         3
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_reloads_on_sighup_instead_of_ending() {
+    let env = TestEnv::new().await;
+    let config = config_file(&env);
+    let original = std::fs::read_to_string(config.path()).expect("config");
+    let reconciler_section = "\n[reconciler]\nmetrics_listen = \"127.0.0.1:0\"\n";
+    std::fs::write(config.path(), format!("{original}{reconciler_section}")).expect("config");
+    let new_pem = public_key_to_pem(&new_key().public_key());
+    let logs_dir = tempfile::tempdir().expect("tempdir");
+    let logs = logs_dir.path().join("reconcile.log");
+    let mut child = worker(&config, &["reconcile"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&logs).expect("log file"))
+        .spawn()
+        .expect("spawns");
+    logged(&logs, "listening", |line| {
+        line["message"] == "reconciler health and metrics listening"
+    })
+    .await;
+
+    let with_new_serial =
+        format!("{original}\"{NEW_SERIAL}\" = '''\n{new_pem}'''\n{reconciler_section}");
+    std::fs::write(config.path(), with_new_serial).expect("config");
+    signal(&child, Signal::SIGHUP);
+    let added = format!("{MCH_ID}/{NEW_SERIAL}");
+    logged(&logs, "merchants reloaded", |line| {
+        line["message"] == "merchants reloaded" && line["serials_added"] == added.as_str()
+    })
+    .await;
+    assert!(child.try_wait().expect("status").is_none(), "still running");
+    stop(child).await;
 }

@@ -36,6 +36,19 @@ api_v3_key = "{V3_KEY}"
     text
 }
 
+/// The configuration before a rotation.
+fn old_serial_only() -> String {
+    old_serial_only()
+}
+
+/// The configuration during a rotation: both serials verify.
+fn both_serials() -> String {
+    config(
+        "0.0.0.0:8080",
+        &[(OLD_SERIAL, OLD_PEM), (NEW_SERIAL, NEW_PEM)],
+    )
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("config written");
 }
@@ -60,16 +73,10 @@ fn serials(merchants: &wxpay_runtime::config::Merchants) -> Vec<String> {
 #[test]
 fn a_new_serial_is_added_whole_and_earlier_snapshots_keep_their_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (path, handle) = load(&dir, &config("0.0.0.0:8080", &[(OLD_SERIAL, OLD_PEM)]));
+    let (path, handle) = load(&dir, &old_serial_only());
     let in_flight = handle.current();
 
-    write(
-        &path,
-        &config(
-            "0.0.0.0:8080",
-            &[(OLD_SERIAL, OLD_PEM), (NEW_SERIAL, NEW_PEM)],
-        ),
-    );
+    write(&path, &both_serials());
     let reloaded = handle.reload(Trigger::Sighup).expect("reloaded");
     assert_eq!(
         reloaded,
@@ -98,7 +105,7 @@ fn a_new_serial_is_added_whole_and_earlier_snapshots_keep_their_keys() {
 #[test]
 fn a_file_a_start_up_would_refuse_changes_nothing_and_names_merchant_and_field() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (path, handle) = load(&dir, &config("0.0.0.0:8080", &[(OLD_SERIAL, OLD_PEM)]));
+    let (path, handle) = load(&dir, &old_serial_only());
     let broken_pem = NEW_PEM.replace("MIIB", "MIIX");
     write(
         &path,
@@ -120,10 +127,7 @@ fn a_file_a_start_up_would_refuse_changes_nothing_and_names_merchant_and_field()
     );
 
     // A key of the wrong length: the message names the field, never the key.
-    write(
-        &path,
-        &config("0.0.0.0:8080", &[(OLD_SERIAL, OLD_PEM)]).replace(V3_KEY, "short-secret"),
-    );
+    write(&path, &old_serial_only().replace(V3_KEY, "short-secret"));
     let error = handle.reload(Trigger::Sighup).expect_err("refused");
     let text = error.to_string();
     assert!(
@@ -137,10 +141,9 @@ fn a_file_a_start_up_would_refuse_changes_nothing_and_names_merchant_and_field()
 #[test]
 fn a_toml_syntax_error_is_refused_without_quoting_the_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (path, handle) = load(&dir, &config("0.0.0.0:8080", &[(OLD_SERIAL, OLD_PEM)]));
+    let (path, handle) = load(&dir, &old_serial_only());
     // An unterminated string on the line of a key: the parser's message would quote it.
-    let text = config("0.0.0.0:8080", &[(OLD_SERIAL, OLD_PEM)])
-        .replace(&format!("\"{V2_KEY}\""), &format!("\"{V2_KEY}"));
+    let text = old_serial_only().replace(&format!("\"{V2_KEY}\""), &format!("\"{V2_KEY}"));
     write(&path, &text);
     let error = handle.reload(Trigger::Sighup).expect_err("refused");
     let message = error.to_string();
@@ -160,7 +163,7 @@ fn a_toml_syntax_error_is_refused_without_quoting_the_line() {
 #[test]
 fn other_sections_changed_are_named_as_needing_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (path, handle) = load(&dir, &config("0.0.0.0:8080", &[(OLD_SERIAL, OLD_PEM)]));
+    let (path, handle) = load(&dir, &old_serial_only());
     write(&path, &config("0.0.0.0:9999", &[(OLD_SERIAL, OLD_PEM)]));
     let reloaded = handle
         .reload(Trigger::Sighup)
@@ -169,7 +172,7 @@ fn other_sections_changed_are_named_as_needing_a_restart() {
     assert!(reloaded.merchants_changed.is_empty(), "{reloaded:?}");
 
     // Back as it started: nothing left to restart for.
-    write(&path, &config("0.0.0.0:8080", &[(OLD_SERIAL, OLD_PEM)]));
+    write(&path, &old_serial_only());
     let reloaded = handle.reload(Trigger::Sighup).expect("reloaded");
     assert!(reloaded.restart_needed_for.is_empty(), "{reloaded:?}");
 }
@@ -178,20 +181,14 @@ fn other_sections_changed_are_named_as_needing_a_restart() {
 fn the_environment_overrides_are_read_again_with_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("wxpay.toml");
-    write(&path, &config("0.0.0.0:8080", &[(OLD_SERIAL, OLD_PEM)]));
+    write(&path, &old_serial_only());
     let env = vec![(
         "WXPAY__GATEWAY__LISTEN".to_owned(),
         "127.0.0.1:7000".to_owned(),
     )];
     let (settings, handle) = MerchantsHandle::load_with_env(&path, env).expect("loads");
     assert_eq!(settings.gateway.listen, "127.0.0.1:7000");
-    write(
-        &path,
-        &config(
-            "0.0.0.0:8080",
-            &[(OLD_SERIAL, OLD_PEM), (NEW_SERIAL, NEW_PEM)],
-        ),
-    );
+    write(&path, &both_serials());
     let reloaded = handle.reload(Trigger::Sighup).expect("reloaded");
     assert!(
         reloaded.restart_needed_for.is_empty(),
@@ -212,7 +209,7 @@ fn merchants_given_in_memory_do_not_reload() {
 #[test]
 fn the_poll_sees_each_change_once_and_a_refused_file_is_not_retried() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (path, handle) = load(&dir, &config("0.0.0.0:8080", &[(OLD_SERIAL, OLD_PEM)]));
+    let (path, handle) = load(&dir, &old_serial_only());
     assert!(!handle.file_changed(), "as loaded");
     write(&path, "[[merchants]]\nmch_id = \"1\"\n");
     assert!(handle.file_changed());
@@ -228,16 +225,10 @@ fn the_poll_sees_each_change_once_and_a_refused_file_is_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reloader_picks_up_a_changed_file_by_itself() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (path, handle) = load(&dir, &config("0.0.0.0:8080", &[(OLD_SERIAL, OLD_PEM)]));
+    let (path, handle) = load(&dir, &old_serial_only());
     let reloader =
         Reloader::spawn(handle.clone(), Some(Duration::from_millis(50))).expect("reloader");
-    write(
-        &path,
-        &config(
-            "0.0.0.0:8080",
-            &[(OLD_SERIAL, OLD_PEM), (NEW_SERIAL, NEW_PEM)],
-        ),
-    );
+    write(&path, &both_serials());
     let started = Instant::now();
     while serials(&handle.current()).len() < 2 {
         assert!(

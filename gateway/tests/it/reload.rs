@@ -104,6 +104,13 @@ impl Gateway {
         response.status().as_u16()
     }
 
+    /// The new key and the old one are both accepted (one order each).
+    async fn both_keys_verify(&self, orders: [&str; 2]) {
+        let new = self.notify_signed(new_key(), NEW_SERIAL, orders[0]).await;
+        let old = self.notify_signed(platform_key(), SERIAL, orders[1]).await;
+        assert_eq!((new, old), (204, 204), "new key, old key");
+    }
+
     async fn reloads_counted(&self, result: &str) -> String {
         let metrics = self
             .client
@@ -170,14 +177,7 @@ async fn a_serial_added_and_sighup_verifies_beside_the_old_and_a_broken_file_cha
         !text.contains("BEGIN") && !text.contains(V3_KEY),
         "ids only, never keys: {text}"
     );
-    assert_eq!(
-        gateway.notify_signed(new_key(), NEW_SERIAL, "rot-2").await,
-        204
-    );
-    assert_eq!(
-        gateway.notify_signed(platform_key(), SERIAL, "rot-3").await,
-        204
-    );
+    gateway.both_keys_verify(["rot-2", "rot-3"]).await;
     assert_ne!(gateway.reloads_counted("ok").await, "0");
 
     // A PEM that does not parse for the v3 merchant: refused, nothing else logged.
@@ -197,14 +197,7 @@ async fn a_serial_added_and_sighup_verifies_beside_the_old_and_a_broken_file_cha
             .is_some_and(|error| error.contains(NEW_SERIAL)),
         "{refused}"
     );
-    assert_eq!(
-        gateway.notify_signed(new_key(), NEW_SERIAL, "rot-4").await,
-        204
-    );
-    assert_eq!(
-        gateway.notify_signed(platform_key(), SERIAL, "rot-5").await,
-        204
-    );
+    gateway.both_keys_verify(["rot-4", "rot-5"]).await;
     let since: Vec<Value> = gateway.logs.lock().expect("logs")[logged_before..].to_vec();
     let reload_lines: Vec<&Value> = since
         .iter()

@@ -38,7 +38,7 @@ api_v3_key = "{V3_KEY}"
 
 /// The configuration before a rotation.
 fn old_serial_only() -> String {
-    old_serial_only()
+    config("0.0.0.0:8080", &[(OLD_SERIAL, OLD_PEM)])
 }
 
 /// The configuration during a rotation: both serials verify.

@@ -30,6 +30,7 @@ use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use wxpay_runtime::config::Settings;
+use wxpay_runtime::reload::{self, MerchantsHandle};
 use wxpay_runtime::telemetry::{metric, metrics_handle, step};
 
 use admission::{Admission, Shed};
@@ -85,6 +86,7 @@ pub fn register_metrics() {
     for shed in Shed::ALL {
         metrics::counter!(metric::GATEWAY_SHED_TOTAL, "reason" => shed.code()).increment(0);
     }
+    reload::register_metrics();
 }
 
 /// Triggers a graceful shutdown of a running [`Application`] (signals, tests).
@@ -127,8 +129,17 @@ impl Application {
     /// link: without one the gateway still serves, answering FAIL and `/readyz` 503) and
     /// builds the HTTP server. Must be called inside a tokio runtime.
     pub async fn build(settings: Settings) -> Result<Application, StartError> {
+        let merchants = MerchantsHandle::fixed(settings.merchants()?);
+        Self::build_with(settings, merchants).await
+    }
+
+    /// As [`Application::build`], verifying with `merchants`: the binary's handle is
+    /// reloaded on SIGHUP and when the configuration file changes.
+    pub async fn build_with(
+        settings: Settings,
+        merchants: MerchantsHandle,
+    ) -> Result<Application, StartError> {
         register_metrics();
-        let merchants = Arc::new(settings.merchants()?);
         let address = settings.gateway.listen.clone();
         let listener = TcpListener::bind(&address).map_err(|source| StartError::Bind {
             address: address.clone(),
@@ -181,7 +192,7 @@ impl Application {
                 source,
             })?
             .run();
-        info!(step = step::STARTUP, %address, port, merchants = merchants.len(), queue = %publisher.queue(), "gateway listening");
+        info!(step = step::STARTUP, %address, port, merchants = merchants.current().len(), queue = %publisher.queue(), "gateway listening");
         Ok(Application {
             port,
             server,

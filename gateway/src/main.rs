@@ -1,6 +1,7 @@
 //! `wxpay-gateway`: serves the notify routes. `--config PATH`, else `WXPAY_CONFIG`, else
 //! `config/wxpay.toml`. Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT), 2 for a
-//! configuration error, 1 for any other start-up or server error.
+//! configuration error, 1 for any other start-up or server error. SIGHUP, or a change of
+//! the file, reloads the merchants (`wxpay_runtime::reload`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use clap::Parser;
 use tracing::{error, info};
 use wxpay_gateway::Application;
 use wxpay_runtime::config::{resolve_path, Settings};
+use wxpay_runtime::reload::{self, MerchantsHandle, Reloader};
 use wxpay_runtime::telemetry::{init_logging, step};
 
 #[derive(Debug, Parser)]
@@ -25,8 +27,8 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = resolve_path(cli.config.as_deref());
-    let settings = match Settings::load(&path) {
-        Ok(settings) => settings,
+    let (settings, merchants) = match MerchantsHandle::load(&path) {
+        Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("wxpay-gateway: {error}");
             return ExitCode::from(2);
@@ -43,14 +45,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(settings))
+    runtime.block_on(serve(settings, merchants))
 }
 
-async fn serve(settings: Settings) -> ExitCode {
+async fn serve(settings: Settings, merchants: MerchantsHandle) -> ExitCode {
     // Installed before anything else, so a SIGTERM during start-up (e.g. while the broker
-    // is being reached) is not lost: it stops the application as soon as it is built.
+    // is being reached) is not lost: it stops the application as soon as it is built. The
+    // same for SIGHUP, whose default would end the process.
     let signals = Signals::install();
-    let application = match Application::build(settings).await {
+    let _reloader = match Reloader::spawn(merchants.clone(), Some(reload::FILE_POLL_INTERVAL)) {
+        Ok(reloader) => Some(reloader),
+        Err(error) => {
+            error!(step = step::STARTUP, %error, "cannot watch SIGHUP: merchants change only with a restart");
+            None
+        }
+    };
+    let application = match Application::build_with(settings, merchants).await {
         Ok(application) => application,
         Err(error @ wxpay_gateway::StartError::Config(_)) => {
             error!(step = step::STARTUP, %error, "invalid configuration");

@@ -508,6 +508,69 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
 }
 
+fn load_error(path: &Path, reason: String) -> ConfigError {
+    ConfigError::Load {
+        path: path.to_path_buf(),
+        reason: without_quoted_source(&reason),
+    }
+}
+
+/// A TOML syntax error quotes the offending line (`5 | api_v3_key = "…`), which may hold a
+/// key: only the position and the message are kept.
+fn without_quoted_source(reason: &str) -> String {
+    reason
+        .lines()
+        .filter(|line| {
+            !line
+                .trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start()
+                .starts_with('|')
+        })
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The file's text, read once (a reload fingerprints the same text it parses).
+pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
+    if !path.is_file() {
+        return Err(load_error(
+            path,
+            "no such file (pass --config or set WXPAY_CONFIG)".into(),
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|error| load_error(path, error.to_string()))
+}
+
+/// The `WXPAY__…` variables of `env`: the only ones that override the file.
+pub(crate) fn overrides(env: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let prefix = format!("{ENV_PREFIX}__");
+    env.into_iter()
+        .filter(|(key, _)| key.starts_with(&prefix))
+        .collect()
+}
+
+/// The file's `text` with the `overrides` on top, not yet deserialised.
+pub(crate) fn sources(
+    path: &Path,
+    text: &str,
+    overrides: Vec<(String, String)>,
+) -> Result<config::Config, ConfigError> {
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides.into_iter().collect())),
+        )
+        .build()
+        .map_err(|error| load_error(path, error.to_string()))
+}
+
 /// The configuration file to read: `--config`, else `$WXPAY_CONFIG`, else the default.
 pub fn resolve_path(cli: Option<&Path>) -> PathBuf {
     match cli {
@@ -540,33 +603,18 @@ impl Settings {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let load_error = |reason: String| ConfigError::Load {
-            path: path.to_path_buf(),
-            reason,
-        };
-        if !path.is_file() {
-            return Err(load_error(
-                "no such file (pass --config or set WXPAY_CONFIG)".into(),
-            ));
-        }
-        let prefix = format!("{ENV_PREFIX}__");
-        let overrides: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(key, _)| key.starts_with(&prefix))
-            .collect();
-        let settings: Settings = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true)
-                    .source(Some(overrides)),
-            )
-            .build()
-            .and_then(|built| built.try_deserialize())
-            .map_err(|error| load_error(error.to_string()))?;
-        Ok(settings)
+        let text = read_file(path)?;
+        Self::from_sources(path, sources(path, &text, overrides(env))?)
+    }
+
+    /// The settings of [`sources`] (the reload compares those sources' raw values too).
+    pub(crate) fn from_sources(
+        path: &Path,
+        built: config::Config,
+    ) -> Result<Settings, ConfigError> {
+        built
+            .try_deserialize()
+            .map_err(|error| load_error(path, error.to_string()))
     }
 
     /// Checks what can be checked without a network: limits, and every merchant's keys.

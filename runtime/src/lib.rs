@@ -10,7 +10,10 @@
 //!   recorder, and the metric names of every service.
 //! - [`amqp`]: the queue message in and out of AMQP properties, and the queue declaration
 //!   every service must make identically.
+//! - [`reload`]: the merchants in use, replaced while the service runs (SIGHUP, or the
+//!   configuration file changing) after the same validation as at start-up.
 
 pub mod amqp;
 pub mod config;
+pub mod reload;
 pub mod telemetry;

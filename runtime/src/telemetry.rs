@@ -25,6 +25,8 @@ pub mod step {
     pub const RECONCILE: &str = "reconcile";
     pub const STARTUP: &str = "startup";
     pub const SHUTDOWN: &str = "shutdown";
+    /// Merchants reloaded (or a reload refused) while running.
+    pub const RELOAD: &str = "reload";
 }
 
 /// Metric names, one place for all services; each is described in docs/ARCHITECTURE.md, "Metrics".
@@ -51,6 +53,7 @@ pub mod metric {
     pub const RECONCILER_ROUND_DURATION_SECONDS: &str = "wxpay_reconciler_round_duration_seconds";
     pub const CONSOLE_LOGINS_TOTAL: &str = "wxpay_console_logins_total";
     pub const CONSOLE_ACTIONS_TOTAL: &str = "wxpay_console_actions_total";
+    pub const CONFIG_RELOADS_TOTAL: &str = "wxpay_config_reloads_total";
 }
 
 /// Histogram buckets (seconds): sub-millisecond answers up to the 10-minute retry tier.

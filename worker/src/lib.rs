@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use wxpay_runtime::config::{ConfigError, Merchants, Settings};
+use wxpay_runtime::config::{ConfigError, Settings};
+use wxpay_runtime::reload::MerchantsHandle;
 use wxpay_runtime::telemetry::{metric, step};
 use wxpay_shared::message::NotifyMessage;
 
@@ -166,7 +167,8 @@ pub enum StartError {
 
 pub(crate) struct WorkerInner {
     pub settings: Settings,
-    pub merchants: Merchants,
+    /// Read once per delivery: a reload meanwhile does not change the keys it started with.
+    pub merchants: MerchantsHandle,
     pub pool: DbPool,
     pub dedupe: RedisDedupe,
     pub stats: Stats,
@@ -196,8 +198,17 @@ impl Worker {
     /// Builds the worker: merchants validated, database pool (lazy), Redis connecting in the
     /// background. Must be called within a Tokio runtime.
     pub fn new(settings: Settings) -> Result<Worker, StartError> {
+        let merchants = MerchantsHandle::fixed(settings.merchants()?);
+        Self::with_merchants(settings, merchants)
+    }
+
+    /// As [`Worker::new`], verifying with `merchants` (`wxpay-worker run` reloads them on
+    /// SIGHUP and when the configuration file changes).
+    pub fn with_merchants(
+        settings: Settings,
+        merchants: MerchantsHandle,
+    ) -> Result<Worker, StartError> {
         telemetry::register_metrics();
-        let merchants = settings.merchants()?;
         let pool = db::build_pool(
             secrecy::ExposeSecret::expose_secret(&settings.database.url),
             settings.worker.db_pool_size,
@@ -274,7 +285,7 @@ impl Worker {
         let request_id = message.message_id;
         let kind = message.kind.as_str();
         let mch_id = message.mch_id.as_str();
-        let decoded = match decode::decode(message, &inner.merchants) {
+        let decoded = match decode::decode(message, &inner.merchants.current()) {
             Ok(decoded) => decoded,
             Err(error) => {
                 tracing::warn!(step = step::DECODE, %request_id, mch_id, kind, reason = error.code(), %error, "poison message");

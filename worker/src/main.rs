@@ -1,5 +1,7 @@
 //! `wxpay-worker`: `run`, `migrate`, `reconcile [--once]`, `dlq list`, `dlq replay [--all | --id ID]`,
 //! `anomaly list`, `anomaly resolve --id N --action reapply|dismiss --note TEXT`, `doctor`.
+//! `run` and `reconcile` reload the merchants on SIGHUP and when the configuration file
+//! changes (`wxpay_runtime::reload`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +11,7 @@ use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use wxpay_runtime::config::{resolve_path, Settings};
+use wxpay_runtime::reload::{self, MerchantsHandle, Reloader};
 use wxpay_runtime::telemetry::{self, step};
 use wxpay_worker::anomaly::{self, Action};
 use wxpay_worker::retry::{self, ReplaySelection};
@@ -129,8 +132,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         allow_insecure_public_url,
     } = cli.command
     {
-        // Before Settings::load: doctor reports every problem of a configuration that load
-        // would refuse at the first.
+        // Before the configuration is loaded: doctor reports every problem of a
+        // configuration that loading would refuse at the first.
         return run_doctor(
             &path,
             doctor::Options {
@@ -139,7 +142,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         )
         .await;
     }
-    let settings = Settings::load(&path)?;
+    let (settings, merchants) = MerchantsHandle::load(&path)?;
     let connect_timeout = Duration::from_millis(settings.database.connect_timeout_ms);
     match cli.command {
         Command::Migrate => {
@@ -148,15 +151,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied: {ran}");
             Ok(())
         }
-        Command::Run => run(settings).await,
+        Command::Run => run(settings, merchants).await,
         Command::Reconcile { once } => {
+            let _reloader = (!once).then(|| reload_on_sighup(&merchants)).flatten();
             schema_check::check(settings.database.url.expose_secret(), connect_timeout).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(watch_signals(shutdown.clone()));
-            Ok(wxpay_worker::reconcile::run(&settings, once, shutdown).await?)
+            Ok(wxpay_worker::reconcile::run(&settings, merchants, once, shutdown).await?)
         }
-        Command::Doctor { .. } => unreachable!("doctor is dispatched before Settings::load"),
-        Command::Anomaly { command } => anomaly_command(&settings, command).await,
+        Command::Doctor { .. } => {
+            unreachable!("doctor is dispatched before the configuration is loaded")
+        }
+        Command::Anomaly { command } => anomaly_command(&settings, &merchants, command).await,
         Command::Dlq {
             command: DlqCommand::List,
         } => {
@@ -188,7 +194,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn anomaly_command(settings: &Settings, command: AnomalyCommand) -> anyhow::Result<()> {
+async fn anomaly_command(
+    settings: &Settings,
+    merchants: &MerchantsHandle,
+    command: AnomalyCommand,
+) -> anyhow::Result<()> {
     let url = settings.database.url.expose_secret();
     let connect_timeout = Duration::from_millis(settings.database.connect_timeout_ms);
     schema_check::check(url, connect_timeout).await?;
@@ -218,11 +228,11 @@ async fn anomaly_command(settings: &Settings, command: AnomalyCommand) -> anyhow
             note,
             actor,
         } => {
-            let merchants = settings.merchants()?;
             let actor = actor
                 .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
                 .unwrap_or_else(|| "cli".to_owned());
-            let resolution = anomaly::resolve(&pool, &merchants, id, action, &actor, &note).await?;
+            let resolution =
+                anomaly::resolve(&pool, &merchants.current(), id, action, &actor, &note).await?;
             println!("{resolution}");
             Ok(())
         }
@@ -240,11 +250,12 @@ async fn run_doctor(path: &std::path::Path, options: doctor::Options) -> anyhow:
     }
 }
 
-async fn run(settings: Settings) -> anyhow::Result<()> {
+async fn run(settings: Settings, merchants: MerchantsHandle) -> anyhow::Result<()> {
+    let _reloader = reload_on_sighup(&merchants);
     let prometheus = telemetry::metrics_handle();
     let connect_timeout = Duration::from_millis(settings.database.connect_timeout_ms);
     schema_check::check(settings.database.url.expose_secret(), connect_timeout).await?;
-    let worker = Worker::new(settings)?;
+    let worker = Worker::with_merchants(settings, merchants)?;
     let (server, address) = http::serve(
         &worker.settings().worker.metrics_listen,
         worker.clone(),
@@ -261,6 +272,16 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = server_task.await;
     tracing::info!(step = step::SHUTDOWN, "worker stopped");
     Ok(())
+}
+
+/// Reloads the merchants on SIGHUP and when the configuration file changes, for as long as
+/// the returned reloader lives. Installed first thing: SIGHUP's default would end the process.
+fn reload_on_sighup(merchants: &MerchantsHandle) -> Option<Reloader> {
+    Reloader::spawn(merchants.clone(), Some(reload::FILE_POLL_INTERVAL))
+        .map_err(|error| {
+            tracing::error!(step = step::STARTUP, %error, "cannot watch SIGHUP: merchants change only with a restart");
+        })
+        .ok()
 }
 
 /// SIGTERM or SIGINT: graceful shutdown.

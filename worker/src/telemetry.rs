@@ -73,5 +73,6 @@ pub fn register_metrics() {
         metrics::gauge!(metric::OUTBOX_PENDING).set(0.0);
         metrics::counter!(metric::OUTBOX_PUBLISHED_TOTAL).increment(0);
         metrics::counter!(CLAIM_CONTENDED_TOTAL).increment(0);
+        wxpay_runtime::reload::register_metrics();
     });
 }

@@ -18,6 +18,7 @@ use futures::StreamExt;
 use tracing::{info, warn};
 use uuid::Uuid;
 use wxpay_runtime::config::{GatewaySettings, Merchants};
+use wxpay_runtime::reload::MerchantsHandle;
 use wxpay_runtime::telemetry::{metric, step};
 use wxpay_shared::message::is_valid_mch_id;
 
@@ -29,7 +30,9 @@ use crate::verify::{Incoming, RejectReason, Rejection, Route, Verified};
 /// What every handler needs; shared by all HTTP workers.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub merchants: Arc<Merchants>,
+    /// Read once per request ([`MerchantsHandle::current`]): a reload meanwhile does not
+    /// change the keys a request started with.
+    pub merchants: MerchantsHandle,
     pub publisher: Publisher,
     pub admission: Arc<Admission>,
     pub limits: Limits,
@@ -307,6 +310,7 @@ async fn pipeline(
     request_id: Uuid,
     deadline: Instant,
 ) -> Handling {
+    let merchants = state.merchants.current();
     if let Err(rejection) = admit(request, state) {
         return Handling::Rejected(rejection);
     }
@@ -323,7 +327,7 @@ async fn pipeline(
     let verified = content_type(request).and_then(|content_type| {
         let incoming = Incoming { request_id, body: &bytes, content_type };
         tracing::debug!(step = step::RECEIVE, %request_id, route = route.as_str(), bytes = bytes.len(), "notification received");
-        verify(&incoming, &state.merchants)
+        verify(&incoming, &merchants)
     });
     let verified = match verified {
         Ok(verified) => verified,

@@ -5,5 +5,6 @@ mod broker;
 mod edge;
 mod helpers;
 mod rejected;
+mod reload;
 mod service;
 mod shutdown;

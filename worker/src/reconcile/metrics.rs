@@ -88,6 +88,7 @@ pub fn register() {
         );
         metrics::counter!(ROUNDS_SKIPPED_TOTAL).increment(0);
         let _ = metrics::histogram!(metric::RECONCILER_ROUND_DURATION_SECONDS);
+        wxpay_runtime::reload::register_metrics();
     });
 }
 

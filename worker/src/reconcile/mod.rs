@@ -42,7 +42,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures::future::{join_all, BoxFuture};
 use tokio_util::sync::CancellationToken;
-use wxpay_runtime::config::{Merchant, Merchants, ReconcilerSettings, Settings};
+use wxpay_runtime::config::{Merchant, ReconcilerSettings, Settings};
+use wxpay_runtime::reload::MerchantsHandle;
 use wxpay_runtime::telemetry::{self, metric, step};
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::state::{OrderState, RefundState, RefundStatus, TradeState};
@@ -140,7 +141,8 @@ fn refund_finished(wire: &str) -> Option<bool> {
 struct Inner {
     settings: ReconcilerSettings,
     rabbitmq: wxpay_runtime::config::RabbitmqSettings,
-    merchants: Merchants,
+    /// Read once per round: a reload applies from the next round on.
+    merchants: MerchantsHandle,
     pool: DbPool,
     client: QueryClient,
     /// Kept across rounds while connected.
@@ -169,8 +171,17 @@ impl Reconciler {
     /// Validates the merchants and builds the (lazy) database pool and the HTTP client.
     /// Must be called within a Tokio runtime.
     pub fn new(settings: &Settings) -> Result<Reconciler, StartError> {
+        let merchants = MerchantsHandle::fixed(settings.merchants()?);
+        Self::with_merchants(settings, merchants)
+    }
+
+    /// As [`Reconciler::new`], querying for `merchants` (`wxpay-worker reconcile` reloads
+    /// them on SIGHUP and when the configuration file changes).
+    pub fn with_merchants(
+        settings: &Settings,
+        merchants: MerchantsHandle,
+    ) -> Result<Reconciler, StartError> {
         metrics::register();
-        let merchants = settings.merchants()?;
         let pool = db::build_pool(
             secrecy::ExposeSecret::expose_secret(&settings.database.url),
             settings.worker.db_pool_size.min(MAX_POOL_SIZE),
@@ -267,18 +278,13 @@ impl Reconciler {
             older_than: ago(now, settings.min_age_secs),
             newer_than: ago(now, settings.horizon_secs),
         };
-        let rounds = self
-            .inner
-            .merchants
+        let merchants = self.inner.merchants.current();
+        let rounds = merchants
             .iter()
             .map(|merchant| self.merchant_round(merchant, &publisher, &window, shutdown));
         let mut report = RoundReport::default();
         let mut failures = Vec::new();
-        for (result, merchant) in join_all(rounds)
-            .await
-            .into_iter()
-            .zip(self.inner.merchants.iter())
-        {
+        for (result, merchant) in join_all(rounds).await.into_iter().zip(merchants.iter()) {
             let (merchant_report, failure) = result;
             report.merge(&merchant_report);
             if let Some(error) = failure {
@@ -732,12 +738,13 @@ impl<'a> MerchantWork<'a> {
 /// runs rounds every `reconciler.interval_secs` until `shutdown` (SIGTERM).
 pub async fn run(
     settings: &Settings,
+    merchants: MerchantsHandle,
     once: bool,
     shutdown: CancellationToken,
 ) -> Result<(), ReconcileError> {
     // The recorder first: metrics registered before it exists would be lost.
     let prometheus = telemetry::metrics_handle();
-    let reconciler = Reconciler::new(settings)?;
+    let reconciler = Reconciler::with_merchants(settings, merchants)?;
     if once {
         let result = reconciler.round(&shutdown).await;
         reconciler.close().await;

@@ -16,5 +16,6 @@ mod pipeline;
 mod query;
 mod reconcile;
 mod refund;
+mod reload;
 mod topology;
 mod unknown_order;

@@ -1,0 +1,246 @@
+//! Key rotation without a restart, on the real binary: a serial added to the configuration
+//! file verifies after SIGHUP while the old one still does; a broken file is refused with
+//! one log line and the keys in use stay; a file changed without a signal is picked up by
+//! the poll.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use wxpay_shared::v3::{public_key_to_pem, PrivateKey};
+
+use crate::helpers::*;
+
+const NEW_SERIAL: &str = "PUB_KEY_ID_0119000001102026NEW";
+
+/// The gateway binary with every JSON log line it wrote kept for the test.
+struct Gateway {
+    child: Child,
+    base: String,
+    logs: Arc<Mutex<Vec<Value>>>,
+    client: reqwest::Client,
+}
+
+impl Gateway {
+    fn start(config: &std::path::Path) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wxpay-gateway"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                sink.lock().expect("logs").push(value);
+            }
+        });
+        let mut gateway = Gateway {
+            child,
+            base: String::new(),
+            logs,
+            client: reqwest::Client::new(),
+        };
+        let listening = gateway.wait_for_log("gateway listening", |_| true);
+        gateway.base = format!("http://127.0.0.1:{}", listening["port"]);
+        gateway
+    }
+
+    /// The first log line with `message` that `matches`, waited for up to 20 s.
+    fn wait_for_log(&self, message: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let found = self
+                .logs
+                .lock()
+                .expect("logs")
+                .iter()
+                .find(|line| line["message"] == message && matches(line))
+                .cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no log line {message:?}: {:?}",
+                self.logs.lock().expect("logs")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_count(&self) -> usize {
+        self.logs.lock().expect("logs").len()
+    }
+
+    fn sighup(&self) {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        kill(pid, Signal::SIGHUP).expect("SIGHUP sent");
+    }
+
+    /// Sends a v3 payment notification signed with `key` under `serial`; the HTTP status.
+    async fn notify_signed(&self, key: &PrivateKey, serial: &str, out_trade_no: &str) -> u16 {
+        let body = v3_body(
+            "TRANSACTION.SUCCESS",
+            "transaction",
+            &v3_transaction(out_trade_no),
+        );
+        let headers = v3_headers(&body, now_unix(), key, serial);
+        let request = headers.iter().fold(
+            self.client
+                .post(format!("{}/notify/v3/{V3_MCH}", self.base))
+                .header("Content-Type", "application/json"),
+            |request, (name, value)| request.header(name.as_str(), value.as_str()),
+        );
+        let response = request.body(body).send().await.expect("gateway answers");
+        response.status().as_u16()
+    }
+
+    /// The new key and the old one are both accepted (one order each).
+    async fn both_keys_verify(&self, orders: [&str; 2]) {
+        let new = self.notify_signed(new_key(), NEW_SERIAL, orders[0]).await;
+        let old = self.notify_signed(platform_key(), SERIAL, orders[1]).await;
+        assert_eq!((new, old), (204, 204), "new key, old key");
+    }
+
+    async fn reloads_counted(&self, result: &str) -> String {
+        let metrics = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let series = format!("wxpay_config_reloads_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .unwrap_or("absent")
+            .to_owned()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test configuration with the new serial beside the old one (the key table is last).
+fn with_new_serial(config: &str, pem: &str) -> String {
+    format!("{config}\"{NEW_SERIAL}\" = '''\n{pem}'''\n")
+}
+
+/// The new platform key signs with the fixture that is otherwise the forger's.
+fn new_key() -> &'static PrivateKey {
+    other_key()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_added_and_sighup_verifies_beside_the_old_and_a_broken_file_changes_nothing() {
+    let queue = unique_queue();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wxpay.toml");
+    let original = config_toml("127.0.0.1:0", &queue, AMQP_URL);
+    std::fs::write(&path, &original).expect("config");
+    let gateway = Gateway::start(&path);
+    let new_pem = public_key_to_pem(&new_key().public_key());
+
+    assert_eq!(
+        gateway.notify_signed(new_key(), NEW_SERIAL, "rot-1").await,
+        401,
+        "an unknown serial before the reload"
+    );
+
+    std::fs::write(&path, with_new_serial(&original, &new_pem)).expect("config");
+    gateway.sighup();
+    let added = format!("{V3_MCH}/{NEW_SERIAL}");
+    let reloaded = gateway.wait_for_log("merchants reloaded", |line| {
+        line["serials_added"] == added.as_str()
+    });
+    assert_eq!(reloaded["merchants"], 2, "{reloaded}");
+    assert_eq!(reloaded["merchants_changed"], V3_MCH, "{reloaded}");
+    assert_eq!(reloaded["serials_removed"], "", "{reloaded}");
+    let text = reloaded.to_string();
+    assert!(
+        !text.contains("BEGIN") && !text.contains(V3_KEY),
+        "ids only, never keys: {text}"
+    );
+    gateway.both_keys_verify(["rot-2", "rot-3"]).await;
+    assert_ne!(gateway.reloads_counted("ok").await, "0");
+
+    // A PEM that does not parse for the v3 merchant: refused, nothing else logged.
+    let broken = with_new_serial(&original, &new_pem.replace("MIIB", "MIIX"));
+    let logged_before = gateway.log_count();
+    std::fs::write(&path, broken).expect("config");
+    gateway.sighup();
+    let refused = gateway.wait_for_log("merchants reload refused: the keys in use stay", |line| {
+        line["trigger"] == "SIGHUP"
+    });
+    assert_eq!(refused["mch_id"], V3_MCH, "{refused}");
+    assert_eq!(refused["field"], "platform_public_keys", "{refused}");
+    assert_eq!(refused["level"], "WARN", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|error| error.contains(NEW_SERIAL)),
+        "{refused}"
+    );
+    gateway.both_keys_verify(["rot-4", "rot-5"]).await;
+    let since: Vec<Value> = gateway.logs.lock().expect("logs")[logged_before..].to_vec();
+    let reload_lines: Vec<&Value> = since
+        .iter()
+        .filter(|line| line["step"] == "reload")
+        .collect();
+    assert!(
+        reload_lines
+            .iter()
+            .all(|line| line["message"] == refused["message"] && line["mch_id"] == V3_MCH),
+        "each refusal is one line naming the merchant: {reload_lines:?}"
+    );
+    assert!(
+        since
+            .iter()
+            .filter(|line| line["level"] == "WARN" || line["level"] == "ERROR")
+            .all(|line| line["step"] == "reload"),
+        "nothing else went wrong: {since:?}"
+    );
+    assert_ne!(gateway.reloads_counted("refused").await, "0");
+
+    // WeChat Pay no longer signs with the old key: removed from the file, no signal.
+    let old_entry = format!("\"{SERIAL}\" = '''\n{PLATFORM_PUBLIC_PEM}'''\n");
+    assert!(
+        original.contains(&old_entry),
+        "the old serial's entry: {original}"
+    );
+    let only_new = with_new_serial(&original.replace(&old_entry, ""), &new_pem);
+    let retired = format!("{V3_MCH}/{SERIAL}");
+    std::fs::write(&path, only_new).expect("config");
+    gateway.wait_for_log("merchants reloaded", |line| {
+        line["trigger"] == "file changed" && line["serials_removed"] == retired.as_str()
+    });
+    assert_eq!(
+        gateway.notify_signed(platform_key(), SERIAL, "rot-6").await,
+        401
+    );
+    assert_eq!(
+        gateway.notify_signed(new_key(), NEW_SERIAL, "rot-7").await,
+        204
+    );
+
+    drop(gateway);
+    let queued = drain_queue(&queue).await;
+    assert_eq!(queued.len(), 5, "exactly the accepted ones are queued");
+    delete_queue(&queue).await;
+}

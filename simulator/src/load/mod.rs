@@ -28,7 +28,7 @@ use rand::Rng;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use wxpay_shared::state::{NotificationOutcome, OrderState, TradeState};
+use wxpay_shared::state::TradeState;
 use wxpay_shared::v2::SignType;
 
 use crate::build::{self, BuildError, Notification, Payment, V2Signing, Variant};

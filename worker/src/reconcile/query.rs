@@ -581,6 +581,7 @@ mod tests {
             api_v3_key: None,
             platform_keys: PlatformKeys::new(),
             signer: None,
+            confirm_by_query_min_fen: None,
         }
     }
 

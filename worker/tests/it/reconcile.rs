@@ -113,7 +113,7 @@ impl Sim {
     }
 
     /// The merchant as the services see it: v3 with its signer, or v2-only without one.
-    fn merchant_for(&self, api: Api) -> MerchantSettings {
+    pub(crate) fn merchant_for(&self, api: Api) -> MerchantSettings {
         let mut merchant = self.merchant.clone();
         if api == Api::V2 {
             merchant.merchant_private_key_pem = None;
@@ -137,7 +137,12 @@ impl Sim {
     }
 
     /// Stages an order at "WeChat Pay"; returns its transaction id when paid.
-    async fn order(&self, out_trade_no: &str, amount: i64, state: &str) -> Option<String> {
+    pub(crate) async fn order(
+        &self,
+        out_trade_no: &str,
+        amount: i64,
+        state: &str,
+    ) -> Option<String> {
         let record = self
             .admin(
                 "/sim/orders",
@@ -156,7 +161,7 @@ impl Sim {
         .await;
     }
 
-    async fn faults(&self, faults: Value) {
+    pub(crate) async fn faults(&self, faults: Value) {
         self.admin("/sim/faults", faults).await;
     }
 }
@@ -254,7 +259,7 @@ impl Setup {
 }
 
 /// The value of one series in a Prometheus text rendering (0 when absent).
-fn metric(rendered: &str, series: &str) -> f64 {
+pub(crate) fn metric(rendered: &str, series: &str) -> f64 {
     rendered
         .lines()
         .filter(|line| !line.starts_with('#'))

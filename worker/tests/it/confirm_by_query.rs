@@ -8,56 +8,45 @@ use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
-use wxpay_runtime::config::{ReconcilerSettings, Settings};
 use wxpay_runtime::telemetry;
 use wxpay_shared::message::NotifyMessage;
 use wxpay_shared::state::{OrderState, TradeState};
 use wxpay_worker::reconcile::query::Api;
-use wxpay_worker::reconcile::Reconciler;
 use wxpay_worker::Worker;
 
 use crate::builders::{self, APPID, MCH_ID};
-use crate::helpers::{eventually, TestEnv, REDIS_URL};
-use crate::reconcile::{metric, Sim};
+use crate::helpers::{eventually, REDIS_URL};
+use crate::reconcile::{self, metric, Setup};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// The merchant's `confirm_by_query_min_fen` in these tests: 100 yuan.
 const THRESHOLD_FEN: i64 = 10_000;
 
-struct Setup {
-    env: TestEnv,
-    sim: Sim,
-    settings: Settings,
-}
-
-/// A merchant that has payments of [`THRESHOLD_FEN`] or more confirmed, queried through
-/// `api` at the simulator.
+/// The reconciler tests' set-up (database, queues, `wxpay-sim serve`), its merchant having
+/// payments of [`THRESHOLD_FEN`] or more confirmed, queried through `api`.
 async fn setup(api: Api) -> Setup {
-    let (env, sim) = tokio::join!(TestEnv::new(), Sim::start());
-    let mut settings = env.settings();
+    let mut s = reconcile::setup(api).await;
     // Query answers are signed by the simulator's keys, v3 notifications by the fixtures'
     // (builders): the merchant verifies both, as during a platform key rotation.
     let fixtures = builders::merchant_settings();
-    let mut merchant = sim.merchant_for(api);
+    let merchant = &mut s.settings.merchants[0];
     merchant.api_v3_key = fixtures.api_v3_key;
     merchant
         .platform_public_keys
         .extend(fixtures.platform_public_keys);
     merchant.confirm_by_query_min_fen = Some(THRESHOLD_FEN);
-    settings.merchants = vec![merchant];
-    settings.wechatpay.api_base = sim.url.clone();
-    settings.wechatpay.request_timeout_ms = 2_000;
-    settings.reconciler = ReconcilerSettings {
-        min_age_secs: 0,
-        rate_per_merchant: 100,
-        metrics_listen: "127.0.0.1:0".into(),
-        ..ReconcilerSettings::default()
-    };
-    Setup { env, sim, settings }
+    s
 }
 
 impl Setup {
+    /// Stages an order paid at "WeChat Pay"; its transaction id.
+    async fn paid_at_wechat_pay(&self, out_trade_no: &str, amount: i64) -> String {
+        self.sim
+            .order(out_trade_no, amount, TradeState::Success.as_str())
+            .await
+            .expect("a paid order has a transaction id")
+    }
+
     /// WeChat Pay's payment notification: v3 for a merchant queried through API v3, v2
     /// (signed with the simulator merchant's key) otherwise.
     fn notification(
@@ -80,17 +69,9 @@ impl Setup {
         }
     }
 
-    async fn state(&self, out_trade_no: &str) -> String {
-        self.env.order(out_trade_no).await.state
-    }
-
-    async fn wait_state(&self, out_trade_no: &str, expected: OrderState) {
-        eventually(
-            WAIT,
-            &format!("order {out_trade_no} {expected}"),
-            || async { self.state(out_trade_no).await == expected.as_str() },
-        )
-        .await;
+    async fn wait_paid(&self, out_trade_no: &str) {
+        self.wait_state(out_trade_no, OrderState::Paid.as_str())
+            .await;
     }
 
     /// Order queries the simulator received about `out_trade_no`.
@@ -145,18 +126,14 @@ fn settled(worker: &Worker) -> u64 {
 
 async fn large_payment_confirmed_by_the_query_is_paid_once(api: Api) {
     let s = setup(api).await;
-    let transaction_id = s
-        .sim
-        .order("big-1", 50_000, TradeState::Success.as_str())
-        .await
-        .expect("paid order has a transaction id");
+    let transaction_id = s.paid_at_wechat_pay("big-1", 50_000).await;
     s.env.insert_order("big-1", 50_000).await;
     let notification = s.notification(api, "big-1", &transaction_id, 50_000);
     let running = s.env.spawn_worker(s.settings.clone());
     let worker = running.worker.clone();
 
     s.env.publish(&notification).await;
-    s.wait_state("big-1", OrderState::Paid).await;
+    s.wait_paid("big-1").await;
     assert_eq!(s.queries("big-1").await, 1, "asked WeChat Pay once");
     // WeChat Pay's re-send is a duplicate, and costs no second query.
     s.env.publish(&builders::resend(&notification)).await;
@@ -198,19 +175,11 @@ async fn a_query_that_disagrees_is_a_query_mismatch_and_the_order_stays_unpaid()
     let prometheus = telemetry::metrics_handle();
     let s = setup(Api::V3).await;
     // WeChat Pay knows another amount, an unpaid order, another transaction, no order.
-    let amount_tid = s
-        .sim
-        .order("amount-1", 20_000, TradeState::Success.as_str())
-        .await
-        .expect("paid");
+    let amount_tid = s.paid_at_wechat_pay("amount-1", 20_000).await;
+    let genuine_tid = s.paid_at_wechat_pay("other-1", 50_000).await;
     s.sim
         .order("unpaid-1", 50_000, TradeState::NotPay.as_str())
         .await;
-    let genuine_tid = s
-        .sim
-        .order("other-1", 50_000, TradeState::Success.as_str())
-        .await
-        .expect("paid");
     let notified = [
         ("amount-1", amount_tid.clone()),
         ("unpaid-1", "4200000000unpaid".to_owned()),
@@ -280,11 +249,7 @@ async fn a_query_that_disagrees_is_a_query_mismatch_and_the_order_stays_unpaid()
 async fn query_api_down_takes_no_key_and_retries_until_it_is_back() {
     let prometheus = telemetry::metrics_handle();
     let s = setup(Api::V3).await;
-    let transaction_id = s
-        .sim
-        .order("down-1", 30_000, TradeState::Success.as_str())
-        .await
-        .expect("paid");
+    let transaction_id = s.paid_at_wechat_pay("down-1", 30_000).await;
     s.env.insert_order("down-1", 30_000).await;
     s.sim.faults(json!({"status": 503})).await;
     let running = s.env.spawn_worker(s.settings.clone());
@@ -318,7 +283,7 @@ async fn query_api_down_takes_no_key_and_retries_until_it_is_back() {
     assert!(s.queries("down-1").await >= 2, "asked on every attempt");
 
     s.sim.faults(json!({})).await;
-    s.wait_state("down-1", OrderState::Paid).await;
+    s.wait_paid("down-1").await;
     running.stop().await;
     assert_eq!(worker.stats().get("applied"), 1);
     assert_eq!(worker.stats().get("parked"), 0);
@@ -347,11 +312,7 @@ async fn below_the_threshold_refunds_and_reconciler_answers_are_not_queried() {
     let s = setup(Api::V3).await;
     let mut paid = Vec::new();
     for (out_trade_no, amount) in [("small-1", THRESHOLD_FEN - 1), ("edge-1", THRESHOLD_FEN)] {
-        let transaction_id = s
-            .sim
-            .order(out_trade_no, amount, TradeState::Success.as_str())
-            .await
-            .expect("paid");
+        let transaction_id = s.paid_at_wechat_pay(out_trade_no, amount).await;
         s.env.insert_order(out_trade_no, amount).await;
         paid.push(s.notification(Api::V3, out_trade_no, &transaction_id, amount));
     }
@@ -359,8 +320,8 @@ async fn below_the_threshold_refunds_and_reconciler_answers_are_not_queried() {
     for notification in &paid {
         s.env.publish(notification).await;
     }
-    s.wait_state("small-1", OrderState::Paid).await;
-    s.wait_state("edge-1", OrderState::Paid).await;
+    s.wait_paid("small-1").await;
+    s.wait_paid("edge-1").await;
     assert_eq!(s.queries("small-1").await, 0, "below the threshold");
     assert_eq!(s.queries("edge-1").await, 1, "at the threshold");
     assert_eq!(s.confirmed_events("small-1").await, 0);
@@ -377,21 +338,14 @@ async fn below_the_threshold_refunds_and_reconciler_answers_are_not_queried() {
             "SUCCESS",
         ))
         .await;
-    s.wait_state("edge-1", OrderState::Refunded).await;
+    s.wait_state("edge-1", OrderState::Refunded.as_str()).await;
 
     // A large payment never notified: the reconciler's query answer is applied as it is.
-    s.sim
-        .order("lost-1", 60_000, TradeState::Success.as_str())
-        .await;
+    s.paid_at_wechat_pay("lost-1", 60_000).await;
     s.env.insert_order("lost-1", 60_000).await;
-    let reconciler = Reconciler::new(&s.settings).expect("reconciler builds");
-    let report = reconciler
-        .round(&CancellationToken::new())
-        .await
-        .expect("round runs");
-    reconciler.close().await;
+    let report = s.round().await;
     assert_eq!(report.published, 1, "{report:?}");
-    s.wait_state("lost-1", OrderState::Paid).await;
+    s.wait_paid("lost-1").await;
     running.stop().await;
 
     assert_eq!(s.queries("lost-1").await, 1, "the reconciler's query only");

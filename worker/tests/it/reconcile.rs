@@ -113,7 +113,7 @@ impl Sim {
     }
 
     /// The merchant as the services see it: v3 with its signer, or v2-only without one.
-    pub(crate) fn merchant_for(&self, api: Api) -> MerchantSettings {
+    fn merchant_for(&self, api: Api) -> MerchantSettings {
         let mut merchant = self.merchant.clone();
         if api == Api::V2 {
             merchant.merchant_private_key_pem = None;
@@ -167,13 +167,13 @@ impl Sim {
 }
 
 /// A test database / queue / key prefix, a simulator, and settings pointing at both.
-struct Setup {
-    env: TestEnv,
-    sim: Sim,
-    settings: Settings,
+pub(crate) struct Setup {
+    pub(crate) env: TestEnv,
+    pub(crate) sim: Sim,
+    pub(crate) settings: Settings,
 }
 
-async fn setup(api: Api) -> Setup {
+pub(crate) async fn setup(api: Api) -> Setup {
     let (env, sim) = tokio::join!(TestEnv::new(), Sim::start());
     let mut settings = env.settings();
     settings.merchants = vec![sim.merchant_for(api)];
@@ -193,7 +193,7 @@ async fn setup(api: Api) -> Setup {
 }
 
 impl Setup {
-    async fn round(&self) -> RoundReport {
+    pub(crate) async fn round(&self) -> RoundReport {
         let reconciler = Reconciler::new(&self.settings).expect("reconciler builds");
         let report = reconciler
             .round(&CancellationToken::new())
@@ -203,11 +203,11 @@ impl Setup {
         report
     }
 
-    async fn state(&self, out_trade_no: &str) -> String {
+    pub(crate) async fn state(&self, out_trade_no: &str) -> String {
         self.env.order(out_trade_no).await.state
     }
 
-    async fn wait_state(&self, out_trade_no: &str, expected: &str) {
+    pub(crate) async fn wait_state(&self, out_trade_no: &str, expected: &str) {
         eventually(
             WAIT,
             &format!("order {out_trade_no} {expected}"),

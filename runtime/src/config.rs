@@ -429,6 +429,36 @@ pub struct MerchantSettings {
     pub merchant_private_key_pem: Option<SecretString>,
     #[serde(default)]
     pub merchant_serial: Option<String>,
+    /// A successful payment of at least this many fen is applied only once WeChat Pay's
+    /// order query confirms it (state, amount, transaction). Absent: never queried.
+    #[serde(default, deserialize_with = "whole_fen")]
+    pub confirm_by_query_min_fen: Option<i64>,
+}
+
+/// An amount in fen as written in the file: an integer. A decimal (`1000.5`, perhaps meant
+/// as yuan) is refused instead of rounded, as the `config` crate would round it.
+fn whole_fen<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    struct Integer;
+    impl serde::de::Visitor<'_> for Integer {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer number of fen")
+        }
+        fn visit_i64<E: serde::de::Error>(self, fen: i64) -> Result<i64, E> {
+            Ok(fen)
+        }
+        fn visit_u64<E: serde::de::Error>(self, fen: u64) -> Result<i64, E> {
+            i64::try_from(fen)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(fen), &self))
+        }
+    }
+    struct Fen(i64);
+    impl<'de> Deserialize<'de> for Fen {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Fen, D::Error> {
+            deserializer.deserialize_any(Integer).map(Fen)
+        }
+    }
+    Ok(Option::<Fen>::deserialize(deserializer)?.map(|Fen(fen)| fen))
 }
 
 /// A merchant ready for use: keys checked and parsed once.
@@ -440,6 +470,9 @@ pub struct Merchant {
     pub platform_keys: PlatformKeys,
     /// Present when the merchant can call API v3 (reconciler).
     pub signer: Option<MerchantSigner>,
+    /// Payments of at least this many fen (positive) wait for the order query's
+    /// confirmation before they are applied; `None`: off.
+    pub confirm_by_query_min_fen: Option<i64>,
 }
 
 impl Merchant {
@@ -778,6 +811,12 @@ impl MerchantSettings {
                 ))
             }
         };
+        if let Some(min_fen) = self.confirm_by_query_min_fen.filter(|fen| *fen <= 0) {
+            return Err(error(
+                "confirm_by_query_min_fen",
+                format!("must be a positive amount in fen (got {min_fen}); leave it out to turn the query off"),
+            ));
+        }
         Ok(Merchant {
             mch_id: self.mch_id.clone(),
             appids: self.appids.clone(),
@@ -785,6 +824,7 @@ impl MerchantSettings {
             api_v3_key: self.api_v3_key.clone(),
             platform_keys,
             signer,
+            confirm_by_query_min_fen: self.confirm_by_query_min_fen,
         })
     }
 }

@@ -18,6 +18,7 @@ pub mod step {
     pub const CONSUME: &str = "consume";
     pub const DECODE: &str = "decode";
     pub const DEDUPE: &str = "dedupe";
+    pub const CONFIRM: &str = "confirm";
     pub const APPLY: &str = "apply";
     pub const OUTBOX: &str = "outbox";
     pub const RETRY: &str = "retry";
@@ -45,6 +46,7 @@ pub mod metric {
     pub const WORKER_PARKED_TOTAL: &str = "wxpay_worker_parked_total";
     pub const WORKER_BROKER_CONNECTED: &str = "wxpay_worker_broker_connected";
     pub const WORKER_REDIS_ERRORS_TOTAL: &str = "wxpay_worker_redis_errors_total";
+    pub const WORKER_CONFIRM_QUERIES_TOTAL: &str = "wxpay_worker_confirm_queries_total";
     pub const OUTBOX_PENDING: &str = "wxpay_outbox_pending";
     pub const OUTBOX_PUBLISHED_TOTAL: &str = "wxpay_outbox_published_total";
     pub const RECONCILER_CHECKED_TOTAL: &str = "wxpay_reconciler_checked_total";

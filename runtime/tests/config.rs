@@ -307,3 +307,51 @@ fn the_console_section_loads_users_with_roles_and_refuses_inconsistent_ones() {
         "{error}"
     );
 }
+
+#[test]
+fn confirm_by_query_is_off_by_default_and_takes_a_positive_amount_in_fen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v2_merchant = |extra: &str| {
+        format!(
+            "[[merchants]]\nmch_id = \"10000100\"\nappids = [\"wx1\"]\napi_v2_key = \"{V2_KEY}\"\n{extra}"
+        )
+    };
+    let threshold = |body: String| {
+        load(&write(&dir, &body))
+            .expect("valid")
+            .merchants()
+            .expect("merchants")
+            .get("10000100")
+            .expect("merchant")
+            .confirm_by_query_min_fen
+    };
+    assert_eq!(threshold(v2_merchant("")), None, "off unless configured");
+    assert_eq!(
+        threshold(v2_merchant("confirm_by_query_min_fen = 100000\n")),
+        Some(100_000)
+    );
+    assert_eq!(
+        threshold(v2_merchant("confirm_by_query_min_fen = 1\n")),
+        Some(1)
+    );
+    for refused in ["0", "-500"] {
+        let (mch_id, field, reason) = merchant_error(&v2_merchant(&format!(
+            "confirm_by_query_min_fen = {refused}\n"
+        )));
+        assert_eq!(
+            (mch_id.as_str(), field),
+            ("10000100", "confirm_by_query_min_fen")
+        );
+        assert!(reason.contains("positive"), "{reason}");
+    }
+    // Fen are integers: a fraction (yuan written as a decimal) is refused at load.
+    let error = load(&write(
+        &dir,
+        &v2_merchant("confirm_by_query_min_fen = 1000.5\n"),
+    ))
+    .expect_err("a fraction of a fen");
+    assert!(
+        error.to_string().contains("confirm_by_query_min_fen"),
+        "{error}"
+    );
+}

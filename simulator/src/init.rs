@@ -274,6 +274,7 @@ api_v2_key = {v2}
 api_v3_key = {v3}
 merchant_serial = {merchant_serial}
 merchant_private_key_pem = {merchant_pem}
+# confirm_by_query_min_fen = 100000   # optional: payments of at least this many fen wait for the order query
 
 [merchants.platform_public_keys]   # serial -> PEM (PUBLIC KEY or CERTIFICATE), several for rotation
 {serial} = {platform_pem}

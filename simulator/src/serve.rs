@@ -14,8 +14,11 @@
 //! Admin endpoints (not WeChat Pay's): `POST /sim/orders`, `POST /sim/refunds` stage the order
 //! book ("paid but never notified"); `GET /sim/orders` shows it; `POST /sim/faults`
 //! `{"status":500}` / `{"bad_signature":true}` / `{}` makes the API fail or sign badly, and
-//! `GET /sim/faults` shows the current faults. `GET /healthz` answers 200.
+//! `GET /sim/faults` shows the current faults. `GET /sim/queries` counts the order queries
+//! received, by the order asked about (`{"orders":{"T1":2}}`; faulted ones too), so a test
+//! can tell whether, and how often, a service asked. `GET /healthz` answers 200.
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -55,6 +58,8 @@ pub struct SimState {
     /// The book as last read, with the file's modification time then.
     cache: Mutex<Option<(Option<SystemTime>, Arc<OrderBook>)>>,
     faults: Mutex<Faults>,
+    /// Order queries received, by `out_trade_no` (or `transaction_id`) asked about.
+    order_queries: Mutex<BTreeMap<String, u64>>,
 }
 
 impl SimState {
@@ -65,6 +70,16 @@ impl SimState {
             book,
             cache: Mutex::new(None),
             faults: Mutex::new(Faults::default()),
+            order_queries: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Counts an order query about `order` (before any fault: it was asked all the same).
+    fn count_order_query(&self, order: Option<&str>) {
+        if let Ok(mut counts) = self.order_queries.lock() {
+            *counts
+                .entry(order.unwrap_or_default().to_owned())
+                .or_default() += 1;
         }
     }
 
@@ -136,7 +151,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/sim/orders", web::get().to(admin_get_orders))
     .route("/sim/refunds", web::post().to(admin_put_refund))
     .route("/sim/faults", web::post().to(admin_put_faults))
-    .route("/sim/faults", web::get().to(admin_get_faults));
+    .route("/sim/faults", web::get().to(admin_get_faults))
+    .route("/sim/queries", web::get().to(admin_get_queries));
 }
 
 fn fault_response(faults: &Faults) -> Option<HttpResponse> {
@@ -232,6 +248,12 @@ fn trade_state_desc(state: TradeState) -> &'static str {
 }
 
 async fn v2_orderquery(state: web::Data<SimState>, body: web::Bytes) -> HttpResponse {
+    let asked = XmlFields::parse(&body).ok();
+    state.count_order_query(asked.as_ref().and_then(|fields| {
+        fields
+            .get("out_trade_no")
+            .or_else(|| fields.get("transaction_id"))
+    }));
     if let Some(r) = fault_response(&state.faults()) {
         return r;
     }
@@ -463,6 +485,7 @@ async fn v3_query_order(
     out_trade_no: Option<&str>,
     transaction_id: Option<&str>,
 ) -> HttpResponse {
+    state.count_order_query(out_trade_no.or(transaction_id));
     if let Some(r) = fault_response(&state.faults()) {
         return r;
     }
@@ -741,4 +764,14 @@ async fn admin_put_faults(state: web::Data<SimState>, body: web::Json<Faults>) -
 
 async fn admin_get_faults(state: web::Data<SimState>) -> HttpResponse {
     HttpResponse::Ok().json(state.faults())
+}
+
+/// `GET /sim/queries`: `{"orders": {"<out_trade_no>": <order queries received>}}`.
+async fn admin_get_queries(state: web::Data<SimState>) -> HttpResponse {
+    let orders = state
+        .order_queries
+        .lock()
+        .map(|counts| counts.clone())
+        .unwrap_or_default();
+    HttpResponse::Ok().json(json!({ "orders": orders }))
 }

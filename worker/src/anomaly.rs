@@ -16,7 +16,7 @@ use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::state::NotificationOutcome;
 use wxpay_shared::v3::WechatpayHeaders;
 
-use crate::apply::{self, ApplyError, Verdict};
+use crate::apply::{self, ApplyError, Confirmation, Verdict};
 use crate::db::models::{DbOutcome, DbUuid};
 use crate::db::schema::{anomaly_resolutions, notifications};
 use crate::db::{pool_error_text, DbPool};
@@ -364,7 +364,8 @@ async fn reapply(
         Some(&format!("{}#released:{id}", stored.dedupe_key)),
     )
     .await?;
-    let verdict = apply::apply_in(conn, &message, &decoded, &key)
+    // A person decided: no order query (and none may run inside this transaction).
+    let verdict = apply::apply_in(conn, &message, &decoded, &key, &Confirmation::NotRequired)
         .await
         .map_err(|error| AnomalyError::NotApplied { id, error })?;
     let notification_id = match verdict {

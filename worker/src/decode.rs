@@ -189,13 +189,9 @@ pub fn decode(message: &NotifyMessage, merchants: &Merchants) -> Result<Decoded,
                 .ok_or_else(|| malformed("v3 message without wechatpay headers"))?;
             decode_v3(headers, body, merchant)
         }
-        NotifyKind::QueryPay => match &message.wechatpay {
-            Some(headers) => {
-                verify_v3_response(headers, body, merchant)?;
-                pay_from_transaction(Transaction::parse(body).map_err(malformed)?, merchant)
-            }
-            None => decode_v2_order_query(body, merchant),
-        },
+        NotifyKind::QueryPay => {
+            order_query_answer(message.wechatpay.as_ref(), body, merchant).map(Decoded::Pay)
+        }
         NotifyKind::QueryRefund => match &message.wechatpay {
             Some(headers) => {
                 verify_v3_response(headers, body, merchant)?;
@@ -385,6 +381,23 @@ fn decrypt_v3(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeError> 
         )
     } else {
         pay_from_transaction(Transaction::parse(&plaintext).map_err(malformed)?, merchant)
+            .map(Decoded::Pay)
+    }
+}
+
+/// An order query's answer (查询订单): API v3 JSON signed in `headers`, or API v2 XML signed
+/// inside (`headers` `None`). Verified here, whoever checked it before.
+pub fn order_query_answer(
+    headers: Option<&WechatpayHeaders>,
+    body: &[u8],
+    merchant: &Merchant,
+) -> Result<PayEvent, DecodeError> {
+    match headers {
+        Some(headers) => {
+            verify_v3_response(headers, body, merchant)?;
+            pay_from_transaction(Transaction::parse(body).map_err(malformed)?, merchant)
+        }
+        None => decode_v2_order_query(body, merchant),
     }
 }
 
@@ -403,7 +416,7 @@ fn is_paid_state(trade_state: &str) -> bool {
     TradeState::parse(trade_state).is_some_and(TradeState::is_paid)
 }
 
-fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<Decoded, DecodeError> {
+fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<PayEvent, DecodeError> {
     let success = is_paid_state(&t.trade_state);
     let transaction_id = Some(t.transaction_id.clone()).filter(|id| !id.is_empty());
     if success && transaction_id.is_none() {
@@ -416,7 +429,7 @@ fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<Decoded, 
     };
     let paid_at = t.paid_at();
     let currency = currency_or_default(t.amount.as_ref().map(|a| a.currency.as_str()));
-    Ok(Decoded::Pay(PayEvent {
+    Ok(PayEvent {
         currency,
         mch_id: non_empty_or(t.mchid, &merchant.mch_id),
         appid: t.appid,
@@ -430,7 +443,7 @@ fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<Decoded, 
             t.trade_state
         },
         paid_at,
-    }))
+    })
 }
 
 fn refund_from_resource(r: RefundResource, merchant: &Merchant) -> Result<Decoded, DecodeError> {
@@ -487,7 +500,7 @@ fn beijing_time(value: Option<&str>, format: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn decode_v2_order_query(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeError> {
+fn decode_v2_order_query(body: &[u8], merchant: &Merchant) -> Result<PayEvent, DecodeError> {
     let fields = verified_v2_fields(body, merchant)?;
     require_query_success(&fields)?;
     let trade_state = required(&fields, "trade_state")?.to_owned();
@@ -504,7 +517,7 @@ fn decode_v2_order_query(body: &[u8], merchant: &Merchant) -> Result<Decoded, De
         None if success => return Err(malformed("paid order without total_fee")),
         None => 0,
     };
-    Ok(Decoded::Pay(PayEvent {
+    Ok(PayEvent {
         currency: currency_or_default(fields.get("fee_type")),
         mch_id: required(&fields, "mch_id")?.to_owned(),
         appid: required(&fields, "appid")?.to_owned(),
@@ -518,7 +531,7 @@ fn decode_v2_order_query(body: &[u8], merchant: &Merchant) -> Result<Decoded, De
             trade_state
         },
         paid_at: beijing_time(fields.get("time_end"), "%Y%m%d%H%M%S"),
-    }))
+    })
 }
 
 /// The v2 refund query answers with numbered fields; `_0` is the refund asked about.

@@ -945,6 +945,7 @@ mod tests {
             platform_public_keys: Default::default(),
             merchant_private_key_pem: None,
             merchant_serial: None,
+            confirm_by_query_min_fen: None,
         }
     }
 

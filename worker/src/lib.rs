@@ -4,6 +4,7 @@
 //! [`consume`] (RabbitMQ deliveries, manual acks, bounded concurrency) →
 //! [`decode`] (re-verify, decrypt, one channel-agnostic event) →
 //! [`dedupe`] (Redis fast path; PostgreSQL's unique key is the authority) →
+//! [`confirm`] (the order query, for a merchant's large payments, outside any transaction) →
 //! [`apply`] (one transaction: notification row, locked order, state change, outbox) →
 //! [`outbox`] (relay of domain events) — with [`retry`] (delay tiers, parking, `dlq`),
 //! [`db`], [`migrate`], [`schema_check`] and [`http`] (/healthz /readyz /metrics) around it,
@@ -15,6 +16,7 @@
 pub mod anomaly;
 pub mod apply;
 pub mod broker;
+pub mod confirm;
 pub mod consume;
 pub mod db;
 pub mod decode;
@@ -34,12 +36,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use wxpay_runtime::config::{ConfigError, Settings};
+use wxpay_runtime::config::{ConfigError, Merchants, Settings};
 use wxpay_runtime::reload::MerchantsHandle;
 use wxpay_runtime::telemetry::{metric, step};
 use wxpay_shared::message::NotifyMessage;
 
-use crate::apply::{ApplyError, Verdict};
+use crate::apply::{ApplyError, Confirmation, Verdict};
+use crate::confirm::Confirmer;
 use crate::db::{DbPool, PoolBuildError};
 use crate::decode::Decoded;
 use crate::dedupe::{Begin, Claim, RedisDedupe};
@@ -171,6 +174,7 @@ pub(crate) struct WorkerInner {
     pub merchants: MerchantsHandle,
     pub pool: DbPool,
     pub dedupe: RedisDedupe,
+    pub confirmer: Confirmer,
     pub stats: Stats,
     pub hooks: Hooks,
     pub broker_connected: AtomicBool,
@@ -216,12 +220,14 @@ impl Worker {
             Duration::from_millis(settings.database.pool_wait_timeout_ms),
         )?;
         let dedupe = RedisDedupe::new(&settings.redis, &settings.worker);
+        let confirmer = Confirmer::new(&settings)?;
         Ok(Worker {
             inner: Arc::new(WorkerInner {
                 settings,
                 merchants,
                 pool,
                 dedupe,
+                confirmer,
                 stats: Stats::default(),
                 hooks: Hooks::default(),
                 broker_connected: AtomicBool::new(false),
@@ -285,7 +291,10 @@ impl Worker {
         let request_id = message.message_id;
         let kind = message.kind.as_str();
         let mch_id = message.mch_id.as_str();
-        let decoded = match decode::decode(message, &inner.merchants.current()) {
+        // One snapshot for the whole delivery: it is verified and, when its merchant wants
+        // it, confirmed with the settings it began with, whatever a reload does meanwhile.
+        let merchants = inner.merchants.current();
+        let decoded = match decode::decode(message, &merchants) {
             Ok(decoded) => decoded,
             Err(error) => {
                 tracing::warn!(step = step::DECODE, %request_id, mch_id, kind, reason = error.code(), %error, "poison message");
@@ -320,7 +329,21 @@ impl Worker {
             metrics::counter!(telemetry::CLAIM_CONTENDED_TOTAL).increment(1);
         }
 
-        let result = apply::apply(&inner.pool, message, &decoded, &key).await;
+        // Asked before the transaction (never across one); a failure takes no key.
+        let confirmation = match self.confirm(message, &merchants, &decoded).await {
+            Ok(confirmation) => confirmation,
+            Err(error) => {
+                if let Some(token) = claim.token() {
+                    inner.dedupe.release(&key, token).await;
+                }
+                tracing::warn!(step = step::CONFIRM, %request_id, mch_id, kind, out_trade_no, reason = error.code(), %error, "order query gave no answer: not applied, will retry");
+                return Disposition::Retry {
+                    reason: format!("{}: {error}", error.code()),
+                };
+            }
+        };
+
+        let result = apply::apply(&inner.pool, message, &decoded, &key, &confirmation).await;
         let outcome = match result {
             Ok(verdict) => {
                 inner.dedupe.finish(&key, claim.token()).await;
@@ -367,6 +390,41 @@ impl Worker {
             }
         };
         outcome
+    }
+
+    /// The order query's word on `decoded` when its merchant wants large payments confirmed
+    /// ([`confirm`]); logged here, where the request id is known.
+    async fn confirm(
+        &self,
+        message: &NotifyMessage,
+        merchants: &Merchants,
+        decoded: &Decoded,
+    ) -> Result<Confirmation, confirm::ConfirmError> {
+        // decode found the merchant in this snapshot; were it missing, the payment would be
+        // retried (and parked by decode), never applied unconfirmed.
+        let merchant = merchants
+            .get(&message.mch_id)
+            .ok_or_else(|| confirm::ConfirmError::UnknownMerchant(message.mch_id.clone()))?;
+        let confirmation = self
+            .inner
+            .confirmer
+            .confirm(merchant, message.kind, decoded)
+            .await?;
+        let (request_id, mch_id, out_trade_no) = (
+            message.message_id,
+            message.mch_id.as_str(),
+            decoded.out_trade_no(),
+        );
+        match &confirmation {
+            Confirmation::NotRequired => {}
+            Confirmation::Confirmed => {
+                tracing::info!(step = step::CONFIRM, %request_id, mch_id, out_trade_no, "payment confirmed by the order query");
+            }
+            Confirmation::Disagrees { detail } => {
+                tracing::warn!(step = step::CONFIRM, %request_id, mch_id, out_trade_no, detail = detail.as_str(), "the order query disagrees with the payment");
+            }
+        }
+        Ok(confirmation)
     }
 
     /// Whether `worker.unknown_order_grace_secs` passed since the gateway received `message`.

@@ -8,6 +8,7 @@ use wxpay_runtime::telemetry::metric;
 use wxpay_shared::message::NotifyKind;
 
 use crate::apply::reason;
+use crate::confirm;
 
 /// Claims found held by another worker (the work then falls through to PostgreSQL).
 pub const CLAIM_CONTENDED_TOTAL: &str = "wxpay_worker_claim_contended_total";
@@ -49,6 +50,7 @@ pub fn register_metrics() {
         describe_gauge!(metric::OUTBOX_PENDING, "Outbox events not yet published");
         describe_counter!(metric::OUTBOX_PUBLISHED_TOTAL, "Outbox events published with confirm");
         describe_counter!(CLAIM_CONTENDED_TOTAL, "Redis claims held by another worker");
+        describe_counter!(metric::WORKER_CONFIRM_QUERIES_TOTAL, "Order queries confirming large payments, by result (confirmed | disagreed | failed)");
 
         for kind in NotifyKind::ALL {
             for outcome in OUTCOMES {
@@ -73,6 +75,10 @@ pub fn register_metrics() {
         metrics::gauge!(metric::OUTBOX_PENDING).set(0.0);
         metrics::counter!(metric::OUTBOX_PUBLISHED_TOTAL).increment(0);
         metrics::counter!(CLAIM_CONTENDED_TOTAL).increment(0);
+        for result in confirm::result::ALL {
+            metrics::counter!(metric::WORKER_CONFIRM_QUERIES_TOTAL, "result" => result)
+                .increment(0);
+        }
         wxpay_runtime::reload::register_metrics();
     });
 }

@@ -400,6 +400,18 @@ async fn faults_make_the_api_fail_or_sign_badly() {
         .await
         .unwrap();
     assert_eq!(status, 200);
+
+    // Every order query was counted, the faulted ones too (v3 and v2 each twice, then once).
+    let counted: serde_json::Value = sim
+        .client
+        .get(format!("{}/sim/queries", sim.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(counted, json!({"orders": {"Q-5": 5}}));
     sim.stop().await;
 }
 

@@ -45,9 +45,12 @@ pub mod reason {
     pub const REFUND_MISMATCH: &str = "REFUND_MISMATCH";
     /// The notification's currency is not the order's `currency`.
     pub const CURRENCY_MISMATCH: &str = "CURRENCY_MISMATCH";
+    /// WeChat Pay's order query, asked to confirm a large payment, does not say it was paid
+    /// this amount by this transaction ([`super::Confirmation::Disagrees`]).
+    pub const QUERY_MISMATCH: &str = "QUERY_MISMATCH";
 
     /// All of them, to pre-register metric labels.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         AMOUNT_MISMATCH,
         APPID_MISMATCH,
         MCH_ID_MISMATCH,
@@ -58,6 +61,7 @@ pub mod reason {
         REFUND_REVERSED,
         REFUND_MISMATCH,
         CURRENCY_MISMATCH,
+        QUERY_MISMATCH,
     ];
 }
 
@@ -85,6 +89,20 @@ pub enum Verdict {
     },
     /// The dedupe key was already there: nothing was written.
     Duplicate,
+}
+
+/// What WeChat Pay's order query said of a payment before it is applied
+/// (`merchants.confirm_by_query_min_fen`). It is asked by [`crate::confirm`] before the
+/// transaction begins: a network call never runs inside one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmation {
+    /// Not asked: below the merchant's threshold or no threshold, a refund, a reconciler's
+    /// query answer (itself the query), or a person's reapply.
+    NotRequired,
+    /// The query answered `SUCCESS` with the same amount, currency and transaction.
+    Confirmed,
+    /// The query answered otherwise: the payment is a `QUERY_MISMATCH` anomaly.
+    Disagrees { detail: String },
 }
 
 /// Why nothing was committed. All are transient: the message goes to a retry tier.
@@ -121,6 +139,7 @@ pub const UNKNOWN_ORDER_REASON: &str = "unknown_order";
 pub(crate) struct Context<'a> {
     pub message: &'a NotifyMessage,
     pub dedupe_key: &'a str,
+    pub confirmation: &'a Confirmation,
 }
 
 /// The notification row to insert.
@@ -359,13 +378,14 @@ pub async fn apply(
     message: &NotifyMessage,
     decoded: &Decoded,
     dedupe_key: &str,
+    confirmation: &Confirmation,
 ) -> Result<Verdict, ApplyError> {
     let mut conn = pool
         .get()
         .await
         .map_err(|error| ApplyError::Pool(pool_error_text(&error)))?;
     conn.transaction::<_, ApplyError, _>(async |conn| {
-        apply_in(conn, message, decoded, dedupe_key).await
+        apply_in(conn, message, decoded, dedupe_key, confirmation).await
     })
     .await
 }
@@ -377,10 +397,12 @@ pub async fn apply_in(
     message: &NotifyMessage,
     decoded: &Decoded,
     dedupe_key: &str,
+    confirmation: &Confirmation,
 ) -> Result<Verdict, ApplyError> {
     let ctx = Context {
         message,
         dedupe_key,
+        confirmation,
     };
     match decoded {
         Decoded::Pay(event) => pay::apply(conn, &ctx, event).await,

@@ -1,5 +1,6 @@
-//! Payment results: `NOTPAY → PAID` when merchant, appid, amount and currency agree;
-//! anomalies otherwise, and a transient [`ApplyError::UnknownOrder`] when there is no order.
+//! Payment results: `NOTPAY → PAID` when merchant, appid, amount and currency agree (and,
+//! for a payment that needed it, WeChat Pay's order query confirmed it); anomalies
+//! otherwise, and a transient [`ApplyError::UnknownOrder`] when there is no order.
 //!
 //! The hot path is four round trips: `BEGIN`; the order lock and the notification row
 //! (inserted optimistically as `APPLIED`) pipelined; the order update and the outbox event
@@ -10,7 +11,7 @@ use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::{event, new_event, reason, ApplyError, Context, LogRow, Verdict};
+use super::{event, new_event, reason, ApplyError, Confirmation, Context, LogRow, Verdict};
 use wxpay_shared::state::{NotificationOutcome, OrderState};
 
 use crate::db::models::Order;
@@ -65,6 +66,20 @@ pub(super) async fn apply(
         return Err(ApplyError::UnknownOrder(pay.out_trade_no.clone()));
     };
     let order = &order;
+    // WeChat Pay's own order query contradicts the notification: whatever the order says,
+    // nothing moves until a person has looked (a verified body may still be a leaked key's).
+    if let Confirmation::Disagrees { detail } = ctx.confirmation {
+        return Ok(ctx
+            .amend_anomaly(
+                conn,
+                id,
+                &row,
+                Some(order),
+                reason::QUERY_MISMATCH,
+                detail.clone(),
+            )
+            .await?);
+    }
     let mismatch = if order.appid != pay.appid {
         Some((
             reason::APPID_MISMATCH,
@@ -108,6 +123,8 @@ pub(super) async fn apply(
                 "amount_total": order.amount_total,
                 "currency": order.currency,
                 "paid_at": paid_at.to_rfc3339(),
+                // Shipping may wait for this on large payments (confirm_by_query_min_fen).
+                "confirmed_by_query": *ctx.confirmation == Confirmation::Confirmed,
             });
             let update = MarkPaid {
                 mch_id: &order.mch_id,

@@ -525,7 +525,7 @@ impl<'a> MerchantWork<'a> {
         metrics::checked();
         let found = inner
             .client
-            .query_order(self.merchant, &order.appid, out_trade_no, &mut self.limiter)
+            .query_order(self.merchant, &order.appid, out_trade_no, &self.limiter)
             .await;
         let answer = match found {
             Err(error) => return self.query_failed(&error, out_trade_no, "order"),
@@ -630,7 +630,7 @@ impl<'a> MerchantWork<'a> {
         metrics::checked();
         let found = inner
             .client
-            .query_refund(self.merchant, appid, out_refund_no, &mut self.limiter)
+            .query_refund(self.merchant, appid, out_refund_no, &self.limiter)
             .await;
         let answer = match found {
             Err(error) => return self.query_failed(&error, out_refund_no, "refund"),

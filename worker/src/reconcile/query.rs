@@ -1,6 +1,6 @@
-//! The WeChat Pay query API, as the reconciler calls it: 查询订单 and 查询退款, through API v2
-//! (signed XML) for merchants without API v3 credentials, through API v3 (signed JSON)
-//! otherwise.
+//! The WeChat Pay query API, as the reconciler calls it (and the worker, to confirm a large
+//! payment: [`crate::confirm`]): 查询订单 and 查询退款, through API v2 (signed XML) for
+//! merchants without API v3 credentials, through API v3 (signed JSON) otherwise.
 //!
 //! - v2 查询订单 `POST /pay/orderquery`: <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_2>
 //! - v2 查询退款 `POST /pay/refundquery`: <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_5>
@@ -193,7 +193,7 @@ impl QueryClient {
         merchant: &Merchant,
         appid: &str,
         out_trade_no: &str,
-        limiter: &mut RateLimiter,
+        limiter: &RateLimiter,
     ) -> Result<Found, QueryError> {
         match Api::for_merchant(merchant) {
             Api::V2 => {
@@ -247,7 +247,7 @@ impl QueryClient {
         merchant: &Merchant,
         appid: &str,
         out_refund_no: &str,
-        limiter: &mut RateLimiter,
+        limiter: &RateLimiter,
     ) -> Result<Found, QueryError> {
         match Api::for_merchant(merchant) {
             Api::V2 => {
@@ -298,7 +298,7 @@ impl QueryClient {
         path: &str,
         merchant: &Merchant,
         mut fields: XmlFields,
-        limiter: &mut RateLimiter,
+        limiter: &RateLimiter,
     ) -> Result<Raw, QueryError> {
         fields.insert("nonce_str", nonce());
         fields.insert("sign_type", V2_SIGN_TYPE.as_str());
@@ -327,7 +327,7 @@ impl QueryClient {
         &self,
         canonical_url: &str,
         merchant: &Merchant,
-        limiter: &mut RateLimiter,
+        limiter: &RateLimiter,
     ) -> Result<Raw, QueryError> {
         let signer = merchant.signer.as_ref().ok_or_else(|| {
             QueryError::Client(format!("merchant {} has no v3 signer", merchant.mch_id))
@@ -363,7 +363,7 @@ impl QueryClient {
     /// returned for the caller to judge.
     async fn send(
         &self,
-        limiter: &mut RateLimiter,
+        limiter: &RateLimiter,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Raw, QueryError> {
         let mut attempt = 1;
@@ -581,6 +581,7 @@ mod tests {
             api_v3_key: None,
             platform_keys: PlatformKeys::new(),
             signer: None,
+            confirm_by_query_min_fen: None,
         }
     }
 
@@ -855,9 +856,9 @@ mod tests {
             v2_order_body("o1", "SUCCESS"),
         ));
         let (url, hits) = responder(vec![error.clone(), error, ok]).await;
-        let mut limiter = RateLimiter::per_second(1_000);
+        let limiter = RateLimiter::per_second(1_000);
         let found = client(&url, 2_000)
-            .query_order(&v2_merchant(), "wxd930ea5d5a258f4f", "o1", &mut limiter)
+            .query_order(&v2_merchant(), "wxd930ea5d5a258f4f", "o1", &limiter)
             .await
             .expect("answered");
         let Found::Answer(answer) = found else {
@@ -878,9 +879,9 @@ mod tests {
             vec![],
         ))])
         .await;
-        let mut limiter = RateLimiter::per_second(1_000);
+        let limiter = RateLimiter::per_second(1_000);
         let result = client(&url, 2_000)
-            .query_order(&v2_merchant(), "wx", "o1", &mut limiter)
+            .query_order(&v2_merchant(), "wx", "o1", &limiter)
             .await;
         assert!(matches!(result, Err(QueryError::Status(429))), "{result:?}");
         assert_eq!(hits.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
@@ -893,7 +894,7 @@ mod tests {
         ))])
         .await;
         let result = client(&url, 2_000)
-            .query_order(&merchant, "wx", "o1", &mut limiter)
+            .query_order(&merchant, "wx", "o1", &limiter)
             .await;
         assert!(matches!(result, Err(QueryError::Status(401))), "{result:?}");
         assert_eq!(hits.load(Ordering::SeqCst), 1);
@@ -905,7 +906,7 @@ mod tests {
         ))])
         .await;
         let result = client(&url, 2_000)
-            .query_order(&merchant, "wx", "o1", &mut limiter)
+            .query_order(&merchant, "wx", "o1", &limiter)
             .await;
         assert!(matches!(result, Ok(Found::NotFound)), "{result:?}");
     }
@@ -913,9 +914,9 @@ mod tests {
     #[tokio::test]
     async fn times_out_and_reports_transport_errors() {
         let (url, hits) = responder(vec![None]).await;
-        let mut limiter = RateLimiter::per_second(1_000);
+        let limiter = RateLimiter::per_second(1_000);
         let result = client(&url, 150)
-            .query_order(&v2_merchant(), "wx", "o1", &mut limiter)
+            .query_order(&v2_merchant(), "wx", "o1", &limiter)
             .await;
         assert!(
             matches!(&result, Err(QueryError::Transport(text)) if text.starts_with("timeout")),
@@ -928,9 +929,9 @@ mod tests {
     async fn v2_answer_about_another_order_is_rejected() {
         let ok = Some((200, vec![], v2_order_body("someone-else", "SUCCESS")));
         let (url, _) = responder(vec![ok]).await;
-        let mut limiter = RateLimiter::per_second(1_000);
+        let limiter = RateLimiter::per_second(1_000);
         let result = client(&url, 2_000)
-            .query_order(&v2_merchant(), "wx", "o1", &mut limiter)
+            .query_order(&v2_merchant(), "wx", "o1", &limiter)
             .await;
         assert!(
             matches!(result, Err(QueryError::Mismatch("order"))),
@@ -946,9 +947,9 @@ mod tests {
                 .to_vec();
         let headers = v3_headers(&platform, chrono::Utc::now().timestamp(), &body);
         let (url, _) = responder(vec![Some((200, headers.clone(), body.clone()))]).await;
-        let mut limiter = RateLimiter::per_second(1_000);
+        let limiter = RateLimiter::per_second(1_000);
         let found = client(&url, 2_000)
-            .query_order(&merchant, "wx", "o1", &mut limiter)
+            .query_order(&merchant, "wx", "o1", &limiter)
             .await
             .expect("answered");
         let Found::Answer(answer) = found else {

@@ -1,40 +1,46 @@
 //! Pacing of one merchant's queries (`reconciler.rate_per_merchant` per second).
 //!
 //! WeChat Pay limits the query API per merchant and answers `FREQUENCY_LIMITED` (429)
-//! beyond it; every attempt, retries included, takes a slot. Each merchant is worked by one
-//! task, so the limiter needs no locking: it hands out evenly spaced instants.
+//! beyond it; every attempt, retries included, takes a slot. The reconciler works each
+//! merchant in one task; the worker's confirming queries ([`crate::confirm`]) come from many
+//! deliveries at once and share one limiter per merchant. Either way a slot is reserved under
+//! a short lock and waited for outside it, so the limiter hands out evenly spaced instants.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 /// Evenly spaced slots, `rate` per second (a rate of 0 is taken as 1).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RateLimiter {
     interval: Duration,
-    next: Option<Instant>,
+    next: Mutex<Option<Instant>>,
 }
 
 impl RateLimiter {
     pub fn per_second(rate: u32) -> RateLimiter {
         RateLimiter {
             interval: Duration::from_secs(1) / rate.max(1),
-            next: None,
+            next: Mutex::new(None),
         }
     }
 
     /// Waits for the next slot. The first call does not wait; an idle limiter does not
     /// save up slots for a burst.
-    pub async fn acquire(&mut self) {
-        let now = Instant::now();
-        let slot = match self.next {
-            Some(next) if next > now => {
-                tokio::time::sleep_until(next).await;
-                next
-            }
-            _ => now,
+    pub async fn acquire(&self) {
+        let slot = {
+            // Nothing panics under this lock; a poisoned one still holds a valid instant.
+            let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            let slot = match *next {
+                Some(next) if next > now => next,
+                _ => now,
+            };
+            *next = Some(slot + self.interval);
+            slot
         };
-        self.next = Some(slot + self.interval);
+        tokio::time::sleep_until(slot).await;
     }
 }
 
@@ -45,7 +51,7 @@ mod tests {
     // Real time (tokio's test-util is not enabled in this workspace): generous upper bounds.
     #[tokio::test]
     async fn spaces_calls_evenly() {
-        let mut limiter = RateLimiter::per_second(50);
+        let limiter = RateLimiter::per_second(50);
         let start = Instant::now();
         for _ in 0..5 {
             limiter.acquire().await;
@@ -57,8 +63,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn concurrent_callers_share_the_slots() {
+        let limiter = std::sync::Arc::new(RateLimiter::per_second(50));
+        let start = Instant::now();
+        let callers: Vec<_> = (0..5)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move { limiter.acquire().await })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.expect("caller");
+        }
+        // As from one caller: the first at once, the other four 20 ms apart.
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(80), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(600), "{elapsed:?}");
+    }
+
+    #[tokio::test]
     async fn idle_time_is_not_saved_up() {
-        let mut limiter = RateLimiter::per_second(20);
+        let limiter = RateLimiter::per_second(20);
         limiter.acquire().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let start = Instant::now();

@@ -42,6 +42,7 @@ pub fn merchant_settings() -> MerchantSettings {
         platform_public_keys: keys,
         merchant_private_key_pem: None,
         merchant_serial: None,
+        confirm_by_query_min_fen: None,
     }
 }
 

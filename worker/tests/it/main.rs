@@ -6,6 +6,7 @@ mod cli;
 mod helpers;
 
 mod anomalies;
+mod confirm_by_query;
 mod db;
 mod doctor;
 mod events;

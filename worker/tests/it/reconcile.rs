@@ -137,7 +137,12 @@ impl Sim {
     }
 
     /// Stages an order at "WeChat Pay"; returns its transaction id when paid.
-    async fn order(&self, out_trade_no: &str, amount: i64, state: &str) -> Option<String> {
+    pub(crate) async fn order(
+        &self,
+        out_trade_no: &str,
+        amount: i64,
+        state: &str,
+    ) -> Option<String> {
         let record = self
             .admin(
                 "/sim/orders",
@@ -156,19 +161,19 @@ impl Sim {
         .await;
     }
 
-    async fn faults(&self, faults: Value) {
+    pub(crate) async fn faults(&self, faults: Value) {
         self.admin("/sim/faults", faults).await;
     }
 }
 
 /// A test database / queue / key prefix, a simulator, and settings pointing at both.
-struct Setup {
-    env: TestEnv,
-    sim: Sim,
-    settings: Settings,
+pub(crate) struct Setup {
+    pub(crate) env: TestEnv,
+    pub(crate) sim: Sim,
+    pub(crate) settings: Settings,
 }
 
-async fn setup(api: Api) -> Setup {
+pub(crate) async fn setup(api: Api) -> Setup {
     let (env, sim) = tokio::join!(TestEnv::new(), Sim::start());
     let mut settings = env.settings();
     settings.merchants = vec![sim.merchant_for(api)];
@@ -188,7 +193,7 @@ async fn setup(api: Api) -> Setup {
 }
 
 impl Setup {
-    async fn round(&self) -> RoundReport {
+    pub(crate) async fn round(&self) -> RoundReport {
         let reconciler = Reconciler::new(&self.settings).expect("reconciler builds");
         let report = reconciler
             .round(&CancellationToken::new())
@@ -198,11 +203,11 @@ impl Setup {
         report
     }
 
-    async fn state(&self, out_trade_no: &str) -> String {
+    pub(crate) async fn state(&self, out_trade_no: &str) -> String {
         self.env.order(out_trade_no).await.state
     }
 
-    async fn wait_state(&self, out_trade_no: &str, expected: &str) {
+    pub(crate) async fn wait_state(&self, out_trade_no: &str, expected: &str) {
         eventually(
             WAIT,
             &format!("order {out_trade_no} {expected}"),
@@ -254,7 +259,7 @@ impl Setup {
 }
 
 /// The value of one series in a Prometheus text rendering (0 when absent).
-fn metric(rendered: &str, series: &str) -> f64 {
+pub(crate) fn metric(rendered: &str, series: &str) -> f64 {
     rendered
         .lines()
         .filter(|line| !line.starts_with('#'))

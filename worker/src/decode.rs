@@ -248,14 +248,13 @@ fn decode_v2_pay(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeErro
     if success && transaction_id.is_none() {
         return Err(malformed("successful payment without transaction_id"));
     }
-    let state_text = if success {
-        TradeState::Success.as_str().to_owned()
-    } else {
+    let state_text = pay_state_text(
+        success,
         n.err_code
             .clone()
             .or_else(|| n.result_code.clone())
-            .unwrap_or_else(|| n.return_code.clone())
-    };
+            .unwrap_or_else(|| n.return_code.clone()),
+    );
     let paid_at = n.paid_at();
     Ok(Decoded::Pay(PayEvent {
         currency: currency_or_default(n.fee_type.as_deref()),
@@ -268,6 +267,15 @@ fn decode_v2_pay(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeErro
         state_text,
         paid_at,
     }))
+}
+
+/// [`PayEvent::state_text`]: `SUCCESS` for a paid order, else what WeChat Pay reported.
+fn pay_state_text(success: bool, reported: String) -> String {
+    if success {
+        TradeState::Success.as_str().to_owned()
+    } else {
+        reported
+    }
 }
 
 /// A payment that failed (`result_code` FAIL) is recorded, not applied: read it leniently,
@@ -437,11 +445,7 @@ fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<PayEvent,
         transaction_id,
         amount_total,
         success,
-        state_text: if success {
-            TradeState::Success.as_str().to_owned()
-        } else {
-            t.trade_state
-        },
+        state_text: pay_state_text(success, t.trade_state),
         paid_at,
     })
 }
@@ -525,11 +529,7 @@ fn decode_v2_order_query(body: &[u8], merchant: &Merchant) -> Result<PayEvent, D
         transaction_id,
         amount_total,
         success,
-        state_text: if success {
-            TradeState::Success.as_str().to_owned()
-        } else {
-            trade_state
-        },
+        state_text: pay_state_text(success, trade_state),
         paid_at: beijing_time(fields.get("time_end"), "%Y%m%d%H%M%S"),
     })
 }

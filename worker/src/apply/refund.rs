@@ -101,13 +101,9 @@ pub(super) async fn apply(
                     .anomaly(conn, &row, Some(order), reason::REFUND_EXCEEDS_PAID, detail)
                     .await?);
             };
-            if !ctx
-                .log(conn, &row, NotificationOutcome::Applied, None)
-                .await?
-            {
+            if !log_applied_and_store(ctx, conn, &row, refund).await? {
                 return Ok(Verdict::Duplicate);
             }
-            upsert_refund(conn, refund).await?;
             let new_state = if refunded_total == order.amount_total {
                 OrderState::Refunded
             } else {
@@ -172,13 +168,9 @@ pub(super) async fn apply(
                     .anomaly(conn, &row, Some(order), reason::REFUND_REVERSED, detail)
                     .await?);
             }
-            if !ctx
-                .log(conn, &row, NotificationOutcome::Applied, None)
-                .await?
-            {
+            if !log_applied_and_store(ctx, conn, &row, refund).await? {
                 return Ok(Verdict::Duplicate);
             }
-            upsert_refund(conn, refund).await?;
             let order_seq = bump_seq(conn, order).await?;
             let payload = serde_json::json!({
                 "order_seq": order_seq,
@@ -241,6 +233,24 @@ fn new_refund(refund: &RefundEvent) -> NewRefund<'_> {
         status: refund.status,
         succeeded_at: refund.succeeded_at,
     }
+}
+
+/// Logs the notification `APPLIED` and stores the refund; `false` when another delivery of
+/// the same news logged it first (a duplicate: nothing stored).
+async fn log_applied_and_store(
+    ctx: &Context<'_>,
+    conn: &mut AsyncPgConnection,
+    row: &LogRow<'_>,
+    refund: &RefundEvent,
+) -> Result<bool, diesel::result::Error> {
+    if !ctx
+        .log(conn, row, NotificationOutcome::Applied, None)
+        .await?
+    {
+        return Ok(false);
+    }
+    upsert_refund(conn, refund).await?;
+    Ok(true)
 }
 
 async fn upsert_refund(

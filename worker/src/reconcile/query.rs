@@ -197,14 +197,11 @@ impl QueryClient {
     ) -> Result<Found, QueryError> {
         match Api::for_merchant(merchant) {
             Api::V2 => {
-                let mut request = XmlFields::new();
-                request.insert("appid", appid);
-                request.insert("mch_id", merchant.mch_id.as_str());
-                request.insert("out_trade_no", out_trade_no);
-                let raw = self
-                    .post_v2("/pay/orderquery", merchant, request, limiter)
-                    .await?;
-                let Some(fields) = v2_answer(&raw, merchant)? else {
+                let by = ("out_trade_no", out_trade_no);
+                let Some((raw, fields)) = self
+                    .query_v2("/pay/orderquery", merchant, appid, by, limiter)
+                    .await?
+                else {
                     return Ok(Found::NotFound);
                 };
                 if fields.get("out_trade_no") != Some(out_trade_no) {
@@ -219,11 +216,9 @@ impl QueryClient {
                     encode_component(out_trade_no),
                     encode_component(&merchant.mch_id)
                 );
-                let raw = self.get_v3(&path, merchant, limiter).await?;
-                if raw.status == StatusCode::NOT_FOUND {
+                let Some((raw, headers)) = self.query_v3(&path, merchant, limiter).await? else {
                     return Ok(Found::NotFound);
-                }
-                let headers = v3_verified(&raw, merchant)?;
+                };
                 let transaction = Transaction::parse(&raw.body)
                     .map_err(|error| QueryError::Malformed(error.to_string()))?;
                 if transaction.mchid != merchant.mch_id {
@@ -251,14 +246,11 @@ impl QueryClient {
     ) -> Result<Found, QueryError> {
         match Api::for_merchant(merchant) {
             Api::V2 => {
-                let mut request = XmlFields::new();
-                request.insert("appid", appid);
-                request.insert("mch_id", merchant.mch_id.as_str());
-                request.insert("out_refund_no", out_refund_no);
-                let raw = self
-                    .post_v2("/pay/refundquery", merchant, request, limiter)
-                    .await?;
-                let Some(fields) = v2_answer(&raw, merchant)? else {
+                let by = ("out_refund_no", out_refund_no);
+                let Some((raw, fields)) = self
+                    .query_v2("/pay/refundquery", merchant, appid, by, limiter)
+                    .await?
+                else {
                     return Ok(Found::NotFound);
                 };
                 // Queried by out_refund_no, the answer lists that one refund as `_0`.
@@ -273,11 +265,9 @@ impl QueryClient {
                     "/v3/refund/domestic/refunds/{}",
                     encode_component(out_refund_no)
                 );
-                let raw = self.get_v3(&path, merchant, limiter).await?;
-                if raw.status == StatusCode::NOT_FOUND {
+                let Some((raw, headers)) = self.query_v3(&path, merchant, limiter).await? else {
                     return Ok(Found::NotFound);
-                }
-                let headers = v3_verified(&raw, merchant)?;
+                };
                 let refund = RefundResource::parse(&raw.body)
                     .map_err(|error| QueryError::Malformed(error.to_string()))?;
                 // The refund query's answer has no `mchid`; when present it must match.
@@ -290,6 +280,39 @@ impl QueryClient {
                 Ok(Found::Answer(v3_found(raw, refund.refund_status, headers)))
             }
         }
+    }
+
+    /// A v2 query for the one record `by` names (`appid` and `mch_id` beside it): the verified
+    /// answer's fields, or `None` when WeChat Pay does not know the record.
+    async fn query_v2(
+        &self,
+        path: &str,
+        merchant: &Merchant,
+        appid: &str,
+        (by_field, by_value): (&str, &str),
+        limiter: &RateLimiter,
+    ) -> Result<Option<(Raw, XmlFields)>, QueryError> {
+        let mut request = XmlFields::new();
+        request.insert("appid", appid);
+        request.insert("mch_id", merchant.mch_id.as_str());
+        request.insert(by_field, by_value);
+        let raw = self.post_v2(path, merchant, request, limiter).await?;
+        Ok(v2_answer(&raw, merchant)?.map(|fields| (raw, fields)))
+    }
+
+    /// A v3 query: the answer with its verified `Wechatpay-*` headers, or `None` on 404.
+    async fn query_v3(
+        &self,
+        path: &str,
+        merchant: &Merchant,
+        limiter: &RateLimiter,
+    ) -> Result<Option<(Raw, WechatpayHeaders)>, QueryError> {
+        let raw = self.get_v3(path, merchant, limiter).await?;
+        if raw.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let headers = v3_verified(&raw, merchant)?;
+        Ok(Some((raw, headers)))
     }
 
     /// A signed v2 request: `nonce_str`, `sign_type`, `sign` added to `fields`.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use wxpay_console::{auth, Console};
-use wxpay_runtime::config::{resolve_path, Settings};
+use wxpay_runtime::config::{ConfigFiles, Settings};
 use wxpay_runtime::telemetry::{self, step};
 use wxpay_worker::schema_check;
 
@@ -24,6 +24,10 @@ struct Cli {
     /// Configuration file (else $WXPAY_CONFIG, else config/wxpay.toml).
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// A file of [[merchants]] tables only, added to the configuration file's (else
+    /// $WXPAY_MERCHANTS_FILE, else none): anomaly reapply verifies with them.
+    #[arg(long, global = true, value_name = "PATH")]
+    merchants: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -57,7 +61,8 @@ async fn main() -> ExitCode {
         };
     }
     telemetry::init_logging("wxpay-console");
-    match serve(cli.config).await {
+    let files = ConfigFiles::resolve(cli.config.as_deref(), cli.merchants.as_deref());
+    match serve(files).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(step = step::STARTUP, %error, "wxpay-console stopped");
@@ -67,8 +72,8 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let settings = Settings::load(&resolve_path(config.as_deref()))?;
+async fn serve(files: ConfigFiles) -> anyhow::Result<()> {
+    let settings = Settings::load(files)?;
     let listen = settings.console.listen.clone();
     let users = settings.console.users.len();
     let (database_url, connect_timeout) = (

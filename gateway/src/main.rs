@@ -1,7 +1,8 @@
 //! `wxpay-gateway`: serves the notify routes. `--config PATH`, else `WXPAY_CONFIG`, else
-//! `config/wxpay.toml`. Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT), 2 for a
-//! configuration error, 1 for any other start-up or server error. SIGHUP, or a change of
-//! the file, reloads the merchants (`wxpay_runtime::reload`).
+//! `config/wxpay.toml`; merchants also from `--merchants PATH`, else `WXPAY_MERCHANTS_FILE`.
+//! Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT), 2 for a configuration error, 1
+//! for any other start-up or server error. SIGHUP, or a change of either file, reloads the
+//! merchants (`wxpay_runtime::reload`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::{error, info};
 use wxpay_gateway::Application;
-use wxpay_runtime::config::{resolve_path, Settings};
+use wxpay_runtime::config::{ConfigFiles, Settings};
 use wxpay_runtime::reload::{self, MerchantsHandle, Reloader};
 use wxpay_runtime::telemetry::{init_logging, step};
 
@@ -22,12 +23,16 @@ struct Cli {
     /// Configuration file (else $WXPAY_CONFIG, else config/wxpay.toml).
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// A file of [[merchants]] tables only, added to the configuration file's (else
+    /// $WXPAY_MERCHANTS_FILE, else none).
+    #[arg(long, value_name = "PATH")]
+    merchants: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let path = resolve_path(cli.config.as_deref());
-    let (settings, merchants) = match MerchantsHandle::load(&path) {
+    let files = ConfigFiles::resolve(cli.config.as_deref(), cli.merchants.as_deref());
+    let (settings, merchants) = match MerchantsHandle::load(files) {
         Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("wxpay-gateway: {error}");

@@ -1,6 +1,9 @@
-//! The one configuration file (TOML), every key overridable by `WXPAY__SECTION__KEY`.
+//! The configuration file (TOML), every key overridable by `WXPAY__SECTION__KEY`, and
+//! optionally a second file of `[[merchants]]` only.
 //!
 //! Resolution of the file: `--config PATH`, else `$WXPAY_CONFIG`, else `config/wxpay.toml`.
+//! The merchants file: `--merchants PATH`, else `$WXPAY_MERCHANTS_FILE`, else none (the
+//! merchants are in the configuration file). Its merchants join the configuration file's.
 //! Secrets are [`SecretString`]: their `Debug` is redacted, so a logged configuration never
 //! shows a key. [`Settings::merchants`] validates every merchant once at start-up and turns
 //! the PEMs into keys; an error names the merchant and the field, never the secret.
@@ -18,6 +21,10 @@ use wxpay_shared::v3::keys::{load_private_key_pem, load_public_key_pem, Platform
 pub const CONFIG_ENV: &str = "WXPAY_CONFIG";
 /// Where the configuration is read from when neither `--config` nor `WXPAY_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/wxpay.toml";
+/// Environment variable naming a file of `[[merchants]]` tables only, read beside the
+/// configuration file: in Kubernetes the Secret mounted as it is, so that an update of the
+/// Secret reaches running processes ([`crate::reload`]).
+pub const MERCHANTS_FILE_ENV: &str = "WXPAY_MERCHANTS_FILE";
 /// Prefix of overriding environment variables: `WXPAY__RABBITMQ__URL` sets `rabbitmq.url`.
 pub const ENV_PREFIX: &str = "WXPAY";
 
@@ -566,13 +573,71 @@ fn without_quoted_source(reason: &str) -> String {
         .join(" ")
 }
 
-/// The file's text, read once (a reload fingerprints the same text it parses).
-pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
+/// The files a configuration is read from. Converts from a path: that configuration file
+/// alone, with its merchants in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFiles {
+    /// Every section, and `[[merchants]]` unless they are in `merchants`.
+    pub config: PathBuf,
+    /// `[[merchants]]` tables and nothing else, added to the configuration file's.
+    pub merchants: Option<PathBuf>,
+}
+
+impl ConfigFiles {
+    /// `--config`, else `$WXPAY_CONFIG`, else the default; `--merchants`, else
+    /// `$WXPAY_MERCHANTS_FILE` (when not empty), else none.
+    pub fn resolve(config: Option<&Path>, merchants: Option<&Path>) -> ConfigFiles {
+        ConfigFiles {
+            config: resolve_path(config),
+            merchants: merchants.map(Path::to_path_buf).or_else(|| {
+                std::env::var_os(MERCHANTS_FILE_ENV)
+                    .filter(|path| !path.is_empty())
+                    .map(PathBuf::from)
+            }),
+        }
+    }
+}
+
+impl<P: AsRef<Path> + ?Sized> From<&P> for ConfigFiles {
+    fn from(config: &P) -> ConfigFiles {
+        ConfigFiles {
+            config: config.as_ref().to_path_buf(),
+            merchants: None,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.config.display())?;
+        match &self.merchants {
+            Some(merchants) => write!(f, " with merchants {}", merchants.display()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The files' text, read once: a reload fingerprints the same text it parses.
+#[derive(Hash)]
+pub(crate) struct ConfigTexts {
+    config: String,
+    merchants: Option<String>,
+}
+
+pub(crate) fn read_files(files: &ConfigFiles) -> Result<ConfigTexts, ConfigError> {
+    Ok(ConfigTexts {
+        config: read_file(&files.config, "pass --config or set WXPAY_CONFIG")?,
+        merchants: files
+            .merchants
+            .as_deref()
+            .map(|path| read_file(path, "named by --merchants or WXPAY_MERCHANTS_FILE"))
+            .transpose()?,
+    })
+}
+
+fn read_file(path: &Path, named_by: &str) -> Result<String, ConfigError> {
     if !path.is_file() {
-        return Err(load_error(
-            path,
-            "no such file (pass --config or set WXPAY_CONFIG)".into(),
-        ));
+        return Err(load_error(path, format!("no such file ({named_by})")));
     }
     std::fs::read_to_string(path).map_err(|error| load_error(path, error.to_string()))
 }
@@ -585,14 +650,18 @@ pub(crate) fn overrides(env: impl IntoIterator<Item = (String, String)>) -> Vec<
         .collect()
 }
 
-/// The file's `text` with the `overrides` on top, not yet deserialised.
+/// The configuration file's text with the `overrides` on top, and the merchants file's
+/// `[[merchants]]` after the configuration file's; not yet deserialised.
 pub(crate) fn sources(
-    path: &Path,
-    text: &str,
+    files: &ConfigFiles,
+    texts: &ConfigTexts,
     overrides: Vec<(String, String)>,
 ) -> Result<config::Config, ConfigError> {
-    config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+    let mut built = config::Config::builder()
+        .add_source(config::File::from_str(
+            &texts.config,
+            config::FileFormat::Toml,
+        ))
         .add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
@@ -601,7 +670,69 @@ pub(crate) fn sources(
                 .source(Some(overrides.into_iter().collect())),
         )
         .build()
+        .map_err(|error| load_error(&files.config, error.to_string()))?;
+    if let (Some(path), Some(text)) = (&files.merchants, &texts.merchants) {
+        let added = merchants_file_entries(path, text)?;
+        let mut table = top_level(&files.config, built.cache)?;
+        let mut entries = take_merchants(&files.config, &mut table)?;
+        entries.extend(added);
+        table.insert(
+            "merchants".to_owned(),
+            config::Value::new(None, config::ValueKind::Array(entries)),
+        );
+        built.cache = config::Value::new(None, config::ValueKind::Table(table));
+    }
+    Ok(built)
+}
+
+/// The `[[merchants]]` entries of a merchants file, each of the shape a merchant has (so
+/// that a mistake is reported against this file, not the configuration file). Anything
+/// else in it is refused: the other sections belong in the configuration file.
+fn merchants_file_entries(path: &Path, text: &str) -> Result<Vec<config::Value>, ConfigError> {
+    let built = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .map_err(|error| load_error(path, error.to_string()))?;
+    let mut table = top_level(path, built.cache)?;
+    let entries = take_merchants(path, &mut table)?;
+    if let Some(other) = table.keys().next() {
+        return Err(load_error(
+            path,
+            format!(
+                "a merchants file holds [[merchants]] tables only; `{other}` belongs in the \
+                 configuration file"
+            ),
+        ));
+    }
+    for entry in &entries {
+        entry
+            .clone()
+            .try_deserialize::<MerchantSettings>()
+            .map_err(|error| load_error(path, error.to_string()))?;
+    }
+    Ok(entries)
+}
+
+fn top_level(
+    path: &Path,
+    cache: config::Value,
+) -> Result<config::Map<String, config::Value>, ConfigError> {
+    cache
+        .into_table()
         .map_err(|error| load_error(path, error.to_string()))
+}
+
+/// The `[[merchants]]` entries of a file's top level, taken out of it.
+fn take_merchants(
+    path: &Path,
+    table: &mut config::Map<String, config::Value>,
+) -> Result<Vec<config::Value>, ConfigError> {
+    match table.remove("merchants") {
+        Some(merchants) => merchants
+            .into_array()
+            .map_err(|_| load_error(path, "`merchants` must be [[merchants]] tables".into())),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// The configuration file to read: `--config`, else `$WXPAY_CONFIG`, else the default.
@@ -615,17 +746,17 @@ pub fn resolve_path(cli: Option<&Path>) -> PathBuf {
 }
 
 impl Settings {
-    /// Reads the file and the process environment's `WXPAY__…` overrides, and validates.
-    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        Self::load_with_env(path, std::env::vars())
+    /// Reads the files and the process environment's `WXPAY__…` overrides, and validates.
+    pub fn load(files: impl Into<ConfigFiles>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(files, std::env::vars())
     }
 
     /// As [`Settings::load`], with the environment given (tests).
     pub fn load_with_env(
-        path: &Path,
+        files: impl Into<ConfigFiles>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let settings = Self::read_with_env(path, env)?;
+        let settings = Self::read_with_env(files, env)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -633,21 +764,22 @@ impl Settings {
     /// As [`Settings::load_with_env`] without [`Settings::validate`]: `doctor` reports each
     /// problem of a configuration the services would refuse, instead of stopping at the first.
     pub fn read_with_env(
-        path: &Path,
+        files: impl Into<ConfigFiles>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let text = read_file(path)?;
-        Self::from_sources(path, sources(path, &text, overrides(env))?)
+        let files = files.into();
+        let texts = read_files(&files)?;
+        Self::from_sources(&files, sources(&files, &texts, overrides(env))?)
     }
 
     /// The settings of [`sources`] (the reload compares those sources' raw values too).
     pub(crate) fn from_sources(
-        path: &Path,
+        files: &ConfigFiles,
         built: config::Config,
     ) -> Result<Settings, ConfigError> {
         built
             .try_deserialize()
-            .map_err(|error| load_error(path, error.to_string()))
+            .map_err(|error| load_error(&files.config, error.to_string()))
     }
 
     /// Checks what can be checked without a network: limits, and every merchant's keys.

@@ -6,9 +6,9 @@
 //! ([平台证书更新指引](https://pay.weixin.qq.com/wiki/doc/apiv3/wechatpay/wechatpay5_0.shtml)).
 //! Adding that serial must not need every gateway, worker and reconciler restarted, so each
 //! of them holds its merchants in a [`MerchantsHandle`] and runs a [`Reloader`]: on SIGHUP,
-//! and when the configuration file's content changes (polled every
-//! [`FILE_POLL_INTERVAL`]), the file and the `WXPAY__…` overrides the process started with
-//! are read again and validated as a start-up would validate them. A configuration that a
+//! and when the content of the configuration file or of the merchants file changes (polled
+//! every [`FILE_POLL_INTERVAL`]), both files and the `WXPAY__…` overrides the process started
+//! with are read again and validated as a start-up would validate them. A configuration that a
 //! start-up would refuse is refused with one log line naming the merchant and the field;
 //! the keys in use stay. Otherwise the whole new set replaces the old one atomically.
 //!
@@ -20,25 +20,25 @@
 //! restart; a reload that finds them changed names them in its log line
 //! (`restart_needed_for`).
 //!
-//! The file is polled by content (a hash every few seconds) rather than watched with
+//! The files are polled by content (a hash every few seconds) rather than watched with
 //! inotify or by modification time: Kubernetes replaces a mounted Secret or ConfigMap by
-//! swapping a symlink (no event on the file's own path), and a copy that keeps the old
-//! modification time would be missed; reading a file of a few kilobytes every few seconds
-//! costs nothing.
+//! swapping the `..data` symlink of its volume (no event on the file's own path), and a copy
+//! that keeps the old modification time would be missed. Each poll opens the paths again,
+//! so it reads through the new symlink; reading a few kilobytes every few seconds costs
+//! nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tracing::{info, warn};
 
-use crate::config::{self, ConfigError, Merchants, Settings};
+use crate::config::{self, ConfigError, ConfigFiles, ConfigTexts, Merchants, Settings};
 use crate::telemetry::{metric, step};
 
-/// How often the reloader looks at the configuration file's content.
+/// How often the reloader looks at the content of the configuration and merchants files.
 pub const FILE_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Values of the `result` label of `wxpay_config_reloads_total`.
@@ -54,7 +54,7 @@ pub mod result {
 pub fn register_metrics() {
     metrics::describe_counter!(
         metric::CONFIG_RELOADS_TOTAL,
-        "Merchant reloads (SIGHUP or a changed configuration file), by result (ok | refused)"
+        "Merchant reloads (SIGHUP or a changed configuration or merchants file), by result (ok | refused)"
     );
     for label in [result::OK, result::REFUSED] {
         metrics::counter!(metric::CONFIG_RELOADS_TOTAL, "result" => label).increment(0);
@@ -83,7 +83,7 @@ pub enum ReloadError {
     /// The new configuration is one a start-up would refuse (names merchant and field).
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The handle was built from merchants in memory, not from a file.
+    /// The handle was built from merchants in memory, not from files.
     #[error("these merchants were not loaded from a file: nothing to reload")]
     NoFile,
 }
@@ -124,15 +124,26 @@ struct Shared {
 /// Where a reload reads from, and what it compares with. Holds the `WXPAY__…` overrides,
 /// which may carry secrets: no `Debug`.
 struct Source {
-    path: PathBuf,
+    files: ConfigFiles,
     overrides: Vec<(String, String)>,
     /// The other sections as the process started with them.
     started_with: BTreeMap<String, ::config::Value>,
     /// The raw `[[merchants]]` entries of the set in use, by `mch_id`.
     entries: BTreeMap<String, ::config::Value>,
-    /// The fingerprint of the file as last read (used or refused): the file poll reloads
-    /// only when it differs, so a refused file is not refused again every few seconds.
+    /// The fingerprint of the files as last read (used or refused): the poll reloads only
+    /// when it differs, so a refused file is not refused again every few seconds.
     last_read: u64,
+}
+
+impl Source {
+    /// The files as log fields: the configuration file, and the merchants file if any.
+    fn paths(&self) -> (String, Option<String>) {
+        let merchants = self.files.merchants.as_ref();
+        (
+            self.files.config.display().to_string(),
+            merchants.map(|path| path.display().to_string()),
+        )
+    }
 }
 
 /// One read of the configuration, validated.
@@ -164,28 +175,29 @@ impl MerchantsHandle {
     }
 
     /// Loads the configuration as [`Settings::load`] does, with its merchants in a handle
-    /// that reloads from the same file and the same `WXPAY__…` overrides.
-    pub fn load(path: &Path) -> Result<(Settings, MerchantsHandle), ConfigError> {
-        Self::load_with_env(path, std::env::vars())
+    /// that reloads from the same files and the same `WXPAY__…` overrides.
+    pub fn load(files: impl Into<ConfigFiles>) -> Result<(Settings, MerchantsHandle), ConfigError> {
+        Self::load_with_env(files, std::env::vars())
     }
 
     /// As [`MerchantsHandle::load`], with the environment given (tests).
     pub fn load_with_env(
-        path: &Path,
+        files: impl Into<ConfigFiles>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(Settings, MerchantsHandle), ConfigError> {
+        let files = files.into();
         let overrides = config::overrides(env);
-        let text = config::read_file(path)?;
-        let read = read(path, &text, &overrides)?;
+        let texts = config::read_files(&files)?;
+        let read = read(&files, &texts, &overrides)?;
         let handle = MerchantsHandle {
             shared: Arc::new(Shared {
                 current: ArcSwap::from_pointee(read.merchants),
                 source: Some(Mutex::new(Source {
-                    path: path.to_path_buf(),
+                    files,
                     overrides,
                     started_with: read.sections,
                     entries: read.entries,
-                    last_read: fingerprint(&Ok(text)),
+                    last_read: fingerprint(&Ok(texts)),
                 })),
             }),
         };
@@ -198,15 +210,16 @@ impl MerchantsHandle {
         self.shared.current.load_full()
     }
 
-    /// Reads the configuration again and, when a start-up would accept it, puts its
-    /// merchants in use. Logs one line either way (`merchants reloaded`, or the refusal
+    /// Reads the configuration's files again and, when a start-up would accept them, puts
+    /// their merchants in use. Logs one line either way (`merchants reloaded`, or the refusal
     /// naming merchant and field) and counts it in `wxpay_config_reloads_total`. Blocking
     /// (file read, key parsing): from async code, call it on a blocking thread.
     pub fn reload(&self, trigger: Trigger) -> Result<Reloaded, ReloadError> {
         let mut source = self.source()?;
-        let text = config::read_file(&source.path);
-        source.last_read = fingerprint(&text);
-        let read = text.and_then(|text| read(&source.path, &text, &source.overrides));
+        let (path, merchants_path) = source.paths();
+        let texts = config::read_files(&source.files);
+        source.last_read = fingerprint(&texts);
+        let read = texts.and_then(|texts| read(&source.files, &texts, &source.overrides));
         match read {
             Ok(read) => {
                 let before = self.current();
@@ -221,7 +234,8 @@ impl MerchantsHandle {
                 info!(
                     step = step::RELOAD,
                     trigger = trigger.as_str(),
-                    path = %source.path.display(),
+                    path,
+                    merchants_path,
                     merchants = reloaded.merchants,
                     merchants_added = %reloaded.merchants_added.join(","),
                     merchants_removed = %reloaded.merchants_removed.join(","),
@@ -246,7 +260,8 @@ impl MerchantsHandle {
                 warn!(
                     step = step::RELOAD,
                     trigger = trigger.as_str(),
-                    path = %source.path.display(),
+                    path,
+                    merchants_path,
                     mch_id,
                     field,
                     %error,
@@ -258,10 +273,10 @@ impl MerchantsHandle {
         }
     }
 
-    /// Whether the file's content differs from its last read (the poll's question).
-    pub fn file_changed(&self) -> bool {
+    /// Whether the content of either file differs from its last read (the poll's question).
+    pub fn files_changed(&self) -> bool {
         self.source()
-            .is_ok_and(|source| fingerprint(&config::read_file(&source.path)) != source.last_read)
+            .is_ok_and(|source| fingerprint(&config::read_files(&source.files)) != source.last_read)
     }
 
     fn source(&self) -> Result<MutexGuard<'_, Source>, ReloadError> {
@@ -275,8 +290,12 @@ impl MerchantsHandle {
 }
 
 /// Reads, overrides and validates as a start-up does; keeps the raw values to compare.
-fn read(path: &Path, text: &str, overrides: &[(String, String)]) -> Result<Read, ConfigError> {
-    let built = config::sources(path, text, overrides.to_vec())?;
+fn read(
+    files: &ConfigFiles,
+    texts: &ConfigTexts,
+    overrides: &[(String, String)],
+) -> Result<Read, ConfigError> {
+    let built = config::sources(files, texts, overrides.to_vec())?;
     let mut sections: BTreeMap<String, ::config::Value> = built
         .cache
         .clone()
@@ -299,7 +318,7 @@ fn read(path: &Path, text: &str, overrides: &[(String, String)]) -> Result<Read,
             Some((mch_id, entry))
         })
         .collect();
-    let settings = Settings::from_sources(path, built)?;
+    let settings = Settings::from_sources(files, built)?;
     settings.validate()?;
     let merchants = settings.merchants()?;
     Ok(Read {
@@ -310,11 +329,11 @@ fn read(path: &Path, text: &str, overrides: &[(String, String)]) -> Result<Read,
     })
 }
 
-/// A fingerprint of the file's content, or of why it could not be read.
-fn fingerprint(text: &Result<String, ConfigError>) -> u64 {
+/// A fingerprint of the files' content, or of why they could not be read.
+fn fingerprint(texts: &Result<ConfigTexts, ConfigError>) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    match text {
-        Ok(text) => text.hash(&mut hasher),
+    match texts {
+        Ok(texts) => texts.hash(&mut hasher),
         Err(error) => error.to_string().hash(&mut hasher),
     }
     hasher.finish()
@@ -369,7 +388,7 @@ impl Reloaded {
     }
 }
 
-/// Reloads its handle on SIGHUP and, when polling, when the file changes; stops when
+/// Reloads its handle on SIGHUP and, when polling, when either file changes; stops when
 /// dropped.
 pub struct Reloader {
     task: tokio::task::JoinHandle<()>,
@@ -383,20 +402,21 @@ impl Drop for Reloader {
 
 impl Reloader {
     /// Installs the SIGHUP handler at once (without one, SIGHUP would end the process) and
-    /// starts reloading `handle` on it, and every `poll` when the file's content changed
-    /// (`None`: SIGHUP only). Must be called within a Tokio runtime.
+    /// starts reloading `handle` on it, and every `poll` when the content of either file
+    /// changed (`None`: SIGHUP only). Must be called within a Tokio runtime.
     pub fn spawn(handle: MerchantsHandle, poll: Option<Duration>) -> std::io::Result<Reloader> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut hangup = signal(SignalKind::hangup())?;
-        let path = handle
+        let (path, merchants_path) = handle
             .source()
-            .map(|source| source.path.display().to_string())
+            .map(|source| source.paths())
             .unwrap_or_default();
         info!(
             step = step::STARTUP,
             path,
+            merchants_path,
             poll_secs = poll.map(|every| every.as_secs()),
-            "merchants reload on SIGHUP and when the configuration file changes"
+            "merchants reload on SIGHUP and when the configuration or merchants file changes"
         );
         let task = tokio::spawn(async move {
             let mut ticks = poll.map(|every| {
@@ -413,7 +433,7 @@ impl Reloader {
                 let handle = handle.clone();
                 // File read and key parsing block: off the async workers.
                 let _ = tokio::task::spawn_blocking(move || {
-                    if trigger == Trigger::Sighup || handle.file_changed() {
+                    if trigger == Trigger::Sighup || handle.files_changed() {
                         let _ = handle.reload(trigger);
                     }
                 })

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
@@ -21,7 +20,7 @@ use lapin::{Connection, ExchangeKind};
 use reqwest::Url;
 use secrecy::ExposeSecret;
 use wxpay_runtime::config::{
-    DatabaseSettings, MerchantSettings, RabbitmqSettings, RedisSettings, Settings,
+    ConfigFiles, DatabaseSettings, MerchantSettings, RabbitmqSettings, RedisSettings, Settings,
     WechatpaySettings, WorkerSettings,
 };
 use wxpay_shared::answer;
@@ -96,11 +95,11 @@ pub struct Options {
     pub allow_insecure_public_url: bool,
 }
 
-/// Every check for the configuration file at `path` (with the process's `WXPAY__…`
-/// overrides), in a fixed order, redacted.
-pub async fn run(path: &Path, options: Options) -> Vec<Check> {
-    let what = format!("configuration {}", path.display());
-    let settings = match Settings::read_with_env(path, std::env::vars()) {
+/// Every check for the configuration in `files` (with the process's `WXPAY__…` overrides),
+/// in a fixed order, redacted.
+pub async fn run(files: &ConfigFiles, options: Options) -> Vec<Check> {
+    let what = format!("configuration {files}");
+    let settings = match Settings::read_with_env(files.clone(), std::env::vars()) {
         Ok(settings) => settings,
         Err(error) => {
             return vec![Check::fail(

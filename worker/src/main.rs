@@ -1,7 +1,7 @@
 //! `wxpay-worker`: `run`, `migrate`, `reconcile [--once]`, `dlq list`, `dlq replay [--all | --id ID]`,
 //! `anomaly list`, `anomaly resolve --id N --action reapply|dismiss --note TEXT`, `doctor`.
-//! `run` and `reconcile` reload the merchants on SIGHUP and when the configuration file
-//! changes (`wxpay_runtime::reload`).
+//! `run` and `reconcile` reload the merchants on SIGHUP and when the configuration file or
+//! the merchants file (`--merchants`, `WXPAY_MERCHANTS_FILE`) changes (`wxpay_runtime::reload`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
-use wxpay_runtime::config::{resolve_path, Settings};
+use wxpay_runtime::config::{ConfigFiles, Settings};
 use wxpay_runtime::reload::{self, MerchantsHandle, Reloader};
 use wxpay_runtime::telemetry::{self, step};
 use wxpay_worker::anomaly::{self, Action};
@@ -27,6 +27,10 @@ struct Cli {
     /// Configuration file (else $WXPAY_CONFIG, else config/wxpay.toml).
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// A file of [[merchants]] tables only, added to the configuration file's (else
+    /// $WXPAY_MERCHANTS_FILE, else none).
+    #[arg(long, global = true, value_name = "PATH")]
+    merchants: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -127,7 +131,7 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let path = resolve_path(cli.config.as_deref());
+    let files = ConfigFiles::resolve(cli.config.as_deref(), cli.merchants.as_deref());
     if let Command::Doctor {
         allow_insecure_public_url,
     } = cli.command
@@ -135,14 +139,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         // Before the configuration is loaded: doctor reports every problem of a
         // configuration that loading would refuse at the first.
         return run_doctor(
-            &path,
+            &files,
             doctor::Options {
                 allow_insecure_public_url,
             },
         )
         .await;
     }
-    let (settings, merchants) = MerchantsHandle::load(&path)?;
+    let (settings, merchants) = MerchantsHandle::load(files)?;
     let connect_timeout = Duration::from_millis(settings.database.connect_timeout_ms);
     match cli.command {
         Command::Migrate => {
@@ -239,8 +243,8 @@ async fn anomaly_command(
     }
 }
 
-async fn run_doctor(path: &std::path::Path, options: doctor::Options) -> anyhow::Result<()> {
-    let checks = doctor::run(path, options).await;
+async fn run_doctor(files: &ConfigFiles, options: doctor::Options) -> anyhow::Result<()> {
+    let checks = doctor::run(files, options).await;
     for check in &checks {
         println!("{check}");
     }
@@ -274,7 +278,7 @@ async fn run(settings: Settings, merchants: MerchantsHandle) -> anyhow::Result<(
     Ok(())
 }
 
-/// Reloads the merchants on SIGHUP and when the configuration file changes, for as long as
+/// Reloads the merchants on SIGHUP and when either configuration file changes, for as long as
 /// the returned reloader lives. Installed first thing: SIGHUP's default would end the process.
 fn reload_on_sighup(merchants: &MerchantsHandle) -> Option<Reloader> {
     Reloader::spawn(merchants.clone(), Some(reload::FILE_POLL_INTERVAL))

@@ -704,11 +704,11 @@ fn merchants_file_entries(path: &Path, text: &str) -> Result<Vec<config::Value>,
             ),
         ));
     }
-    for entry in &entries {
+    for (index, entry) in entries.iter().enumerate() {
         entry
             .clone()
             .try_deserialize::<MerchantSettings>()
-            .map_err(|error| load_error(path, error.to_string()))?;
+            .map_err(|error| load_error(path, format!("[[merchants]] #{}: {error}", index + 1)))?;
     }
     Ok(entries)
 }

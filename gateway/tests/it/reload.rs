@@ -1,9 +1,12 @@
 //! Key rotation without a restart, on the real binary: a serial added to the configuration
 //! file verifies after SIGHUP while the old one still does; a broken file is refused with
 //! one log line and the keys in use stay; a file changed without a signal is picked up by
-//! the poll.
+//! the poll. With the merchants in their own file (`WXPAY_MERCHANTS_FILE`, a Kubernetes
+//! Secret mounted as it is), the kubelet's swap of the volume's `..data` symlink is picked
+//! up by the poll too.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,11 +29,15 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn start(config: &std::path::Path) -> Gateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wxpay-gateway"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
+    /// The gateway on `config`, and on the merchants file `merchants` (named by
+    /// `WXPAY_MERCHANTS_FILE`, as the Kubernetes manifests do) if given.
+    fn start(config: &Path, merchants: Option<&Path>) -> Gateway {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wxpay-gateway"));
+        command.arg("--config").arg(config).env("RUST_LOG", "info");
+        if let Some(merchants) = merchants {
+            command.env("WXPAY_MERCHANTS_FILE", merchants);
+        }
+        let mut child = command
             .stderr(Stdio::piped())
             .spawn()
             .expect("binary starts");
@@ -154,7 +161,7 @@ async fn a_serial_added_and_sighup_verifies_beside_the_old_and_a_broken_file_cha
     let path = dir.path().join("wxpay.toml");
     let original = config_toml("127.0.0.1:0", &queue, AMQP_URL);
     std::fs::write(&path, &original).expect("config");
-    let gateway = Gateway::start(&path);
+    let gateway = Gateway::start(&path, None);
     let new_pem = public_key_to_pem(&new_key().public_key());
 
     assert_eq!(
@@ -243,4 +250,84 @@ async fn a_serial_added_and_sighup_verifies_beside_the_old_and_a_broken_file_cha
     let queued = drain_queue(&queue).await;
     assert_eq!(queued.len(), 5, "exactly the accepted ones are queued");
     delete_queue(&queue).await;
+}
+
+/// Writes `merchants` into the Secret volume `volume` as the kubelet does: a folder of this
+/// version, then a new symlink to it renamed over `..data` (one atomic step). The volume's
+/// `merchants.toml` is a symlink to `..data/merchants.toml` and is never touched.
+fn kubelet_writes(volume: &Path, version: &str, merchants: &str) {
+    let folder = format!("..{version}");
+    std::fs::create_dir_all(volume.join(&folder)).expect("version folder");
+    std::fs::write(volume.join(&folder).join("merchants.toml"), merchants).expect("merchants");
+    let staged = volume.join("..data_tmp");
+    std::os::unix::fs::symlink(&folder, &staged).expect("staged symlink");
+    std::fs::rename(&staged, volume.join("..data")).expect("..data swapped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merchants_from_a_mounted_secret_reload_when_the_kubelet_swaps_its_data_symlink() {
+    let queue = unique_queue();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let whole = config_toml("127.0.0.1:0", &queue, AMQP_URL);
+    // The ConfigMap's part and the Secret's: the test configuration cut before its merchants.
+    let (config, merchants) = whole.split_at(whole.find("[[merchants]]").expect("merchants"));
+    let config_path = dir.path().join("wxpay.toml");
+    std::fs::write(&config_path, config).expect("config");
+    let volume = dir.path().join("wxpay-merchants");
+    kubelet_writes(&volume, "2025_06_01_00_00_00.000000001", merchants);
+    let merchants_path = volume.join("merchants.toml");
+    std::os::unix::fs::symlink("..data/merchants.toml", &merchants_path).expect("file symlink");
+    let gateway = Gateway::start(&config_path, Some(&merchants_path));
+    let new_pem = public_key_to_pem(&new_key().public_key());
+    assert_eq!(
+        gateway.notify_signed(new_key(), NEW_SERIAL, "k8s-1").await,
+        401,
+        "an unknown serial before the Secret's update"
+    );
+
+    kubelet_writes(
+        &volume,
+        "2025_06_01_00_01_00.000000001",
+        &with_new_serial(merchants, &new_pem),
+    );
+    let added = format!("{V3_MCH}/{NEW_SERIAL}");
+    let reloaded = gateway.wait_for_log("merchants reloaded", |line| {
+        line["serials_added"] == added.as_str()
+    });
+    assert_eq!(reloaded["trigger"], "file changed", "no signal: {reloaded}");
+    assert_eq!(reloaded["merchants"], 2, "{reloaded}");
+    assert_eq!(
+        reloaded["merchants_path"],
+        merchants_path.display().to_string(),
+        "{reloaded}"
+    );
+    gateway.both_keys_verify(["k8s-2", "k8s-3"]).await;
+    assert_ne!(gateway.reloads_counted("ok").await, "0");
+
+    drop(gateway);
+    assert_eq!(drain_queue(&queue).await.len(), 2, "the accepted ones");
+    delete_queue(&queue).await;
+}
+
+#[test]
+fn a_missing_merchants_file_stops_the_gateway_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("wxpay.toml");
+    std::fs::write(&config, "[gateway]\nlisten = \"127.0.0.1:0\"\n").expect("config");
+    let missing = dir.path().join("wxpay-merchants").join("merchants.toml");
+    let output = Command::new(env!("CARGO_BIN_EXE_wxpay-gateway"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--merchants")
+        .arg(&missing)
+        .env("WXPAY_MERCHANTS_FILE", dir.path().join("not-this-one.toml"))
+        .output()
+        .expect("binary runs");
+    assert_eq!(output.status.code(), Some(2), "a configuration error");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains(&missing.display().to_string()),
+        "--merchants wins over the environment, and is named: {stderr}"
+    );
 }

@@ -284,6 +284,13 @@ fn two_files(dir: &tempfile::TempDir, config: &str, merchants: &str) -> ConfigFi
     files
 }
 
+/// The configuration file with its merchant under the old serial, and a merchants file with
+/// `mch_id` under the new one.
+fn merchant_in_each_file(dir: &tempfile::TempDir, mch_id: &str) -> ConfigFiles {
+    let merchants = merchant(mch_id, &[(NEW_SERIAL, NEW_PEM)]);
+    two_files(dir, &old_serial_only(), &merchants)
+}
+
 fn load_files(files: &ConfigFiles) -> Result<Settings, ConfigError> {
     Settings::load_with_env(files.clone(), Vec::new())
 }
@@ -291,11 +298,7 @@ fn load_files(files: &ConfigFiles) -> Result<Settings, ConfigError> {
 #[test]
 fn a_merchants_file_adds_its_merchants_to_the_configuration_files() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let files = two_files(
-        &dir,
-        &old_serial_only(),
-        &merchant(OTHER_MCH_ID, &[(NEW_SERIAL, NEW_PEM)]),
-    );
+    let files = merchant_in_each_file(&dir, OTHER_MCH_ID);
     let merchants = load_files(&files)
         .expect("loads")
         .merchants()
@@ -317,11 +320,7 @@ fn a_merchants_file_adds_its_merchants_to_the_configuration_files() {
 #[test]
 fn a_merchant_in_both_files_is_refused_as_configured_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let files = two_files(
-        &dir,
-        &old_serial_only(),
-        &merchant(MCH_ID, &[(NEW_SERIAL, NEW_PEM)]),
-    );
+    let files = merchant_in_each_file(&dir, MCH_ID);
     match load_files(&files) {
         Err(ConfigError::Merchant { mch_id, field, .. }) => {
             assert_eq!((mch_id.as_str(), field), (MCH_ID, "mch_id"));

@@ -27,11 +27,11 @@ use wxpay_gateway::Application;
 use wxpay_runtime::amqp::{durable_queue_options, quorum_queue_arguments, AmqpMessage};
 use wxpay_runtime::config::Settings;
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
-use wxpay_shared::v2::{sign, SignType, XmlFields};
+use wxpay_shared::v2::SignType;
+use wxpay_testkit::merchants::MERCHANT;
+use wxpay_testkit::notifications::{signed_xml, v2_pay_fields};
+use wxpay_testkit::services::AMQP_URL;
 
-const MCH_ID: &str = "1900000109";
-const APPID: &str = "wxd930ea5d5a258f4f";
-const KEY: &str = "192006250b4c09247ec02edce69f6a2d";
 const RATES: [u64; 4] = [500, 1000, 2000, 3000];
 const PHASE: Duration = Duration::from_secs(6);
 const WARMUP: Duration = Duration::from_secs(1);
@@ -49,52 +49,31 @@ fn main() -> BenchResult<()> {
 }
 
 fn amqp_url() -> String {
-    std::env::var("WXPAY_BENCH_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("WXPAY_BENCH_AMQP").unwrap_or_else(|_| AMQP_URL.into())
 }
 
+/// The gateway's settings, read from their file as the binary reads them (so that
+/// `WXPAY__GATEWAY__…` variables apply).
 fn settings(queue: &str) -> BenchResult<Settings> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("bench.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\npublish_timeout_ms = 2000\npublish_channels = {CHANNELS}\n\
-             [rabbitmq]\nurl = \"{}\"\nqueue = \"{queue}\"\n\
-             [[merchants]]\nmch_id = \"{MCH_ID}\"\nappids = [\"{APPID}\"]\napi_v2_key = \"{KEY}\"\n",
-            amqp_url()
-        ),
-    )?;
-    Ok(Settings::load(&path)?)
+    let mut settings = wxpay_testkit::default_settings();
+    settings.gateway.publish_timeout_ms = 2000;
+    settings.gateway.publish_channels = CHANNELS;
+    settings.rabbitmq.url = amqp_url().into();
+    settings.rabbitmq.queue = queue.to_owned();
+    let file = wxpay_testkit::config_file(&settings);
+    Ok(Settings::load(file.path())?)
 }
 
 /// Pre-signed v2 MD5 payment notifications, distinct order numbers.
 fn bodies() -> Vec<Arc<[u8]>> {
     (0..POOL)
         .map(|n| {
-            let mut fields: XmlFields = [
-                ("appid", APPID.to_owned()),
-                ("bank_type", "CMC".to_owned()),
-                ("cash_fee", "100".to_owned()),
-                ("fee_type", "CNY".to_owned()),
-                ("is_subscribe", "N".to_owned()),
-                ("mch_id", MCH_ID.to_owned()),
-                ("nonce_str", format!("{n:032x}")),
-                ("openid", "oUpF8uMEb4qRXf22hE3X68TekukE".to_owned()),
-                ("out_trade_no", format!("bench-{n:08}")),
-                ("result_code", "SUCCESS".to_owned()),
-                ("return_code", "SUCCESS".to_owned()),
-                ("time_end", "20240102030405".to_owned()),
-                ("total_fee", "100".to_owned()),
-                ("trade_type", "JSAPI".to_owned()),
-                ("transaction_id", format!("42000000000000{n:014}")),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-            let signature = sign(&fields, KEY, SignType::Md5);
-            fields.insert("sign", signature);
-            Arc::from(fields.to_xml().into_bytes())
+            let order = format!("bench-{n:08}");
+            let mut fields = v2_pay_fields(MERCHANT.mch_id, MERCHANT.appid, &order, 100);
+            fields.insert("nonce_str", format!("{n:032x}"));
+            fields.insert("transaction_id", format!("42000000000000{n:014}"));
+            let body = signed_xml(fields, MERCHANT.api_v2_key, SignType::Md5, false);
+            Arc::from(body.into_bytes())
         })
         .collect()
 }
@@ -375,7 +354,7 @@ impl RawPublisher {
             self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.channels.len();
         let message = NotifyMessage::new(
             NotifyKind::V2Pay,
-            MCH_ID,
+            MERCHANT.mch_id,
             body.to_vec(),
             Some("text/xml".into()),
             None,

@@ -8,9 +8,10 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::builders;
-use crate::helpers::eventually;
-use crate::support::{App, OPERATOR, VIEWER};
+use wxpay_testkit::eventually;
+use wxpay_testkit::notifications::{v2_pay, v3_pay};
+
+use crate::support::{spawn_worker, App, OPERATOR, VIEWER};
 
 /// chromedriver, stopped (by its pid, the one this test started) when dropped.
 struct Driver {
@@ -152,11 +153,10 @@ async fn operators_find_payments_and_replay_parked_messages_viewers_cannot() {
     env.insert_order("order-paid", 2_500).await;
     env.insert_order("order-odd", 100).await;
     env.insert_order("order-parked", 700).await;
-    let worker = env.spawn_worker(env.settings());
-    env.publish(&builders::v2_pay("order-paid", "4200000101", 2_500))
+    let worker = spawn_worker(env.settings());
+    env.publish(&v2_pay("order-paid", "4200000101", 2_500))
         .await;
-    env.publish(&builders::v2_pay("order-odd", "4200000102", 999))
-        .await;
+    env.publish(&v2_pay("order-odd", "4200000102", 999)).await;
     eventually(
         Duration::from_secs(20),
         "paid and anomaly applied",
@@ -166,7 +166,7 @@ async fn operators_find_payments_and_replay_parked_messages_viewers_cannot() {
         },
     )
     .await;
-    let parked = builders::v3_pay("order-parked", "4200000103", 700);
+    let parked = v3_pay("order-parked", "4200000103", 700);
     app.park(&parked, "retries_exhausted: database unavailable")
         .await;
 
@@ -235,7 +235,7 @@ async fn operators_find_payments_and_replay_parked_messages_viewers_cannot() {
     let heading = text_when(&browser, Locator::Css("h1"), |h| h == "Log in").await;
     assert_eq!(heading, "Log in", "logged out");
     app.park(
-        &builders::v2_pay("order-x", "4200000104", 1),
+        &v2_pay("order-x", "4200000104", 1),
         "unknown_merchant: test",
     )
     .await;

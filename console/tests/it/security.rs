@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::builders;
-use crate::support::{client, login, set_cookie, try_login, App, OPERATOR, VIEWER};
+use wxpay_testkit::eventually;
+use wxpay_testkit::notifications::v2_pay;
+
+use crate::support::{client, login, set_cookie, spawn_worker, try_login, App, OPERATOR, VIEWER};
 
 /// A page's body, fetched with a session cookie.
 async fn fetch(app: &App, path: &str, cookie: &str) -> String {
@@ -100,11 +102,8 @@ async fn posts_without_their_csrf_token_are_refused_with_403() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_reads_but_every_action_is_refused_with_403() {
     let app = App::start().await;
-    app.park(
-        &builders::v2_pay("order-v", "tx-v", 100),
-        "unknown_merchant: test",
-    )
-    .await;
+    app.park(&v2_pay("order-v", "tx-v", 100), "unknown_merchant: test")
+        .await;
     let viewer = login(&app, VIEWER.0, VIEWER.1).await;
     let http = client();
     let page = http
@@ -120,9 +119,7 @@ async fn a_viewer_reads_but_every_action_is_refused_with_403() {
         !body.contains("/parked/replay"),
         "no replay form for a viewer"
     );
-    let id = builders::v2_pay("order-v", "tx-v", 100)
-        .message_id
-        .to_string();
+    let id = v2_pay("order-v", "tx-v", 100).message_id.to_string();
     for (path, form) in [
         (
             "/parked/replay",
@@ -251,11 +248,9 @@ async fn the_auth_header_counts_only_from_a_trusted_proxy_and_only_for_known_use
 async fn search_shows_the_story_escaped_and_never_a_body() {
     let app = App::start().await;
     app.env.insert_order("order-1", 100).await;
-    let running = app.env.spawn_worker(app.env.settings());
-    app.env
-        .publish(&builders::v2_pay("order-1", "4200000001", 100))
-        .await;
-    crate::helpers::eventually(std::time::Duration::from_secs(20), "order paid", || async {
+    let running = spawn_worker(app.env.settings());
+    app.env.publish(&v2_pay("order-1", "4200000001", 100)).await;
+    eventually(std::time::Duration::from_secs(20), "order paid", || async {
         app.env.order("order-1").await.state == "PAID"
     })
     .await;
@@ -321,10 +316,9 @@ async fn an_operator_reapplies_a_corrected_anomaly_once_and_a_viewer_cannot() {
     let app = App::start().await;
     let env = &app.env;
     env.insert_order("order-odd", 100).await;
-    let worker = env.spawn_worker(env.settings());
-    env.publish(&crate::builders::v2_pay("order-odd", "4200000901", 999))
-        .await;
-    crate::helpers::eventually(Duration::from_secs(20), "anomaly recorded", || async {
+    let worker = spawn_worker(env.settings());
+    env.publish(&v2_pay("order-odd", "4200000901", 999)).await;
+    eventually(Duration::from_secs(20), "anomaly recorded", || async {
         env.anomalies("AMOUNT_MISMATCH").await == 1
     })
     .await;

@@ -1,7 +1,9 @@
-//! A running console over a fresh test environment, users with known passwords, and an
-//! HTTP client that logs in like a browser (login cookie, CSRF field, session cookie).
+//! A running console over a fresh test environment (wxpay-testkit's, with the worker's
+//! migrated schema), a worker to apply what tests publish, users with known passwords, and
+//! an HTTP client that logs in like a browser (login cookie, CSRF field, session cookie).
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use reqwest::redirect::Policy;
@@ -11,9 +13,8 @@ use wxpay_console::{auth, Console};
 use wxpay_runtime::amqp::AmqpMessage;
 use wxpay_runtime::config::{ConsoleRole, ConsoleSettings, ConsoleUser, Settings};
 use wxpay_shared::message::NotifyMessage;
-use wxpay_worker::{broker, retry};
-
-use crate::helpers::TestEnv;
+use wxpay_testkit::{Background, TestEnv};
+use wxpay_worker::{migrate, retry, Worker};
 
 pub const OPERATOR: (&str, &str) = ("olivia", "operator password 1");
 pub const VIEWER: (&str, &str) = ("victor", "viewer password 2");
@@ -54,7 +55,10 @@ impl App {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut ConsoleSettings)) -> App {
-        let env = TestEnv::new().await;
+        let env = TestEnv::new("console", wxpay_testkit::default_settings());
+        migrate::migrate(&env.db_url(), Duration::from_secs(5))
+            .await
+            .expect("migrates");
         let mut settings: Settings = env.settings();
         settings.console = ConsoleSettings {
             listen: "127.0.0.1:0".into(),
@@ -79,29 +83,20 @@ impl App {
 
     /// Parks `message` as the worker would have (with a park reason), confirmed.
     pub async fn park(&self, message: &NotifyMessage, reason: &str) {
-        let settings = &self.env.settings.rabbitmq;
-        let connection = broker::connect(settings).await.expect("broker");
-        let channel = broker::confirm_channel(&connection).await.expect("channel");
-        broker::declare_topology(&channel, settings, &self.env.settings.worker)
-            .await
-            .expect("topology");
         let properties = retry::with_headers(&message.properties(), Some(5), Some(reason), None);
-        broker::publish_confirmed(
-            &channel,
-            "",
-            &settings.parked_queue(),
-            true,
-            &message.body,
-            properties,
-        )
-        .await
-        .expect("parked");
-        broker::close(&connection, &[&channel], "parked").await;
+        let parked = self.env.settings.rabbitmq.parked_queue();
+        wxpay_testkit::amqp::publish_raw(&parked, &[(&message.body, properties)]).await;
     }
 
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }
+}
+
+/// A worker applying what the tests publish, until stopped.
+pub fn spawn_worker(settings: Settings) -> Background {
+    let worker = Worker::new(settings).expect("worker builds");
+    Background::spawn(|token| async move { worker.run(token).await })
 }
 
 /// The value of `name="…" value="…"` hidden input in a page.

@@ -9,8 +9,8 @@ use wxpay_worker::apply::Verdict;
 use wxpay_worker::{db, Disposition, Worker};
 
 use crate::builders::{v2_pay, v3_pay};
-use crate::cli::{config_file, worker as worker_cli};
-use crate::helpers::TestEnv;
+use crate::cli::worker as worker_cli;
+use crate::helpers::{config_file, TestEnv};
 
 fn pool(env: &TestEnv) -> db::DbPool {
     db::build_pool(
@@ -48,7 +48,7 @@ async fn corrected_order_and_reapply_through_the_cli_ends_paid_once() {
         worker.process_one(&payment).await,
         Disposition::Anomaly { .. }
     ));
-    let config = config_file(&env);
+    let config = config_file(&env.settings);
 
     let listed = worker_cli(&config, &["anomaly", "list"])
         .output()

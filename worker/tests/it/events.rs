@@ -11,7 +11,7 @@ use wxpay_worker::outbox::{self, RelayError};
 use wxpay_worker::{broker, db, Disposition, Worker};
 
 use crate::builders::{transaction_of, v2_pay, v2_refund};
-use crate::helpers::{eventually, TestEnv};
+use crate::helpers::{declared_topology, eventually, TestEnv};
 
 /// `order_seq` of the outbox events of `event_type`, oldest first.
 async fn order_seqs(env: &TestEnv, event_type: &str) -> Vec<Option<i64>> {
@@ -104,11 +104,7 @@ async fn an_event_even_the_alternate_exchange_cannot_route_is_not_marked_publish
     worker.process_one(&v2_pay("e-3", "4200e3", 100)).await;
 
     let rabbitmq = &env.settings.rabbitmq;
-    let connection = broker::connect(rabbitmq).await.expect("broker");
-    let channel = broker::confirm_channel(&connection).await.expect("channel");
-    broker::declare_topology(&channel, rabbitmq, &env.settings.worker)
-        .await
-        .expect("topology");
+    let (connection, channel) = declared_topology(&env.settings).await;
     channel
         .queue_delete(
             rabbitmq.unrouted_events().as_str().into(),

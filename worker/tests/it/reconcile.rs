@@ -3,7 +3,7 @@
 //! found by query and applied once through the worker; closed orders are closed; a failing or
 //! forging API changes nothing and is counted. Both a v2-only and a v3 merchant.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use wxpay_runtime::config::{MerchantSettings, ReconcilerSettings, Settings};
 use wxpay_runtime::telemetry;
 use wxpay_shared::state::{OrderState, RefundState, TradeState};
+use wxpay_testkit::clean_command;
 use wxpay_worker::reconcile::query::Api;
 use wxpay_worker::reconcile::{Reconciler, RoundReport};
 
@@ -24,22 +25,6 @@ use crate::builders::{self, APPID, MCH_ID};
 use crate::helpers::{closed_port_url, eventually, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// `target/<profile>/wxpay-sim`, next to this test's `deps/` directory.
-fn sim_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable lives in target/<profile>/deps");
-    let binary = profile_dir.join("wxpay-sim");
-    assert!(
-        binary.is_file(),
-        "{} is not built: run `cargo build -p wxpay-simulator` first",
-        binary.display()
-    );
-    binary
-}
 
 /// A running `wxpay-sim serve` with its own merchant keys and order book.
 pub(crate) struct Sim {
@@ -53,7 +38,7 @@ pub(crate) struct Sim {
 
 impl Sim {
     pub(crate) async fn start() -> Sim {
-        let binary = sim_binary();
+        let binary = wxpay_testkit::bin_path_async("wxpay-sim").await;
         let dir = tempfile::tempdir().expect("temp dir");
         let init = Command::new(&binary)
             .arg("init")
@@ -665,12 +650,11 @@ async fn due_orders_are_paged_in_batches() {
 
 /// `wxpay-worker reconcile …` with the simulator's example.toml and this test's overrides.
 fn worker_command(s: &Setup, extra_env: &[(&str, String)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wxpay-worker"));
+    let mut command = Command::from(clean_command(env!("CARGO_BIN_EXE_wxpay-worker")));
     command
         .arg("--config")
         .arg(s.sim.example_toml())
         .arg("reconcile")
-        .env_remove("WXPAY_CONFIG")
         .env("WXPAY__DATABASE__URL", s.env.db_url())
         .env("WXPAY__RABBITMQ__QUEUE", &s.settings.rabbitmq.queue)
         .env("WXPAY__WECHATPAY__API_BASE", &s.sim.url)

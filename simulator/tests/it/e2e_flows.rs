@@ -61,7 +61,7 @@ async fn wait_state(s: &Stack, no: &str, state: &str, refunded_total: i64) {
     let mut conn = s.conn().await;
     eventually(
         Duration::from_secs(30),
-        || format!("order {no} in state {state} with {refunded_total} fen refunded"),
+        format!("order {no} in state {state} with {refunded_total} fen refunded"),
         async || {
             let o = order(&mut conn, &s.mch_id, no).await;
             o.state == state && o.refunded_total == refunded_total
@@ -350,7 +350,7 @@ async fn every_kind_reaches_its_state_once_and_bad_ones_never() {
     let worker_url = s.worker_url();
     eventually(
         Duration::from_secs(30),
-        || format!("the worker finishing {expected} messages"),
+        format!("the worker finishing {expected} messages"),
         async || worker_done(&scrape(&worker_url).await) >= expected,
     )
     .await;
@@ -478,7 +478,7 @@ async fn every_kind_reaches_its_state_once_and_bad_ones_never() {
     // The relay publishes every event.
     eventually(
         Duration::from_secs(20),
-        || "every outbox event published".to_owned(),
+        "every outbox event published",
         async || count(&mut conn, "FROM outbox WHERE published_at IS NULL").await == 0,
     )
     .await;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use wxpay_shared::answer::{v2_fail, V2_SUCCESS};
 use wxpay_shared::v2::{self, XmlFields};
 use wxpay_shared::v3::{verify_notification, TimestampCheck, WechatpayHeaders};
@@ -14,6 +14,8 @@ use wxpay_simulator::load::plan::{Fate, Plan, Ratios};
 use wxpay_simulator::load::verify::{verify, Answers};
 use wxpay_simulator::load::{self, db, LoadOptions};
 use wxpay_simulator::secrets::SimMerchant;
+use wxpay_testkit::merchants::MERCHANT;
+use wxpay_testkit::TestEnv;
 
 use crate::helpers::Fixture;
 
@@ -130,55 +132,17 @@ async fn load_catches_a_gateway_that_accepts_forgeries() {
     handle.stop(false).await;
 }
 
-/// A fresh database with the worker's schema, dropped at the end.
-struct TempDb {
-    name: String,
-    url: String,
-}
-
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-impl TempDb {
-    async fn create() -> Self {
-        let name = format!("sim_load_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = AsyncPgConnection::establish(ADMIN_URL)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432");
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-        let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
-        let schema = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../worker/migrations/2025-01-01-000000_create_tables/up.sql"
-        ))
-        .expect("the worker's migration");
-        conn.batch_execute(&schema).await.unwrap();
-        Self { name, url }
-    }
-}
-
-impl Drop for TempDb {
-    /// Drops the database even when the test panicked.
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                if let Ok(mut admin) = AsyncPgConnection::establish(ADMIN_URL).await {
-                    let _ = admin
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-            Ok::<_, std::io::Error>(())
-        })
-        .join();
-    }
+/// A fresh database (wxpay-testkit's, dropped at the end) with the worker's schema.
+async fn database_with_the_worker_schema() -> TestEnv {
+    let env = TestEnv::new("sim", wxpay_testkit::default_settings());
+    env.create_database().await;
+    let schema = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../worker/migrations/2025-01-01-000000_create_tables/up.sql"
+    ))
+    .expect("the worker's migration");
+    env.conn().await.batch_execute(&schema).await.unwrap();
+    env
 }
 
 /// Plays the worker: marks `no` PAID with one APPLIED row (plus `extra_applied` more, a bug)
@@ -208,8 +172,8 @@ async fn apply(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_reads_the_worker_schema_and_finds_double_application() {
-    let temp_db = TempDb::create().await;
-    let mut conn = db::connect(&temp_db.url).await.unwrap();
+    let env = database_with_the_worker_schema().await;
+    let mut conn = db::connect(&env.db_url()).await.unwrap();
     let ratios = Ratios {
         v2_share: 0.5,
         dup: 0.1,
@@ -218,7 +182,7 @@ async fn audit_reads_the_worker_schema_and_finds_double_application() {
     };
     let prefix = load::new_prefix();
     let plan = Plan::new(&prefix, 60, ratios, &mut rand::thread_rng());
-    let (mch_id, appid) = ("1900000109", "wxd930ea5d5a258f4f");
+    let (mch_id, appid) = (MERCHANT.mch_id, MERCHANT.appid);
     db::insert_orders(&mut conn, mch_id, appid, &plan.orders)
         .await
         .unwrap();
@@ -283,6 +247,4 @@ async fn audit_reads_the_worker_schema_and_finds_double_application() {
         .unwrap()
         .orders
         .is_empty());
-    drop(conn);
-    drop(temp_db);
 }

@@ -102,8 +102,50 @@ impl Stats {
     }
 }
 
-fn histogram() -> BenchResult<Histogram<u64>> {
-    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+/// The latencies (µs) and outcomes of one phase, recorded by its many tasks.
+#[derive(Clone)]
+struct Recorder(Arc<Mutex<Stats>>);
+
+impl Recorder {
+    fn new() -> BenchResult<Recorder> {
+        Ok(Recorder(Arc::new(Mutex::new(Stats {
+            histogram: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            ok: 0,
+            failed: 0,
+            elapsed: Duration::ZERO,
+        }))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stats> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One answer, `ok` or not, `latency` after it was due.
+    fn record(&self, ok: bool, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut stats = self.lock();
+        let _ = stats.histogram.record(micros);
+        if ok {
+            stats.ok += 1;
+        } else {
+            stats.failed += 1;
+        }
+    }
+
+    /// What was recorded, over a phase of `elapsed`.
+    fn stats(&self, elapsed: Duration) -> Stats {
+        let stats = self.lock();
+        Stats {
+            histogram: stats.histogram.clone(),
+            ok: stats.ok,
+            failed: stats.failed,
+            elapsed,
+        }
+    }
 }
 
 /// A minimal HTTP/1.1 keep-alive client: the load generator shares the 2 cores with the
@@ -217,7 +259,7 @@ where
     F: Fn(Arc<[u8]>) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
-    let shared = Arc::new(Mutex::new((histogram()?, 0u64, 0u64)));
+    let recorder = Recorder::new()?;
     let total = rate * phase.as_secs();
     let period = Duration::from_nanos(1_000_000_000 / rate);
     let start = tokio::time::Instant::now() + Duration::from_millis(10);
@@ -227,36 +269,16 @@ where
         tokio::time::sleep_until(intended).await;
         let send = send.clone();
         let body = bodies[usize::try_from(i)? % bodies.len()].clone();
-        let shared = shared.clone();
+        let recorder = recorder.clone();
         tasks.push(tokio::spawn(async move {
             let ok = send(body).await;
-            let latency = u64::try_from(intended.elapsed().as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            let mut guard = shared
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let _ = guard.0.record(latency);
-            if ok {
-                guard.1 += 1;
-            } else {
-                guard.2 += 1;
-            }
+            recorder.record(ok, intended.elapsed());
         }));
     }
     for task in tasks {
         task.await?;
     }
-    let elapsed = start.elapsed();
-    let guard = shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Ok(Stats {
-        histogram: guard.0.clone(),
-        ok: guard.1,
-        failed: guard.2,
-        elapsed,
-    })
+    Ok(recorder.stats(start.elapsed()))
 }
 
 /// Closed loop: `CONCURRENCY` clients each send their next request on the previous answer.
@@ -265,30 +287,19 @@ where
     F: Fn(Arc<[u8]>) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
-    let shared = Arc::new(Mutex::new((histogram()?, 0u64, 0u64)));
+    let recorder = Recorder::new()?;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..CONCURRENCY {
         let send = send.clone();
         let bodies: Vec<Arc<[u8]>> = bodies.to_vec();
-        let shared = shared.clone();
+        let recorder = recorder.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = worker;
             while start.elapsed() < phase {
                 let sent = Instant::now();
                 let ok = send(bodies[n % bodies.len()].clone()).await;
-                let latency = u64::try_from(sent.elapsed().as_micros())
-                    .unwrap_or(u64::MAX)
-                    .max(1);
-                let mut guard = shared
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let _ = guard.0.record(latency);
-                if ok {
-                    guard.1 += 1;
-                } else {
-                    guard.2 += 1;
-                }
+                recorder.record(ok, sent.elapsed());
                 n += CONCURRENCY;
             }
         }));
@@ -296,16 +307,7 @@ where
     for task in tasks {
         task.await?;
     }
-    let elapsed = start.elapsed();
-    let guard = shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Ok(Stats {
-        histogram: guard.0.clone(),
-        ok: guard.1,
-        failed: guard.2,
-        elapsed,
-    })
+    Ok(recorder.stats(start.elapsed()))
 }
 
 async fn connect() -> BenchResult<Connection> {

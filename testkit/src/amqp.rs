@@ -10,7 +10,9 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+};
 use wxpay_runtime::amqp::{durable_queue_options, quorum_queue_arguments, AmqpMessage};
 use wxpay_runtime::config::RabbitmqSettings;
 use wxpay_shared::message::NotifyMessage;
@@ -69,23 +71,20 @@ pub async fn publish_raw(queue: &str, messages: &[(&[u8], BasicProperties)]) {
     for batch in messages.chunks(1000) {
         let mut confirms = Vec::with_capacity(batch.len());
         for (body, properties) in batch {
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    body,
-                    properties.clone(),
-                )
-                .await
-                .expect("publish");
-            confirms.push(confirm);
+            confirms.push(send(&channel, queue, body, properties).await);
         }
-        for confirm in confirms {
-            let confirmation = confirm.await.expect("confirm");
+        for ((body, properties), confirm) in batch.iter().zip(confirms) {
+            let mut confirmation = confirm.await.expect("confirm");
+            // A quorum queue declared a moment ago may nack while it elects its leader:
+            // sent again, as a publisher does with a nack.
+            for _ in 0..5 {
+                if !matches!(confirmation, Confirmation::Nack(_)) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let again = send(&channel, queue, body, properties).await;
+                confirmation = again.await.expect("confirm");
+            }
             assert!(
                 matches!(confirmation, Confirmation::Ack(None)),
                 "not a plain ack: {confirmation:?}"
@@ -95,19 +94,33 @@ pub async fn publish_raw(queue: &str, messages: &[(&[u8], BasicProperties)]) {
     let _ = connection.close(200, "published".into()).await;
 }
 
+/// One mandatory publish to `queue`; its confirm to await.
+async fn send(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    properties: &BasicProperties,
+) -> PublisherConfirm {
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    channel
+        .basic_publish("".into(), queue.into(), mandatory, body, properties.clone())
+        .await
+        .expect("publish")
+}
+
 /// Messages ready in `queue` (declared first, so an absent queue counts 0).
 pub async fn queue_depth(queue: &str) -> u32 {
     let connection = connect().await;
     let channel = confirm_channel_to(&connection, queue).await;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
     let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+        .queue_declare(queue.into(), passive, FieldTable::default())
         .await
         .expect("queue exists");
     let _ = connection.close(200, "counted".into()).await;

@@ -3,124 +3,92 @@
 
 use std::io::Write;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use toml::{Table, Value};
-use wxpay_runtime::config::{MerchantSettings, Settings};
+use wxpay_runtime::config::Settings;
+
+/// `[section]` as a table: each `field` of `$section` converted by `$conv` (a function of
+/// the field's reference to `Option<Value>`; `None` leaves the key out).
+macro_rules! table {
+    ($section:expr; $($field:ident: $conv:ident),+ $(,)?) => {{
+        let section = &$section;
+        let pairs = [$((stringify!($field), $conv(&section.$field))),+];
+        pairs
+            .into_iter()
+            .filter_map(|(key, value)| Some((key.to_owned(), value?)))
+            .collect::<Table>()
+    }};
+}
 
 /// The TOML of `settings`.
 pub fn config_toml(settings: &Settings) -> String {
-    let mut file = Table::new();
-    let g = &settings.gateway;
-    let mut gateway = section([
-        ("listen", text(&g.listen)),
-        ("body_limit_bytes", int(g.body_limit_bytes)),
-        ("publish_timeout_ms", int(g.publish_timeout_ms)),
-        ("publish_channels", int(g.publish_channels)),
-        ("shutdown_timeout_ms", int(g.shutdown_timeout_ms)),
-        ("http_workers", int(g.http_workers)),
-        ("answer_deadline_ms", int(g.answer_deadline_ms)),
-        ("body_read_timeout_ms", int(g.body_read_timeout_ms)),
-        ("header_read_timeout_ms", int(g.header_read_timeout_ms)),
-        ("max_in_flight", int(g.max_in_flight)),
-        ("rate_limit_per_second", int(g.rate_limit_per_second)),
-        ("rate_limit_burst", int(g.rate_limit_burst)),
-        ("allow_sources", texts(&g.allow_sources)),
-        ("trusted_proxies", texts(&g.trusted_proxies)),
-    ]);
-    optional(&mut gateway, "public_url", g.public_url.as_deref());
-    file.insert("gateway".into(), Value::Table(gateway));
-    let w = &settings.worker;
-    file.insert(
-        "worker".into(),
-        Value::Table(section([
-            ("metrics_listen", text(&w.metrics_listen)),
-            ("prefetch", int(w.prefetch)),
-            (
-                "retry_delays_ms",
-                Value::Array(w.retry_delays_ms.iter().map(|d| int(*d)).collect()),
-            ),
-            ("claim_ttl_ms", int(w.claim_ttl_ms)),
-            ("done_ttl_secs", int(w.done_ttl_secs)),
-            ("db_pool_size", int(w.db_pool_size)),
-            ("outbox_poll_ms", int(w.outbox_poll_ms)),
-            ("shutdown_timeout_ms", int(w.shutdown_timeout_ms)),
-            ("unknown_order_grace_secs", int(w.unknown_order_grace_secs)),
-        ])),
-    );
-    let r = &settings.rabbitmq;
-    file.insert(
-        "rabbitmq".into(),
-        Value::Table(section([
-            ("url", text(r.url.expose_secret())),
-            ("queue", text(&r.queue)),
-            ("events_exchange", text(&r.events_exchange)),
-            ("connect_timeout_ms", int(r.connect_timeout_ms)),
-        ])),
-    );
-    let redis = &settings.redis;
-    file.insert(
-        "redis".into(),
-        Value::Table(section([
-            ("url", text(redis.url.expose_secret())),
-            ("key_prefix", text(&redis.key_prefix)),
-            ("response_timeout_ms", int(redis.response_timeout_ms)),
-            ("connect_timeout_ms", int(redis.connect_timeout_ms)),
-        ])),
-    );
-    let d = &settings.database;
-    file.insert(
-        "database".into(),
-        Value::Table(section([
-            ("url", text(d.url.expose_secret())),
-            ("connect_timeout_ms", int(d.connect_timeout_ms)),
-            ("pool_wait_timeout_ms", int(d.pool_wait_timeout_ms)),
-        ])),
-    );
-    let api = &settings.wechatpay;
-    file.insert(
-        "wechatpay".into(),
-        Value::Table(section([
-            ("api_base", text(&api.api_base)),
-            ("request_timeout_ms", int(api.request_timeout_ms)),
-        ])),
-    );
-    let rc = &settings.reconciler;
-    file.insert(
-        "reconciler".into(),
-        Value::Table(section([
-            ("interval_secs", int(rc.interval_secs)),
-            ("min_age_secs", int(rc.min_age_secs)),
-            ("horizon_secs", int(rc.horizon_secs)),
-            ("batch_size", Value::Integer(rc.batch_size)),
-            ("rate_per_merchant", int(rc.rate_per_merchant)),
-            ("close_unpaid", Value::Boolean(rc.close_unpaid)),
-            ("metrics_listen", text(&rc.metrics_listen)),
-        ])),
-    );
-    let c = &settings.console;
-    let mut console = section([
-        ("listen", text(&c.listen)),
-        ("db_pool_size", int(c.db_pool_size)),
-        ("session_ttl_secs", int(c.session_ttl_secs)),
-        ("login_max_failures", int(c.login_max_failures)),
-        ("login_window_secs", int(c.login_window_secs)),
-        ("secure_cookies", Value::Boolean(c.secure_cookies)),
-        ("trusted_proxies", texts(&c.trusted_proxies)),
-    ]);
-    optional(&mut console, "auth_header", c.auth_header.as_deref());
-    let users = c.users.iter().map(|user| {
-        let mut entry = section([
-            ("name", text(&user.name)),
-            ("role", text(user.role.as_str())),
-        ]);
-        let hash = user.password_hash.as_ref().map(|h| h.expose_secret());
-        optional(&mut entry, "password_hash", hash);
+    let mut console = table!(settings.console;
+        listen: text, db_pool_size: int, session_ttl_secs: int, login_max_failures: int,
+        login_window_secs: int, secure_cookies: flag, auth_header: maybe, trusted_proxies: texts);
+    let users = settings.console.users.iter().map(|user| {
+        let role = user.role.as_str();
+        let mut entry = table!(user; name: text, password_hash: maybe_secret);
+        entry.insert("role".into(), Value::String(role.to_owned()));
         Value::Table(entry)
     });
     console.insert("users".into(), Value::Array(users.collect()));
-    file.insert("console".into(), Value::Table(console));
-    let merchants = settings.merchants.iter().map(merchant).map(Value::Table);
-    file.insert("merchants".into(), Value::Array(merchants.collect()));
+    let merchants = settings.merchants.iter().map(|merchant| {
+        let mut entry = table!(merchant;
+            mch_id: text, appids: texts, api_v2_key: secret, api_v3_key: maybe_secret,
+            merchant_private_key_pem: maybe_secret, merchant_serial: maybe);
+        let keys = merchant.platform_public_keys.iter();
+        let keys = keys.map(|(serial, pem)| (serial.clone(), Value::String(pem.clone())));
+        entry.insert("platform_public_keys".into(), Value::Table(keys.collect()));
+        Value::Table(entry)
+    });
+    let file: Table = [
+        (
+            "gateway",
+            table!(settings.gateway;
+                listen: text, body_limit_bytes: int, publish_timeout_ms: int,
+                publish_channels: int, shutdown_timeout_ms: int, http_workers: int,
+                public_url: maybe, answer_deadline_ms: int, body_read_timeout_ms: int,
+                header_read_timeout_ms: int, max_in_flight: int, rate_limit_per_second: int,
+                rate_limit_burst: int, allow_sources: texts, trusted_proxies: texts),
+        ),
+        (
+            "worker",
+            table!(settings.worker;
+                metrics_listen: text, prefetch: int, retry_delays_ms: ints, claim_ttl_ms: int,
+                done_ttl_secs: int, db_pool_size: int, outbox_poll_ms: int,
+                shutdown_timeout_ms: int, unknown_order_grace_secs: int),
+        ),
+        (
+            "rabbitmq",
+            table!(settings.rabbitmq;
+                url: secret, queue: text, events_exchange: text, connect_timeout_ms: int),
+        ),
+        (
+            "redis",
+            table!(settings.redis;
+                url: secret, key_prefix: text, response_timeout_ms: int, connect_timeout_ms: int),
+        ),
+        (
+            "database",
+            table!(settings.database;
+                url: secret, connect_timeout_ms: int, pool_wait_timeout_ms: int),
+        ),
+        (
+            "wechatpay",
+            table!(settings.wechatpay; api_base: text, request_timeout_ms: int),
+        ),
+        (
+            "reconciler",
+            table!(settings.reconciler;
+                interval_secs: int, min_age_secs: int, horizon_secs: int, batch_size: int,
+                rate_per_merchant: int, close_unpaid: flag, metrics_listen: text),
+        ),
+        ("console", console),
+    ]
+    .into_iter()
+    .map(|(name, section)| (name.to_owned(), Value::Table(section)))
+    .chain([("merchants".to_owned(), Value::Array(merchants.collect()))])
+    .collect();
     toml::to_string(&file).expect("settings serialise")
 }
 
@@ -133,51 +101,39 @@ pub fn config_file(settings: &Settings) -> tempfile::NamedTempFile {
     file
 }
 
-fn merchant(m: &MerchantSettings) -> Table {
-    let mut entry = section([
-        ("mch_id", text(&m.mch_id)),
-        ("appids", texts(&m.appids)),
-        ("api_v2_key", text(m.api_v2_key.expose_secret())),
-    ]);
-    let v3_key = m.api_v3_key.as_ref().map(|k| k.expose_secret());
-    optional(&mut entry, "api_v3_key", v3_key);
-    let private_key = m
-        .merchant_private_key_pem
-        .as_ref()
-        .map(|k| k.expose_secret());
-    optional(&mut entry, "merchant_private_key_pem", private_key);
-    optional(&mut entry, "merchant_serial", m.merchant_serial.as_deref());
-    let keys = m
-        .platform_public_keys
-        .iter()
-        .map(|(serial, pem)| (serial.clone(), text(pem)));
-    entry.insert("platform_public_keys".into(), Value::Table(keys.collect()));
-    entry
+fn text(value: &str) -> Option<Value> {
+    Some(Value::String(value.to_owned()))
 }
 
-fn section<const N: usize>(pairs: [(&str, Value); N]) -> Table {
-    pairs
-        .into_iter()
-        .map(|(key, value)| (key.to_owned(), value))
-        .collect()
+fn maybe(value: &Option<String>) -> Option<Value> {
+    value.as_deref().and_then(text)
 }
 
-fn optional(table: &mut Table, key: &str, value: Option<&str>) {
-    if let Some(value) = value {
-        table.insert(key.to_owned(), text(value));
-    }
+fn secret(value: &SecretString) -> Option<Value> {
+    Some(Value::String(value.expose_secret().to_owned()))
 }
 
-fn text(value: &str) -> Value {
-    Value::String(value.to_owned())
+fn maybe_secret(value: &Option<SecretString>) -> Option<Value> {
+    value.as_ref().and_then(secret)
 }
 
-fn texts(values: &[String]) -> Value {
-    Value::Array(values.iter().map(|v| text(v)).collect())
+fn texts(values: &[String]) -> Option<Value> {
+    Some(Value::Array(
+        values.iter().filter_map(|v| text(v)).collect(),
+    ))
 }
 
-fn int(value: impl TryInto<i64>) -> Value {
-    Value::Integer(value.try_into().ok().expect("fits a TOML integer"))
+fn int<T: Copy + TryInto<i64>>(value: &T) -> Option<Value> {
+    let value = (*value).try_into().ok().expect("fits a TOML integer");
+    Some(Value::Integer(value))
+}
+
+fn ints(values: &[u64]) -> Option<Value> {
+    Some(Value::Array(values.iter().filter_map(int).collect()))
+}
+
+fn flag(value: &bool) -> Option<Value> {
+    Some(Value::Boolean(*value))
 }
 
 #[cfg(test)]

@@ -89,6 +89,11 @@ impl TestEnv {
         db::connect(&self.db_url()).await
     }
 
+    /// Runs `statements` on the test database.
+    pub async fn sql(&self, statements: &str) -> Result<(), diesel::result::Error> {
+        self.conn().await.batch_execute(statements).await
+    }
+
     /// `SELECT count(*) <tail>` on the test database.
     pub async fn count(&self, tail: &str) -> i64 {
         db::count(&mut self.conn().await, tail).await

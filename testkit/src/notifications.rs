@@ -72,32 +72,55 @@ pub fn v2_pay_body(out_trade_no: &str, total_fee: i64) -> String {
     )
 }
 
-/// The decrypted `<root>` of a refund notification of the payment [`transaction_of`]
-/// `out_trade_no`. `status` is the v2 wire value: SUCCESS | CHANGE | REFUNDCLOSE.
-pub fn refund_root(
-    out_trade_no: &str,
-    out_refund_no: &str,
-    refund_id: &str,
-    total_fee: i64,
-    refund_fee: i64,
-    status: &str,
-) -> XmlFields {
+/// A refund of the payment [`transaction_of`] `out_trade_no`, as both versions notify it.
+#[derive(Debug, Clone, Copy)]
+pub struct Refund<'a> {
+    pub out_trade_no: &'a str,
+    pub out_refund_no: &'a str,
+    pub refund_id: &'a str,
+    /// The order's total, in fen.
+    pub total: i64,
+    /// This refund, in fen.
+    pub refund: i64,
+}
+
+impl<'a> Refund<'a> {
+    pub fn new(
+        out_trade_no: &'a str,
+        out_refund_no: &'a str,
+        refund_id: &'a str,
+        total: i64,
+        refund: i64,
+    ) -> Refund<'a> {
+        Refund {
+            out_trade_no,
+            out_refund_no,
+            refund_id,
+            total,
+            refund,
+        }
+    }
+}
+
+/// The decrypted `<root>` of a v2 refund notification; `status` is the v2 wire value:
+/// SUCCESS | CHANGE | REFUNDCLOSE.
+pub fn refund_root(refund: &Refund, status: &str) -> XmlFields {
     let mut root = XmlFields::new();
-    root.insert("out_refund_no", out_refund_no);
-    root.insert("out_trade_no", out_trade_no);
+    root.insert("out_refund_no", refund.out_refund_no);
+    root.insert("out_trade_no", refund.out_trade_no);
     root.insert("refund_account", "REFUND_SOURCE_RECHARGE_FUNDS");
-    root.insert("refund_fee", refund_fee.to_string());
-    root.insert("refund_id", refund_id);
+    root.insert("refund_fee", refund.refund.to_string());
+    root.insert("refund_id", refund.refund_id);
     root.insert("refund_recv_accout", "支付用户零钱");
     root.insert("refund_request_source", "API");
     root.insert("refund_status", status);
-    root.insert("settlement_refund_fee", refund_fee.to_string());
-    root.insert("settlement_total_fee", total_fee.to_string());
+    root.insert("settlement_refund_fee", refund.refund.to_string());
+    root.insert("settlement_total_fee", refund.total.to_string());
     if status == v2::SUCCESS {
         root.insert("success_time", "2024-01-02 03:04:05");
     }
-    root.insert("total_fee", total_fee.to_string());
-    root.insert("transaction_id", transaction_of(out_trade_no));
+    root.insert("total_fee", refund.total.to_string());
+    root.insert("transaction_id", transaction_of(refund.out_trade_no));
     root
 }
 
@@ -132,20 +155,14 @@ pub fn transaction_resource(
     })
 }
 
-/// The decrypted resource of a v3 REFUND.* notification of the payment [`transaction_of`]
-/// `out_trade_no`; `status` is the v3 value: SUCCESS | CLOSED | ABNORMAL.
-pub fn refund_resource(
-    merchant: &TestMerchant,
-    out_trade_no: &str,
-    out_refund_no: &str,
-    refund_id: &str,
-    (total, refund): (i64, i64),
-    status: &str,
-) -> Value {
+/// The decrypted resource of a v3 REFUND.* notification of `merchant`; `status` is the v3
+/// value: SUCCESS | CLOSED | ABNORMAL.
+pub fn refund_resource(merchant: &TestMerchant, refund_of: &Refund, status: &str) -> Value {
+    let Refund { total, refund, .. } = *refund_of;
     json!({
-        "mchid": merchant.mch_id, "out_trade_no": out_trade_no,
-        "transaction_id": transaction_of(out_trade_no),
-        "out_refund_no": out_refund_no, "refund_id": refund_id,
+        "mchid": merchant.mch_id, "out_trade_no": refund_of.out_trade_no,
+        "transaction_id": transaction_of(refund_of.out_trade_no),
+        "out_refund_no": refund_of.out_refund_no, "refund_id": refund_of.refund_id,
         "refund_status": status, "success_time": "2024-01-02T03:04:05+08:00",
         "user_received_account": "支付用户零钱",
         "amount": {"total": total, "refund": refund, "payer_total": total, "payer_refund": refund}
@@ -296,30 +313,27 @@ pub fn v2_refund(
     refund_fee: i64,
     status: &str,
 ) -> NotifyMessage {
-    let root = refund_root(
+    let refund = Refund::new(
         out_trade_no,
         out_refund_no,
         refund_id,
         total_fee,
         refund_fee,
-        status,
     );
-    xml_message(
-        NotifyKind::V2Refund,
-        v2_refund_body(MERCHANT.mch_id, MERCHANT.appid, MERCHANT.api_v2_key, &root),
-    )
+    let key = MERCHANT.api_v2_key;
+    let body = v2_refund_body(
+        MERCHANT.mch_id,
+        MERCHANT.appid,
+        key,
+        &refund_root(&refund, status),
+    );
+    xml_message(NotifyKind::V2Refund, body)
 }
 
 /// A v3 TRANSACTION.SUCCESS notification.
 pub fn v3_pay(out_trade_no: &str, transaction_id: &str, total: i64) -> NotifyMessage {
     let resource = transaction_resource(&MERCHANT, out_trade_no, transaction_id, total);
-    let body = v3_envelope(
-        MERCHANT.api_v3_key,
-        "TRANSACTION.SUCCESS",
-        "transaction",
-        &resource,
-    );
-    v3_signed_message(NotifyKind::V3, body.into_bytes())
+    v3_message("TRANSACTION.SUCCESS", "transaction", &resource)
 }
 
 /// A v3 REFUND.* notification; `status` is the v3 value: SUCCESS | CLOSED | ABNORMAL.
@@ -331,20 +345,14 @@ pub fn v3_refund(
     refund: i64,
     status: &str,
 ) -> NotifyMessage {
-    let resource = refund_resource(
-        &MERCHANT,
-        out_trade_no,
-        out_refund_no,
-        refund_id,
-        (total, refund),
-        status,
-    );
-    let body = v3_envelope(
-        MERCHANT.api_v3_key,
-        &format!("REFUND.{status}"),
-        "refund",
-        &resource,
-    );
+    let refund = Refund::new(out_trade_no, out_refund_no, refund_id, total, refund);
+    let resource = refund_resource(&MERCHANT, &refund, status);
+    v3_message(&format!("REFUND.{status}"), "refund", &resource)
+}
+
+/// A v3 notification of [`MERCHANT`]: `resource` in its envelope, signed now.
+fn v3_message(event_type: &str, original_type: &str, resource: &Value) -> NotifyMessage {
+    let body = v3_envelope(MERCHANT.api_v3_key, event_type, original_type, resource);
     v3_signed_message(NotifyKind::V3, body.into_bytes())
 }
 

@@ -146,6 +146,14 @@ async fn type_into(browser: &Client, locator: Locator<'_>, keys: &str) {
         .expect("type");
 }
 
+/// Opens `path`; its text, after a screenshot named `name`.
+async fn visit(browser: &Client, app: &App, path: &str, name: &str) -> String {
+    browser.goto(&app.url(path)).await.expect("goto");
+    let text = body_text(browser).await;
+    screenshot(browser, name).await;
+    text
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_find_payments_and_replay_parked_messages_viewers_cannot() {
     let app = App::start().await;
@@ -197,19 +205,15 @@ async fn operators_find_payments_and_replay_parked_messages_viewers_cannot() {
     );
     screenshot(&browser, "search").await;
 
-    browser.goto(&app.url("/anomalies")).await.expect("goto");
-    let anomalies = body_text(&browser).await;
+    let anomalies = visit(&browser, &app, "/anomalies", "anomalies").await;
     assert!(
         anomalies.contains("AMOUNT_MISMATCH") && anomalies.contains("order-odd"),
         "{anomalies}"
     );
-    screenshot(&browser, "anomalies").await;
 
     // Replay the parked message: it leaves the list, the worker pays the order.
-    browser.goto(&app.url("/parked")).await.expect("goto");
-    let list = body_text(&browser).await;
+    let list = visit(&browser, &app, "/parked", "parked").await;
     assert!(list.contains(&parked.message_id.to_string()), "{list}");
-    screenshot(&browser, "parked").await;
     click(&browser, Locator::Css("button.replay")).await;
     let after = text_when(&browser, Locator::Css("main"), |t| t.contains("replayed 1")).await;
     assert!(after.contains("No parked message."), "{after}");

@@ -81,6 +81,29 @@ impl App {
         format!("{}{path}", self.base)
     }
 
+    /// GET `path` with `headers` (a cookie, proxy headers), following no redirect.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut request = client().get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("get")
+    }
+
+    /// POSTs `form` to `path` with `headers` (a cookie), following no redirect.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        form: &impl serde::Serialize,
+    ) -> Response {
+        let mut request = client().post(self.url(path)).form(form);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("post")
+    }
+
     /// Parks `message` as the worker would have (with a park reason), confirmed.
     pub async fn park(&self, message: &NotifyMessage, reason: &str) {
         let properties = retry::with_headers(&message.properties(), Some(5), Some(reason), None);
@@ -123,7 +146,7 @@ fn cookie_pair(set_cookie: &str) -> String {
 }
 
 /// A client that follows no redirect, so that tests see the 303s.
-pub fn client() -> reqwest::Client {
+fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(Policy::none())
         .build()
@@ -138,34 +161,20 @@ pub struct Login {
 
 /// Logs in through the form; `extra` headers go with every request (proxy headers).
 pub async fn try_login(app: &App, user: &str, password: &str, extra: &[(&str, &str)]) -> Response {
-    let http = client();
-    let mut get = http.get(app.url("/login"));
-    for (k, v) in extra {
-        get = get.header(*k, *v);
-    }
-    let form = get.send().await.expect("login form");
+    let form = app.get("/login", extra).await;
     let login_cookie = cookie_pair(&set_cookie(&form, "console_login").expect("login cookie"));
     let csrf = hidden(&form.text().await.expect("body"), "csrf").expect("csrf field");
-    let mut post = http
-        .post(app.url("/login"))
-        .header("cookie", login_cookie)
-        .form(&[("username", user), ("password", password), ("csrf", &csrf)]);
-    for (k, v) in extra {
-        post = post.header(*k, *v);
-    }
-    post.send().await.expect("login post")
+    let mut headers = vec![("cookie", login_cookie.as_str())];
+    headers.extend_from_slice(extra);
+    let fields = [("username", user), ("password", password), ("csrf", &csrf)];
+    app.post_form("/login", &headers, &fields).await
 }
 
 pub async fn login(app: &App, user: &str, password: &str) -> Login {
     let answer = try_login(app, user, password, &[]).await;
     assert_eq!(answer.status(), StatusCode::SEE_OTHER, "login succeeds");
     let cookie = cookie_pair(&set_cookie(&answer, "console_session").expect("session cookie"));
-    let page = client()
-        .get(app.url("/parked"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .expect("page");
+    let page = app.get("/parked", &[("cookie", &cookie)]).await;
     let csrf = hidden(&page.text().await.expect("body"), "csrf").expect("csrf on every page");
     Login { cookie, csrf }
 }

@@ -52,14 +52,19 @@ async fn assert_single_message(
     message
 }
 
+/// Posts `body`, a payment of the v2 merchant: answered SUCCESS and queued as it came.
+async fn assert_v2_pay_queued(app: &TestApp, body: &str) -> BasicGetMessage {
+    let answer = app.post_v2_pay(body).await;
+    assert!(answer.is_v2_success(), "{body}: {answer:?}");
+    assert_eq!(answer.body, wxpay_shared::answer::V2_SUCCESS);
+    assert_single_message(app, body, NotifyKind::V2Pay, V2_MCH).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_md5_pay_is_queued() {
     let app = TestApp::spawn().await;
     let body = v2_pay_body("order-md5-1", 100);
-    let answer = app.post_v2_pay(&body).await;
-    assert!(answer.is_v2_success(), "{answer:?}");
-    assert_eq!(answer.body, wxpay_shared::answer::V2_SUCCESS);
-    let message = assert_single_message(&app, &body, NotifyKind::V2Pay, V2_MCH).await;
+    let message = assert_v2_pay_queued(&app, &body).await;
     assert_eq!(
         header(&message, "wechatpay-signature"),
         None,
@@ -81,9 +86,7 @@ async fn v2_hmac_pay_is_queued_with_or_without_sign_type() {
             SignType::HmacSha256,
             declare,
         );
-        let answer = app.post_v2_pay(&body).await;
-        assert!(answer.is_v2_success(), "{order}: {answer:?}");
-        assert_single_message(&app, &body, NotifyKind::V2Pay, V2_MCH).await;
+        assert_v2_pay_queued(&app, &body).await;
     }
     app.stop().await;
 }
@@ -95,9 +98,7 @@ async fn signed_payment_failure_is_queued_for_the_worker_to_record() {
     fields.insert("result_code", "FAIL");
     fields.insert("err_code", "NOTENOUGH");
     let body = signed_xml(fields, V2_KEY, SignType::Md5, true);
-    let answer = app.post_v2_pay(&body).await;
-    assert!(answer.is_v2_success(), "{answer:?}");
-    assert_single_message(&app, &body, NotifyKind::V2Pay, V2_MCH).await;
+    assert_v2_pay_queued(&app, &body).await;
     app.stop().await;
 }
 

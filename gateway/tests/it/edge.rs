@@ -213,12 +213,7 @@ async fn compressed_bodies_get_415_in_each_format_and_nothing_is_queued() {
     let app = TestApp::spawn().await;
     let encoding = [("Content-Encoding".to_owned(), "deflate".to_owned())];
     let v2 = app
-        .post(
-            "/notify/v2/pay",
-            v2_pay_body("deflate", 100),
-            Some("text/xml"),
-            &encoding,
-        )
+        .post_v2_pay_with(&v2_pay_body("deflate", 100), &encoding)
         .await;
     v2.assert_v2_fail(415, "content encoding not accepted, send identity");
     let (body, mut headers) = signed_v3_pay("deflate");
@@ -228,12 +223,7 @@ async fn compressed_bodies_get_415_in_each_format_and_nothing_is_queued() {
     // identity is what every request means without the header, and is accepted.
     let identity = [("Content-Encoding".to_owned(), "identity".to_owned())];
     let plain = app
-        .post(
-            "/notify/v2/pay",
-            v2_pay_body("identity", 100),
-            Some("text/xml"),
-            &identity,
-        )
+        .post_v2_pay_with(&v2_pay_body("identity", 100), &identity)
         .await;
     assert!(plain.is_v2_success(), "{plain:?}");
     assert_eq!(app.drain().await.len(), 1);
@@ -295,19 +285,13 @@ async fn sources_outside_the_allowlist_get_403_unless_forwarded_by_a_trusted_pro
     app.post_v2_pay(&v2_pay_body("direct", 100))
         .await
         .assert_v2_fail(403, "source not allowed");
-    let forwarded = |address: &str| [("X-Forwarded-For".to_owned(), address.to_owned())];
     let (body, mut headers) = signed_v3_pay("outside");
-    headers.extend(forwarded("198.51.100.7"));
+    headers.extend(forwarded_for("198.51.100.7"));
     app.post_v3(V3_MCH, &body, &headers)
         .await
         .assert_v3_fail(403, "source not allowed");
     let inside = app
-        .post(
-            "/notify/v2/pay",
-            v2_pay_body("inside", 100),
-            Some("text/xml"),
-            &forwarded("203.0.113.9"),
-        )
+        .post_v2_pay_with(&v2_pay_body("inside", 100), &forwarded_for("203.0.113.9"))
         .await;
     assert!(inside.is_v2_success(), "{inside:?}");
     assert_eq!(app.drain().await.len(), 1);
@@ -322,14 +306,8 @@ async fn a_source_over_its_rate_gets_429_others_are_not_affected() {
         settings.gateway.trusted_proxies = vec!["127.0.0.1/32".into()];
     })
     .await;
-    let from = |address: &str| [("X-Forwarded-For".to_owned(), address.to_owned())];
     let first = app
-        .post(
-            "/notify/v2/pay",
-            v2_pay_body("rate-1", 100),
-            Some("text/xml"),
-            &from("203.0.113.1"),
-        )
+        .post_v2_pay_with(&v2_pay_body("rate-1", 100), &forwarded_for("203.0.113.1"))
         .await;
     assert!(first.is_v2_success(), "{first:?}");
     // Bucket of one, refilled at 1/s: sent at once, at least one of three is refused.
@@ -338,12 +316,7 @@ async fn a_source_over_its_rate_gets_429_others_are_not_affected() {
         let body = v2_pay_body(&format!("rate-burst-{n}"), 100);
         async move {
             shared
-                .post(
-                    "/notify/v2/pay",
-                    body,
-                    Some("text/xml"),
-                    &from("203.0.113.1"),
-                )
+                .post_v2_pay_with(&body, &forwarded_for("203.0.113.1"))
                 .await
         }
     });
@@ -357,11 +330,9 @@ async fn a_source_over_its_rate_gets_429_others_are_not_affected() {
     assert_eq!(accepted + limited, 3, "{answers:?}");
     // Another client address has its own bucket.
     let other = app
-        .post(
-            "/notify/v2/pay",
-            v2_pay_body("rate-other", 100),
-            Some("text/xml"),
-            &from("203.0.113.2"),
+        .post_v2_pay_with(
+            &v2_pay_body("rate-other", 100),
+            &forwarded_for("203.0.113.2"),
         )
         .await;
     assert!(other.is_v2_success(), "{other:?}");

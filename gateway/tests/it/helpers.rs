@@ -19,7 +19,7 @@ use wxpay_gateway::{Application, ShutdownHandle, StartError};
 use wxpay_runtime::config::Settings;
 use wxpay_shared::v2::XmlFields;
 use wxpay_testkit::merchants::{MERCHANT, V3_MERCHANT};
-use wxpay_testkit::notifications::{refund_resource, transaction_of, transaction_resource};
+use wxpay_testkit::notifications::{refund_resource, transaction_of, transaction_resource, Refund};
 use wxpay_testkit::{config_file, TestEnv};
 
 pub use wxpay_testkit::amqp::{delete_queue, header};
@@ -58,16 +58,15 @@ pub fn gateway_settings() -> Settings {
     settings
 }
 
+/// A refund of 50 out of 100 fen.
+fn refund<'a>(out_trade_no: &'a str, out_refund_no: &'a str) -> Refund<'a> {
+    let refund_id = "50000000382019052709732678859";
+    Refund::new(out_trade_no, out_refund_no, refund_id, 100, 50)
+}
+
 /// The decrypted `<root>` of a SUCCESS refund of 50 out of 100 fen.
 pub fn refund_root(out_trade_no: &str, out_refund_no: &str) -> XmlFields {
-    wxpay_testkit::notifications::refund_root(
-        out_trade_no,
-        out_refund_no,
-        "50000000382019052709732678859",
-        100,
-        50,
-        "SUCCESS",
-    )
+    wxpay_testkit::notifications::refund_root(&refund(out_trade_no, out_refund_no), "SUCCESS")
 }
 
 /// A v3 notification body of the v3 merchant: `resource` encrypted under its key.
@@ -94,10 +93,7 @@ pub fn v3_transaction(out_trade_no: &str) -> serde_json::Value {
 pub fn v3_refund(out_trade_no: &str, out_refund_no: &str) -> serde_json::Value {
     refund_resource(
         &V3_MERCHANT,
-        out_trade_no,
-        out_refund_no,
-        "50000000382019052709732678860",
-        (100, 50),
+        &refund(out_trade_no, out_refund_no),
         "SUCCESS",
     )
 }
@@ -126,6 +122,11 @@ pub async fn wait_readyz(client: &reqwest::Client, base: &str, status: u16, limi
         answer.is_ok_and(|r| r.status().as_u16() == status)
     })
     .await;
+}
+
+/// `X-Forwarded-For: <address>`, as a proxy in front of the gateway sets it.
+pub fn forwarded_for(address: &str) -> Vec<(String, String)> {
+    vec![("X-Forwarded-For".to_owned(), address.to_owned())]
 }
 
 /// The `out_trade_no` of every queued v2 payment.
@@ -252,7 +253,12 @@ impl TestApp {
     }
 
     pub async fn post_v2_pay(&self, body: &str) -> Answer {
-        self.post("/notify/v2/pay", body, Some("text/xml"), &[])
+        self.post_v2_pay_with(body, &[]).await
+    }
+
+    /// A v2 payment notification with extra `headers`.
+    pub async fn post_v2_pay_with(&self, body: &str, headers: &[(String, String)]) -> Answer {
+        self.post("/notify/v2/pay", body, Some("text/xml"), headers)
             .await
     }
 

@@ -8,7 +8,7 @@ use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use wxpay_worker::outbox::{self, RelayError};
-use wxpay_worker::{broker, db, Disposition, Worker};
+use wxpay_worker::{broker, db, Disposition};
 
 use crate::builders::{transaction_of, v2_pay, v2_refund};
 use crate::helpers::{declared_topology, eventually, TestEnv};
@@ -65,8 +65,7 @@ async fn an_event_no_subscriber_takes_waits_in_the_unrouted_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_of_an_order_carries_the_next_order_seq() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
+    let (env, worker) = TestEnv::with_worker().await;
     env.insert_order("e-2", 1000).await;
     let tid = transaction_of("e-2");
     assert_eq!(
@@ -98,8 +97,7 @@ async fn every_event_of_an_order_carries_the_next_order_seq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_even_the_alternate_exchange_cannot_route_is_not_marked_published() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
+    let (env, worker) = TestEnv::with_worker().await;
     env.insert_order("e-3", 100).await;
     worker.process_one(&v2_pay("e-3", "4200e3", 100)).await;
 

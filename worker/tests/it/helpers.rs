@@ -15,7 +15,10 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::task::JoinHandle;
 use wxpay_runtime::config::Settings;
-use wxpay_worker::{broker, migrate, Worker};
+use wxpay_shared::message::NotifyMessage;
+use wxpay_shared::state::OrderState;
+use wxpay_testkit::notifications::{transaction_of, v2_pay};
+use wxpay_worker::{broker, migrate, Disposition, Worker};
 
 pub use wxpay_testkit::services::{closed_port_url, POSTGRES, REDIS_URL};
 pub use wxpay_testkit::{config_file, eventually, Background, FaultProxy};
@@ -65,44 +68,76 @@ impl TestEnv {
         env
     }
 
+    /// A migrated environment and a worker on it, stepped with `Worker::process_one`.
+    pub async fn with_worker() -> (TestEnv, Worker) {
+        let env = TestEnv::new().await;
+        let worker = Worker::new(env.settings()).expect("worker");
+        (env, worker)
+    }
+
+    /// Inserts the NOTPAY order `out_trade_no` for `amount`; then `payment` applies to it.
+    pub async fn pay_order(
+        &self,
+        worker: &Worker,
+        (out_trade_no, amount): (&str, i64),
+        payment: &NotifyMessage,
+    ) {
+        self.insert_order(out_trade_no, amount).await;
+        assert_eq!(worker.process_one(payment).await, Disposition::Applied);
+    }
+
+    /// [`TestEnv::pay_order`] with a v2 payment by [`transaction_of`] the order, the
+    /// transaction the refund builders name.
+    pub async fn paid_order(&self, worker: &Worker, out_trade_no: &str, amount: i64) {
+        let payment = v2_pay(out_trade_no, &transaction_of(out_trade_no), amount);
+        self.pay_order(worker, (out_trade_no, amount), &payment)
+            .await;
+    }
+
+    /// Asserts the order's state and refunded total.
+    pub async fn assert_order(&self, out_trade_no: &str, state: OrderState, refunded_total: i64) {
+        let order = self.order(out_trade_no).await;
+        assert_eq!(
+            (order.state.as_str(), order.refunded_total),
+            (state.as_str(), refunded_total),
+            "{out_trade_no}"
+        );
+    }
+
     /// A queue bound to the events exchange (the worker's topology declared first) for
     /// `routing_key`; collects the event message ids.
     pub async fn bind_events(&self, routing_key: &str) -> EventTap {
         let rabbitmq = &self.settings.rabbitmq;
         let (connection, channel) = declared_topology(&self.settings).await;
         let queue = format!("{}.tap.{}", rabbitmq.queue, routing_key);
+        let private = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let no_arguments = FieldTable::default;
         channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+            .queue_declare(queue.as_str().into(), private, no_arguments())
             .await
             .expect("tap queue");
+        let exchange = rabbitmq.events_exchange.as_str();
+        let bind = QueueBindOptions::default();
         channel
             .queue_bind(
                 queue.as_str().into(),
-                rabbitmq.events_exchange.as_str().into(),
+                exchange.into(),
                 routing_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
+                bind,
+                no_arguments(),
             )
             .await
             .expect("bind");
+        let no_ack = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
         let mut consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "tap".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+            .basic_consume(queue.as_str().into(), "tap".into(), no_ack, no_arguments())
             .await
             .expect("consume");
         let ids = Arc::new(Mutex::new(Vec::new()));
@@ -143,6 +178,31 @@ pub async fn declared_topology(settings: &Settings) -> (Connection, Channel) {
         .await
         .expect("topology");
     (connection, channel)
+}
+
+/// The disposition of a message recorded as the anomaly `reason`.
+pub fn anomaly(reason: &str) -> Disposition {
+    Disposition::Anomaly {
+        reason: reason.to_owned(),
+    }
+}
+
+/// Asserts that a message was found a duplicate (by either layer).
+#[track_caller]
+pub fn assert_duplicate(disposition: &Disposition) {
+    assert!(
+        matches!(disposition, Disposition::Duplicate { .. }),
+        "{disposition:?}"
+    );
+}
+
+/// Waits until `worker` is connected to Redis (it connects in the background).
+pub async fn wait_for_redis(worker: &Worker) {
+    eventually(Duration::from_secs(5), "redis connected", || {
+        let connected = worker.redis_connected();
+        async move { connected }
+    })
+    .await;
 }
 
 pub struct EventTap {

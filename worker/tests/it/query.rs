@@ -6,10 +6,10 @@ use wxpay_shared::state::{OrderState, TradeState};
 use wxpay_shared::v2::XmlFields;
 use wxpay_testkit::merchants::MERCHANT;
 use wxpay_testkit::notifications::{transaction_resource, v2_signed_message, v3_signed_message};
-use wxpay_worker::{Disposition, Worker};
+use wxpay_worker::Disposition;
 
 use crate::builders::{self, v2_pay, APPID, MCH_ID, V2_KEY};
-use crate::helpers::{eventually, TestEnv, REDIS_URL};
+use crate::helpers::{assert_duplicate, wait_for_redis, TestEnv, REDIS_URL};
 
 /// `pairs` signed with `key` (MD5), as the reconciler queues a v2 query answer.
 fn signed_v2(kind: NotifyKind, pairs: &[(&str, &str)], key: &str) -> NotifyMessage {
@@ -51,8 +51,7 @@ fn v3_response(kind: NotifyKind, body: serde_json::Value) -> NotifyMessage {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_order_query_applies_and_dedupes_with_the_notification() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
+    let (env, worker) = TestEnv::with_worker().await;
     env.insert_order("q-1", 700).await;
     env.insert_order("q-2", 700).await;
     assert_eq!(
@@ -68,10 +67,7 @@ async fn v2_order_query_applies_and_dedupes_with_the_notification() {
         Disposition::Applied
     );
     let notified = worker.process_one(&v2_pay("q-1", "4200q1", 700)).await;
-    assert!(
-        matches!(notified, Disposition::Duplicate { .. }),
-        "{notified:?}"
-    );
+    assert_duplicate(&notified);
     // A forged answer (wrong key) is parked.
     let forged = signed_v2(
         NotifyKind::QueryPay,
@@ -93,13 +89,9 @@ async fn v2_order_query_applies_and_dedupes_with_the_notification() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refund_queries_apply_like_notifications() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
-    env.insert_order("q-3", 1000).await;
-    assert_eq!(
-        worker.process_one(&v2_pay("q-3", "4200q3", 1000)).await,
-        Disposition::Applied
-    );
+    let (env, worker) = TestEnv::with_worker().await;
+    env.pay_order(&worker, ("q-3", 1000), &v2_pay("q-3", "4200q3", 1000))
+        .await;
     let v2_answer = signed_v2(
         NotifyKind::QueryRefund,
         &[
@@ -125,7 +117,7 @@ async fn refund_queries_apply_like_notifications() {
             "q-3", "qr-1", "5030q1", 1000, 400, "SUCCESS",
         ))
         .await;
-    assert!(matches!(same, Disposition::Duplicate { .. }), "{same:?}");
+    assert_duplicate(&same);
     let v3_answer = v3_response(
         NotifyKind::QueryRefund,
         serde_json::json!({
@@ -152,14 +144,9 @@ async fn refund_queries_apply_like_notifications() {
 /// PostgreSQL and applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_answers_skip_the_redis_done_marker() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
+    let (env, worker) = TestEnv::with_worker().await;
     env.insert_order("q-9", 900).await;
-    eventually(std::time::Duration::from_secs(5), "redis connected", || {
-        let connected = worker.redis_connected();
-        async move { connected }
-    })
-    .await;
+    wait_for_redis(&worker).await;
     // The marker of a payment whose row the restore lost.
     let client = redis::Client::open(REDIS_URL).expect("redis");
     let mut conn = client

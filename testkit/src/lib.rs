@@ -8,6 +8,7 @@
 //! - [`merchants`], [`notifications`]: test merchants with their keys, and notifications
 //!   signed and encrypted through wxpay-shared exactly as WeChat Pay sends them.
 //! - [`config`]: a [`Settings`](wxpay_runtime::config::Settings) as the file the binaries read.
+//! - [`metrics`]: what a service's `/metrics` says.
 //! - [`proxy`]: a TCP proxy that cuts, stalls and restores a link to a service.
 //! - [`wait`]: polling until a condition holds, and a task stopped by a token.
 //! - [`bins`]: the workspace's binaries, built when missing or stale.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod db;
 pub mod env;
 pub mod merchants;
+pub mod metrics;
 pub mod notifications;
 pub mod proxy;
 pub mod services;

@@ -230,13 +230,10 @@ async fn compressed_bodies_get_415_in_each_format_and_nothing_is_queued() {
     app.stop().await;
 }
 
-fn metric_value(metrics: &str, line_start: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(line_start))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {line_start} in\n{metrics}"))
+/// The value of `series` in `metrics`; it must be exposed.
+fn metric_value(metrics: &str, series: &str) -> f64 {
+    wxpay_testkit::metrics::series(metrics, series)
+        .unwrap_or_else(|| panic!("no metric {series} in\n{metrics}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,6 +24,7 @@ use wxpay_testkit::{bin_path_async, clean_command, TestEnv};
 
 pub use wxpay_testkit::db::{count, order};
 pub use wxpay_testkit::eventually;
+pub use wxpay_testkit::metrics::{counter_sum, metric_names};
 
 /// Retry tiers of the worker in these tests (short: a retried message comes back quickly).
 pub const RETRY_DELAYS_MS: [u64; 3] = [200, 500, 1000];
@@ -544,41 +544,6 @@ pub async fn insert_order(conn: &mut AsyncPgConnection, s: &Stack, no: &str, amo
     order.insert(conn).await;
 }
 
-/// Base names of the series in a Prometheus text exposition (`_bucket`, `_sum`, `_count`
-/// folded into their family). Only samples count: a `# HELP` without a sample is no series
-/// for a rule or a panel to use.
-pub fn metric_names(exposition: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for line in exposition.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let name = line.split(['{', ' ']).next().unwrap_or_default();
-        let base = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s))
-            .unwrap_or(name);
-        if !base.is_empty() {
-            names.insert(base.to_owned());
-        }
-    }
-    names
-}
-
-/// Sum of the samples of counter `name` whose labels include every `labels` pair.
-pub fn counter_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    exposition
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Messages the worker finished with (everything but a hand-over to a retry tier).
 pub fn worker_done(exposition: &str) -> f64 {
     counter_sum(exposition, "wxpay_worker_messages_total", &[])
@@ -604,22 +569,4 @@ pub async fn scrape(base: &str) -> String {
         response.status()
     );
     response.text().await.expect("metrics body")
-}
-
-#[test]
-fn metric_names_fold_histogram_and_summary_series_and_ignore_bare_help() {
-    let text = "# HELP wxpay_a_total A.\n# TYPE wxpay_a_total counter\nwxpay_a_total{route=\"v3\"} 3\n\
-                # HELP wxpay_described_only Never recorded.\n\
-                wxpay_h_seconds_bucket{le=\"0.1\"} 1\nwxpay_h_seconds_sum 0.05\nwxpay_h_seconds_count 1\n\
-                wxpay_s_seconds{quantile=\"0.5\"} 0.01\nwxpay_s_seconds_count 2\nwxpay_g 1\n\n";
-    let names: Vec<String> = metric_names(text).into_iter().collect();
-    assert_eq!(
-        names,
-        [
-            "wxpay_a_total",
-            "wxpay_g",
-            "wxpay_h_seconds",
-            "wxpay_s_seconds"
-        ]
-    );
 }

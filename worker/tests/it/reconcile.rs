@@ -257,14 +257,7 @@ macro_rules! per_api {
 
 /// The value of one series in a Prometheus text rendering (0 when absent).
 fn metric(rendered: &str, series: &str) -> f64 {
-    rendered
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+    wxpay_testkit::metrics::series(rendered, series).unwrap_or(0.0)
 }
 
 // ------------------------------------------------------------------ found only by query

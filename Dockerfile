@@ -24,7 +24,8 @@ COPY gateway/Cargo.toml gateway/
 COPY worker/Cargo.toml worker/build.rs worker/
 COPY simulator/Cargo.toml simulator/
 COPY console/Cargo.toml console/
-RUN for crate in shared runtime gateway worker simulator console; do \
+COPY testkit/Cargo.toml testkit/
+RUN for crate in shared runtime gateway worker simulator console testkit; do \
       mkdir -p "$crate/src" "$crate/benches" "$crate/tests/it" \
       && echo 'fn main() {}' >"$crate/src/main.rs" \
       && touch "$crate/src/lib.rs" "$crate/tests/it/main.rs"; \
@@ -34,14 +35,14 @@ RUN for crate in shared runtime gateway worker simulator console; do \
     done \
  && mkdir -p worker/migrations \
  && cargo build --release --locked --bins \
- && rm -rf shared runtime gateway worker simulator console
+ && rm -rf shared runtime gateway worker simulator console testkit
 
 COPY . .
 # The same command as scripts/run, so the image runs exactly what was tested. The stub
 # builds of our own crates are removed first: their outputs could look newer than the
 # sources just copied (COPY keeps the files' modification times).
 # --locked: Cargo.lock is the reviewed dependency set; never resolve anew in an image build.
-RUN cargo clean --release --locked -p wxpay-shared -p wxpay-runtime -p wxpay-gateway -p wxpay-worker -p wxpay-simulator -p wxpay-console \
+RUN cargo clean --release --locked -p wxpay-shared -p wxpay-runtime -p wxpay-gateway -p wxpay-worker -p wxpay-simulator -p wxpay-console -p wxpay-testkit \
  && cargo build --release --locked --bins \
  && mkdir -p /out \
  && cp target/release/wxpay-gateway target/release/wxpay-worker target/release/wxpay-sim target/release/wxpay-console /out/ \

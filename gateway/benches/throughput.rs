@@ -27,11 +27,11 @@ use wxpay_gateway::Application;
 use wxpay_runtime::amqp::{durable_queue_options, quorum_queue_arguments, AmqpMessage};
 use wxpay_runtime::config::Settings;
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
-use wxpay_shared::v2::{sign, SignType, XmlFields};
+use wxpay_shared::v2::SignType;
+use wxpay_testkit::merchants::MERCHANT;
+use wxpay_testkit::notifications::{signed_xml, v2_pay_fields};
+use wxpay_testkit::services::AMQP_URL;
 
-const MCH_ID: &str = "1900000109";
-const APPID: &str = "wxd930ea5d5a258f4f";
-const KEY: &str = "192006250b4c09247ec02edce69f6a2d";
 const RATES: [u64; 4] = [500, 1000, 2000, 3000];
 const PHASE: Duration = Duration::from_secs(6);
 const WARMUP: Duration = Duration::from_secs(1);
@@ -49,52 +49,31 @@ fn main() -> BenchResult<()> {
 }
 
 fn amqp_url() -> String {
-    std::env::var("WXPAY_BENCH_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("WXPAY_BENCH_AMQP").unwrap_or_else(|_| AMQP_URL.into())
 }
 
+/// The gateway's settings, read from their file as the binary reads them (so that
+/// `WXPAY__GATEWAY__…` variables apply).
 fn settings(queue: &str) -> BenchResult<Settings> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("bench.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\npublish_timeout_ms = 2000\npublish_channels = {CHANNELS}\n\
-             [rabbitmq]\nurl = \"{}\"\nqueue = \"{queue}\"\n\
-             [[merchants]]\nmch_id = \"{MCH_ID}\"\nappids = [\"{APPID}\"]\napi_v2_key = \"{KEY}\"\n",
-            amqp_url()
-        ),
-    )?;
-    Ok(Settings::load(&path)?)
+    let mut settings = wxpay_testkit::default_settings();
+    settings.gateway.publish_timeout_ms = 2000;
+    settings.gateway.publish_channels = CHANNELS;
+    settings.rabbitmq.url = amqp_url().into();
+    settings.rabbitmq.queue = queue.to_owned();
+    let file = wxpay_testkit::config_file(&settings);
+    Ok(Settings::load(file.path())?)
 }
 
 /// Pre-signed v2 MD5 payment notifications, distinct order numbers.
 fn bodies() -> Vec<Arc<[u8]>> {
     (0..POOL)
         .map(|n| {
-            let mut fields: XmlFields = [
-                ("appid", APPID.to_owned()),
-                ("bank_type", "CMC".to_owned()),
-                ("cash_fee", "100".to_owned()),
-                ("fee_type", "CNY".to_owned()),
-                ("is_subscribe", "N".to_owned()),
-                ("mch_id", MCH_ID.to_owned()),
-                ("nonce_str", format!("{n:032x}")),
-                ("openid", "oUpF8uMEb4qRXf22hE3X68TekukE".to_owned()),
-                ("out_trade_no", format!("bench-{n:08}")),
-                ("result_code", "SUCCESS".to_owned()),
-                ("return_code", "SUCCESS".to_owned()),
-                ("time_end", "20240102030405".to_owned()),
-                ("total_fee", "100".to_owned()),
-                ("trade_type", "JSAPI".to_owned()),
-                ("transaction_id", format!("42000000000000{n:014}")),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-            let signature = sign(&fields, KEY, SignType::Md5);
-            fields.insert("sign", signature);
-            Arc::from(fields.to_xml().into_bytes())
+            let order = format!("bench-{n:08}");
+            let mut fields = v2_pay_fields(MERCHANT.mch_id, MERCHANT.appid, &order, 100);
+            fields.insert("nonce_str", format!("{n:032x}"));
+            fields.insert("transaction_id", format!("42000000000000{n:014}"));
+            let body = signed_xml(fields, MERCHANT.api_v2_key, SignType::Md5, false);
+            Arc::from(body.into_bytes())
         })
         .collect()
 }
@@ -123,8 +102,50 @@ impl Stats {
     }
 }
 
-fn histogram() -> BenchResult<Histogram<u64>> {
-    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+/// The latencies (µs) and outcomes of one phase, recorded by its many tasks.
+#[derive(Clone)]
+struct Recorder(Arc<Mutex<Stats>>);
+
+impl Recorder {
+    fn new() -> BenchResult<Recorder> {
+        Ok(Recorder(Arc::new(Mutex::new(Stats {
+            histogram: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            ok: 0,
+            failed: 0,
+            elapsed: Duration::ZERO,
+        }))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stats> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One answer, `ok` or not, `latency` after it was due.
+    fn record(&self, ok: bool, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut stats = self.lock();
+        let _ = stats.histogram.record(micros);
+        if ok {
+            stats.ok += 1;
+        } else {
+            stats.failed += 1;
+        }
+    }
+
+    /// What was recorded, over a phase of `elapsed`.
+    fn stats(&self, elapsed: Duration) -> Stats {
+        let stats = self.lock();
+        Stats {
+            histogram: stats.histogram.clone(),
+            ok: stats.ok,
+            failed: stats.failed,
+            elapsed,
+        }
+    }
 }
 
 /// A minimal HTTP/1.1 keep-alive client: the load generator shares the 2 cores with the
@@ -238,7 +259,7 @@ where
     F: Fn(Arc<[u8]>) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
-    let shared = Arc::new(Mutex::new((histogram()?, 0u64, 0u64)));
+    let recorder = Recorder::new()?;
     let total = rate * phase.as_secs();
     let period = Duration::from_nanos(1_000_000_000 / rate);
     let start = tokio::time::Instant::now() + Duration::from_millis(10);
@@ -248,36 +269,16 @@ where
         tokio::time::sleep_until(intended).await;
         let send = send.clone();
         let body = bodies[usize::try_from(i)? % bodies.len()].clone();
-        let shared = shared.clone();
+        let recorder = recorder.clone();
         tasks.push(tokio::spawn(async move {
             let ok = send(body).await;
-            let latency = u64::try_from(intended.elapsed().as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            let mut guard = shared
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let _ = guard.0.record(latency);
-            if ok {
-                guard.1 += 1;
-            } else {
-                guard.2 += 1;
-            }
+            recorder.record(ok, intended.elapsed());
         }));
     }
     for task in tasks {
         task.await?;
     }
-    let elapsed = start.elapsed();
-    let guard = shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Ok(Stats {
-        histogram: guard.0.clone(),
-        ok: guard.1,
-        failed: guard.2,
-        elapsed,
-    })
+    Ok(recorder.stats(start.elapsed()))
 }
 
 /// Closed loop: `CONCURRENCY` clients each send their next request on the previous answer.
@@ -286,30 +287,19 @@ where
     F: Fn(Arc<[u8]>) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
-    let shared = Arc::new(Mutex::new((histogram()?, 0u64, 0u64)));
+    let recorder = Recorder::new()?;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..CONCURRENCY {
         let send = send.clone();
         let bodies: Vec<Arc<[u8]>> = bodies.to_vec();
-        let shared = shared.clone();
+        let recorder = recorder.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = worker;
             while start.elapsed() < phase {
                 let sent = Instant::now();
                 let ok = send(bodies[n % bodies.len()].clone()).await;
-                let latency = u64::try_from(sent.elapsed().as_micros())
-                    .unwrap_or(u64::MAX)
-                    .max(1);
-                let mut guard = shared
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let _ = guard.0.record(latency);
-                if ok {
-                    guard.1 += 1;
-                } else {
-                    guard.2 += 1;
-                }
+                recorder.record(ok, sent.elapsed());
                 n += CONCURRENCY;
             }
         }));
@@ -317,16 +307,7 @@ where
     for task in tasks {
         task.await?;
     }
-    let elapsed = start.elapsed();
-    let guard = shared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Ok(Stats {
-        histogram: guard.0.clone(),
-        ok: guard.1,
-        failed: guard.2,
-        elapsed,
-    })
+    Ok(recorder.stats(start.elapsed()))
 }
 
 async fn connect() -> BenchResult<Connection> {
@@ -375,7 +356,7 @@ impl RawPublisher {
             self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.channels.len();
         let message = NotifyMessage::new(
             NotifyKind::V2Pay,
-            MCH_ID,
+            MERCHANT.mch_id,
             body.to_vec(),
             Some("text/xml".into()),
             None,

@@ -11,30 +11,30 @@ const V3_KEY: &str = "Zyxwvutsrqponmlkjihgfedcba543210";
 
 /// A platform public key made by the openssl command line, not by our code.
 fn openssl_public_key_pem(dir: &std::path::Path) -> String {
-    let private = dir.join("platform.pem");
-    let public = dir.join("platform.pub.pem");
-    let status = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&private)
-        .status()
-        .expect("openssl must be installed for the tests");
-    assert!(status.success());
-    let status = Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .status()
-        .expect("openssl");
-    assert!(status.success());
+    let (private, public) = (dir.join("platform.pem"), dir.join("platform.pub.pem"));
+    let openssl = |args: &[&str], out: &Path| {
+        let status = Command::new("openssl")
+            .args(args)
+            .arg(out)
+            .status()
+            .expect("openssl must be installed for the tests");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let rsa_2048 = "rsa_keygen_bits:2048";
+    openssl(
+        &["genpkey", "-algorithm", "RSA", "-pkeyopt", rsa_2048, "-out"],
+        &private,
+    );
+    let private = private.to_str().expect("UTF-8 path");
+    openssl(&["pkey", "-pubout", "-in", private, "-out"], &public);
     std::fs::read_to_string(public).expect("public key")
+}
+
+/// Merchant 10000100 with the API v2 key alone, in `appid`.
+fn v2_only_merchant(appid: &str) -> String {
+    format!(
+        "[[merchants]]\nmch_id = \"10000100\"\nappids = [\"{appid}\"]\napi_v2_key = \"{V2_KEY}\"\n"
+    )
 }
 
 fn merchant_toml(mch_id: &str, v2_key: &str, v3_key: &str, pem: &str, appids: &str) -> String {
@@ -183,10 +183,7 @@ fn two_merchants_with_one_mch_id_fail_start_up() {
 #[test]
 fn a_v2_only_merchant_needs_no_platform_key() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let body = format!(
-        "[[merchants]]\nmch_id = \"10000100\"\nappids = [\"wx2421b1c4370ec43b\"]\napi_v2_key = \"{V2_KEY}\"\n"
-    );
-    let settings = load(&write(&dir, &body)).expect("valid");
+    let settings = load(&write(&dir, &v2_only_merchant("wx2421b1c4370ec43b"))).expect("valid");
     let merchants = settings.merchants().expect("merchants");
     assert!(!merchants.get("10000100").expect("merchant").uses_v3());
 }
@@ -204,10 +201,7 @@ fn unknown_keys_and_missing_files_are_clear_errors() {
 #[test]
 fn secrets_are_redacted_in_debug_output() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let body = format!(
-        "[[merchants]]\nmch_id = \"10000100\"\nappids = [\"wx1\"]\napi_v2_key = \"{V2_KEY}\"\n"
-    );
-    let settings = load(&write(&dir, &body)).expect("valid");
+    let settings = load(&write(&dir, &v2_only_merchant("wx1"))).expect("valid");
     let shown = format!(
         "{settings:?} {:?}",
         settings.merchants().expect("merchants")

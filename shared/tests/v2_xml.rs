@@ -164,26 +164,24 @@ fn rejects_wrong_root() {
 
 #[test]
 fn rejects_nested_elements() {
-    assert_eq!(
-        parse("<xml><a><b>1</b></a></xml>"),
-        Err(XmlError::NestedElement("a".to_owned()))
-    );
-    assert_eq!(
-        parse("<xml><a>1<b/></a></xml>"),
-        Err(XmlError::NestedElement("a".to_owned()))
-    );
+    for body in ["<xml><a><b>1</b></a></xml>", "<xml><a>1<b/></a></xml>"] {
+        let nested = Err(XmlError::NestedElement("a".to_owned()));
+        assert_eq!(parse(body), nested, "{body}");
+    }
 }
 
 #[test]
 fn rejects_duplicate_fields() {
-    assert_eq!(
-        parse("<xml><total_fee>1</total_fee><total_fee>100</total_fee></xml>"),
-        Err(XmlError::DuplicateField("total_fee".to_owned()))
-    );
-    assert_eq!(
-        parse("<xml><a/><a>1</a></xml>"),
-        Err(XmlError::DuplicateField("a".to_owned()))
-    );
+    for (body, field) in [
+        (
+            "<xml><total_fee>1</total_fee><total_fee>100</total_fee></xml>",
+            "total_fee",
+        ),
+        ("<xml><a/><a>1</a></xml>", "a"),
+    ] {
+        let duplicate = Err(XmlError::DuplicateField(field.to_owned()));
+        assert_eq!(parse(body), duplicate, "{body}");
+    }
 }
 
 fn many_fields(n: usize) -> String {

@@ -75,6 +75,11 @@ fn enforce() -> TimestampCheck {
     TimestampCheck::Enforce { now_unix: NOW }
 }
 
+/// `verify_notification` of `BODY` with `headers`, against [`keys`] at `NOW`.
+fn verify_body(headers: &WechatpayHeaders) -> Result<(), VerifyError> {
+    verify_notification(headers, BODY.as_bytes(), &keys(), enforce())
+}
+
 // ---------- openssl helpers ----------
 
 fn openssl(args: &[&str]) -> std::process::Output {
@@ -84,20 +89,21 @@ fn openssl(args: &[&str]) -> std::process::Output {
         .expect("the openssl command line is required by these tests")
 }
 
+/// `openssl dgst -sha256 <args> <message, written to a file in dir>`.
+fn openssl_dgst(dir: &Path, message: &[u8], args: &[&str]) -> std::process::Output {
+    let msg = dir.join("message.bin");
+    std::fs::write(&msg, message).unwrap();
+    let mut all = vec!["dgst", "-sha256"];
+    all.extend_from_slice(args);
+    all.push(msg.to_str().unwrap());
+    openssl(&all)
+}
+
 /// `openssl dgst -sha256 -sign key`: returns base64 of the signature.
 fn openssl_sign(dir: &Path, key_pem_path: &Path, message: &[u8]) -> String {
-    let msg = dir.join("msg.bin");
     let sig = dir.join("sig.bin");
-    std::fs::write(&msg, message).unwrap();
-    let out = openssl(&[
-        "dgst",
-        "-sha256",
-        "-sign",
-        key_pem_path.to_str().unwrap(),
-        "-out",
-        sig.to_str().unwrap(),
-        msg.to_str().unwrap(),
-    ]);
+    let key = key_pem_path.to_str().unwrap();
+    let out = openssl_dgst(dir, message, &["-sign", key, "-out", sig.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
@@ -108,19 +114,11 @@ fn openssl_sign(dir: &Path, key_pem_path: &Path, message: &[u8]) -> String {
 
 /// `openssl dgst -sha256 -verify pub`: true when openssl accepts the signature.
 fn openssl_verify(dir: &Path, pub_pem_path: &Path, message: &[u8], signature_b64: &str) -> bool {
-    let msg = dir.join("vmsg.bin");
     let sig = dir.join("vsig.bin");
-    std::fs::write(&msg, message).unwrap();
     std::fs::write(&sig, BASE64.decode(signature_b64).unwrap()).unwrap();
-    let out = openssl(&[
-        "dgst",
-        "-sha256",
-        "-verify",
-        pub_pem_path.to_str().unwrap(),
-        "-signature",
-        sig.to_str().unwrap(),
-        msg.to_str().unwrap(),
-    ]);
+    let public = pub_pem_path.to_str().unwrap();
+    let args = ["-verify", public, "-signature", sig.to_str().unwrap()];
+    let out = openssl_dgst(dir, message, &args);
     out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Verified OK")
 }
 
@@ -209,10 +207,7 @@ fn openssl_signature_verifies_through_the_certificate_and_pkcs1_forms() {
     );
     let h = headers(&ts, "n0nce", sig.clone(), SERIAL_B);
     // Certificate (serial B in `keys()`).
-    assert_eq!(
-        verify_notification(&h, BODY.as_bytes(), &keys(), enforce()),
-        Ok(())
-    );
+    assert_eq!(verify_body(&h), Ok(()));
     // SPKI and PKCS#1 public forms of the same key.
     for name in ["platform_b_public_spki.pem", "platform_b_public_pkcs1.pem"] {
         let key = load_public_key_pem(&fixture(name)).unwrap();
@@ -332,33 +327,21 @@ fn keys_ring_cannot_verify_with_are_refused_at_load() {
 
 #[test]
 fn valid_notification_verifies() {
-    assert_eq!(
-        verify_notification(&signed_at(NOW), BODY.as_bytes(), &keys(), enforce()),
-        Ok(())
-    );
+    assert_eq!(verify_body(&signed_at(NOW)), Ok(()));
     let mut no_type = signed_at(NOW);
     no_type.signature_type = None;
-    assert_eq!(
-        verify_notification(&no_type, BODY.as_bytes(), &keys(), enforce()),
-        Ok(())
-    );
+    assert_eq!(verify_body(&no_type), Ok(()));
 }
 
 #[test]
 fn signtest_probe_fails_even_when_the_rest_is_valid() {
     let mut h = signed_at(NOW);
     h.signature = format!("WECHATPAY/SIGNTEST/{}", h.signature);
-    assert_eq!(
-        verify_notification(&h, BODY.as_bytes(), &keys(), enforce()),
-        Err(VerifyError::Probe)
-    );
+    assert_eq!(verify_body(&h), Err(VerifyError::Probe));
     // Probe comes first: even with an unknown serial and a stale timestamp.
     h.serial = "nobody".into();
     h.timestamp = "1".into();
-    assert_eq!(
-        verify_notification(&h, BODY.as_bytes(), &keys(), enforce()),
-        Err(VerifyError::Probe)
-    );
+    assert_eq!(verify_body(&h), Err(VerifyError::Probe));
     assert_eq!(
         verify_response(&h, BODY.as_bytes(), &keys(), enforce()),
         Err(VerifyError::Probe)
@@ -370,13 +353,13 @@ fn unknown_serial_fails() {
     let mut h = signed_at(NOW);
     h.serial = "PUB_KEY_ID_UNKNOWN".into();
     assert_eq!(
-        verify_notification(&h, BODY.as_bytes(), &keys(), enforce()),
+        verify_body(&h),
         Err(VerifyError::UnknownSerial("PUB_KEY_ID_UNKNOWN".into()))
     );
     // Serials are exact: case matters.
     h.serial = SERIAL_A.to_lowercase();
     assert!(matches!(
-        verify_notification(&h, BODY.as_bytes(), &keys(), enforce()),
+        verify_body(&h),
         Err(VerifyError::UnknownSerial(_))
     ));
     assert!(matches!(
@@ -415,7 +398,7 @@ fn timestamps_301_s_off_fail_and_299_s_pass() {
 #[test]
 fn skip_accepts_an_old_notification_but_not_a_bad_one() {
     let old = signed_at(NOW - 86_400);
-    assert!(verify_notification(&old, BODY.as_bytes(), &keys(), enforce()).is_err());
+    assert!(verify_body(&old).is_err());
     assert_eq!(
         verify_notification(&old, BODY.as_bytes(), &keys(), TimestampCheck::Skip),
         Ok(())
@@ -437,7 +420,7 @@ fn wrong_signature_type_fails() {
     let mut h = signed_at(NOW);
     h.signature_type = Some("WECHATPAY2-SM2-WITH-SM3".into());
     assert_eq!(
-        verify_notification(&h, BODY.as_bytes(), &keys(), enforce()),
+        verify_body(&h),
         Err(VerifyError::UnsupportedSignatureType(
             "WECHATPAY2-SM2-WITH-SM3".into()
         ))
@@ -467,22 +450,13 @@ fn body_tampered_by_one_byte_fails() {
 fn signature_encoding_and_key_mix_ups_fail() {
     let mut h = signed_at(NOW);
     h.signature = "not base64 !".into();
-    assert_eq!(
-        verify_notification(&h, BODY.as_bytes(), &keys(), enforce()),
-        Err(VerifyError::BadSignatureEncoding)
-    );
+    assert_eq!(verify_body(&h), Err(VerifyError::BadSignatureEncoding));
     h.signature = BASE64.encode(b"short");
-    assert_eq!(
-        verify_notification(&h, BODY.as_bytes(), &keys(), enforce()),
-        Err(VerifyError::SignatureMismatch)
-    );
+    assert_eq!(verify_body(&h), Err(VerifyError::SignatureMismatch));
     // Signed by A but claiming B's serial.
     let mut h = signed_at(NOW);
     h.serial = SERIAL_B.into();
-    assert_eq!(
-        verify_notification(&h, BODY.as_bytes(), &keys(), enforce()),
-        Err(VerifyError::SignatureMismatch)
-    );
+    assert_eq!(verify_body(&h), Err(VerifyError::SignatureMismatch));
 }
 
 #[test]
@@ -610,24 +584,15 @@ fn authorization_with_a_post_body() {
     );
     let params = parse_authorization(&header).unwrap();
     let public = private_a().public_key();
-    assert_eq!(
+    let verify = |body: &[u8]| {
         verify_authorization(
             &params,
             &public,
             "POST",
             "/v3/refund/domestic/refunds",
-            body
-        ),
-        Ok(())
-    );
-    assert_eq!(
-        verify_authorization(
-            &params,
-            &public,
-            "POST",
-            "/v3/refund/domestic/refunds",
-            &body[1..]
-        ),
-        Err(VerifyError::SignatureMismatch)
-    );
+            body,
+        )
+    };
+    assert_eq!(verify(body), Ok(()));
+    assert_eq!(verify(&body[1..]), Err(VerifyError::SignatureMismatch));
 }

@@ -11,9 +11,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use crate::builders;
-use crate::helpers::eventually;
-use crate::support::{App, OPERATOR, VIEWER};
+use wxpay_testkit::eventually;
+use wxpay_testkit::notifications::{v2_pay, v3_pay};
+
+use crate::support::{spawn_worker, App, OPERATOR, VIEWER};
 
 /// chromedriver in a process group of its own, the browsers it starts included: the group
 /// (the one this test started) is killed when dropped, so that a failing test, which never
@@ -207,6 +208,14 @@ async fn assert_audited(browser: &Client, note: &str, action: &str, result: &str
     assert!(outcome.contains(result), "{action}: {outcome}");
 }
 
+/// Opens `path`; its text, after a screenshot named `name`.
+async fn visit(browser: &Client, app: &App, path: &str, name: &str) -> String {
+    browser.goto(&app.url(path)).await.expect("goto");
+    let text = body_text(browser).await;
+    screenshot(browser, name).await;
+    text
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_find_payments_resolve_anomalies_and_replay_parked_messages_viewers_cannot() {
     let app = App::start().await;
@@ -221,11 +230,10 @@ async fn operators_find_payments_resolve_anomalies_and_replay_parked_messages_vi
         ("order-open", "4200000106"),
     ] {
         env.insert_order(order, 100).await;
-        env.publish(&builders::v2_pay(order, transaction_id, 999))
-            .await;
+        env.publish(&v2_pay(order, transaction_id, 999)).await;
     }
-    let worker = env.spawn_worker(env.settings());
-    env.publish(&builders::v2_pay("order-paid", "4200000101", 2_500))
+    let worker = spawn_worker(env.settings());
+    env.publish(&v2_pay("order-paid", "4200000101", 2_500))
         .await;
     eventually(
         Duration::from_secs(20),
@@ -236,7 +244,7 @@ async fn operators_find_payments_resolve_anomalies_and_replay_parked_messages_vi
         },
     )
     .await;
-    let parked = builders::v3_pay("order-parked", "4200000103", 700);
+    let parked = v3_pay("order-parked", "4200000103", 700);
     app.park(&parked, "retries_exhausted: database unavailable")
         .await;
 
@@ -339,10 +347,8 @@ async fn operators_find_payments_resolve_anomalies_and_replay_parked_messages_vi
     );
 
     // Replay the parked message: it leaves the list, the worker pays the order.
-    browser.goto(&app.url("/parked")).await.expect("goto");
-    let list = body_text(&browser).await;
+    let list = visit(&browser, &app, "/parked", "parked").await;
     assert!(list.contains(&parked.message_id.to_string()), "{list}");
-    screenshot(&browser, "parked").await;
     click(&browser, Locator::Css("button.replay")).await;
     let after = text_when(&browser, Locator::Css("main"), |t| t.contains("replayed 1")).await;
     assert!(after.contains("No parked message."), "{after}");
@@ -368,7 +374,7 @@ async fn operators_find_payments_resolve_anomalies_and_replay_parked_messages_vi
     let heading = text_when(&browser, Locator::Css("h1"), |h| h == "Log in").await;
     assert_eq!(heading, "Log in", "logged out");
     app.park(
-        &builders::v2_pay("order-x", "4200000104", 1),
+        &v2_pay("order-x", "4200000104", 1),
         "unknown_merchant: test",
     )
     .await;

@@ -5,17 +5,15 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::builders;
-use crate::support::{client, login, set_cookie, try_login, App, OPERATOR, VIEWER};
+use wxpay_testkit::eventually;
+use wxpay_testkit::notifications::v2_pay;
+
+use crate::support::{login, set_cookie, spawn_worker, try_login, App, OPERATOR, VIEWER};
 
 /// A page's body, fetched with a session cookie.
 async fn fetch(app: &App, path: &str, cookie: &str) -> String {
-    client()
-        .get(app.url(path))
-        .header("cookie", cookie)
-        .send()
+    app.get(path, &[("cookie", cookie)])
         .await
-        .expect("get")
         .text()
         .await
         .expect("body")
@@ -24,28 +22,19 @@ async fn fetch(app: &App, path: &str, cookie: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_session_pages_redirect_to_login_and_actions_answer_401() {
     let app = App::start().await;
-    let http = client();
     for path in ["/", "/search?q=x", "/anomalies", "/parked", "/logout"] {
-        let answer = http.get(app.url(path)).send().await.expect("get");
+        let answer = app.get(path, &[]).await;
         assert_eq!(answer.status(), StatusCode::SEE_OTHER, "GET {path}");
         assert_eq!(answer.headers()["location"], "/login", "GET {path}");
     }
     for path in ["/parked/replay", "/parked/replay-all", "/logout"] {
-        let answer = http
-            .post(app.url(path))
-            .form(&[("csrf", "x"), ("id", "y")])
-            .send()
-            .await
-            .expect("post");
+        let answer = app
+            .post_form(path, &[], &[("csrf", "x"), ("id", "y")])
+            .await;
         assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "POST {path}");
     }
     // A made-up session cookie is no session.
-    let answer = http
-        .get(app.url("/"))
-        .header("cookie", "console_session=00ff")
-        .send()
-        .await
-        .expect("get");
+    let answer = app.get("/", &[("cookie", "console_session=00ff")]).await;
     assert_eq!(answer.status(), StatusCode::SEE_OTHER);
     app.stop().await;
 }
@@ -54,16 +43,11 @@ async fn without_a_session_pages_redirect_to_login_and_actions_answer_401() {
 async fn posts_without_their_csrf_token_are_refused_with_403() {
     let app = App::start().await;
     let operator = login(&app, OPERATOR.0, OPERATOR.1).await;
-    let http = client();
     for form in [vec![], vec![("csrf", "0".repeat(64))]] {
         for path in ["/parked/replay-all", "/parked/replay", "/logout"] {
-            let answer = http
-                .post(app.url(path))
-                .header("cookie", &operator.cookie)
-                .form(&form)
-                .send()
-                .await
-                .expect("post");
+            let answer = app
+                .post_form(path, &[("cookie", &operator.cookie)], &form)
+                .await;
             assert_eq!(
                 answer.status(),
                 StatusCode::FORBIDDEN,
@@ -72,21 +56,22 @@ async fn posts_without_their_csrf_token_are_refused_with_403() {
         }
     }
     // The login form has its own token: a cross-site login POST is refused too.
-    let answer = http
-        .post(app.url("/login"))
-        .form(&[("username", OPERATOR.0), ("password", OPERATOR.1)])
-        .send()
-        .await
-        .expect("post");
+    let answer = app
+        .post_form(
+            "/login",
+            &[],
+            &[("username", OPERATOR.0), ("password", OPERATOR.1)],
+        )
+        .await;
     assert_eq!(answer.status(), StatusCode::FORBIDDEN);
     // With the token, the same action is accepted (and audited).
-    let answer = http
-        .post(app.url("/parked/replay-all"))
-        .header("cookie", &operator.cookie)
-        .form(&[("csrf", operator.csrf.as_str())])
-        .send()
-        .await
-        .expect("post");
+    let answer = app
+        .post_form(
+            "/parked/replay-all",
+            &[("cookie", &operator.cookie)],
+            &[("csrf", operator.csrf.as_str())],
+        )
+        .await;
     assert_eq!(answer.status(), StatusCode::SEE_OTHER);
     assert_eq!(
         app.env
@@ -100,19 +85,10 @@ async fn posts_without_their_csrf_token_are_refused_with_403() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_reads_but_every_action_is_refused_with_403() {
     let app = App::start().await;
-    app.park(
-        &builders::v2_pay("order-v", "tx-v", 100),
-        "unknown_merchant: test",
-    )
-    .await;
+    app.park(&v2_pay("order-v", "tx-v", 100), "unknown_merchant: test")
+        .await;
     let viewer = login(&app, VIEWER.0, VIEWER.1).await;
-    let http = client();
-    let page = http
-        .get(app.url("/parked"))
-        .header("cookie", &viewer.cookie)
-        .send()
-        .await
-        .expect("get");
+    let page = app.get("/parked", &[("cookie", &viewer.cookie)]).await;
     assert_eq!(page.status(), StatusCode::OK);
     let body = page.text().await.expect("body");
     assert!(body.contains("unknown_merchant: test"), "{body}");
@@ -120,9 +96,7 @@ async fn a_viewer_reads_but_every_action_is_refused_with_403() {
         !body.contains("/parked/replay"),
         "no replay form for a viewer"
     );
-    let id = builders::v2_pay("order-v", "tx-v", 100)
-        .message_id
-        .to_string();
+    let id = v2_pay("order-v", "tx-v", 100).message_id.to_string();
     for (path, form) in [
         (
             "/parked/replay",
@@ -130,13 +104,9 @@ async fn a_viewer_reads_but_every_action_is_refused_with_403() {
         ),
         ("/parked/replay-all", vec![("csrf", viewer.csrf.clone())]),
     ] {
-        let answer = http
-            .post(app.url(path))
-            .header("cookie", &viewer.cookie)
-            .form(&form)
-            .send()
-            .await
-            .expect("post");
+        let answer = app
+            .post_form(path, &[("cookie", &viewer.cookie)], &form)
+            .await;
         assert_eq!(answer.status(), StatusCode::FORBIDDEN, "POST {path}");
     }
     assert_eq!(app.env.count("FROM console_audit").await, 0);
@@ -147,35 +117,26 @@ async fn a_viewer_reads_but_every_action_is_refused_with_403() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_cookie_is_httponly_strict_and_secure_only_behind_tls() {
+    /// The operator's session cookie after a login with `headers`.
+    async fn session_cookie(app: &App, headers: &[(&str, &str)]) -> String {
+        let answer = try_login(app, OPERATOR.0, OPERATOR.1, headers).await;
+        set_cookie(&answer, "console_session").expect("cookie")
+    }
+    let behind_tls = [("x-forwarded-proto", "https")];
     let app = App::start_with(|c| c.trusted_proxies = vec!["127.0.0.1/32".into()]).await;
-    let plain = try_login(&app, OPERATOR.0, OPERATOR.1, &[]).await;
-    let cookie = set_cookie(&plain, "console_session").expect("cookie");
+    let cookie = session_cookie(&app, &[]).await;
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
     assert!(!cookie.contains("Secure"), "{cookie}");
-    let tls = try_login(
-        &app,
-        OPERATOR.0,
-        OPERATOR.1,
-        &[("x-forwarded-proto", "https")],
-    )
-    .await;
-    let cookie = set_cookie(&tls, "console_session").expect("cookie");
+    let cookie = session_cookie(&app, &behind_tls).await;
     assert!(cookie.contains("Secure"), "{cookie}");
     app.stop().await;
 
     // The same header from an untrusted peer changes nothing.
     let app = App::start_with(|c| c.trusted_proxies = vec!["10.0.0.0/8".into()]).await;
-    let answer = try_login(
-        &app,
-        OPERATOR.0,
-        OPERATOR.1,
-        &[("x-forwarded-proto", "https")],
-    )
-    .await;
-    let cookie = set_cookie(&answer, "console_session").expect("cookie");
+    let cookie = session_cookie(&app, &behind_tls).await;
     assert!(!cookie.contains("Secure"), "{cookie}");
     app.stop().await;
 }
@@ -207,24 +168,13 @@ async fn the_auth_header_counts_only_from_a_trusted_proxy_and_only_for_known_use
         c.trusted_proxies = vec!["127.0.0.1/32".into()];
     })
     .await;
-    let http = client();
-    let answer = http
-        .get(app.url("/"))
-        .header("x-forwarded-user", OPERATOR.0)
-        .send()
-        .await
-        .expect("get");
+    let answer = app.get("/", &[("x-forwarded-user", OPERATOR.0)]).await;
     assert_eq!(answer.status(), StatusCode::OK);
     assert!(
         set_cookie(&answer, "console_session").is_some(),
         "a session for its forms"
     );
-    let answer = http
-        .get(app.url("/"))
-        .header("x-forwarded-user", "stranger")
-        .send()
-        .await
-        .expect("get");
+    let answer = app.get("/", &[("x-forwarded-user", "stranger")]).await;
     assert_eq!(answer.status(), StatusCode::SEE_OTHER);
     app.stop().await;
 
@@ -233,12 +183,7 @@ async fn the_auth_header_counts_only_from_a_trusted_proxy_and_only_for_known_use
         c.trusted_proxies = vec!["10.0.0.0/8".into()];
     })
     .await;
-    let answer = client()
-        .get(app.url("/"))
-        .header("x-forwarded-user", OPERATOR.0)
-        .send()
-        .await
-        .expect("get");
+    let answer = app.get("/", &[("x-forwarded-user", OPERATOR.0)]).await;
     assert_eq!(
         answer.status(),
         StatusCode::SEE_OTHER,
@@ -251,11 +196,9 @@ async fn the_auth_header_counts_only_from_a_trusted_proxy_and_only_for_known_use
 async fn search_shows_the_story_escaped_and_never_a_body() {
     let app = App::start().await;
     app.env.insert_order("order-1", 100).await;
-    let running = app.env.spawn_worker(app.env.settings());
-    app.env
-        .publish(&builders::v2_pay("order-1", "4200000001", 100))
-        .await;
-    crate::helpers::eventually(std::time::Duration::from_secs(20), "order paid", || async {
+    let running = spawn_worker(app.env.settings());
+    app.env.publish(&v2_pay("order-1", "4200000001", 100)).await;
+    eventually(std::time::Duration::from_secs(20), "order paid", || async {
         app.env.order("order-1").await.state == "PAID"
     })
     .await;
@@ -285,33 +228,11 @@ async fn search_shows_the_story_escaped_and_never_a_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_answer_without_a_session() {
     let app = App::start().await;
-    let http = client();
-    assert_eq!(
-        http.get(app.url("/healthz"))
-            .send()
-            .await
-            .expect("get")
-            .status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        http.get(app.url("/readyz"))
-            .send()
-            .await
-            .expect("get")
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.get("/healthz", &[]).await.status(), StatusCode::OK);
+    assert_eq!(app.get("/readyz", &[]).await.status(), StatusCode::OK);
     let login = try_login(&app, OPERATOR.0, "wrong", &[]).await;
     assert_eq!(login.status(), StatusCode::UNAUTHORIZED);
-    let metrics = http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("body");
+    let metrics = app.get("/metrics", &[]).await.text().await.expect("body");
     assert!(metrics.contains("wxpay_console_logins_total"), "{metrics}");
     app.stop().await;
 }
@@ -321,10 +242,9 @@ async fn an_operator_reapplies_a_corrected_anomaly_once_and_a_viewer_cannot() {
     let app = App::start().await;
     let env = &app.env;
     env.insert_order("order-odd", 100).await;
-    let worker = env.spawn_worker(env.settings());
-    env.publish(&crate::builders::v2_pay("order-odd", "4200000901", 999))
-        .await;
-    crate::helpers::eventually(Duration::from_secs(20), "anomaly recorded", || async {
+    let worker = spawn_worker(env.settings());
+    env.publish(&v2_pay("order-odd", "4200000901", 999)).await;
+    eventually(Duration::from_secs(20), "anomaly recorded", || async {
         env.anomalies("AMOUNT_MISMATCH").await == 1
     })
     .await;
@@ -345,36 +265,22 @@ async fn an_operator_reapplies_a_corrected_anomaly_once_and_a_viewer_cannot() {
             ("note", "amount corrected with the merchant".to_owned()),
         ]
     };
-    let http = client();
+    let reapply = async |cookie: &str, csrf: &str| {
+        let cookie = [("cookie", cookie)];
+        app.post_form("/anomalies/resolve", &cookie, &form(csrf, "reapply"))
+            .await
+    };
     let viewer = login(&app, VIEWER.0, VIEWER.1).await;
-    let refused = http
-        .post(app.url("/anomalies/resolve"))
-        .header("cookie", &viewer.cookie)
-        .form(&form(&viewer.csrf, "reapply"))
-        .send()
-        .await
-        .expect("post");
+    let refused = reapply(&viewer.cookie, &viewer.csrf).await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     let operator = login(&app, OPERATOR.0, OPERATOR.1).await;
-    let no_token = http
-        .post(app.url("/anomalies/resolve"))
-        .header("cookie", &operator.cookie)
-        .form(&form("", "reapply"))
-        .send()
-        .await
-        .expect("post");
+    let no_token = reapply(&operator.cookie, "").await;
     assert_eq!(no_token.status(), StatusCode::FORBIDDEN);
     assert_eq!(env.order("order-odd").await.state, "NOTPAY");
 
     // The person corrects the order, then reapplies: the payment is booked once.
     app.correct_order_amount("order-odd", 999).await;
-    let done = http
-        .post(app.url("/anomalies/resolve"))
-        .header("cookie", &operator.cookie)
-        .form(&form(&operator.csrf, "reapply"))
-        .send()
-        .await
-        .expect("post");
+    let done = reapply(&operator.cookie, &operator.csrf).await;
     assert_eq!(done.status(), StatusCode::SEE_OTHER);
     assert_eq!(env.order("order-odd").await.state, "PAID");
     assert_eq!(
@@ -383,13 +289,7 @@ async fn an_operator_reapplies_a_corrected_anomaly_once_and_a_viewer_cannot() {
         1
     );
     // Resolved: no longer open, and a second reapply changes nothing.
-    let again = http
-        .post(app.url("/anomalies/resolve"))
-        .header("cookie", &operator.cookie)
-        .form(&form(&operator.csrf, "reapply"))
-        .send()
-        .await
-        .expect("post");
+    let again = reapply(&operator.cookie, &operator.csrf).await;
     assert_eq!(again.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(env.outbox_count("order.paid").await, 1);
     let page = fetch(&app, "/anomalies", &operator.cookie).await;

@@ -1,7 +1,9 @@
-//! A running console over a fresh test environment, users with known passwords, and an
-//! HTTP client that logs in like a browser (login cookie, CSRF field, session cookie).
+//! A running console over a fresh test environment (wxpay-testkit's, with the worker's
+//! migrated schema), a worker to apply what tests publish, users with known passwords, and
+//! an HTTP client that logs in like a browser (login cookie, CSRF field, session cookie).
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use reqwest::redirect::Policy;
@@ -11,9 +13,8 @@ use wxpay_console::{auth, Console};
 use wxpay_runtime::amqp::AmqpMessage;
 use wxpay_runtime::config::{ConsoleRole, ConsoleSettings, ConsoleUser, Settings};
 use wxpay_shared::message::NotifyMessage;
-use wxpay_worker::{broker, retry};
-
-use crate::helpers::TestEnv;
+use wxpay_testkit::{Background, TestEnv};
+use wxpay_worker::{migrate, retry, Worker};
 
 pub const OPERATOR: (&str, &str) = ("olivia", "operator password 1");
 pub const VIEWER: (&str, &str) = ("victor", "viewer password 2");
@@ -54,7 +55,10 @@ impl App {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut ConsoleSettings)) -> App {
-        let env = TestEnv::new().await;
+        let env = TestEnv::new("console", wxpay_testkit::default_settings());
+        migrate::migrate(&env.db_url(), Duration::from_secs(5))
+            .await
+            .expect("migrates");
         let mut settings: Settings = env.settings();
         settings.console = ConsoleSettings {
             listen: "127.0.0.1:0".into(),
@@ -77,26 +81,34 @@ impl App {
         format!("{}{path}", self.base)
     }
 
+    /// GET `path` with `headers` (a cookie, proxy headers), following no redirect.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut request = client().get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("get")
+    }
+
+    /// POSTs `form` to `path` with `headers` (a cookie), following no redirect.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        form: &impl serde::Serialize,
+    ) -> Response {
+        let mut request = client().post(self.url(path)).form(form);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("post")
+    }
+
     /// Parks `message` as the worker would have (with a park reason), confirmed.
     pub async fn park(&self, message: &NotifyMessage, reason: &str) {
-        let settings = &self.env.settings.rabbitmq;
-        let connection = broker::connect(settings).await.expect("broker");
-        let channel = broker::confirm_channel(&connection).await.expect("channel");
-        broker::declare_topology(&channel, settings, &self.env.settings.worker)
-            .await
-            .expect("topology");
         let properties = retry::with_headers(&message.properties(), Some(5), Some(reason), None);
-        broker::publish_confirmed(
-            &channel,
-            "",
-            &settings.parked_queue(),
-            true,
-            &message.body,
-            properties,
-        )
-        .await
-        .expect("parked");
-        broker::close(&connection, &[&channel], "parked").await;
+        let parked = self.env.settings.rabbitmq.parked_queue();
+        wxpay_testkit::amqp::publish_raw(&parked, &[(&message.body, properties)]).await;
     }
 
     /// Corrects an order's amount, as a person does before reapplying its AMOUNT_MISMATCH.
@@ -117,6 +129,12 @@ impl App {
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }
+}
+
+/// A worker applying what the tests publish, until stopped.
+pub fn spawn_worker(settings: Settings) -> Background {
+    let worker = Worker::new(settings).expect("worker builds");
+    Background::spawn(|token| async move { worker.run(token).await })
 }
 
 /// The value of `name="…" value="…"` hidden input in a page.
@@ -143,7 +161,7 @@ fn cookie_pair(set_cookie: &str) -> String {
 }
 
 /// A client that follows no redirect, so that tests see the 303s.
-pub fn client() -> reqwest::Client {
+fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(Policy::none())
         .build()
@@ -158,34 +176,20 @@ pub struct Login {
 
 /// Logs in through the form; `extra` headers go with every request (proxy headers).
 pub async fn try_login(app: &App, user: &str, password: &str, extra: &[(&str, &str)]) -> Response {
-    let http = client();
-    let mut get = http.get(app.url("/login"));
-    for (k, v) in extra {
-        get = get.header(*k, *v);
-    }
-    let form = get.send().await.expect("login form");
+    let form = app.get("/login", extra).await;
     let login_cookie = cookie_pair(&set_cookie(&form, "console_login").expect("login cookie"));
     let csrf = hidden(&form.text().await.expect("body"), "csrf").expect("csrf field");
-    let mut post = http
-        .post(app.url("/login"))
-        .header("cookie", login_cookie)
-        .form(&[("username", user), ("password", password), ("csrf", &csrf)]);
-    for (k, v) in extra {
-        post = post.header(*k, *v);
-    }
-    post.send().await.expect("login post")
+    let mut headers = vec![("cookie", login_cookie.as_str())];
+    headers.extend_from_slice(extra);
+    let fields = [("username", user), ("password", password), ("csrf", &csrf)];
+    app.post_form("/login", &headers, &fields).await
 }
 
 pub async fn login(app: &App, user: &str, password: &str) -> Login {
     let answer = try_login(app, user, password, &[]).await;
     assert_eq!(answer.status(), StatusCode::SEE_OTHER, "login succeeds");
     let cookie = cookie_pair(&set_cookie(&answer, "console_session").expect("session cookie"));
-    let page = client()
-        .get(app.url("/parked"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .expect("page");
+    let page = app.get("/parked", &[("cookie", &cookie)]).await;
     let csrf = hidden(&page.text().await.expect("body"), "csrf").expect("csrf on every page");
     Login { cookie, csrf }
 }

@@ -52,14 +52,19 @@ async fn assert_single_message(
     message
 }
 
+/// Posts `body`, a payment of the v2 merchant: answered SUCCESS and queued as it came.
+async fn assert_v2_pay_queued(app: &TestApp, body: &str) -> BasicGetMessage {
+    let answer = app.post_v2_pay(body).await;
+    assert!(answer.is_v2_success(), "{body}: {answer:?}");
+    assert_eq!(answer.body, wxpay_shared::answer::V2_SUCCESS);
+    assert_single_message(app, body, NotifyKind::V2Pay, V2_MCH).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_md5_pay_is_queued() {
     let app = TestApp::spawn().await;
     let body = v2_pay_body("order-md5-1", 100);
-    let answer = app.post_v2_pay(&body).await;
-    assert!(answer.is_v2_success(), "{answer:?}");
-    assert_eq!(answer.body, wxpay_shared::answer::V2_SUCCESS);
-    let message = assert_single_message(&app, &body, NotifyKind::V2Pay, V2_MCH).await;
+    let message = assert_v2_pay_queued(&app, &body).await;
     assert_eq!(
         header(&message, "wechatpay-signature"),
         None,
@@ -81,9 +86,7 @@ async fn v2_hmac_pay_is_queued_with_or_without_sign_type() {
             SignType::HmacSha256,
             declare,
         );
-        let answer = app.post_v2_pay(&body).await;
-        assert!(answer.is_v2_success(), "{order}: {answer:?}");
-        assert_single_message(&app, &body, NotifyKind::V2Pay, V2_MCH).await;
+        assert_v2_pay_queued(&app, &body).await;
     }
     app.stop().await;
 }
@@ -95,32 +98,31 @@ async fn signed_payment_failure_is_queued_for_the_worker_to_record() {
     fields.insert("result_code", "FAIL");
     fields.insert("err_code", "NOTENOUGH");
     let body = signed_xml(fields, V2_KEY, SignType::Md5, true);
-    let answer = app.post_v2_pay(&body).await;
-    assert!(answer.is_v2_success(), "{answer:?}");
-    assert_single_message(&app, &body, NotifyKind::V2Pay, V2_MCH).await;
+    assert_v2_pay_queued(&app, &body).await;
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_refund_is_queued_for_v2_and_v3_merchants() {
     let app = TestApp::spawn().await;
-    let body = v2_refund_body(V2_MCH, APPID, V2_KEY, &refund_root("order-r1", "refund-r1"));
-    let answer = app.post_v2_refund(&body).await;
-    assert!(answer.is_v2_success(), "{answer:?}");
-    assert_single_message(&app, &body, NotifyKind::V2Refund, V2_MCH).await;
-    // A v3 merchant's refund made by hand in the merchant platform comes in v2 format.
-    let body = v2_refund_body(
-        V3_MCH,
-        V3_APPID,
-        V3_V2_KEY,
-        &refund_root("order-r2", "refund-r2"),
-    );
-    let answer = app.post("/notify/v2/refund", body.clone(), None, &[]).await;
-    assert!(
-        answer.is_v2_success(),
-        "no content type is accepted: {answer:?}"
-    );
-    assert_single_message(&app, &body, NotifyKind::V2Refund, V3_MCH).await;
+    // A v3 merchant's refund made by hand in the merchant platform comes in v2 format, and
+    // no content type is accepted.
+    let cases = [
+        (V2_MCH, APPID, V2_KEY, "order-r1", Some("text/xml")),
+        (V3_MCH, V3_APPID, V3_V2_KEY, "order-r2", None),
+    ];
+    for (mch_id, appid, key, order, content_type) in cases {
+        let root = refund_root(order, &order.replace("order", "refund"));
+        let body = v2_refund_body(mch_id, appid, key, &root);
+        let answer = app
+            .post("/notify/v2/refund", body.clone(), content_type, &[])
+            .await;
+        assert!(
+            answer.is_v2_success(),
+            "{mch_id} {content_type:?}: {answer:?}"
+        );
+        assert_single_message(&app, &body, NotifyKind::V2Refund, mch_id).await;
+    }
     app.stop().await;
 }
 
@@ -128,11 +130,7 @@ async fn v2_refund_is_queued_for_v2_and_v3_merchants() {
 async fn v3_pay_and_refund_are_queued_with_the_wechatpay_headers() {
     let app = TestApp::spawn().await;
     let cases = [
-        v3_body(
-            "TRANSACTION.SUCCESS",
-            "transaction",
-            &v3_transaction("order-v3-1"),
-        ),
+        v3_pay_body("order-v3-1"),
         v3_body(
             "REFUND.SUCCESS",
             "refund",

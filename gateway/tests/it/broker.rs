@@ -7,8 +7,8 @@ use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_answers_fail_then_recovers_without_restart() {
-    let proxy = Proxy::start(BROKER).await;
-    let app = TestApp::spawn_with(&proxy.url(), |_| {}).await;
+    let proxy = FaultProxy::start(BROKER).await;
+    let app = TestApp::spawn_with(&amqp_url(proxy.address()), |_| {}).await;
     assert_eq!(
         app.get("/readyz").await.0,
         200,
@@ -29,33 +29,16 @@ async fn broker_outage_answers_fail_then_recovers_without_restart() {
             "answered within the publish timeout, not hung"
         );
         answer.assert_v2_fail(200, "temporarily unavailable, please retry");
-        let body = v3_body(
-            "TRANSACTION.SUCCESS",
-            "transaction",
-            &v3_transaction("order-v3-during"),
-        );
+        let (body, headers) = signed_v3_pay("order-v3-during");
         let started = Instant::now();
-        let answer = app
-            .post_v3(
-                V3_MCH,
-                &body,
-                &v3_headers(&body, now_unix(), platform_key(), SERIAL),
-            )
-            .await;
+        let answer = app.post_v3(V3_MCH, &body, &headers).await;
         assert!(
             started.elapsed() < bound,
             "answered within the publish timeout, not hung"
         );
         answer.assert_v3_fail(503, "temporarily unavailable, please retry");
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while app.get("/readyz").await.0 != 503 {
-        assert!(
-            Instant::now() < deadline,
-            "/readyz turns 503 while disconnected"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_ready(503, Duration::from_secs(5)).await;
     assert_eq!(app.get("/healthz").await.0, 200, "still alive");
     let (_, metrics) = app.get("/metrics").await;
     assert!(
@@ -64,23 +47,15 @@ async fn broker_outage_answers_fail_then_recovers_without_restart() {
     );
 
     proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while app.get("/readyz").await.0 != 200 {
-        assert!(Instant::now() < deadline, "reconnects by itself");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Reconnects by itself.
+    app.wait_ready(200, Duration::from_secs(15)).await;
     let body_after = v2_pay_body("order-after", 100);
     assert!(
         app.post_v2_pay(&body_after).await.is_v2_success(),
         "SUCCESS again without restart"
     );
 
-    let bodies: Vec<Vec<u8>> = app
-        .drain()
-        .await
-        .into_iter()
-        .map(|m| m.delivery.data)
-        .collect();
+    let bodies = app.drain_bodies().await;
     assert!(bodies.contains(&body.into_bytes()));
     assert!(bodies.contains(&body_after.into_bytes()));
     assert!(
@@ -94,9 +69,9 @@ async fn broker_outage_answers_fail_then_recovers_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_starts_without_broker_and_serves_fail_until_it_comes() {
-    let proxy = Proxy::start(BROKER).await;
+    let proxy = FaultProxy::start(BROKER).await;
     proxy.cut();
-    let app = TestApp::spawn_with(&proxy.url(), |settings| {
+    let app = TestApp::spawn_with(&amqp_url(proxy.address()), |settings| {
         settings.rabbitmq.connect_timeout_ms = 300
     })
     .await;
@@ -105,14 +80,8 @@ async fn gateway_starts_without_broker_and_serves_fail_until_it_comes() {
         .await
         .assert_v2_fail(200, "temporarily unavailable, please retry");
     proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while app.get("/readyz").await.0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "connects when the broker appears"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Connects when the broker appears.
+    app.wait_ready(200, Duration::from_secs(15)).await;
     assert!(app
         .post_v2_pay(&v2_pay_body("order-late", 100))
         .await
@@ -135,24 +104,14 @@ async fn returned_unroutable_message_is_fail_and_the_queue_is_redeclared() {
     let answer = app.post_v2_pay(&lost).await;
     answer.assert_v2_fail(200, "temporarily unavailable, please retry");
     // The link is rebuilt and the queue declared again, without a restart.
-    let deadline = Instant::now() + Duration::from_secs(15);
     let again = v2_pay_body("order-again", 100);
-    loop {
-        if app.post_v2_pay(&again).await.is_v2_success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "queue re-declared and SUCCESS again"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let bodies: Vec<Vec<u8>> = app
-        .drain()
-        .await
-        .into_iter()
-        .map(|m| m.delivery.data)
-        .collect();
+    eventually(
+        Duration::from_secs(15),
+        "queue re-declared and SUCCESS again",
+        async || app.post_v2_pay(&again).await.is_v2_success(),
+    )
+    .await;
+    let bodies = app.drain_bodies().await;
     assert_eq!(bodies, vec![again.into_bytes()]);
     app.stop().await;
 }

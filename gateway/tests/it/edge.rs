@@ -12,21 +12,6 @@ use crate::helpers::*;
 const BOMB: &[u8] = include_bytes!("fixtures/zeros-64mib.gz");
 const RETRY: &str = "temporarily unavailable, please retry";
 
-/// The real binary with `extra` keys in its `[gateway]` section, and its queue.
-fn binary_with(extra: &str) -> (std::process::Child, u16, String, tempfile::TempDir) {
-    let queue = unique_queue();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("wxpay.toml");
-    let text = config_toml("127.0.0.1:0", &queue, AMQP_URL).replacen(
-        "[gateway]\n",
-        &format!("[gateway]\n{extra}\n"),
-        1,
-    );
-    std::fs::write(&config, text).expect("config");
-    let (child, port) = spawn_binary(&config);
-    (child, port, queue, dir)
-}
-
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -34,36 +19,20 @@ fn client() -> reqwest::Client {
         .expect("client")
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str, status: u16) {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .map(|r| r.status().as_u16());
-        if got.as_ref().ok() == Some(&status) {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "/readyz never answered {status}: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn stop(mut child: std::process::Child) {
+/// Stops the binary, then takes what it queued.
+async fn stop(binary: Binary) -> Vec<lapin::message::BasicGetMessage> {
+    let Binary { mut child, env, .. } = binary;
     let _ = child.kill();
     let _ = child.wait();
+    env.drain().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_gzip_bombs_are_refused_unread_and_memory_stays_flat() {
-    let (child, port, queue, _dir) = binary_with("");
-    let base = format!("http://127.0.0.1:{port}");
+    let binary = binary_with(|_| {});
+    let base = format!("http://127.0.0.1:{}", binary.port);
     let client = client();
-    wait_ready(&client, &base, 200).await;
+    wait_readyz(&client, &base, 200, Duration::from_secs(10)).await;
     // Warm up the paths a bomb takes, so the baseline includes them.
     let genuine = client
         .post(format!("{base}/notify/v2/pay"))
@@ -72,7 +41,7 @@ async fn twenty_gzip_bombs_are_refused_unread_and_memory_stays_flat() {
         .await
         .expect("answer");
     assert_eq!(genuine.status().as_u16(), 200);
-    let before = peak_rss_kb(child.id());
+    let before = peak_rss_kb(binary.child.id());
 
     let bombs = (0..20).map(|n| {
         let client = client.clone();
@@ -122,14 +91,12 @@ async fn twenty_gzip_bombs_are_refused_unread_and_memory_stays_flat() {
             );
         }
     }
-    let growth_kb = peak_rss_kb(child.id()).saturating_sub(before);
+    let growth_kb = peak_rss_kb(binary.child.id()).saturating_sub(before);
     eprintln!("peak RSS {before} kB before, grew by {growth_kb} kB");
     assert!(growth_kb < 10 * 1024, "peak RSS grew by {growth_kb} kB");
     // The broker link is up and only the genuine warm-up was queued.
-    wait_ready(&client, &base, 200).await;
-    stop(child);
-    assert_eq!(drain_queue(&queue).await.len(), 1);
-    delete_queue(&queue).await;
+    wait_readyz(&client, &base, 200, Duration::from_secs(10)).await;
+    assert_eq!(stop(binary).await.len(), 1);
 }
 
 /// Reads what the server sends until `done` says the answer is complete, the server
@@ -150,10 +117,12 @@ async fn read_answer(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_senders_are_cut_within_the_deadline() {
-    let (child, port, queue, _dir) = binary_with(
-        "answer_deadline_ms = 3000\nbody_read_timeout_ms = 1000\nheader_read_timeout_ms = 1000",
-    );
-    let address = format!("127.0.0.1:{port}");
+    let binary = binary_with(|settings| {
+        settings.gateway.answer_deadline_ms = 3000;
+        settings.gateway.body_read_timeout_ms = 1000;
+        settings.gateway.header_read_timeout_ms = 1000;
+    });
+    let address = format!("127.0.0.1:{}", binary.port);
 
     // A body trickled one byte a second.
     let mut stream = TcpStream::connect(&address).await.expect("connect");
@@ -206,9 +175,7 @@ async fn slow_senders_are_cut_within_the_deadline() {
     let answer = read_answer(&mut stream, |_| false).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
 
-    stop(child);
-    assert!(drain_queue(&queue).await.is_empty());
-    delete_queue(&queue).await;
+    assert!(stop(binary).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,45 +213,27 @@ async fn compressed_bodies_get_415_in_each_format_and_nothing_is_queued() {
     let app = TestApp::spawn().await;
     let encoding = [("Content-Encoding".to_owned(), "deflate".to_owned())];
     let v2 = app
-        .post(
-            "/notify/v2/pay",
-            v2_pay_body("deflate", 100),
-            Some("text/xml"),
-            &encoding,
-        )
+        .post_v2_pay_with(&v2_pay_body("deflate", 100), &encoding)
         .await;
     v2.assert_v2_fail(415, "content encoding not accepted, send identity");
-    let body = v3_body(
-        "TRANSACTION.SUCCESS",
-        "transaction",
-        &v3_transaction("deflate"),
-    );
-    let mut headers = v3_headers(&body, now_unix(), platform_key(), SERIAL);
+    let (body, mut headers) = signed_v3_pay("deflate");
     headers.extend(encoding);
     let v3 = app.post_v3(V3_MCH, &body, &headers).await;
     v3.assert_v3_fail(415, "content encoding not accepted, send identity");
     // identity is what every request means without the header, and is accepted.
     let identity = [("Content-Encoding".to_owned(), "identity".to_owned())];
     let plain = app
-        .post(
-            "/notify/v2/pay",
-            v2_pay_body("identity", 100),
-            Some("text/xml"),
-            &identity,
-        )
+        .post_v2_pay_with(&v2_pay_body("identity", 100), &identity)
         .await;
     assert!(plain.is_v2_success(), "{plain:?}");
     assert_eq!(app.drain().await.len(), 1);
     app.stop().await;
 }
 
-fn metric_value(metrics: &str, line_start: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(line_start))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {line_start} in\n{metrics}"))
+/// The value of `series` in `metrics`; it must be exposed.
+fn metric_value(metrics: &str, series: &str) -> f64 {
+    wxpay_testkit::metrics::series(metrics, series)
+        .unwrap_or_else(|| panic!("no metric {series} in\n{metrics}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,7 +242,7 @@ async fn a_blocked_broker_is_shed_at_once_and_readyz_says_so() {
     let app = TestApp::spawn_with(&proxy.url(), |_| {}).await;
     assert_eq!(app.get("/readyz").await.0, 200);
     proxy.block().await;
-    wait_ready(&app.client, &app.base, 503).await;
+    app.wait_ready(503, Duration::from_secs(10)).await;
     assert_eq!(
         app.get("/readyz").await,
         (503, "broker blocked the connection".to_owned())
@@ -301,12 +250,7 @@ async fn a_blocked_broker_is_shed_at_once_and_readyz_says_so() {
     app.post_v2_pay(&v2_pay_body("blocked", 100))
         .await
         .assert_v2_fail(200, RETRY);
-    let body = v3_body(
-        "TRANSACTION.SUCCESS",
-        "transaction",
-        &v3_transaction("blocked"),
-    );
-    let headers = v3_headers(&body, now_unix(), platform_key(), SERIAL);
+    let (body, headers) = signed_v3_pay("blocked");
     app.post_v3(V3_MCH, &body, &headers)
         .await
         .assert_v3_fail(503, RETRY);
@@ -319,7 +263,7 @@ async fn a_blocked_broker_is_shed_at_once_and_readyz_says_so() {
     );
 
     proxy.unblock().await;
-    wait_ready(&app.client, &app.base, 200).await;
+    app.wait_ready(200, Duration::from_secs(10)).await;
     let after = app.post_v2_pay(&v2_pay_body("unblocked", 100)).await;
     assert!(after.is_v2_success(), "{after:?}");
     // Only the notification sent after the unblock was queued.
@@ -338,24 +282,13 @@ async fn sources_outside_the_allowlist_get_403_unless_forwarded_by_a_trusted_pro
     app.post_v2_pay(&v2_pay_body("direct", 100))
         .await
         .assert_v2_fail(403, "source not allowed");
-    let forwarded = |address: &str| [("X-Forwarded-For".to_owned(), address.to_owned())];
-    let body = v3_body(
-        "TRANSACTION.SUCCESS",
-        "transaction",
-        &v3_transaction("outside"),
-    );
-    let mut headers = v3_headers(&body, now_unix(), platform_key(), SERIAL);
-    headers.extend(forwarded("198.51.100.7"));
+    let (body, mut headers) = signed_v3_pay("outside");
+    headers.extend(forwarded_for("198.51.100.7"));
     app.post_v3(V3_MCH, &body, &headers)
         .await
         .assert_v3_fail(403, "source not allowed");
     let inside = app
-        .post(
-            "/notify/v2/pay",
-            v2_pay_body("inside", 100),
-            Some("text/xml"),
-            &forwarded("203.0.113.9"),
-        )
+        .post_v2_pay_with(&v2_pay_body("inside", 100), &forwarded_for("203.0.113.9"))
         .await;
     assert!(inside.is_v2_success(), "{inside:?}");
     assert_eq!(app.drain().await.len(), 1);
@@ -370,14 +303,8 @@ async fn a_source_over_its_rate_gets_429_others_are_not_affected() {
         settings.gateway.trusted_proxies = vec!["127.0.0.1/32".into()];
     })
     .await;
-    let from = |address: &str| [("X-Forwarded-For".to_owned(), address.to_owned())];
     let first = app
-        .post(
-            "/notify/v2/pay",
-            v2_pay_body("rate-1", 100),
-            Some("text/xml"),
-            &from("203.0.113.1"),
-        )
+        .post_v2_pay_with(&v2_pay_body("rate-1", 100), &forwarded_for("203.0.113.1"))
         .await;
     assert!(first.is_v2_success(), "{first:?}");
     // Bucket of one, refilled at 1/s: sent at once, at least one of three is refused.
@@ -386,12 +313,7 @@ async fn a_source_over_its_rate_gets_429_others_are_not_affected() {
         let body = v2_pay_body(&format!("rate-burst-{n}"), 100);
         async move {
             shared
-                .post(
-                    "/notify/v2/pay",
-                    body,
-                    Some("text/xml"),
-                    &from("203.0.113.1"),
-                )
+                .post_v2_pay_with(&body, &forwarded_for("203.0.113.1"))
                 .await
         }
     });
@@ -405,11 +327,9 @@ async fn a_source_over_its_rate_gets_429_others_are_not_affected() {
     assert_eq!(accepted + limited, 3, "{answers:?}");
     // Another client address has its own bucket.
     let other = app
-        .post(
-            "/notify/v2/pay",
-            v2_pay_body("rate-other", 100),
-            Some("text/xml"),
-            &from("203.0.113.2"),
+        .post_v2_pay_with(
+            &v2_pay_body("rate-other", 100),
+            &forwarded_for("203.0.113.2"),
         )
         .await;
     assert!(other.is_v2_success(), "{other:?}");
@@ -419,12 +339,12 @@ async fn a_source_over_its_rate_gets_429_others_are_not_affected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_publish_pipeline_sheds_at_once_and_queues_nothing_shed() {
-    let proxy = FrameProxy::start(BROKER).await;
-    let app = TestApp::spawn_with(&proxy.url(), |settings| {
+    let proxy = FaultProxy::start(BROKER).await;
+    let app = TestApp::spawn_with(&amqp_url(proxy.address()), |settings| {
         settings.gateway.max_in_flight = 1;
     })
     .await;
-    proxy.pause().await;
+    proxy.stall();
     // Two notifications while the broker holds its confirms: one takes the only slot
     // and waits for its confirm (FAIL at publish_timeout_ms), the other is shed at once.
     let slot_a = v2_pay_body("slot-a", 100);
@@ -442,20 +362,12 @@ async fn a_full_publish_pipeline_sheds_at_once_and_queues_nothing_shed() {
         ),
         1.0
     );
-    proxy.resume().await;
+    proxy.restore();
     let after = app.post_v2_pay(&v2_pay_body("slot-c", 100)).await;
     assert!(after.is_v2_success(), "{after:?}");
     // The publish that timed out reaches the queue late (WeChat Pay re-sends it and the
     // worker dedupes); the shed one never does.
-    let queued: Vec<String> = app
-        .drain()
-        .await
-        .iter()
-        .filter_map(|m| {
-            let fields = wxpay_shared::v2::XmlFields::parse(&m.delivery.data).ok()?;
-            fields.get("out_trade_no").map(str::to_owned)
-        })
-        .collect();
+    let queued = queued_orders(&app.drain().await);
     assert_eq!(queued.len(), 2, "{queued:?}");
     assert!(queued.contains(&"slot-c".to_owned()), "{queued:?}");
     app.stop().await;
@@ -463,26 +375,21 @@ async fn a_full_publish_pipeline_sheds_at_once_and_queues_nothing_shed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_answer_deadline_bounds_a_slow_broker_not_the_publish_timeout() {
-    let proxy = FrameProxy::start(BROKER).await;
-    let app = TestApp::spawn_with(&proxy.url(), |settings| {
+    let proxy = FaultProxy::start(BROKER).await;
+    let app = TestApp::spawn_with(&amqp_url(proxy.address()), |settings| {
         settings.gateway.publish_timeout_ms = 20_000;
         settings.gateway.answer_deadline_ms = 1_000;
     })
     .await;
-    proxy.pause().await;
+    proxy.stall();
     let started = Instant::now();
-    let body = v3_body(
-        "TRANSACTION.SUCCESS",
-        "transaction",
-        &v3_transaction("deadline"),
-    );
-    let headers = v3_headers(&body, now_unix(), platform_key(), SERIAL);
+    let (body, headers) = signed_v3_pay("deadline");
     app.post_v3(V3_MCH, &body, &headers)
         .await
         .assert_v3_fail(503, RETRY);
     let waited = started.elapsed();
     // Bounded by the 1 s deadline, far from the 20 s publish timeout.
     assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
-    proxy.resume().await;
+    proxy.restore();
     app.stop().await;
 }

@@ -1,266 +1,143 @@
-//! Test merchants, signed notifications, an in-process gateway on port 0 against the real
-//! RabbitMQ with its own queue, and a TCP proxy that can cut the broker link.
+//! The gateway's test set-up on wxpay-testkit: an in-process gateway on port 0 against the
+//! real RabbitMQ with a queue of its own, the real binary, the two test merchants'
+//! notifications, and a proxy that forwards the broker's frames whole. Merchants, signed
+//! notifications, queues and the TCP fault proxy come from the test kit and are
+//! re-exported here.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::message::BasicGetMessage;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
-use lapin::{Connection, ConnectionProperties};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use wxpay_gateway::{Application, ShutdownHandle, StartError};
 use wxpay_runtime::config::Settings;
-use wxpay_shared::v2::{encrypt_req_info, sign, SignType, XmlFields};
-use wxpay_shared::v3::{aead, load_private_key_pem, sign_notification, PrivateKey};
+use wxpay_shared::v2::XmlFields;
+use wxpay_testkit::merchants::{MERCHANT, V3_MERCHANT};
+use wxpay_testkit::notifications::{refund_resource, transaction_of, transaction_resource, Refund};
+use wxpay_testkit::{config_file, TestEnv};
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const BROKER: &str = "127.0.0.1:5672";
+pub use wxpay_testkit::amqp::{delete_queue, header};
+pub use wxpay_testkit::merchants::{other_key, platform_key, OTHER_APPID, UNKNOWN_MCH_ID};
+pub use wxpay_testkit::notifications::{
+    now_unix, signed_xml, v2_pay_body, v2_pay_fields, v2_refund_body, v3_headers,
+};
+pub use wxpay_testkit::services::{amqp_url, AMQP_URL, BROKER};
+pub use wxpay_testkit::{eventually, FaultProxy};
 
 /// A v2 merchant (MD5 or HMAC-SHA256 signatures).
-pub const V2_MCH: &str = "1900000109";
-pub const V2_KEY: &str = "192006250b4c09247ec02edce69f6a2d";
-pub const APPID: &str = "wxd930ea5d5a258f4f";
+pub const V2_MCH: &str = MERCHANT.mch_id;
+pub const V2_KEY: &str = MERCHANT.api_v2_key;
+pub const APPID: &str = MERCHANT.appid;
 /// A v3 merchant (also has a v2 key: hand-made refunds come as v2).
-pub const V3_MCH: &str = "1900000110";
-pub const V3_V2_KEY: &str = "Zx9Yw8Xv7Wu6Vt5Us4Tr3Sq2Rp1Qo0Pn";
-pub const V3_KEY: &str = "0123456789abcdefghijklmnopqrstuv";
-pub const V3_APPID: &str = "wx8888888888888888";
-pub const SERIAL: &str = "PUB_KEY_ID_0119000001102025TEST";
-
-pub const PLATFORM_PRIVATE_PEM: &str = include_str!("fixtures/platform_private.pem");
-pub const PLATFORM_PUBLIC_PEM: &str = include_str!("fixtures/platform_public.pem");
-pub const OTHER_PRIVATE_PEM: &str = include_str!("fixtures/other_private.pem");
+pub const V3_MCH: &str = V3_MERCHANT.mch_id;
+pub const V3_V2_KEY: &str = V3_MERCHANT.api_v2_key;
+pub const V3_APPID: &str = V3_MERCHANT.appid;
+pub const SERIAL: &str = V3_MERCHANT.platform_serial;
 
 /// Publish timeout of the test gateways: small, so broker failures answer quickly.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The platform key that signs v3 notifications (fixture generated with `openssl genpkey`).
-pub fn platform_key() -> &'static PrivateKey {
-    static KEY: OnceLock<PrivateKey> = OnceLock::new();
-    KEY.get_or_init(|| load_private_key_pem(PLATFORM_PRIVATE_PEM).expect("fixture key"))
-}
-
-/// A key that is not the platform's (forged v3 signatures).
-pub fn other_key() -> &'static PrivateKey {
-    static KEY: OnceLock<PrivateKey> = OnceLock::new();
-    KEY.get_or_init(|| load_private_key_pem(OTHER_PRIVATE_PEM).expect("fixture key"))
-}
-
-pub fn unique_queue() -> String {
-    format!("wxpay.test.gateway.{}", uuid::Uuid::new_v4())
-}
-
-/// Settings of an in-process test gateway: port 0, its own queue, small timeouts.
-pub fn settings(queue: &str, amqp_url: &str) -> Settings {
-    let mut settings: Settings = toml_settings("127.0.0.1:0", queue, amqp_url);
-    settings.gateway.http_workers = 1;
-    settings.gateway.publish_channels = 2;
+/// The gateway's settings in these tests: both merchants, a small body limit and small
+/// timeouts.
+pub fn gateway_settings() -> Settings {
+    let mut settings = wxpay_testkit::default_settings();
+    let gateway = &mut settings.gateway;
+    gateway.body_limit_bytes = 8192;
+    gateway.publish_timeout_ms = u64::try_from(PUBLISH_TIMEOUT.as_millis()).expect("small");
+    gateway.publish_channels = 2;
+    gateway.shutdown_timeout_ms = 5000;
+    gateway.http_workers = 2;
+    settings.rabbitmq.connect_timeout_ms = 2000;
+    settings.merchants = vec![MERCHANT.settings(), V3_MERCHANT.settings()];
     settings
 }
 
-/// Settings as the binary reads them, from [`config_toml`].
-fn toml_settings(listen: &str, queue: &str, amqp_url: &str) -> Settings {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("wxpay.toml");
-    std::fs::write(&path, config_toml(listen, queue, amqp_url)).expect("write config");
-    Settings::load_with_env(&path, Vec::new()).expect("test config loads")
+/// A refund of 50 out of 100 fen.
+fn refund<'a>(out_trade_no: &'a str, out_refund_no: &'a str) -> Refund<'a> {
+    let refund_id = "50000000382019052709732678859";
+    Refund::new(out_trade_no, out_refund_no, refund_id, 100, 50)
 }
 
-/// A complete configuration file for the test merchants.
-pub fn config_toml(listen: &str, queue: &str, amqp_url: &str) -> String {
-    format!(
-        r#"[gateway]
-listen = "{listen}"
-body_limit_bytes = 8192
-publish_timeout_ms = {publish_timeout}
-publish_channels = 2
-shutdown_timeout_ms = 5000
-http_workers = 2
-
-[rabbitmq]
-url = "{amqp_url}"
-queue = "{queue}"
-connect_timeout_ms = 2000
-
-[[merchants]]
-mch_id = "{V2_MCH}"
-appids = ["{APPID}"]
-api_v2_key = "{V2_KEY}"
-
-[[merchants]]
-mch_id = "{V3_MCH}"
-appids = ["{V3_APPID}"]
-api_v2_key = "{V3_V2_KEY}"
-api_v3_key = "{V3_KEY}"
-[merchants.platform_public_keys]
-"{SERIAL}" = '''
-{PLATFORM_PUBLIC_PEM}'''
-"#,
-        publish_timeout = PUBLISH_TIMEOUT.as_millis(),
-    )
-}
-
-/// The fields of a successful v2 payment notification (unsigned).
-pub fn v2_pay_fields(mch_id: &str, appid: &str, out_trade_no: &str, total_fee: i64) -> XmlFields {
-    [
-        ("appid", appid.to_owned()),
-        ("bank_type", "CMC".to_owned()),
-        ("cash_fee", total_fee.to_string()),
-        ("fee_type", "CNY".to_owned()),
-        ("is_subscribe", "N".to_owned()),
-        ("mch_id", mch_id.to_owned()),
-        ("nonce_str", "5d2b6c2a8db53831f7eda20af46e531c".to_owned()),
-        ("openid", "oUpF8uMEb4qRXf22hE3X68TekukE".to_owned()),
-        ("out_trade_no", out_trade_no.to_owned()),
-        ("result_code", "SUCCESS".to_owned()),
-        ("return_code", "SUCCESS".to_owned()),
-        ("time_end", "20240102030405".to_owned()),
-        ("total_fee", total_fee.to_string()),
-        ("trade_type", "JSAPI".to_owned()),
-        ("transaction_id", format!("4200000{out_trade_no}")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
-
-/// Signs `fields` with `key`; `sign_type` written into the body only when `declare` is set.
-pub fn signed_xml(mut fields: XmlFields, key: &str, sign_type: SignType, declare: bool) -> String {
-    if declare {
-        fields.insert("sign_type", sign_type.as_str());
-    }
-    let signature = sign(&fields, key, sign_type);
-    fields.insert("sign", signature);
-    fields.to_xml()
-}
-
-/// A signed, successful v2 payment notification of the v2 merchant (MD5).
-pub fn v2_pay_body(out_trade_no: &str, total_fee: i64) -> String {
-    signed_xml(
-        v2_pay_fields(V2_MCH, APPID, out_trade_no, total_fee),
-        V2_KEY,
-        SignType::Md5,
-        false,
-    )
-}
-
-/// The decrypted `<root>` of a refund notification.
+/// The decrypted `<root>` of a SUCCESS refund of 50 out of 100 fen.
 pub fn refund_root(out_trade_no: &str, out_refund_no: &str) -> XmlFields {
-    [
-        ("out_refund_no", out_refund_no),
-        ("out_trade_no", out_trade_no),
-        ("refund_account", "REFUND_SOURCE_RECHARGE_FUNDS"),
-        ("refund_fee", "50"),
-        ("refund_id", "50000000382019052709732678859"),
-        ("refund_recv_accout", "支付用户零钱"),
-        ("refund_request_source", "API"),
-        ("refund_status", "SUCCESS"),
-        ("settlement_refund_fee", "50"),
-        ("settlement_total_fee", "100"),
-        ("success_time", "2024-01-02 03:04:05"),
-        ("total_fee", "100"),
-        ("transaction_id", "4200000000000000000000000001"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
+    wxpay_testkit::notifications::refund_root(&refund(out_trade_no, out_refund_no), "SUCCESS")
 }
 
-/// A v2 refund notification whose `req_info` is encrypted with `encrypt_key`.
-pub fn v2_refund_body(mch_id: &str, appid: &str, encrypt_key: &str, root: &XmlFields) -> String {
-    let fields: XmlFields = [
-        ("return_code", "SUCCESS".to_owned()),
-        ("appid", appid.to_owned()),
-        ("mch_id", mch_id.to_owned()),
-        ("nonce_str", "TeqClE3i0mvn3DrK".to_owned()),
-        ("req_info", encrypt_req_info(root, encrypt_key)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    fields.to_xml()
-}
-
-/// A v3 notification body: the envelope with `resource` encrypted under the merchant's key.
+/// A v3 notification body of the v3 merchant: `resource` encrypted under its key.
 pub fn v3_body(event_type: &str, original_type: &str, resource: &serde_json::Value) -> String {
-    let nonce = "fdasflkja484";
-    let aad = original_type;
-    let ciphertext = aead::encrypt(
-        V3_KEY.as_bytes(),
-        nonce,
-        aad,
-        resource.to_string().as_bytes(),
+    wxpay_testkit::notifications::v3_envelope(
+        V3_MERCHANT.api_v3_key,
+        event_type,
+        original_type,
+        resource,
     )
-    .expect("encrypt");
-    serde_json::json!({
-        "id": uuid::Uuid::new_v4().to_string(),
-        "create_time": "2024-01-02T03:04:05+08:00",
-        "resource_type": "encrypt-resource",
-        "event_type": event_type,
-        "summary": "支付成功",
-        "resource": {
-            "original_type": original_type,
-            "algorithm": "AEAD_AES_256_GCM",
-            "ciphertext": ciphertext,
-            "associated_data": aad,
-            "nonce": nonce,
-        }
-    })
-    .to_string()
 }
 
+/// The v3 merchant's payment of 100 fen.
 pub fn v3_transaction(out_trade_no: &str) -> serde_json::Value {
-    serde_json::json!({
-        "appid": V3_APPID, "mchid": V3_MCH, "out_trade_no": out_trade_no,
-        "transaction_id": format!("4200000{out_trade_no}"), "trade_type": "JSAPI",
-        "trade_state": "SUCCESS", "trade_state_desc": "支付成功", "bank_type": "CMC",
-        "success_time": "2024-01-02T03:04:05+08:00",
-        "payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
-        "amount": {"total": 100, "payer_total": 100, "currency": "CNY", "payer_currency": "CNY"}
-    })
+    transaction_resource(
+        &V3_MERCHANT,
+        out_trade_no,
+        &transaction_of(out_trade_no),
+        100,
+    )
 }
 
+/// The v3 merchant's refund of 50 of those 100 fen.
 pub fn v3_refund(out_trade_no: &str, out_refund_no: &str) -> serde_json::Value {
-    serde_json::json!({
-        "mchid": V3_MCH, "out_trade_no": out_trade_no, "transaction_id": "4200000000000000000000000002",
-        "out_refund_no": out_refund_no, "refund_id": "50000000382019052709732678860",
-        "refund_status": "SUCCESS", "success_time": "2024-01-02T03:04:05+08:00",
-        "user_received_account": "支付用户零钱",
-        "amount": {"total": 100, "refund": 50, "payer_total": 100, "payer_refund": 50}
+    refund_resource(
+        &V3_MERCHANT,
+        &refund(out_trade_no, out_refund_no),
+        "SUCCESS",
+    )
+}
+
+/// A v3 TRANSACTION.SUCCESS body of the v3 merchant (sign it with [`v3_headers`]).
+pub fn v3_pay_body(out_trade_no: &str) -> String {
+    v3_body(
+        "TRANSACTION.SUCCESS",
+        "transaction",
+        &v3_transaction(out_trade_no),
+    )
+}
+
+/// [`v3_pay_body`] and its headers, signed now by the platform.
+pub fn signed_v3_pay(out_trade_no: &str) -> (String, Vec<(String, String)>) {
+    let body = v3_pay_body(out_trade_no);
+    let headers = v3_headers(&body, now_unix(), platform_key(), SERIAL);
+    (body, headers)
+}
+
+/// Waits until `<base>/readyz` answers `status`.
+pub async fn wait_readyz(client: &reqwest::Client, base: &str, status: u16, limit: Duration) {
+    let url = format!("{base}/readyz");
+    eventually(limit, format!("{url} answering {status}"), async || {
+        let answer = client.get(&url).send().await;
+        answer.is_ok_and(|r| r.status().as_u16() == status)
     })
+    .await;
 }
 
-pub fn now_unix() -> i64 {
-    chrono::Utc::now().timestamp()
+/// `X-Forwarded-For: <address>`, as a proxy in front of the gateway sets it.
+pub fn forwarded_for(address: &str) -> Vec<(String, String)> {
+    vec![("X-Forwarded-For".to_owned(), address.to_owned())]
 }
 
-/// The five `Wechatpay-*` headers of `body`, signed with `key` at `timestamp`.
-pub fn v3_headers(
-    body: &str,
-    timestamp: i64,
-    key: &PrivateKey,
-    serial: &str,
-) -> Vec<(String, String)> {
-    let timestamp = timestamp.to_string();
-    let nonce = uuid::Uuid::new_v4().simple().to_string();
-    let signature = sign_notification(key, &timestamp, &nonce, body.as_bytes());
-    vec![
-        ("Wechatpay-Timestamp".into(), timestamp),
-        ("Wechatpay-Nonce".into(), nonce),
-        ("Wechatpay-Signature".into(), signature),
-        ("Wechatpay-Serial".into(), serial.into()),
-        (
-            "Wechatpay-Signature-Type".into(),
-            "WECHATPAY2-SHA256-RSA2048".into(),
-        ),
-    ]
+/// The `out_trade_no` of every queued v2 payment.
+pub fn queued_orders(messages: &[BasicGetMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|m| {
+            let fields = XmlFields::parse(&m.delivery.data).ok()?;
+            fields.get("out_trade_no").map(str::to_owned)
+        })
+        .collect()
 }
 
 /// A gateway running in this process, with its own queue.
@@ -270,6 +147,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     shutdown: ShutdownHandle,
     task: JoinHandle<Result<(), StartError>>,
+    // Last: its queue is deleted when the test ends, also after a panic.
+    env: TestEnv,
 }
 
 /// What a test got back.
@@ -313,9 +192,14 @@ impl TestApp {
         Self::spawn_with(AMQP_URL, |_| {}).await
     }
 
+    /// A gateway on `amqp_url` (a proxy's, or the broker's), with its settings read from
+    /// the file as the binary reads them, then changed by `adjust`.
     pub async fn spawn_with(amqp_url: &str, adjust: impl FnOnce(&mut Settings)) -> TestApp {
-        let queue = unique_queue();
-        let mut settings = settings(&queue, amqp_url);
+        let env = TestEnv::new("gateway", gateway_settings());
+        let file = config_file(&env.settings);
+        let mut settings = Settings::load_with_env(file.path(), Vec::new()).expect("config loads");
+        settings.gateway.http_workers = 1;
+        settings.rabbitmq.url = amqp_url.into();
         adjust(&mut settings);
         let app = Application::build(settings).await.expect("gateway builds");
         let base = format!("http://127.0.0.1:{}", app.port());
@@ -327,10 +211,11 @@ impl TestApp {
             .expect("client");
         TestApp {
             base,
-            queue,
+            queue: env.settings.rabbitmq.queue.clone(),
             client,
             shutdown,
             task,
+            env,
         }
     }
 
@@ -368,7 +253,12 @@ impl TestApp {
     }
 
     pub async fn post_v2_pay(&self, body: &str) -> Answer {
-        self.post("/notify/v2/pay", body, Some("text/xml"), &[])
+        self.post_v2_pay_with(body, &[]).await
+    }
+
+    /// A v2 payment notification with extra `headers`.
+    pub async fn post_v2_pay_with(&self, body: &str, headers: &[(String, String)]) -> Answer {
+        self.post("/notify/v2/pay", body, Some("text/xml"), headers)
             .await
     }
 
@@ -387,6 +277,11 @@ impl TestApp {
         .await
     }
 
+    /// Waits until `/readyz` answers `status`.
+    pub async fn wait_ready(&self, status: u16, limit: Duration) {
+        wait_readyz(&self.client, &self.base, status, limit).await;
+    }
+
     pub async fn get(&self, path: &str) -> (u16, String) {
         let response = self
             .client
@@ -400,7 +295,13 @@ impl TestApp {
 
     /// Every message in the queue (acknowledged, so the queue is empty afterwards).
     pub async fn drain(&self) -> Vec<BasicGetMessage> {
-        drain_queue(&self.queue).await
+        self.env.drain().await
+    }
+
+    /// The bodies of every message in the queue, which is empty afterwards.
+    pub async fn drain_bodies(&self) -> Vec<Vec<u8>> {
+        let messages = self.drain().await;
+        messages.into_iter().map(|m| m.delivery.data).collect()
     }
 
     /// Stops the gateway gracefully and deletes its queue.
@@ -415,132 +316,25 @@ impl TestApp {
     }
 }
 
-pub async fn amqp() -> Connection {
-    let properties = ConnectionProperties::default();
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        Connection::connect(AMQP_URL, properties),
-    )
-    .await
-    .expect("broker connect in time")
-    .expect("broker connect")
-}
-
-pub async fn drain_queue(queue: &str) -> Vec<BasicGetMessage> {
-    let connection = amqp().await;
-    let channel = connection.create_channel().await.expect("channel");
-    let mut messages = Vec::new();
-    while let Some(message) = channel
-        .basic_get(queue.into(), BasicGetOptions::default())
-        .await
-        .expect("basic.get")
-    {
-        let acked = message
-            .delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .expect("ack");
-        assert!(acked, "ack sent");
-        messages.push(message);
-    }
-    let _ = connection.close(200, "test done".into()).await;
-    messages
-}
-
-pub async fn delete_queue(queue: &str) {
-    let connection = amqp().await;
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await
-        .expect("queue.delete");
-    let _ = connection.close(200, "test done".into()).await;
-}
-
-/// A string header of a queued message.
-pub fn header(message: &BasicGetMessage, name: &str) -> Option<String> {
-    let headers = message.delivery.properties.headers().as_ref()?;
-    match headers.inner().get(name)? {
-        lapin::types::AMQPValue::LongString(value) => {
-            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
-        }
-        lapin::types::AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
-        lapin::types::AMQPValue::LongLongInt(value) => Some(value.to_string()),
-        other => Some(format!("{other:?}")),
-    }
-}
-
-/// A TCP proxy between the gateway and RabbitMQ that a test can cut (close every
-/// connection and refuse new ones) and restore.
-pub struct Proxy {
+/// The real binary, on a port of its own, with a queue of its own (deleted with `env`).
+pub struct Binary {
+    pub child: Child,
     pub port: u16,
-    enabled: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
+    pub env: TestEnv,
 }
 
-impl Proxy {
-    pub async fn start(target: &str) -> Proxy {
-        let target: SocketAddr = target.parse().expect("target address");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let port = listener.local_addr().expect("proxy address").port();
-        let enabled = Arc::new(AtomicBool::new(true));
-        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::new()));
-        let accept = tokio::spawn({
-            let enabled = enabled.clone();
-            let connections = connections.clone();
-            async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    if !enabled.load(Ordering::SeqCst) {
-                        drop(inbound);
-                        continue;
-                    }
-                    let task = tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(target).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    });
-                    connections.lock().expect("proxy lock").push(task);
-                }
-            }
-        });
-        Proxy {
-            port,
-            enabled,
-            connections,
-            accept,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    /// Closes every proxied connection and refuses new ones.
-    pub fn cut(&self) {
-        self.enabled.store(false, Ordering::SeqCst);
-        for task in self.connections.lock().expect("proxy lock").drain(..) {
-            task.abort();
-        }
-    }
-
-    pub fn restore(&self) {
-        self.enabled.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
-    }
+/// Starts the binary with [`gateway_settings`] changed by `adjust`, written as its file.
+pub fn binary_with(adjust: impl FnOnce(&mut Settings)) -> Binary {
+    let mut env = TestEnv::new("gateway", gateway_settings());
+    adjust(&mut env.settings);
+    let config = config_file(&env.settings);
+    let (child, port) = spawn_binary(config.path());
+    Binary { child, port, env }
 }
 
 /// Spawns the binary with a config on port 0 and returns it with its port (read from the
 /// "gateway listening" log line).
-pub fn spawn_binary(config: &std::path::Path) -> (std::process::Child, u16) {
+pub fn spawn_binary(config: &std::path::Path) -> (Child, u16) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wxpay-gateway"))
         .arg("--config")
         .arg(config)
@@ -589,7 +383,6 @@ pub struct FrameProxy {
     pub port: u16,
     clients: Arc<Mutex<Vec<Arc<tokio::sync::Mutex<OwnedWriteHalf>>>>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    paused: tokio::sync::Mutex<Vec<tokio::sync::OwnedMutexGuard<OwnedWriteHalf>>>,
 }
 
 impl FrameProxy {
@@ -643,12 +436,11 @@ impl FrameProxy {
             port,
             clients,
             tasks,
-            paused: tokio::sync::Mutex::default(),
         }
     }
 
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+        amqp_url(format!("127.0.0.1:{}", self.port))
     }
 
     /// Sends `connection.blocked` (as on a memory alarm) to every proxied connection.
@@ -660,21 +452,6 @@ impl FrameProxy {
     /// Sends `connection.unblocked`.
     pub async fn unblock(&self) {
         self.send(&connection_method(61, None)).await;
-    }
-
-    /// Holds back every frame from the broker (confirms included) until [`Self::resume`]:
-    /// a broker that has become slow.
-    pub async fn pause(&self) {
-        let clients = self.clients.lock().expect("proxy lock").clone();
-        let mut paused = self.paused.lock().await;
-        for client in clients {
-            paused.push(client.lock_owned().await);
-        }
-    }
-
-    /// Lets the held-back frames through.
-    pub async fn resume(&self) {
-        self.paused.lock().await.clear();
     }
 
     async fn send(&self, frame: &[u8]) {

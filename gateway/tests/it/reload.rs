@@ -16,6 +16,10 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use wxpay_shared::v3::{public_key_to_pem, PrivateKey};
 
+use wxpay_testkit::config::config_toml;
+use wxpay_testkit::merchants::{PLATFORM_PUBLIC_PEM, V3_MERCHANT};
+use wxpay_testkit::TestEnv;
+
 use crate::helpers::*;
 
 const NEW_SERIAL: &str = "PUB_KEY_ID_0119000001102026NEW";
@@ -156,10 +160,10 @@ fn new_key() -> &'static PrivateKey {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serial_added_and_sighup_verifies_beside_the_old_and_a_broken_file_changes_nothing() {
-    let queue = unique_queue();
+    let env = TestEnv::new("gateway", gateway_settings());
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("wxpay.toml");
-    let original = config_toml("127.0.0.1:0", &queue, AMQP_URL);
+    let original = config_toml(&env.settings);
     std::fs::write(&path, &original).expect("config");
     let gateway = Gateway::start(&path, None);
     let new_pem = public_key_to_pem(&new_key().public_key());
@@ -181,7 +185,7 @@ async fn a_serial_added_and_sighup_verifies_beside_the_old_and_a_broken_file_cha
     assert_eq!(reloaded["serials_removed"], "", "{reloaded}");
     let text = reloaded.to_string();
     assert!(
-        !text.contains("BEGIN") && !text.contains(V3_KEY),
+        !text.contains("BEGIN") && !text.contains(V3_MERCHANT.api_v3_key),
         "ids only, never keys: {text}"
     );
     gateway.both_keys_verify(["rot-2", "rot-3"]).await;
@@ -247,9 +251,8 @@ async fn a_serial_added_and_sighup_verifies_beside_the_old_and_a_broken_file_cha
     );
 
     drop(gateway);
-    let queued = drain_queue(&queue).await;
+    let queued = env.drain().await;
     assert_eq!(queued.len(), 5, "exactly the accepted ones are queued");
-    delete_queue(&queue).await;
 }
 
 /// Writes `merchants` into the Secret volume `volume` as the kubelet does: a folder of this
@@ -266,9 +269,9 @@ fn kubelet_writes(volume: &Path, version: &str, merchants: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merchants_from_a_mounted_secret_reload_when_the_kubelet_swaps_its_data_symlink() {
-    let queue = unique_queue();
+    let env = TestEnv::new("gateway", gateway_settings());
     let dir = tempfile::tempdir().expect("tempdir");
-    let whole = config_toml("127.0.0.1:0", &queue, AMQP_URL);
+    let whole = config_toml(&env.settings);
     // The ConfigMap's part and the Secret's: the test configuration cut before its merchants.
     let (config, merchants) = whole.split_at(whole.find("[[merchants]]").expect("merchants"));
     let config_path = dir.path().join("wxpay.toml");
@@ -305,8 +308,7 @@ async fn merchants_from_a_mounted_secret_reload_when_the_kubelet_swaps_its_data_
     assert_ne!(gateway.reloads_counted("ok").await, "0");
 
     drop(gateway);
-    assert_eq!(drain_queue(&queue).await.len(), 2, "the accepted ones");
-    delete_queue(&queue).await;
+    assert_eq!(env.drain().await.len(), 2, "the accepted ones");
 }
 
 #[test]

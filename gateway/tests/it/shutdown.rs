@@ -13,11 +13,11 @@ use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_load_loses_nothing_answered_success() {
-    let queue = unique_queue();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("wxpay.toml");
-    std::fs::write(&config, config_toml("127.0.0.1:0", &queue, AMQP_URL)).expect("config");
-    let (mut child, port) = spawn_binary(&config);
+    let Binary {
+        mut child,
+        port,
+        env,
+    } = binary_with(|_| {});
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -69,14 +69,7 @@ async fn sigterm_during_load_loses_nothing_answered_success() {
     assert_eq!(exit.code(), Some(0), "graceful exit");
 
     let succeeded = succeeded.lock().await.clone();
-    let queued: Vec<String> = drain_queue(&queue)
-        .await
-        .into_iter()
-        .filter_map(|m| {
-            let fields = wxpay_shared::v2::XmlFields::parse(&m.delivery.data).ok()?;
-            fields.get("out_trade_no").map(str::to_owned)
-        })
-        .collect();
+    let queued = queued_orders(&env.drain().await);
     for order in &succeeded {
         assert!(
             queued.contains(order),
@@ -84,7 +77,6 @@ async fn sigterm_during_load_loses_nothing_answered_success() {
         );
     }
     assert!(succeeded.len() >= 100);
-    delete_queue(&queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

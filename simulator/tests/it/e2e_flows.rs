@@ -10,6 +10,16 @@ use crate::e2e_support::{
     count, counter_sum, eventually, insert_order, order, scrape, worker_done, Output, Stack,
 };
 
+/// HMAC-SHA256 without `sign_type` in the body.
+const HMAC_UNDECLARED: [&str; 3] = ["--sign-type", "HMAC-SHA256", "--omit-sign-type"];
+
+/// `notify` arguments: `--kind <kind> --out-trade-no <no> --amount <amount>`, then `extra`.
+fn args<'a>(kind: &'a str, no: &'a str, amount: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--kind", kind, "--out-trade-no", no, "--amount", amount];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Drives `wxpay-sim notify` against the stack's gateway and counts what was sent.
 struct Driver<'a> {
     stack: &'a Stack,
@@ -61,7 +71,7 @@ async fn wait_state(s: &Stack, no: &str, state: &str, refunded_total: i64) {
     let mut conn = s.conn().await;
     eventually(
         Duration::from_secs(30),
-        || format!("order {no} in state {state} with {refunded_total} fen refunded"),
+        format!("order {no} in state {state} with {refunded_total} fen refunded"),
         async || {
             let o = order(&mut conn, &s.mch_id, no).await;
             o.state == state && o.refunded_total == refunded_total
@@ -94,66 +104,18 @@ async fn every_kind_reaches_its_state_once_and_bad_ones_never() {
     };
 
     // Payments, each kind: PAID.
-    d.genuine(&[
-        "--kind",
-        "v2-pay",
-        "--out-trade-no",
-        "E2E-V2MD5",
-        "--amount",
-        "1000",
-        "--sign-type",
-        "MD5",
-    ])
-    .await;
-    // HMAC-SHA256 without sign_type, as WeChat Pay sometimes sends it.
-    d.genuine(&[
-        "--kind",
-        "v2-pay",
-        "--out-trade-no",
-        "E2E-V2HMAC",
-        "--amount",
-        "1001",
-        "--sign-type",
-        "HMAC-SHA256",
-        "--omit-sign-type",
-    ])
-    .await;
-    d.genuine(&[
-        "--kind",
-        "v3-pay",
-        "--out-trade-no",
-        "E2E-V3",
-        "--amount",
-        "1002",
-    ])
-    .await;
-    d.genuine(&[
-        "--kind",
-        "v2-pay",
-        "--out-trade-no",
-        "E2E-RF-V2",
-        "--amount",
-        "2000",
-    ])
-    .await;
-    d.genuine(&[
-        "--kind",
-        "v3-pay",
-        "--out-trade-no",
-        "E2E-RF-V3",
-        "--amount",
-        "3000",
-    ])
-    .await;
-    d.genuine(&[
-        "--kind",
-        "v3-pay",
-        "--out-trade-no",
-        "E2E-BAD-RF",
-        "--amount",
-        "800",
-    ])
-    .await;
+    let payments: [(&str, &str, &str, &[&str]); 6] = [
+        ("v2-pay", "E2E-V2MD5", "1000", &["--sign-type", "MD5"]),
+        // HMAC-SHA256 without sign_type, as WeChat Pay sometimes sends it.
+        ("v2-pay", "E2E-V2HMAC", "1001", &HMAC_UNDECLARED),
+        ("v3-pay", "E2E-V3", "1002", &[]),
+        ("v2-pay", "E2E-RF-V2", "2000", &[]),
+        ("v3-pay", "E2E-RF-V3", "3000", &[]),
+        ("v3-pay", "E2E-BAD-RF", "800", &[]),
+    ];
+    for (kind, no, amount, extra) in payments {
+        d.genuine(&args(kind, no, amount, extra)).await;
+    }
     for (no, _) in orders
         .iter()
         .filter(|(no, _)| !["E2E-BAD", "E2E-ANOMALY"].contains(no))
@@ -162,131 +124,58 @@ async fn every_kind_reaches_its_state_once_and_bad_ones_never() {
     }
 
     // Refunds: v2 (AES-256-ECB req_info) and v3, partial then the rest.
-    let refunds = [
+    let partial = [
         ("v2-refund", "E2E-RF-V2", "2000", "RF-V2-1", "500"),
         ("v3-refund", "E2E-RF-V3", "3000", "RF-V3-1", "1000"),
     ];
-    for (kind, no, amount, out_refund_no, fee) in refunds {
-        d.genuine(&[
-            "--kind",
-            kind,
-            "--out-trade-no",
-            no,
-            "--amount",
-            amount,
-            "--out-refund-no",
-            out_refund_no,
-            "--refund-fee",
-            fee,
-        ])
-        .await;
-    }
-    wait_state(&s, "E2E-RF-V2", OrderState::PartiallyRefunded.as_str(), 500).await;
-    wait_state(
-        &s,
-        "E2E-RF-V3",
-        OrderState::PartiallyRefunded.as_str(),
-        1000,
-    )
-    .await;
     let rest = [
         ("v2-refund", "E2E-RF-V2", "2000", "RF-V2-2", "1500"),
         ("v3-refund", "E2E-RF-V3", "3000", "RF-V3-2", "2000"),
     ];
-    for (kind, no, amount, out_refund_no, fee) in rest {
-        d.genuine(&[
-            "--kind",
-            kind,
-            "--out-trade-no",
-            no,
-            "--amount",
-            amount,
-            "--out-refund-no",
-            out_refund_no,
-            "--refund-fee",
-            fee,
-        ])
-        .await;
+    let after = [
+        [
+            ("E2E-RF-V2", OrderState::PartiallyRefunded, 500),
+            ("E2E-RF-V3", OrderState::PartiallyRefunded, 1000),
+        ],
+        [
+            ("E2E-RF-V2", OrderState::Refunded, 2000),
+            ("E2E-RF-V3", OrderState::Refunded, 3000),
+        ],
+    ];
+    for (refunds, after) in [partial, rest].into_iter().zip(after) {
+        for (kind, no, amount, out_refund_no, fee) in refunds {
+            let refund = ["--out-refund-no", out_refund_no, "--refund-fee", fee];
+            d.genuine(&args(kind, no, amount, &refund)).await;
+        }
+        for (no, state, refunded) in after {
+            wait_state(&s, no, state.as_str(), refunded).await;
+        }
     }
-    wait_state(&s, "E2E-RF-V2", OrderState::Refunded.as_str(), 2000).await;
-    wait_state(&s, "E2E-RF-V3", OrderState::Refunded.as_str(), 3000).await;
 
     // Re-sends (v3: fresh timestamp, nonce and signature; v2: the same fields) and
     // duplicates through the other channel, some at the same time.
-    let resends: Vec<Vec<&str>> = vec![
-        vec![
-            "--kind",
-            "v2-pay",
-            "--out-trade-no",
-            "E2E-V2MD5",
-            "--amount",
-            "1000",
-        ],
-        vec![
-            "--kind",
-            "v3-pay",
-            "--out-trade-no",
-            "E2E-V2MD5",
-            "--amount",
-            "1000",
-        ],
-        vec![
-            "--kind",
-            "v3-pay",
-            "--out-trade-no",
-            "E2E-V3",
-            "--amount",
-            "1002",
-        ],
-        vec![
-            "--kind",
-            "v2-pay",
-            "--out-trade-no",
-            "E2E-V3",
-            "--amount",
-            "1002",
-            "--sign-type",
-            "HMAC-SHA256",
-        ],
-        vec![
-            "--kind",
+    let resends: [(&str, &str, &str, &[&str]); 6] = [
+        ("v2-pay", "E2E-V2MD5", "1000", &[]),
+        ("v3-pay", "E2E-V2MD5", "1000", &[]),
+        ("v3-pay", "E2E-V3", "1002", &[]),
+        ("v2-pay", "E2E-V3", "1002", &["--sign-type", "HMAC-SHA256"]),
+        (
             "v2-refund",
-            "--out-trade-no",
             "E2E-RF-V2",
-            "--amount",
             "2000",
-            "--out-refund-no",
-            "RF-V2-1",
-            "--refund-fee",
-            "500",
-        ],
-        vec![
-            "--kind",
+            &["--out-refund-no", "RF-V2-1", "--refund-fee", "500"],
+        ),
+        (
             "v3-refund",
-            "--out-trade-no",
             "E2E-RF-V3",
-            "--amount",
             "3000",
-            "--out-refund-no",
-            "RF-V3-2",
-            "--refund-fee",
-            "2000",
-        ],
+            &["--out-refund-no", "RF-V3-2", "--refund-fee", "2000"],
+        ),
     ];
-    for args in &resends {
-        d.genuine(args).await;
+    for (kind, no, amount, extra) in resends {
+        d.genuine(&args(kind, no, amount, extra)).await;
     }
-    let burst = [
-        "--kind",
-        "v2-pay",
-        "--out-trade-no",
-        "E2E-V2HMAC",
-        "--amount",
-        "1001",
-        "--sign-type",
-        "HMAC-SHA256",
-        "--omit-sign-type",
-    ];
+    let burst = args("v2-pay", "E2E-V2HMAC", "1001", &HMAC_UNDECLARED);
     let outs = futures::future::join_all((0..4).map(|_| d.notify(&burst))).await;
     for out in outs {
         assert!(out.success, "burst re-send refused\n{}", out.describe());
@@ -294,63 +183,41 @@ async fn every_kind_reaches_its_state_once_and_bad_ones_never() {
     d.acknowledged += 4;
 
     // Forged, tampered, probes and stale: refused by the gateway, never applied.
-    let bad: Vec<Vec<&str>> = vec![
-        vec!["--kind", "v2-pay", "--sign-type", "MD5", "--forge"],
-        vec![
-            "--kind",
+    let bad: [(&str, &[&str]); 7] = [
+        ("v2-pay", &["--sign-type", "MD5", "--forge"]),
+        (
             "v2-pay",
-            "--sign-type",
-            "HMAC-SHA256",
-            "--omit-sign-type",
-            "--forge",
-        ],
-        vec!["--kind", "v2-pay", "--tamper-amount"],
-        vec!["--kind", "v3-pay", "--forge"],
-        vec!["--kind", "v3-pay", "--tamper-amount"],
-        vec!["--kind", "v3-pay", "--probe"],
-        vec!["--kind", "v3-pay", "--stale"],
+            &["--sign-type", "HMAC-SHA256", "--omit-sign-type", "--forge"],
+        ),
+        ("v2-pay", &["--tamper-amount"]),
+        ("v3-pay", &["--forge"]),
+        ("v3-pay", &["--tamper-amount"]),
+        ("v3-pay", &["--probe"]),
+        ("v3-pay", &["--stale"]),
     ];
-    for args in &bad {
-        let mut full = args.clone();
-        full.extend(["--out-trade-no", "E2E-BAD", "--amount", "500"]);
-        d.refused(&full).await;
+    for (kind, flags) in bad {
+        d.refused(&args(kind, "E2E-BAD", "500", flags)).await;
     }
-    let bad_refunds: Vec<Vec<&str>> = vec![
-        vec!["--kind", "v2-refund", "--forge"],
-        vec!["--kind", "v3-refund", "--forge"],
-        vec!["--kind", "v3-refund", "--tamper-amount"],
-        vec!["--kind", "v3-refund", "--stale"],
+    let bad_refunds = [
+        ("v2-refund", "--forge"),
+        ("v3-refund", "--forge"),
+        ("v3-refund", "--tamper-amount"),
+        ("v3-refund", "--stale"),
     ];
-    for args in &bad_refunds {
-        let mut full = args.clone();
-        full.extend([
-            "--out-trade-no",
-            "E2E-BAD-RF",
-            "--amount",
-            "800",
-            "--out-refund-no",
-            "RF-BAD",
-        ]);
-        d.refused(&full).await;
+    for (kind, flag) in bad_refunds {
+        let extra = [flag, "--out-refund-no", "RF-BAD"];
+        d.refused(&args(kind, "E2E-BAD-RF", "800", &extra)).await;
     }
 
     // Genuine but for another amount than the order's: an anomaly, never PAID.
-    d.genuine(&[
-        "--kind",
-        "v2-pay",
-        "--out-trade-no",
-        "E2E-ANOMALY",
-        "--amount",
-        "701",
-    ])
-    .await;
+    d.genuine(&args("v2-pay", "E2E-ANOMALY", "701", &[])).await;
 
     // Every acknowledged message is done (applied, duplicate, recorded or anomaly).
     let expected = f64::from(d.acknowledged);
     let worker_url = s.worker_url();
     eventually(
         Duration::from_secs(30),
-        || format!("the worker finishing {expected} messages"),
+        format!("the worker finishing {expected} messages"),
         async || worker_done(&scrape(&worker_url).await) >= expected,
     )
     .await;
@@ -478,7 +345,7 @@ async fn every_kind_reaches_its_state_once_and_bad_ones_never() {
     // The relay publishes every event.
     eventually(
         Duration::from_secs(20),
-        || "every outbox event published".to_owned(),
+        "every outbox event published",
         async || count(&mut conn, "FROM outbox WHERE published_at IS NULL").await == 0,
     )
     .await;

@@ -33,7 +33,7 @@ async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
     s.start_gateway().await;
     s.start_worker().await;
     let sim = s.bins.sim.clone();
-    let listen = format!("127.0.0.1:{}", s.names.sim_port);
+    let listen = format!("127.0.0.1:{}", s.ports.sim);
     let serve = s.spawn("sim-serve", &sim, &["serve", "--listen", &listen]);
     s.others.push(serve);
     let started = Instant::now();
@@ -84,7 +84,7 @@ async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
     );
     eventually(
         Duration::from_secs(30),
-        || "RECON-PAID PAID through the reconciler".to_owned(),
+        "RECON-PAID PAID through the reconciler",
         async || order(&mut conn, &s.mch_id, "RECON-PAID").await.state == OrderState::Paid.as_str(),
     )
     .await;
@@ -136,7 +136,7 @@ async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
     let worker_url = s.worker_url();
     eventually(
         Duration::from_secs(30),
-        || "the worker finishing the late notification".to_owned(),
+        "the worker finishing the late notification",
         async || worker_done(&scrape(&worker_url).await) > before,
     )
     .await;

@@ -9,21 +9,22 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel::QueryableByName;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use diesel_async::AsyncPgConnection;
+use secrecy::ExposeSecret;
 use tempfile::TempDir;
+use wxpay_shared::state::OrderState;
+use wxpay_testkit::db::NewOrder;
+use wxpay_testkit::services::free_port;
+use wxpay_testkit::{bin_path_async, clean_command, TestEnv};
 
-pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub use wxpay_testkit::db::{count, order};
+pub use wxpay_testkit::eventually;
+pub use wxpay_testkit::metrics::{counter_sum, metric_names};
 
 /// Retry tiers of the worker in these tests (short: a retried message comes back quickly).
 pub const RETRY_DELAYS_MS: [u64; 3] = [200, 500, 1000];
@@ -31,7 +32,8 @@ pub const RETRY_DELAYS_MS: [u64; 3] = [200, 500, 1000];
 /// How long a service may take to answer 200 on /readyz (debug build, busy 2-core machine).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The three binaries, beside the test executable (`target/<profile>/deps/it-…`).
+/// The three binaries: this package's, and the gateway and worker built if they are
+/// missing or stale.
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub gateway: PathBuf,
@@ -40,48 +42,13 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    pub fn locate() -> Binaries {
-        let exe = std::env::current_exe().expect("the test executable's path");
-        // target/<profile>/deps/it-<hash> -> target/<profile>
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test executable lives in target/<profile>/deps")
-            .to_path_buf();
-        let find = |name: &str| {
-            let path = dir.join(name);
-            assert!(
-                path.is_file(),
-                "{} is missing: run cargo build --workspace --bins first",
-                path.display()
-            );
-            path
-        };
+    pub async fn locate() -> Binaries {
         Binaries {
-            gateway: find("wxpay-gateway"),
-            worker: find("wxpay-worker"),
-            sim: find("wxpay-sim"),
+            gateway: bin_path_async("wxpay-gateway").await,
+            worker: bin_path_async("wxpay-worker").await,
+            sim: PathBuf::from(env!("CARGO_BIN_EXE_wxpay-sim")),
         }
     }
-}
-
-/// A port free at the time of the call (bound to port 0, then released).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local address").port()
-}
-
-/// A command without any inherited `WXPAY…` variable (a stray `WXPAY__DATABASE__URL` would
-/// point a child at another database).
-fn clean_command(program: &Path) -> Command {
-    let mut command = Command::new(program);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("WXPAY") {
-            command.env_remove(&name);
-        }
-    }
-    command.env("RUST_LOG", "info");
-    command
 }
 
 /// A long-running child process, SIGKILLed and reaped on drop; stdout and stderr go to
@@ -183,36 +150,22 @@ impl Output {
     }
 }
 
-/// Names and addresses of one test's stack.
+/// The ports of one test's services.
 #[derive(Debug, Clone)]
-pub struct Names {
-    pub id: String,
-    pub db_name: String,
-    pub db_url: String,
-    pub queue: String,
-    pub exchange: String,
-    pub key_prefix: String,
-    pub gateway_port: u16,
-    pub worker_port: u16,
-    pub reconciler_port: u16,
-    pub sim_port: u16,
+pub struct Ports {
+    pub gateway: u16,
+    pub worker: u16,
+    pub reconciler: u16,
+    pub sim: u16,
 }
 
-impl Names {
-    fn new() -> Names {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let db_name = format!("wxpay_e2e_{id}");
-        Names {
-            db_url: format!("{PG_BASE}/{db_name}"),
-            db_name,
-            queue: format!("wxpay.e2e.{id}"),
-            exchange: format!("wxpay.e2e.events.{id}"),
-            key_prefix: format!("wxpay:e2e:{id}:"),
-            gateway_port: free_port(),
-            worker_port: free_port(),
-            reconciler_port: free_port(),
-            sim_port: free_port(),
-            id,
+impl Ports {
+    fn free() -> Ports {
+        Ports {
+            gateway: free_port(),
+            worker: free_port(),
+            reconciler: free_port(),
+            sim: free_port(),
         }
     }
 }
@@ -220,7 +173,9 @@ impl Names {
 /// Gateway, worker and the simulator's merchant, for one test.
 pub struct Stack {
     pub bins: Binaries,
-    pub names: Names,
+    /// The test's database, queues, exchange and key prefix, dropped after the children.
+    pub env: TestEnv,
+    pub ports: Ports,
     pub config: PathBuf,
     pub sim_config: PathBuf,
     pub mch_id: String,
@@ -247,9 +202,12 @@ impl Stack {
     /// Merchant, configuration (changed by `tune` before it is written) and migrated
     /// database; no service running yet.
     pub async fn prepare(tune: impl FnOnce(&mut toml::Table)) -> Stack {
-        let bins = Binaries::locate();
+        let bins = Binaries::locate().await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let names = Names::new();
+        let mut settings = wxpay_testkit::default_settings();
+        settings.worker.retry_delays_ms = RETRY_DELAYS_MS.to_vec();
+        let env = TestEnv::new("e2e", settings);
+        let ports = Ports::free();
         let init = run(
             &bins.sim,
             &[
@@ -257,7 +215,7 @@ impl Stack {
                 "--dir",
                 path_str(dir.path()),
                 "--api-base",
-                &format!("http://127.0.0.1:{}", names.sim_port),
+                &format!("http://127.0.0.1:{}", ports.sim),
             ],
             Duration::from_secs(60),
         )
@@ -277,7 +235,7 @@ impl Stack {
                 merchant["appids"][0].as_str().expect("appid").to_owned(),
             )
         };
-        configure(&mut table, &names);
+        configure(&mut table, &env, &ports);
         tune(&mut table);
         let config = dir.path().join("wxpay.toml");
         std::fs::write(&config, toml::to_string(&table).expect("config serialises"))
@@ -285,7 +243,8 @@ impl Stack {
         let stack = Stack {
             sim_config: dir.path().join("simulator.toml"),
             bins,
-            names,
+            env,
+            ports,
             config,
             mch_id,
             appid,
@@ -307,19 +266,19 @@ impl Stack {
     }
 
     pub fn gateway_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.names.gateway_port)
+        format!("http://127.0.0.1:{}", self.ports.gateway)
     }
 
     pub fn worker_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.names.worker_port)
+        format!("http://127.0.0.1:{}", self.ports.worker)
     }
 
     pub fn reconciler_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.names.reconciler_port)
+        format!("http://127.0.0.1:{}", self.ports.reconciler)
     }
 
     pub fn sim_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.names.sim_port)
+        format!("http://127.0.0.1:{}", self.ports.sim)
     }
 
     fn log_path(&mut self, name: &str) -> PathBuf {
@@ -400,15 +359,12 @@ impl Stack {
     }
 
     pub async fn conn(&self) -> AsyncPgConnection {
-        AsyncPgConnection::establish(&self.names.db_url)
-            .await
-            .expect("connection to the test database")
+        self.env.conn().await
     }
 
     /// `SELECT count(*) <tail>` on the test database.
     pub async fn count(&self, tail: &str) -> i64 {
-        let mut conn = self.conn().await;
-        count(&mut conn, tail).await
+        self.env.count(tail).await
     }
 
     /// Every log so far, last lines of each (for assertion messages).
@@ -441,16 +397,16 @@ impl Drop for Stack {
         if std::thread::panicking() {
             eprintln!(
                 "===== e2e {}: logs of the child processes\n{}",
-                self.names.id,
+                self.env.id,
                 self.logs(80)
             );
         }
-        cleanup(&self.names);
     }
 }
 
 /// The test's names, free ports and small delays on top of what `wxpay-sim init` wrote.
-fn configure(table: &mut toml::Table, n: &Names) {
+fn configure(table: &mut toml::Table, env: &TestEnv, ports: &Ports) {
+    let isolated = &env.settings;
     use toml::Value;
     let section = |table: &mut toml::Table, name: &str| -> toml::Table {
         table
@@ -471,7 +427,7 @@ fn configure(table: &mut toml::Table, n: &Names) {
     set(
         "gateway",
         vec![
-            ("listen", s(&format!("127.0.0.1:{}", n.gateway_port))),
+            ("listen", s(&format!("127.0.0.1:{}", ports.gateway))),
             ("shutdown_timeout_ms", i(2_000)),
             ("http_workers", i(2)),
         ],
@@ -479,7 +435,7 @@ fn configure(table: &mut toml::Table, n: &Names) {
     set(
         "worker",
         vec![
-            ("metrics_listen", s(&format!("127.0.0.1:{}", n.worker_port))),
+            ("metrics_listen", s(&format!("127.0.0.1:{}", ports.worker))),
             ("prefetch", i(100)),
             (
                 "retry_delays_ms",
@@ -495,21 +451,24 @@ fn configure(table: &mut toml::Table, n: &Names) {
     set(
         "rabbitmq",
         vec![
-            ("url", s(AMQP_URL)),
-            ("queue", s(&n.queue)),
-            ("events_exchange", s(&n.exchange)),
+            ("url", s(isolated.rabbitmq.url.expose_secret())),
+            ("queue", s(&isolated.rabbitmq.queue)),
+            ("events_exchange", s(&isolated.rabbitmq.events_exchange)),
         ],
     );
     set(
         "redis",
-        vec![("url", s(REDIS_URL)), ("key_prefix", s(&n.key_prefix))],
+        vec![
+            ("url", s(isolated.redis.url.expose_secret())),
+            ("key_prefix", s(&isolated.redis.key_prefix)),
+        ],
     );
-    set("database", vec![("url", s(&n.db_url))]);
+    set("database", vec![("url", s(&env.db_url()))]);
     set(
         "reconciler",
         vec![(
             "metrics_listen",
-            s(&format!("127.0.0.1:{}", n.reconciler_port)),
+            s(&format!("127.0.0.1:{}", ports.reconciler)),
         )],
     );
 }
@@ -572,111 +531,17 @@ pub async fn wait_ready(proc: &mut Proc, base: &str) {
     }
 }
 
-/// Polls `check` every 100 ms until it holds; panics with `what` after `limit`.
-pub async fn eventually(
-    limit: Duration,
-    what: impl Fn() -> String,
-    mut check: impl AsyncFnMut() -> bool,
-) {
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {} s waiting for: {}",
-            limit.as_secs(),
-            what()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-#[derive(Debug, QueryableByName, PartialEq, Eq)]
-pub struct OrderView {
-    #[diesel(sql_type = Text)]
-    pub state: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub transaction_id: Option<String>,
-    #[diesel(sql_type = BigInt)]
-    pub refunded_total: i64,
-}
-
-/// The order's state columns.
-pub async fn order(conn: &mut AsyncPgConnection, mch_id: &str, no: &str) -> OrderView {
-    diesel::sql_query(
-        "SELECT state, transaction_id, refunded_total FROM orders WHERE mch_id = $1 AND out_trade_no = $2",
-    )
-    .bind::<Text, _>(mch_id)
-    .bind::<Text, _>(no)
-    .get_result(conn)
-    .await
-    .unwrap_or_else(|e| panic!("order {no}: {e}"))
-}
-
-/// Inserts an order as the business system does before the user pays: NOTPAY.
+/// Inserts an order of the stack's merchant as the business system does before the user
+/// pays: NOTPAY.
 pub async fn insert_order(conn: &mut AsyncPgConnection, s: &Stack, no: &str, amount: i64) {
-    diesel::sql_query(
-        "INSERT INTO orders (mch_id, out_trade_no, appid, amount_total, state) VALUES ($1, $2, $3, $4, 'NOTPAY')",
-    )
-    .bind::<Text, _>(&s.mch_id)
-    .bind::<Text, _>(no)
-    .bind::<Text, _>(&s.appid)
-    .bind::<BigInt, _>(amount)
-    .execute(conn)
-    .await
-    .unwrap_or_else(|e| panic!("insert order {no}: {e}"));
-}
-
-#[derive(QueryableByName)]
-struct N {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-/// `SELECT count(*) <tail>`.
-pub async fn count(conn: &mut AsyncPgConnection, tail: &str) -> i64 {
-    let row: N = diesel::sql_query(format!("SELECT count(*)::bigint AS n {tail}"))
-        .get_result(conn)
-        .await
-        .unwrap_or_else(|e| panic!("SELECT count(*) {tail}: {e}"));
-    row.n
-}
-
-/// Base names of the series in a Prometheus text exposition (`_bucket`, `_sum`, `_count`
-/// folded into their family). Only samples count: a `# HELP` without a sample is no series
-/// for a rule or a panel to use.
-pub fn metric_names(exposition: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for line in exposition.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let name = line.split(['{', ' ']).next().unwrap_or_default();
-        let base = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s))
-            .unwrap_or(name);
-        if !base.is_empty() {
-            names.insert(base.to_owned());
-        }
-    }
-    names
-}
-
-/// Sum of the samples of counter `name` whose labels include every `labels` pair.
-pub fn counter_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    exposition
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let order = NewOrder {
+        mch_id: &s.mch_id,
+        appid: &s.appid,
+        out_trade_no: no,
+        amount_total: amount,
+        state: OrderState::NotPay.as_str(),
+    };
+    order.insert(conn).await;
 }
 
 /// Messages the worker finished with (everything but a hand-over to a retry tier).
@@ -704,90 +569,4 @@ pub async fn scrape(base: &str) -> String {
         response.status()
     );
     response.text().await.expect("metrics body")
-}
-
-/// Drops the database, the queues, the exchange and the Redis keys of `n`, on a thread of
-/// its own (Drop cannot await, and may run inside the test's runtime).
-fn cleanup(n: &Names) {
-    let n = n.clone();
-    let done = std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        runtime.block_on(async move {
-            if let Ok(mut conn) = AsyncPgConnection::establish(&format!("{PG_BASE}/postgres")).await
-            {
-                let _ = conn
-                    .batch_execute(&format!(
-                        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                        n.db_name
-                    ))
-                    .await;
-            }
-            let properties = lapin::ConnectionProperties::default();
-            if let Ok(connection) = lapin::Connection::connect(AMQP_URL, properties).await {
-                let unrouted = format!("{}.unrouted", n.exchange);
-                let mut queues = vec![
-                    n.queue.clone(),
-                    format!("{}.parked", n.queue),
-                    unrouted.clone(),
-                ];
-                queues.extend((0..RETRY_DELAYS_MS.len()).map(|t| format!("{}.retry.{t}", n.queue)));
-                for queue in queues {
-                    // A channel per deletion: a failed one closes its channel.
-                    if let Ok(channel) = connection.create_channel().await {
-                        let _ = channel
-                            .queue_delete(queue.into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                }
-                for exchange in [&n.exchange, &unrouted] {
-                    if let Ok(channel) = connection.create_channel().await {
-                        let _ = channel
-                            .exchange_delete(
-                                exchange.as_str().into(),
-                                ExchangeDeleteOptions::default(),
-                            )
-                            .await;
-                    }
-                }
-                let _ = connection.close(200, "cleanup".into()).await;
-            }
-            if let Ok(client) = redis::Client::open(REDIS_URL) {
-                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{}*", n.key_prefix))
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: redis::RedisResult<i64> =
-                            redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                    }
-                }
-            }
-        });
-    });
-    let _ = done.join();
-}
-
-#[test]
-fn metric_names_fold_histogram_and_summary_series_and_ignore_bare_help() {
-    let text = "# HELP wxpay_a_total A.\n# TYPE wxpay_a_total counter\nwxpay_a_total{route=\"v3\"} 3\n\
-                # HELP wxpay_described_only Never recorded.\n\
-                wxpay_h_seconds_bucket{le=\"0.1\"} 1\nwxpay_h_seconds_sum 0.05\nwxpay_h_seconds_count 1\n\
-                wxpay_s_seconds{quantile=\"0.5\"} 0.01\nwxpay_s_seconds_count 2\nwxpay_g 1\n\n";
-    let names: Vec<String> = metric_names(text).into_iter().collect();
-    assert_eq!(
-        names,
-        [
-            "wxpay_a_total",
-            "wxpay_g",
-            "wxpay_h_seconds",
-            "wxpay_s_seconds"
-        ]
-    );
 }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use actix_web::{web, HttpRequest, HttpResponse};
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use wxpay_shared::answer::{v2_fail, V2_SUCCESS};
 use wxpay_shared::v2::{self, XmlFields};
 use wxpay_shared::v3::{verify_notification, TimestampCheck, WechatpayHeaders};
@@ -14,8 +14,10 @@ use wxpay_simulator::load::plan::{Fate, Plan, Ratios};
 use wxpay_simulator::load::verify::{verify, Answers};
 use wxpay_simulator::load::{self, db, LoadOptions};
 use wxpay_simulator::secrets::SimMerchant;
+use wxpay_testkit::merchants::MERCHANT;
+use wxpay_testkit::TestEnv;
 
-use crate::helpers::Fixture;
+use crate::helpers::{serve_on_loopback, Fixture};
 
 /// Verifies like the gateway does (signature and timestamp); `accept_all` plays a gateway
 /// that does not verify.
@@ -52,22 +54,10 @@ fn gateway_answer(
 
 fn start_gateway(m: SimMerchant, accept_all: bool) -> (String, actix_web::dev::ServerHandle) {
     let m = Arc::new(m);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = HttpServer::new(move || {
+    serve_on_loopback(2, move |req: HttpRequest, body: web::Bytes| {
         let m = m.clone();
-        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-            let m = m.clone();
-            async move { gateway_answer(&m, &req, &body, accept_all) }
-        }))
+        async move { gateway_answer(&m, &req, &body, accept_all) }
     })
-    .workers(2)
-    .listen(listener)
-    .unwrap()
-    .run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    (url, handle)
 }
 
 fn options(target: String) -> LoadOptions {
@@ -105,9 +95,7 @@ async fn load_against_a_verifying_gateway_is_accepted_exactly_as_planned() {
     assert_eq!(json["verified"], true);
     assert_eq!(json["sent"], 200);
     // The genuine payments are in the order book for `serve`.
-    let book = wxpay_simulator::orders::OrderBookFile::new(&f.merchant.orders_path)
-        .read()
-        .unwrap();
+    let book = f.order_book();
     assert_eq!(book.orders.len(), report.genuine_orders);
     handle.stop(false).await;
 }
@@ -118,67 +106,37 @@ async fn load_catches_a_gateway_that_accepts_forgeries() {
     let (url, handle) = start_gateway(f.merchant.clone(), true);
     let report = load::run(&f.merchant, &options(url), |_| {}).await.unwrap();
     assert!(!report.verified);
-    let problems = report.problems.join("\n");
-    assert!(
-        problems.contains("forged notification acknowledged"),
-        "{problems}"
-    );
-    assert!(
-        problems.contains("tampered notification acknowledged"),
-        "{problems}"
+    assert_reported(
+        &report.problems,
+        &[
+            "forged notification acknowledged",
+            "tampered notification acknowledged",
+        ],
     );
     handle.stop(false).await;
 }
 
-/// A fresh database with the worker's schema, dropped at the end.
-struct TempDb {
-    name: String,
-    url: String,
-}
-
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-impl TempDb {
-    async fn create() -> Self {
-        let name = format!("sim_load_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = AsyncPgConnection::establish(ADMIN_URL)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432");
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-        let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
-        let schema = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../worker/migrations/2025-01-01-000000_create_tables/up.sql"
-        ))
-        .expect("the worker's migration");
-        conn.batch_execute(&schema).await.unwrap();
-        Self { name, url }
+/// Every one of `expected` is said by one of `problems`.
+fn assert_reported(problems: &[String], expected: &[&str]) {
+    for wanted in expected {
+        assert!(
+            problems.iter().any(|p| p.contains(wanted)),
+            "{wanted} not in {problems:#?}"
+        );
     }
 }
 
-impl Drop for TempDb {
-    /// Drops the database even when the test panicked.
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                if let Ok(mut admin) = AsyncPgConnection::establish(ADMIN_URL).await {
-                    let _ = admin
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-            Ok::<_, std::io::Error>(())
-        })
-        .join();
-    }
+/// A fresh database (wxpay-testkit's, dropped at the end) with the worker's schema.
+async fn database_with_the_worker_schema() -> TestEnv {
+    let env = TestEnv::new("sim", wxpay_testkit::default_settings());
+    env.create_database().await;
+    let schema = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../worker/migrations/2025-01-01-000000_create_tables/up.sql"
+    ))
+    .expect("the worker's migration");
+    env.conn().await.batch_execute(&schema).await.unwrap();
+    env
 }
 
 /// Plays the worker: marks `no` PAID with one APPLIED row (plus `extra_applied` more, a bug)
@@ -208,8 +166,8 @@ async fn apply(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_reads_the_worker_schema_and_finds_double_application() {
-    let temp_db = TempDb::create().await;
-    let mut conn = db::connect(&temp_db.url).await.unwrap();
+    let env = database_with_the_worker_schema().await;
+    let mut conn = db::connect(&env.db_url()).await.unwrap();
     let ratios = Ratios {
         v2_share: 0.5,
         dup: 0.1,
@@ -218,7 +176,7 @@ async fn audit_reads_the_worker_schema_and_finds_double_application() {
     };
     let prefix = load::new_prefix();
     let plan = Plan::new(&prefix, 60, ratios, &mut rand::thread_rng());
-    let (mch_id, appid) = ("1900000109", "wxd930ea5d5a258f4f");
+    let (mch_id, appid) = (MERCHANT.mch_id, MERCHANT.appid);
     db::insert_orders(&mut conn, mch_id, appid, &plan.orders)
         .await
         .unwrap();
@@ -261,19 +219,18 @@ async fn audit_reads_the_worker_schema_and_finds_double_application() {
         .expect("forged orders planned");
     apply(&mut conn, mch_id, &forged.out_trade_no, "4200000000", 0).await;
     let observed = db::observe(&mut conn, mch_id, &prefix).await.unwrap();
-    let problems = verify(&plan, &answers, &observed).join("\n");
-    assert!(
-        problems.contains("not APPLIED exactly once") && problems.contains(&twice.out_trade_no),
-        "{problems}"
-    );
-    assert!(problems.contains("order.paid"), "{problems}");
-    assert!(
-        problems.contains("forged notification changed the order"),
-        "{problems}"
-    );
-    assert!(
-        problems.contains("forged notification reached the worker"),
-        "{problems}"
+    let problems = verify(&plan, &answers, &observed);
+    let applied_twice = problems
+        .iter()
+        .any(|p| p.contains("not APPLIED exactly once") && p.contains(&twice.out_trade_no));
+    assert!(applied_twice, "{problems:#?}");
+    assert_reported(
+        &problems,
+        &[
+            "order.paid",
+            "forged notification changed the order",
+            "forged notification reached the worker",
+        ],
     );
 
     // Orders of another run are not looked at.
@@ -283,6 +240,4 @@ async fn audit_reads_the_worker_schema_and_finds_double_application() {
         .unwrap()
         .orders
         .is_empty());
-    drop(conn);
-    drop(temp_db);
 }

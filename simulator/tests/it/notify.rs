@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use wxpay_shared::answer::{v2_fail, V2_SUCCESS};
 use wxpay_shared::state::TradeState;
-use wxpay_simulator::build::{self, Payment, V2Signing, Variant};
+use wxpay_simulator::build::{self, Notification, Payment, V2Signing, Variant};
 use wxpay_simulator::notify::{deliver, DeliveryOptions};
 
-use crate::helpers::Fixture;
+use crate::helpers::{serve_on_loopback, Fixture};
 
 /// What the fake gateway saw.
 #[derive(Default)]
@@ -34,36 +34,25 @@ impl FakeGateway {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let answers = Arc::new(answers);
         let (h, s, a) = (hits.clone(), seen.clone(), answers.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = HttpServer::new(move || {
+        let (url, handle) = serve_on_loopback(1, move |req: HttpRequest, _body: web::Bytes| {
             let (h, s, a) = (h.clone(), s.clone(), a.clone());
-            App::new().default_service(web::to(move |req: HttpRequest, _body: web::Bytes| {
-                let (h, s, a) = (h.clone(), s.clone(), a.clone());
-                async move {
-                    let i = h.fetch_add(1, Ordering::SeqCst);
-                    {
-                        let mut seen = s.lock().unwrap();
-                        seen.paths.push(req.path().to_owned());
-                        let n = req
-                            .headers()
-                            .iter()
-                            .filter(|(k, _)| k.as_str().starts_with("wechatpay-"))
-                            .count();
-                        seen.wechatpay_headers.push(n);
-                    }
-                    let (status, body) = a[i.min(a.len() - 1)];
-                    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-                        .body(body)
+            async move {
+                let i = h.fetch_add(1, Ordering::SeqCst);
+                {
+                    let mut seen = s.lock().unwrap();
+                    seen.paths.push(req.path().to_owned());
+                    let n = req
+                        .headers()
+                        .iter()
+                        .filter(|(k, _)| k.as_str().starts_with("wechatpay-"))
+                        .count();
+                    seen.wechatpay_headers.push(n);
                 }
-            }))
-        })
-        .workers(1)
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+                let (status, body) = a[i.min(a.len() - 1)];
+                HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                    .body(body)
+            }
+        });
         Self {
             url,
             hits,
@@ -75,6 +64,38 @@ impl FakeGateway {
     async fn stop(self) {
         self.handle.stop(false).await;
     }
+}
+
+/// A genuine v2 payment notification of the fixture's merchant.
+fn genuine_v2(f: &Fixture, out_trade_no: &str, amount: i64) -> Notification {
+    let payment = Payment::new(out_trade_no, amount);
+    build::v2_pay(
+        &f.merchant,
+        &payment,
+        V2Signing::default(),
+        Variant::Genuine,
+    )
+    .unwrap()
+}
+
+/// A genuine v3 payment notification of the fixture's merchant, signed now.
+fn genuine_v3(f: &Fixture, out_trade_no: &str, amount: i64) -> Notification {
+    let payment = Payment::new(out_trade_no, amount);
+    build::v3_pay(&f.merchant, &payment, Variant::Genuine, chrono::Utc::now()).unwrap()
+}
+
+/// `wxpay-sim --sim-config <the fixture's> notify --target <target> <args>` (`args`
+/// separated by spaces), on a blocking thread.
+async fn cli_notify(f: &Fixture, target: &str, args: &str) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wxpay-sim"));
+    command
+        .arg("--sim-config")
+        .arg(f.sim_config())
+        .args(["notify", "--target", target])
+        .args(args.split_whitespace());
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
 }
 
 fn fast(max_attempts: u32) -> DeliveryOptions {
@@ -90,13 +111,7 @@ async fn fail_twice_then_success_takes_three_attempts_on_schedule() {
     let fail = Box::leak(v2_fail("broker busy").into_boxed_str());
     let gw = FakeGateway::start(vec![(200, fail), (200, fail), (200, V2_SUCCESS)]);
     let f = Fixture::new();
-    let n = build::v2_pay(
-        &f.merchant,
-        &Payment::new("O-1", 100),
-        V2Signing::default(),
-        Variant::Genuine,
-    )
-    .unwrap();
+    let n = genuine_v2(&f, "O-1", 100);
     let client = reqwest::Client::new();
     let mut printed = Vec::new();
     let started = Instant::now();
@@ -128,13 +143,7 @@ async fn fail_twice_then_success_takes_three_attempts_on_schedule() {
 async fn plain_text_success_is_a_failure_until_attempts_run_out() {
     let gw = FakeGateway::start(vec![(200, "success")]);
     let f = Fixture::new();
-    let n = build::v2_pay(
-        &f.merchant,
-        &Payment::new("O-2", 100),
-        V2Signing::default(),
-        Variant::Genuine,
-    )
-    .unwrap();
+    let n = genuine_v2(&f, "O-2", 100);
     let d = deliver(&reqwest::Client::new(), &gw.url, &n, &fast(4), |_| {})
         .await
         .unwrap();
@@ -155,13 +164,7 @@ async fn plain_text_success_is_a_failure_until_attempts_run_out() {
 async fn v3_is_judged_by_status_and_carries_its_headers() {
     let gw = FakeGateway::start(vec![(500, r#"{"code":"FAIL","message":"x"}"#), (204, "")]);
     let f = Fixture::new();
-    let n = build::v3_pay(
-        &f.merchant,
-        &Payment::new("O-3", 100),
-        Variant::Genuine,
-        chrono::Utc::now(),
-    )
-    .unwrap();
+    let n = genuine_v3(&f, "O-3", 100);
     let d = deliver(
         &reqwest::Client::new(),
         &format!("{}/", gw.url),
@@ -186,13 +189,7 @@ async fn v3_is_judged_by_status_and_carries_its_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_server_is_a_failure_not_an_error() {
     let f = Fixture::new();
-    let n = build::v3_pay(
-        &f.merchant,
-        &Payment::new("O-4", 1),
-        Variant::Genuine,
-        chrono::Utc::now(),
-    )
-    .unwrap();
+    let n = genuine_v3(&f, "O-4", 1);
     // A port that was just free: nothing listens.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -222,32 +219,9 @@ async fn cli_notify_prints_attempts_records_the_order_and_exits_by_outcome() {
     let fail = Box::leak(v2_fail("nope").into_boxed_str());
     let gw = FakeGateway::start(vec![(200, fail), (200, V2_SUCCESS)]);
     let f = Fixture::new();
-    let sim_config = f.sim_config();
-    let url = gw.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_wxpay-sim"))
-            .arg("--sim-config")
-            .arg(&sim_config)
-            .args([
-                "notify",
-                "--target",
-                &url,
-                "--kind",
-                "v2-pay",
-                "--out-trade-no",
-                "CLI-1",
-                "--amount",
-                "2500",
-                "--sign-type",
-                "HMAC-SHA256",
-                "--time-scale",
-                "0.001",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let args = "--kind v2-pay --out-trade-no CLI-1 --amount 2500 \
+                --sign-type HMAC-SHA256 --time-scale 0.001";
+    let out = cli_notify(&f, &gw.url, args).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -258,41 +232,18 @@ async fn cli_notify_prints_attempts_records_the_order_and_exits_by_outcome() {
         stdout.contains("acknowledged after 2 attempt(s)"),
         "{stdout}"
     );
-    let book = wxpay_simulator::orders::OrderBookFile::new(&f.merchant.orders_path)
-        .read()
-        .unwrap();
+    let book = f.order_book();
     let order = &book.orders["CLI-1"];
     assert_eq!((order.amount, order.state), (2500, TradeState::Success));
 
     // Every attempt fails: non-zero exit.
-    let sim_config = f.sim_config();
     let gw2 = FakeGateway::start(vec![(503, "down")]);
-    let url2 = gw2.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_wxpay-sim"))
-            .arg("--sim-config")
-            .arg(&sim_config)
-            .args([
-                "notify",
-                "--target",
-                &url2,
-                "--kind",
-                "v3-pay",
-                "--out-trade-no",
-                "CLI-2",
-                "--amount",
-                "1",
-                "--time-scale",
-                "0",
-                "--max-attempts",
-                "3",
-                "--forge",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = cli_notify(
+        &f,
+        &gw2.url,
+        "--kind v3-pay --out-trade-no CLI-2 --amount 1 --time-scale 0 --max-attempts 3 --forge",
+    )
+    .await;
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -301,9 +252,7 @@ async fn cli_notify_prints_attempts_records_the_order_and_exits_by_outcome() {
     );
     assert!(stdout.contains("HTTP 503"), "{stdout}");
     // A forged notification is not a payment WeChat Pay knows about.
-    let book = wxpay_simulator::orders::OrderBookFile::new(&f.merchant.orders_path)
-        .read()
-        .unwrap();
+    let book = f.order_book();
     assert!(!book.orders.contains_key("CLI-2"));
     gw.stop().await;
     gw2.stop().await;

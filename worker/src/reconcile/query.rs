@@ -614,12 +614,14 @@ mod tests {
     }
 
     fn platform_key() -> PrivateKey {
-        fixture_key(include_str!("../../tests/it/fixtures/platform_private.pem"))
+        fixture_key(include_str!(
+            "../../../testkit/fixtures/platform_private.pem"
+        ))
     }
 
     /// Not the platform's: the merchant's own key, and the impostor's.
     fn other_key() -> PrivateKey {
-        fixture_key(include_str!("../../tests/it/fixtures/other_private.pem"))
+        fixture_key(include_str!("../../../testkit/fixtures/other_private.pem"))
     }
 
     /// A v3 merchant and the platform private key that signs its answers.

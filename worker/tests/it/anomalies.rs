@@ -2,15 +2,15 @@
 //! original notification through the normal apply path, its key released in the same
 //! transaction) or `--action dismiss`, each recorded in `anomaly_resolutions`.
 
-use diesel_async::SimpleAsyncConnection;
+use wxpay_runtime::config::Merchants;
 use wxpay_shared::state::OrderState;
 use wxpay_worker::anomaly::{self, Action, AnomalyError, Effect as Resolved};
 use wxpay_worker::apply::Verdict;
 use wxpay_worker::{db, Disposition, Worker};
 
 use crate::builders::{v2_pay, v3_pay};
-use crate::cli::{config_file, worker as worker_cli};
-use crate::helpers::TestEnv;
+use crate::cli::worker as worker_cli;
+use crate::helpers::{assert_duplicate, config_file, TestEnv};
 
 fn pool(env: &TestEnv) -> db::DbPool {
     db::build_pool(
@@ -23,11 +23,7 @@ fn pool(env: &TestEnv) -> db::DbPool {
 }
 
 async fn sql(env: &TestEnv, statement: &str) {
-    env.conn()
-        .await
-        .batch_execute(statement)
-        .await
-        .expect("statement");
+    env.sql(statement).await.expect("statement");
 }
 
 async fn only_open_anomaly(env: &TestEnv) -> anomaly::OpenAnomaly {
@@ -36,19 +32,37 @@ async fn only_open_anomaly(env: &TestEnv) -> anomaly::OpenAnomaly {
     open.into_iter().next().expect("one")
 }
 
+/// An order of 1000 fen paid `paid` fen through v3: its one open AMOUNT_MISMATCH anomaly,
+/// with the environment, the worker and the configured merchants to resolve it.
+async fn mismatched_payment(
+    out_trade_no: &str,
+    transaction_id: &str,
+    paid: i64,
+) -> (TestEnv, Worker, Merchants, anomaly::OpenAnomaly) {
+    let (env, worker) = TestEnv::with_worker().await;
+    let merchants = env.settings().merchants().expect("merchants");
+    env.insert_order(out_trade_no, 1000).await;
+    let payment = v3_pay(out_trade_no, transaction_id, paid);
+    assert!(matches!(
+        worker.process_one(&payment).await,
+        Disposition::Anomaly { .. }
+    ));
+    let open = only_open_anomaly(&env).await;
+    (env, worker, merchants, open)
+}
+
 /// From outside: an AMOUNT_MISMATCH order corrected by hand and
 /// `wxpay-worker anomaly resolve --action reapply` ends PAID once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrected_order_and_reapply_through_the_cli_ends_paid_once() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
+    let (env, worker) = TestEnv::with_worker().await;
     env.insert_order("a-1", 1000).await;
     let payment = v2_pay("a-1", "4200a1", 990);
     assert!(matches!(
         worker.process_one(&payment).await,
         Disposition::Anomaly { .. }
     ));
-    let config = config_file(&env);
+    let config = config_file(&env.settings);
 
     let listed = worker_cli(&config, &["anomaly", "list"])
         .output()
@@ -109,7 +123,7 @@ async fn corrected_order_and_reapply_through_the_cli_ends_paid_once() {
 
     // WeChat Pay's re-send is a duplicate now, and a second resolution is refused.
     let again = worker.process_one(&crate::builders::resend(&payment)).await;
-    assert!(matches!(again, Disposition::Duplicate { .. }), "{again:?}");
+    assert_duplicate(&again);
     assert_eq!(env.outbox_count("order.paid").await, 1);
     let twice = worker_cli(
         &config,
@@ -125,12 +139,7 @@ async fn corrected_order_and_reapply_through_the_cli_ends_paid_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reapply_of_a_still_wrong_order_records_a_new_anomaly_and_says_so() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
-    let merchants = env.settings().merchants().expect("merchants");
-    env.insert_order("a-2", 1000).await;
-    worker.process_one(&v3_pay("a-2", "4200a2", 1)).await;
-    let first = only_open_anomaly(&env).await;
+    let (env, worker, merchants, first) = mismatched_payment("a-2", "4200a2", 1).await;
 
     let resolution = anomaly::resolve(
         &pool(&env),
@@ -170,21 +179,13 @@ async fn reapply_of_a_still_wrong_order_records_a_new_anomaly_and_says_so() {
     .expect("dismissed");
     assert_eq!(dismissed.effect, Resolved::Dismissed);
     assert!(anomaly::list(&pool(&env)).await.expect("list").is_empty());
-    assert!(matches!(
-        worker.process_one(&v3_pay("a-2", "4200a2", 1)).await,
-        Disposition::Duplicate { .. }
-    ));
+    assert_duplicate(&worker.process_one(&v3_pay("a-2", "4200a2", 1)).await);
     assert_eq!(env.count("FROM anomaly_resolutions").await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_reapply_changes_nothing() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
-    let merchants = env.settings().merchants().expect("merchants");
-    env.insert_order("a-3", 1000).await;
-    worker.process_one(&v3_pay("a-3", "4200a3", 5)).await;
-    let open = only_open_anomaly(&env).await;
+    let (env, _worker, merchants, open) = mismatched_payment("a-3", "4200a3", 5).await;
     let pool = pool(&env);
 
     let empty = anomaly::resolve(&pool, &merchants, open.id, Action::Reapply, "c", " ").await;

@@ -1,75 +1,24 @@
 //! The `wxpay-worker` binary: `migrate`, `run` with a graceful SIGTERM, `dlq list`.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use diesel_async::SimpleAsyncConnection;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use secrecy::ExposeSecret;
 use wxpay_shared::state::OrderState;
 use wxpay_worker::migrate;
 
-use crate::builders::{self, v2_pay};
-use crate::helpers::{eventually, TestEnv};
+use wxpay_testkit::clean_command;
+
+use crate::builders::v2_pay;
+use crate::helpers::{config_file, eventually, TestEnv};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wxpay-worker");
 
-pub(crate) fn config_file(env: &TestEnv) -> tempfile::NamedTempFile {
-    let s = &env.settings;
-    let merchant = builders::merchant_settings();
-    let (serial, pem) = merchant
-        .platform_public_keys
-        .iter()
-        .next()
-        .expect("a platform key");
-    let text = format!(
-        r#"[worker]
-metrics_listen = "127.0.0.1:0"
-retry_delays_ms = [200, 400]
-shutdown_timeout_ms = 10000
-
-[rabbitmq]
-url = "{amqp}"
-queue = "{queue}"
-events_exchange = "{exchange}"
-
-[redis]
-url = "{redis}"
-key_prefix = "{prefix}"
-
-[database]
-url = "{database}"
-
-[[merchants]]
-mch_id = "{mch_id}"
-appids = ["{appid}"]
-api_v2_key = "{v2}"
-api_v3_key = "{v3}"
-
-[merchants.platform_public_keys]
-"{serial}" = '''
-{pem}'''
-"#,
-        amqp = s.rabbitmq.url.expose_secret(),
-        queue = s.rabbitmq.queue,
-        exchange = s.rabbitmq.events_exchange,
-        redis = s.redis.url.expose_secret(),
-        prefix = s.redis.key_prefix,
-        database = s.database.url.expose_secret(),
-        mch_id = builders::MCH_ID,
-        appid = builders::APPID,
-        v2 = builders::V2_KEY,
-        v3 = builders::V3_KEY,
-    );
-    let mut file = tempfile::NamedTempFile::new().expect("temp file");
-    file.write_all(text.as_bytes()).expect("config written");
-    file
-}
-
+/// `wxpay-worker --config <config> <args>`.
 pub(crate) fn worker(config: &tempfile::NamedTempFile, args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
+    let mut command = clean_command(BIN);
     command
         .arg("--config")
         .arg(config.path())
@@ -81,7 +30,7 @@ pub(crate) fn worker(config: &tempfile::NamedTempFile, args: &[&str]) -> Command
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_creates_the_database_and_is_idempotent() {
     let env = TestEnv::with_migration(false).await;
-    let config = config_file(&env);
+    let config = config_file(&env.settings);
     let embedded = wxpay_worker::schema_check::embedded_versions().expect("embedded");
     let all = format!("migrations applied: {}", embedded.len());
     for expected in [all.as_str(), "migrations applied: 0"] {
@@ -120,7 +69,7 @@ fn assert_refused(config: &tempfile::NamedTempFile, why: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_and_reconcile_refuse_a_schema_that_is_not_theirs_and_never_migrate() {
     let env = TestEnv::with_migration(false).await;
-    let config = config_file(&env);
+    let config = config_file(&env.settings);
     // No database at all, then an empty one.
     assert_refused(&config, "not migrated");
     migrate::ensure_database(&env.db_url(), Duration::from_secs(5))
@@ -149,7 +98,7 @@ async fn run_and_reconcile_refuse_a_schema_that_is_not_theirs_and_never_migrate(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_applies_and_exits_zero_on_sigterm() {
     let env = TestEnv::new().await;
-    let config = config_file(&env);
+    let config = config_file(&env.settings);
     env.insert_order("cli-1", 100).await;
     env.publish(&v2_pay("cli-1", "4200cli1", 100)).await;
     let mut child = worker(&config, &["run"])

@@ -4,8 +4,6 @@
 //! every check, the route from outside included. No traffic leaves loopback: a public URL
 //! that breaks the rules is never probed.
 
-use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
@@ -14,116 +12,38 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::process::Command;
 use wxpay_gateway::answer::public_message;
 use wxpay_gateway::verify::RejectReason;
-use wxpay_runtime::config::{
-    DatabaseSettings, MerchantSettings, RabbitmqSettings, RedisSettings, Settings,
-    WechatpaySettings,
-};
+use wxpay_runtime::config::{MerchantSettings, Settings, WechatpaySettings};
 use wxpay_shared::answer;
+use wxpay_testkit::clean_command;
 use wxpay_worker::{broker, doctor};
 
 use crate::builders::{self, MCH_ID};
-use crate::helpers::{closed_port_url, TestEnv};
+use crate::helpers::{closed_port_url, config_file, declared_topology, TestEnv};
 use crate::reconcile::Sim;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wxpay-worker");
 
-/// The settings as a configuration file (the subset these tests set).
-fn config_file(settings: &Settings) -> tempfile::NamedTempFile {
-    let mut text = String::new();
-    let q = |value: &str| format!("{value:?}");
-    if let Some(url) = &settings.gateway.public_url {
-        let _ = writeln!(text, "[gateway]\npublic_url = {}\n", q(url));
-    }
-    let (r, w) = (&settings.rabbitmq, &settings.worker);
-    let _ = writeln!(
-        text,
-        "[worker]\nretry_delays_ms = {:?}\n\n[rabbitmq]\nurl = {}\nqueue = {}\nevents_exchange = {}\nconnect_timeout_ms = {}\n",
-        w.retry_delays_ms,
-        q(r.url.expose_secret()),
-        q(&r.queue),
-        q(&r.events_exchange),
-        r.connect_timeout_ms,
-    );
-    let _ = writeln!(
-        text,
-        "[redis]\nurl = {}\nkey_prefix = {}\n\n[database]\nurl = {}\n\n[wechatpay]\napi_base = {}\nrequest_timeout_ms = {}\n",
-        q(settings.redis.url.expose_secret()),
-        q(&settings.redis.key_prefix),
-        q(settings.database.url.expose_secret()),
-        q(&settings.wechatpay.api_base),
-        settings.wechatpay.request_timeout_ms,
-    );
-    for m in &settings.merchants {
-        let _ = writeln!(
-            text,
-            "[[merchants]]\nmch_id = {}\nappids = {:?}\napi_v2_key = {}",
-            q(&m.mch_id),
-            m.appids,
-            q(m.api_v2_key.expose_secret()),
-        );
-        if let Some(key) = &m.api_v3_key {
-            let _ = writeln!(text, "api_v3_key = {}", q(key.expose_secret()));
-        }
-        if let Some(serial) = &m.merchant_serial {
-            let _ = writeln!(text, "merchant_serial = {}", q(serial));
-        }
-        if let Some(pem) = &m.merchant_private_key_pem {
-            let _ = writeln!(
-                text,
-                "merchant_private_key_pem = '''\n{}'''",
-                pem.expose_secret()
-            );
-        }
-        let _ = writeln!(text, "\n[merchants.platform_public_keys]");
-        for (serial, pem) in &m.platform_public_keys {
-            let _ = writeln!(text, "{} = '''\n{pem}'''", q(serial));
-        }
-    }
-    let mut file = tempfile::NamedTempFile::new().expect("temp file");
-    file.write_all(text.as_bytes()).expect("config written");
-    file
-}
-
 /// Settings whose services all sit on closed loopback ports: the configuration checks run,
 /// the service checks fail fast, nothing leaves the machine.
 fn offline_settings(merchants: Vec<MerchantSettings>, public_url: Option<&str>) -> Settings {
-    let mut settings = Settings {
-        gateway: Default::default(),
-        worker: Default::default(),
-        rabbitmq: RabbitmqSettings {
-            url: SecretString::from(closed_port_url("amqp")),
-            connect_timeout_ms: 2_000,
-            ..Default::default()
-        },
-        redis: RedisSettings {
-            url: SecretString::from(closed_port_url("redis")),
-            ..Default::default()
-        },
-        database: DatabaseSettings {
-            url: SecretString::from(format!("{}/wxpay", closed_port_url("postgres"))),
-            connect_timeout_ms: 2_000,
-            ..Default::default()
-        },
-        wechatpay: WechatpaySettings {
-            api_base: closed_port_url("http"),
-            request_timeout_ms: 2_000,
-        },
-        reconciler: Default::default(),
-        merchants,
-        console: Default::default(),
-    };
+    let mut settings = wxpay_testkit::default_settings();
     settings.gateway.public_url = public_url.map(str::to_owned);
+    settings.rabbitmq.url = SecretString::from(closed_port_url("amqp"));
+    settings.rabbitmq.connect_timeout_ms = 2_000;
+    settings.redis.url = SecretString::from(closed_port_url("redis"));
+    settings.database.url = SecretString::from(format!("{}/wxpay", closed_port_url("postgres")));
+    settings.database.connect_timeout_ms = 2_000;
+    settings.wechatpay = WechatpaySettings {
+        api_base: closed_port_url("http"),
+        request_timeout_ms: 2_000,
+    };
+    settings.merchants = merchants;
     settings
 }
 
 /// Runs `wxpay-worker --config <file> doctor [args]`, bounded so that a hang fails the test.
 async fn doctor(config: &tempfile::NamedTempFile, args: &[&str]) -> (Output, Vec<String>) {
-    let mut command = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("WXPAY") {
-            command.env_remove(&name);
-        }
-    }
+    let mut command = Command::from(clean_command(BIN));
     command
         .arg("--config")
         .arg(config.path())
@@ -300,11 +220,7 @@ async fn a_healthy_deployment_passes_every_check_including_the_route() {
     settings.wechatpay.api_base = sim.url.clone();
     settings.gateway.listen = "127.0.0.1:0".into();
     // What `wxpay-worker run` declares at start-up (the gateway declares the main queue).
-    let connection = broker::connect(&settings.rabbitmq).await.expect("broker");
-    let channel = broker::confirm_channel(&connection).await.expect("channel");
-    broker::declare_topology(&channel, &settings.rabbitmq, &settings.worker)
-        .await
-        .expect("topology");
+    let (connection, channel) = declared_topology(&settings).await;
     broker::close(&connection, &[&channel], "declared").await;
     let gateway = wxpay_gateway::Application::build(settings.clone())
         .await

@@ -8,10 +8,10 @@ use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use wxpay_worker::outbox::{self, RelayError};
-use wxpay_worker::{broker, db, Disposition, Worker};
+use wxpay_worker::{broker, db, Disposition};
 
 use crate::builders::{transaction_of, v2_pay, v2_refund};
-use crate::helpers::{eventually, TestEnv};
+use crate::helpers::{declared_topology, eventually, TestEnv};
 
 /// `order_seq` of the outbox events of `event_type`, oldest first.
 async fn order_seqs(env: &TestEnv, event_type: &str) -> Vec<Option<i64>> {
@@ -65,8 +65,7 @@ async fn an_event_no_subscriber_takes_waits_in_the_unrouted_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_of_an_order_carries_the_next_order_seq() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
+    let (env, worker) = TestEnv::with_worker().await;
     env.insert_order("e-2", 1000).await;
     let tid = transaction_of("e-2");
     assert_eq!(
@@ -98,17 +97,12 @@ async fn every_event_of_an_order_carries_the_next_order_seq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_even_the_alternate_exchange_cannot_route_is_not_marked_published() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
+    let (env, worker) = TestEnv::with_worker().await;
     env.insert_order("e-3", 100).await;
     worker.process_one(&v2_pay("e-3", "4200e3", 100)).await;
 
     let rabbitmq = &env.settings.rabbitmq;
-    let connection = broker::connect(rabbitmq).await.expect("broker");
-    let channel = broker::confirm_channel(&connection).await.expect("channel");
-    broker::declare_topology(&channel, rabbitmq, &env.settings.worker)
-        .await
-        .expect("topology");
+    let (connection, channel) = declared_topology(&env.settings).await;
     channel
         .queue_delete(
             rabbitmq.unrouted_events().as_str().into(),

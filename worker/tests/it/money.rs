@@ -1,59 +1,31 @@
 //! Money checks: a v2 refund must describe the order it refunds, currencies must agree, and
 //! the schema refuses refunds beyond the paid amount and a refund id used twice.
 
-use diesel_async::SimpleAsyncConnection;
 use wxpay_shared::state::OrderState;
-use wxpay_worker::{Disposition, Worker};
+use wxpay_worker::Disposition;
 
-use crate::builders::{transaction_of, v2_pay, v2_pay_in, v2_refund, MCH_ID};
-use crate::helpers::TestEnv;
-
-fn anomaly(reason: &str) -> Disposition {
-    Disposition::Anomaly {
-        reason: reason.to_owned(),
-    }
-}
-
-async fn sql(env: &TestEnv, statement: &str) -> Result<(), diesel::result::Error> {
-    env.conn().await.batch_execute(statement).await
-}
+use crate::builders::{v2_pay, v2_pay_in, v2_refund, MCH_ID};
+use crate::helpers::{anomaly, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_refund_that_names_another_payment_or_total_is_an_anomaly() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
-    env.insert_order("m-1", 1000).await;
+    let (env, worker) = TestEnv::with_worker().await;
     // Paid by another transaction than the one the refund names.
-    assert_eq!(
-        worker.process_one(&v2_pay("m-1", "4200m1", 1000)).await,
-        Disposition::Applied
-    );
-    assert_eq!(
-        worker
-            .process_one(&v2_refund("m-1", "mr-1", "5030m1", 1000, 100, "SUCCESS"))
-            .await,
-        anomaly("REFUND_MISMATCH")
-    );
-    env.insert_order("m-2", 1000).await;
-    assert_eq!(
-        worker
-            .process_one(&v2_pay("m-2", &transaction_of("m-2"), 1000))
-            .await,
-        Disposition::Applied
-    );
-    // The right payment, another order total.
-    assert_eq!(
-        worker
-            .process_one(&v2_refund("m-2", "mr-2", "5030m2", 999, 100, "SUCCESS"))
-            .await,
-        anomaly("REFUND_MISMATCH")
-    );
-    for order in ["m-1", "m-2"] {
-        let order = env.order(order).await;
+    env.pay_order(&worker, ("m-1", 1000), &v2_pay("m-1", "4200m1", 1000))
+        .await;
+    // m-2: the right payment, another order total.
+    env.paid_order(&worker, "m-2", 1000).await;
+    for refund in [
+        v2_refund("m-1", "mr-1", "5030m1", 1000, 100, "SUCCESS"),
+        v2_refund("m-2", "mr-2", "5030m2", 999, 100, "SUCCESS"),
+    ] {
         assert_eq!(
-            (order.state.as_str(), order.refunded_total),
-            (OrderState::Paid.as_str(), 0)
+            worker.process_one(&refund).await,
+            anomaly("REFUND_MISMATCH")
         );
+    }
+    for order in ["m-1", "m-2"] {
+        env.assert_order(order, OrderState::Paid, 0).await;
     }
     assert_eq!(env.count("FROM refunds").await, 0);
     assert_eq!(env.anomalies("REFUND_MISMATCH").await, 2);
@@ -61,8 +33,7 @@ async fn v2_refund_that_names_another_payment_or_total_is_an_anomaly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_in_another_currency_is_an_anomaly() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
+    let (env, worker) = TestEnv::with_worker().await;
     env.insert_order("m-3", 500).await;
     assert_eq!(
         worker
@@ -74,12 +45,9 @@ async fn a_payment_in_another_currency_is_an_anomaly() {
     // An order in USD: the CNY default of a notification without fee_type disagrees too,
     // a USD one pays.
     env.insert_order("m-4", 500).await;
-    sql(
-        &env,
-        "UPDATE orders SET currency = 'USD' WHERE out_trade_no = 'm-4'",
-    )
-    .await
-    .expect("currency set");
+    env.sql("UPDATE orders SET currency = 'USD' WHERE out_trade_no = 'm-4'")
+        .await
+        .expect("currency set");
     assert_eq!(
         worker.process_one(&v2_pay("m-4", "4200m4", 500)).await,
         anomaly("CURRENCY_MISMATCH")
@@ -97,22 +65,17 @@ async fn a_payment_in_another_currency_is_an_anomaly() {
 async fn the_schema_refuses_over_refunds_and_a_refund_id_used_twice() {
     let env = TestEnv::new().await;
     env.insert_order("m-5", 1000).await;
-    let over = sql(
-        &env,
-        "UPDATE orders SET refunded_total = 1001 WHERE out_trade_no = 'm-5'",
-    )
-    .await;
+    let over = env
+        .sql("UPDATE orders SET refunded_total = 1001 WHERE out_trade_no = 'm-5'")
+        .await;
     assert!(
         over.as_ref()
             .is_err_and(|e| e.to_string().contains("orders_refunded_within_amount")),
         "{over:?}"
     );
-    sql(
-        &env,
-        "UPDATE orders SET refunded_total = 1000 WHERE out_trade_no = 'm-5'",
-    )
-    .await
-    .expect("the whole amount may be refunded");
+    env.sql("UPDATE orders SET refunded_total = 1000 WHERE out_trade_no = 'm-5'")
+        .await
+        .expect("the whole amount may be refunded");
 
     let insert = |out_refund_no: &str, refund_id: &str| {
         let refund_id = if refund_id.is_empty() {
@@ -125,8 +88,8 @@ async fn the_schema_refuses_over_refunds_and_a_refund_id_used_twice() {
              VALUES ('{MCH_ID}', '{out_refund_no}', 'm-5', {refund_id}, 1, 'PROCESSING')"
         )
     };
-    sql(&env, &insert("mr-5", "5030m5")).await.expect("first");
-    let twice = sql(&env, &insert("mr-6", "5030m5")).await;
+    env.sql(&insert("mr-5", "5030m5")).await.expect("first");
+    let twice = env.sql(&insert("mr-6", "5030m5")).await;
     assert!(
         twice
             .as_ref()
@@ -134,8 +97,8 @@ async fn the_schema_refuses_over_refunds_and_a_refund_id_used_twice() {
         "{twice:?}"
     );
     // Refunds not yet numbered by WeChat Pay do not collide.
-    sql(&env, &insert("mr-7", "")).await.expect("no refund id");
-    sql(&env, &insert("mr-8", ""))
+    env.sql(&insert("mr-7", "")).await.expect("no refund id");
+    env.sql(&insert("mr-8", ""))
         .await
         .expect("no refund id either");
 }

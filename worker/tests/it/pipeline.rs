@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use wxpay_shared::state::OrderState;
+use wxpay_testkit::services::postgres_url;
 use wxpay_worker::retry::{self, ReplaySelection};
 
 use crate::builders::{self, v2_pay, v3_pay};
-use crate::helpers::{closed_port_url, eventually, CuttableProxy, TestEnv};
+use crate::helpers::{closed_port_url, eventually, FaultProxy, TestEnv, POSTGRES};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -92,12 +93,9 @@ async fn crash_after_commit_before_ack_is_redelivered_without_second_effect() {
 async fn database_outage_goes_through_retry_tiers_and_applies_after() {
     let env = TestEnv::new().await;
     env.insert_order("d-1", 100).await;
-    let proxy = CuttableProxy::start("127.0.0.1:5432").await;
+    let proxy = FaultProxy::start(POSTGRES).await;
     let mut settings = env.settings();
-    settings.database.url = SecretString::from(format!(
-        "postgres://postgres@{}/{}",
-        proxy.address, env.db_name
-    ));
+    settings.database.url = SecretString::from(postgres_url(proxy.address(), &env.db_name));
     settings.database.connect_timeout_ms = 500;
     proxy.cut();
     let running = env.spawn_worker(settings);

@@ -3,27 +3,21 @@
 
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::state::{OrderState, TradeState};
-use wxpay_shared::v2::{self, SignType, XmlFields};
-use wxpay_shared::v3::{self, WechatpayHeaders};
-use wxpay_worker::{Disposition, Worker};
+use wxpay_shared::v2::XmlFields;
+use wxpay_testkit::merchants::MERCHANT;
+use wxpay_testkit::notifications::{transaction_resource, v2_signed_message, v3_signed_message};
+use wxpay_worker::Disposition;
 
-use crate::builders::{self, v2_pay, APPID, MCH_ID, SERIAL, V2_KEY};
-use crate::helpers::TestEnv;
+use crate::builders::{self, v2_pay, APPID, MCH_ID, V2_KEY};
+use crate::helpers::{assert_duplicate, wait_for_redis, TestEnv, REDIS_URL};
 
+/// `pairs` signed with `key` (MD5), as the reconciler queues a v2 query answer.
 fn signed_v2(kind: NotifyKind, pairs: &[(&str, &str)], key: &str) -> NotifyMessage {
     let mut fields = XmlFields::new();
     for (k, v) in pairs {
         fields.insert(*k, *v);
     }
-    let sign = v2::sign(&fields, key, SignType::Md5);
-    fields.insert("sign", sign);
-    NotifyMessage::new(
-        kind,
-        MCH_ID,
-        fields.to_xml().into_bytes(),
-        Some("text/xml".into()),
-        None,
-    )
+    v2_signed_message(kind, fields, key)
 }
 
 fn v2_order_query(
@@ -50,31 +44,14 @@ fn v2_order_query(
     )
 }
 
+/// A v3 query answer: plain JSON, signed in the response headers.
 fn v3_response(kind: NotifyKind, body: serde_json::Value) -> NotifyMessage {
-    let body = serde_json::to_vec(&body).expect("json");
-    let timestamp = chrono::Utc::now().timestamp().to_string();
-    let nonce = "responsenonce".to_owned();
-    let signature = v3::sign_notification(builders::platform_key(), &timestamp, &nonce, &body);
-    let headers = WechatpayHeaders {
-        timestamp,
-        nonce,
-        signature,
-        serial: SERIAL.to_owned(),
-        signature_type: Some(v3::SIGNATURE_TYPE_RSA.to_owned()),
-    };
-    NotifyMessage::new(
-        kind,
-        MCH_ID,
-        body,
-        Some("application/json".into()),
-        Some(headers),
-    )
+    v3_signed_message(kind, serde_json::to_vec(&body).expect("json"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_order_query_applies_and_dedupes_with_the_notification() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
+    let (env, worker) = TestEnv::with_worker().await;
     env.insert_order("q-1", 700).await;
     env.insert_order("q-2", 700).await;
     assert_eq!(
@@ -90,10 +67,7 @@ async fn v2_order_query_applies_and_dedupes_with_the_notification() {
         Disposition::Applied
     );
     let notified = worker.process_one(&v2_pay("q-1", "4200q1", 700)).await;
-    assert!(
-        matches!(notified, Disposition::Duplicate { .. }),
-        "{notified:?}"
-    );
+    assert_duplicate(&notified);
     // A forged answer (wrong key) is parked.
     let forged = signed_v2(
         NotifyKind::QueryPay,
@@ -107,12 +81,7 @@ async fn v2_order_query_applies_and_dedupes_with_the_notification() {
     // v3 answer: plain JSON, signed in the response headers.
     let answer = v3_response(
         NotifyKind::QueryPay,
-        serde_json::json!({
-            "appid": APPID, "mchid": MCH_ID, "out_trade_no": "q-2", "transaction_id": "4200q2",
-            "trade_type": "JSAPI", "trade_state": "SUCCESS", "trade_state_desc": "支付成功",
-            "success_time": "2024-01-02T03:04:05+08:00",
-            "amount": { "total": 700, "payer_total": 700, "currency": "CNY", "payer_currency": "CNY" }
-        }),
+        transaction_resource(&MERCHANT, "q-2", "4200q2", 700),
     );
     assert_eq!(worker.process_one(&answer).await, Disposition::Applied);
     assert_eq!(env.order("q-2").await.state, OrderState::Paid.as_str());
@@ -120,13 +89,9 @@ async fn v2_order_query_applies_and_dedupes_with_the_notification() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refund_queries_apply_like_notifications() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
-    env.insert_order("q-3", 1000).await;
-    assert_eq!(
-        worker.process_one(&v2_pay("q-3", "4200q3", 1000)).await,
-        Disposition::Applied
-    );
+    let (env, worker) = TestEnv::with_worker().await;
+    env.pay_order(&worker, ("q-3", 1000), &v2_pay("q-3", "4200q3", 1000))
+        .await;
     let v2_answer = signed_v2(
         NotifyKind::QueryRefund,
         &[
@@ -152,7 +117,7 @@ async fn refund_queries_apply_like_notifications() {
             "q-3", "qr-1", "5030q1", 1000, 400, "SUCCESS",
         ))
         .await;
-    assert!(matches!(same, Disposition::Duplicate { .. }), "{same:?}");
+    assert_duplicate(&same);
     let v3_answer = v3_response(
         NotifyKind::QueryRefund,
         serde_json::json!({
@@ -179,16 +144,11 @@ async fn refund_queries_apply_like_notifications() {
 /// PostgreSQL and applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_answers_skip_the_redis_done_marker() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
+    let (env, worker) = TestEnv::with_worker().await;
     env.insert_order("q-9", 900).await;
-    crate::helpers::eventually(std::time::Duration::from_secs(5), "redis connected", || {
-        let connected = worker.redis_connected();
-        async move { connected }
-    })
-    .await;
+    wait_for_redis(&worker).await;
     // The marker of a payment whose row the restore lost.
-    let client = redis::Client::open(crate::helpers::REDIS_URL).expect("redis");
+    let client = redis::Client::open(REDIS_URL).expect("redis");
     let mut conn = client
         .get_multiplexed_async_connection()
         .await

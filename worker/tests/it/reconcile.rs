@@ -3,7 +3,7 @@
 //! found by query and applied once through the worker; closed orders are closed; a failing or
 //! forging API changes nothing and is counted. Both a v2-only and a v3 merchant.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use wxpay_runtime::config::{MerchantSettings, ReconcilerSettings, Settings};
 use wxpay_runtime::telemetry;
 use wxpay_shared::state::{OrderState, RefundState, TradeState};
+use wxpay_testkit::clean_command;
+use wxpay_testkit::services::free_port;
 use wxpay_worker::reconcile::query::Api;
 use wxpay_worker::reconcile::{Reconciler, RoundReport};
 
@@ -24,22 +26,6 @@ use crate::builders::{self, APPID, MCH_ID};
 use crate::helpers::{closed_port_url, eventually, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// `target/<profile>/wxpay-sim`, next to this test's `deps/` directory.
-fn sim_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable lives in target/<profile>/deps");
-    let binary = profile_dir.join("wxpay-sim");
-    assert!(
-        binary.is_file(),
-        "{} is not built: run `cargo build -p wxpay-simulator` first",
-        binary.display()
-    );
-    binary
-}
 
 /// A running `wxpay-sim serve` with its own merchant keys and order book.
 pub(crate) struct Sim {
@@ -53,7 +39,7 @@ pub(crate) struct Sim {
 
 impl Sim {
     pub(crate) async fn start() -> Sim {
-        let binary = sim_binary();
+        let binary = wxpay_testkit::bin_path_async("wxpay-sim").await;
         let dir = tempfile::tempdir().expect("temp dir");
         let init = Command::new(&binary)
             .arg("init")
@@ -258,16 +244,25 @@ impl Setup {
     }
 }
 
+/// Two tests of `body`: against the simulator as a v3 merchant (with its merchant key: v3
+/// queries) and as a v2-only one (v2 queries).
+macro_rules! per_api {
+    ($body:ident: fn $v3:ident, fn $v2:ident) => {
+        #[tokio::test]
+        async fn $v3() {
+            $body(Api::V3).await;
+        }
+
+        #[tokio::test]
+        async fn $v2() {
+            $body(Api::V2).await;
+        }
+    };
+}
+
 /// The value of one series in a Prometheus text rendering (0 when absent).
 pub(crate) fn metric(rendered: &str, series: &str) -> f64 {
-    rendered
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+    wxpay_testkit::metrics::series(rendered, series).unwrap_or(0.0)
 }
 
 // ------------------------------------------------------------------ found only by query
@@ -330,15 +325,7 @@ async fn payment_found_only_by_query_is_applied_once(api: Api) {
     assert_eq!(s.env.outbox_count("order.paid").await, 1);
 }
 
-#[tokio::test]
-async fn v3_payment_found_only_by_query_is_applied_once() {
-    payment_found_only_by_query_is_applied_once(Api::V3).await;
-}
-
-#[tokio::test]
-async fn v2_payment_found_only_by_query_is_applied_once() {
-    payment_found_only_by_query_is_applied_once(Api::V2).await;
-}
+per_api!(payment_found_only_by_query_is_applied_once: fn v3_payment_found_only_by_query_is_applied_once, fn v2_payment_found_only_by_query_is_applied_once);
 
 /// The notification arrives while the round queries the same payment: one effect.
 ///
@@ -403,15 +390,7 @@ async fn notification_racing_the_query_is_applied_once(api: Api) {
     );
 }
 
-#[tokio::test]
-async fn v3_notification_racing_the_query_is_applied_once() {
-    notification_racing_the_query_is_applied_once(Api::V3).await;
-}
-
-#[tokio::test]
-async fn v2_notification_racing_the_query_is_applied_once() {
-    notification_racing_the_query_is_applied_once(Api::V2).await;
-}
+per_api!(notification_racing_the_query_is_applied_once: fn v3_notification_racing_the_query_is_applied_once, fn v2_notification_racing_the_query_is_applied_once);
 
 async fn stalled_refund_is_found(api: Api) {
     let s = setup(api).await;
@@ -456,15 +435,7 @@ async fn stalled_refund_is_found(api: Api) {
     assert_eq!(s.env.outbox_count("order.refunded").await, 1);
 }
 
-#[tokio::test]
-async fn v3_stalled_refund_is_found() {
-    stalled_refund_is_found(Api::V3).await;
-}
-
-#[tokio::test]
-async fn v2_stalled_refund_is_found() {
-    stalled_refund_is_found(Api::V2).await;
-}
+per_api!(stalled_refund_is_found: fn v3_stalled_refund_is_found, fn v2_stalled_refund_is_found);
 
 // ------------------------------------------------------------------ closed orders
 
@@ -513,15 +484,7 @@ async fn orders_closed_at_wechat_pay_are_closed(api: Api) {
     );
 }
 
-#[tokio::test]
-async fn v3_orders_closed_at_wechat_pay_are_closed() {
-    orders_closed_at_wechat_pay_are_closed(Api::V3).await;
-}
-
-#[tokio::test]
-async fn v2_orders_closed_at_wechat_pay_are_closed() {
-    orders_closed_at_wechat_pay_are_closed(Api::V2).await;
-}
+per_api!(orders_closed_at_wechat_pay_are_closed: fn v3_orders_closed_at_wechat_pay_are_closed, fn v2_orders_closed_at_wechat_pay_are_closed);
 
 // ------------------------------------------------------------------ failures
 
@@ -535,31 +498,19 @@ async fn failing_or_forging_api_changes_nothing(api: Api) {
     s.env.insert_order("paid-1", 700).await;
     s.env.insert_order("closed-1", 700).await;
 
-    s.sim.faults(json!({"status": 500})).await;
-    let report = s.round().await;
-    assert_eq!((report.published, report.closed), (0, 0), "{report:?}");
-    assert_eq!(report.errors, 2, "{report:?}");
+    for (fault, reason) in [
+        (json!({"status": 500}), "status"),
+        (json!({"bad_signature": true}), "bad_signature"),
+    ] {
+        s.sim.faults(fault).await;
+        let report = s.round().await;
+        assert_eq!((report.published, report.closed), (0, 0), "{report:?}");
+        assert_eq!(report.errors, 2, "{report:?}");
+        let rendered = prometheus.render();
+        let errors = format!("wxpay_reconciler_errors_total{{reason=\"{reason}\"}}");
+        assert!(metric(&rendered, &errors) >= 2.0, "{rendered}");
+    }
     let rendered = prometheus.render();
-    assert!(
-        metric(
-            &rendered,
-            "wxpay_reconciler_errors_total{reason=\"status\"}"
-        ) >= 2.0,
-        "{rendered}"
-    );
-
-    s.sim.faults(json!({"bad_signature": true})).await;
-    let report = s.round().await;
-    assert_eq!((report.published, report.closed), (0, 0), "{report:?}");
-    assert_eq!(report.errors, 2, "{report:?}");
-    let rendered = prometheus.render();
-    assert!(
-        metric(
-            &rendered,
-            "wxpay_reconciler_errors_total{reason=\"bad_signature\"}"
-        ) >= 2.0,
-        "{rendered}"
-    );
     assert_eq!(
         metric(&rendered, "wxpay_reconciler_recovered_total{kind=\"pay\"}"),
         0.0
@@ -586,15 +537,7 @@ async fn failing_or_forging_api_changes_nothing(api: Api) {
     worker.stop().await;
 }
 
-#[tokio::test]
-async fn v3_failing_or_forging_api_changes_nothing() {
-    failing_or_forging_api_changes_nothing(Api::V3).await;
-}
-
-#[tokio::test]
-async fn v2_failing_or_forging_api_changes_nothing() {
-    failing_or_forging_api_changes_nothing(Api::V2).await;
-}
+per_api!(failing_or_forging_api_changes_nothing: fn v3_failing_or_forging_api_changes_nothing, fn v2_failing_or_forging_api_changes_nothing);
 
 #[tokio::test]
 async fn unreachable_broker_fails_the_round() {
@@ -670,12 +613,11 @@ async fn due_orders_are_paged_in_batches() {
 
 /// `wxpay-worker reconcile …` with the simulator's example.toml and this test's overrides.
 fn worker_command(s: &Setup, extra_env: &[(&str, String)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wxpay-worker"));
+    let mut command = Command::from(clean_command(env!("CARGO_BIN_EXE_wxpay-worker")));
     command
         .arg("--config")
         .arg(s.sim.example_toml())
         .arg("reconcile")
-        .env_remove("WXPAY_CONFIG")
         .env("WXPAY__DATABASE__URL", s.env.db_url())
         .env("WXPAY__RABBITMQ__QUEUE", &s.settings.rabbitmq.queue)
         .env("WXPAY__WECHATPAY__API_BASE", &s.sim.url)
@@ -722,97 +664,102 @@ async fn reconcile_once_exits_zero_after_a_round_and_non_zero_when_it_cannot_run
     );
 }
 
+/// `wxpay-worker reconcile` running as a service on a port of its own.
+struct ReconcilerService {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ReconcilerService {
+    /// Starts it with `extra_env` over [`worker_command`]'s.
+    fn start(s: &Setup, extra_env: &[(&str, String)]) -> ReconcilerService {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut env = vec![("WXPAY__RECONCILER__METRICS_LISTEN", listen.clone())];
+        env.extend(extra_env.iter().cloned());
+        let child = worker_command(s, &env)
+            .spawn()
+            .expect("wxpay-worker reconcile starts");
+        ReconcilerService {
+            child,
+            base: format!("http://{listen}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Result<reqwest::Response> {
+        self.http.get(format!("{}{path}", self.base)).send().await
+    }
+
+    /// Waits until `path` answers a success.
+    async fn wait_for_success(&self, path: &str) {
+        eventually(WAIT, format!("{path} 200"), || async {
+            matches!(self.get(path).await, Ok(r) if r.status().is_success())
+        })
+        .await;
+    }
+
+    /// Waits until the /metrics text satisfies `check`.
+    async fn wait_for_metrics(&self, what: &str, check: impl Fn(&str) -> bool) {
+        eventually(WAIT, what, || async {
+            let Ok(response) = self.get("/metrics").await else {
+                return false;
+            };
+            check(&response.text().await.unwrap_or_default())
+        })
+        .await;
+    }
+
+    /// SIGTERM; it must exit 0 within 15 s.
+    async fn stop(mut self) {
+        let pid = i32::try_from(self.child.id().expect("running")).expect("pid");
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM sent");
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("stops in time after SIGTERM")
+            .expect("exit status");
+        assert!(status.success(), "{status:?}");
+    }
+}
+
 #[tokio::test]
 async fn reconcile_serves_health_and_metrics_and_stops_on_sigterm() {
     let s = setup(Api::V2).await;
     s.sim.order("svc-1", 100, "SUCCESS").await;
     s.env.insert_order("svc-1", 100).await;
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = worker_command(&s, &[("WXPAY__RECONCILER__METRICS_LISTEN", listen.clone())])
-        .spawn()
-        .expect("wxpay-worker reconcile starts");
-    let http = reqwest::Client::new();
-    let base = format!("http://{listen}");
-    eventually(WAIT, "/readyz 200", || async {
-        matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status().is_success())
-    })
-    .await;
-    let health = http
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .expect("healthz");
+    let service = ReconcilerService::start(&s, &[]);
+    service.wait_for_success("/readyz").await;
+    let health = service.get("/healthz").await.expect("healthz");
     assert!(health.status().is_success());
-    eventually(WAIT, "a finished round in /metrics", || async {
-        let Ok(response) = http.get(format!("{base}/metrics")).send().await else {
-            return false;
-        };
-        let text = response.text().await.unwrap_or_default();
-        metric(&text, "wxpay_reconciler_recovered_total{kind=\"pay\"}") >= 1.0
-            && text.contains("wxpay_reconciler_round_duration_seconds")
-            && text.contains("wxpay_reconciler_errors_total{reason=\"bad_signature\"} 0")
-    })
-    .await;
-
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM sent");
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("stops in time after SIGTERM")
-        .expect("exit status");
-    assert!(status.success(), "{status:?}");
+    service
+        .wait_for_metrics("a finished round in /metrics", |text| {
+            metric(text, "wxpay_reconciler_recovered_total{kind=\"pay\"}") >= 1.0
+                && text.contains("wxpay_reconciler_round_duration_seconds")
+                && text.contains("wxpay_reconciler_errors_total{reason=\"bad_signature\"} 0")
+        })
+        .await;
+    service.stop().await;
 }
 
 #[tokio::test]
 async fn reconcile_without_a_broker_is_alive_but_not_ready_and_keeps_trying() {
     let s = setup(Api::V3).await;
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = worker_command(
-        &s,
-        &[
-            ("WXPAY__RECONCILER__METRICS_LISTEN", listen.clone()),
-            ("WXPAY__RABBITMQ__URL", closed_port_url("amqp")),
-        ],
-    )
-    .spawn()
-    .expect("wxpay-worker reconcile starts");
-    let http = reqwest::Client::new();
-    let base = format!("http://{listen}");
-    eventually(WAIT, "/healthz 200", || async {
-        matches!(http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success())
-    })
-    .await;
-    eventually(WAIT, "two failed rounds counted", || async {
-        let Ok(response) = http.get(format!("{base}/metrics")).send().await else {
-            return false;
-        };
-        let text = response.text().await.unwrap_or_default();
-        metric(&text, "wxpay_reconciler_errors_total{reason=\"broker\"}") >= 2.0
-    })
-    .await;
-    let ready = http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .expect("readyz");
+    let mut service =
+        ReconcilerService::start(&s, &[("WXPAY__RABBITMQ__URL", closed_port_url("amqp"))]);
+    service.wait_for_success("/healthz").await;
+    service
+        .wait_for_metrics("two failed rounds counted", |text| {
+            metric(text, "wxpay_reconciler_errors_total{reason=\"broker\"}") >= 2.0
+        })
+        .await;
+    let ready = service.get("/readyz").await.expect("readyz");
     assert_eq!(ready.status().as_u16(), 503);
     let reason: Value = ready.json().await.expect("readyz names what is down");
     assert_eq!(reason, json!({"broker": false, "database": true}));
-    assert!(child.try_wait().expect("status").is_none(), "still running");
-
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM sent");
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("stops in time after SIGTERM")
-        .expect("exit status");
-    assert!(status.success(), "{status:?}");
+    assert!(
+        service.child.try_wait().expect("status").is_none(),
+        "still running"
+    );
+    service.stop().await;
 }

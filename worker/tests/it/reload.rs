@@ -16,15 +16,17 @@ use wxpay_shared::v3::{self, load_private_key_pem, public_key_to_pem, PrivateKey
 use wxpay_worker::retry::{self, ReplaySelection};
 
 use crate::builders::{v3_pay, MCH_ID};
-use crate::cli::{config_file, worker};
-use crate::helpers::{eventually, TestEnv};
+use wxpay_testkit::merchants::{MERCHANT, OTHER_PRIVATE_PEM};
+
+use crate::cli::worker;
+use crate::helpers::{config_file, eventually, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(30);
 const NEW_SERIAL: &str = "PUB_KEY_ID_0119000001092026NEW";
 
 /// WeChat Pay's next platform key (a fixture that is not the current one).
 fn new_key() -> PrivateKey {
-    load_private_key_pem(include_str!("fixtures/other_private.pem")).expect("fixture key")
+    load_private_key_pem(OTHER_PRIVATE_PEM).expect("fixture key")
 }
 
 /// `message` as WeChat Pay signs it with the new key, under the new serial.
@@ -81,7 +83,7 @@ async fn stop(mut child: Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serial_added_and_sighup_applies_what_it_signed_and_a_broken_file_changes_nothing() {
     let env = TestEnv::new().await;
-    let config = config_file(&env);
+    let config = config_file(&env.settings);
     let original = std::fs::read_to_string(config.path()).expect("config");
     let new_key = new_key();
     let new_pem = public_key_to_pem(&new_key.public_key());
@@ -134,7 +136,7 @@ async fn a_serial_added_and_sighup_applies_what_it_signed_and_a_broken_file_chan
     .await;
 
     // The APIv3 key of the wrong length: refused, the keys in use stay.
-    let broken = with_new_serial.replace(crate::builders::V3_KEY, "not-32-bytes");
+    let broken = with_new_serial.replace(MERCHANT.api_v3_key, "not-32-bytes");
     std::fs::write(config.path(), broken).expect("config");
     signal(&child, Signal::SIGHUP);
     let refused = logged(&logs, "refused", |line| {
@@ -173,7 +175,7 @@ async fn a_serial_added_and_sighup_applies_what_it_signed_and_a_broken_file_chan
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_reloads_on_sighup_instead_of_ending() {
     let env = TestEnv::new().await;
-    let config = config_file(&env);
+    let config = config_file(&env.settings);
     let original = std::fs::read_to_string(config.path()).expect("config");
     let reconciler_section = "\n[reconciler]\nmetrics_listen = \"127.0.0.1:0\"\n";
     std::fs::write(config.path(), format!("{original}{reconciler_section}")).expect("config");

@@ -26,15 +26,12 @@ async fn declare_classic(
     arguments: FieldTable,
 ) -> Result<(), String> {
     let channel = connection.create_channel().await.expect("channel");
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            classic(arguments),
-        )
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel.queue_declare(queue.into(), durable, classic(arguments));
+    declared
         .await
         .map(|_| ())
         .map_err(|error| error.to_string())

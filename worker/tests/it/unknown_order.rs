@@ -8,15 +8,14 @@ use wxpay_shared::state::OrderState;
 use wxpay_worker::retry::{self, ReplaySelection};
 use wxpay_worker::{Disposition, Worker};
 
-use crate::builders::{transaction_of, v2_pay, v2_refund, v3_pay};
+use crate::builders::{v2_pay, v2_refund, v3_pay};
 use crate::helpers::{eventually, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_order_takes_no_key_and_applies_once_the_order_exists() {
-    let env = TestEnv::new().await;
-    let worker = Worker::new(env.settings()).expect("worker");
+    let (env, worker) = TestEnv::with_worker().await;
     let early = worker.process_one(&v3_pay("u-1", "4200u1", 500)).await;
     assert!(
         matches!(&early, Disposition::Retry { reason } if reason.starts_with("unknown_order")),
@@ -31,19 +30,10 @@ async fn unknown_order_takes_no_key_and_applies_once_the_order_exists() {
     assert_eq!(env.count("FROM notifications").await, 0, "no key taken");
     assert_eq!(env.count("FROM outbox").await, 0, "no anomaly event");
 
-    env.insert_order("u-1", 500).await;
-    assert_eq!(
-        worker.process_one(&v3_pay("u-1", "4200u1", 500)).await,
-        Disposition::Applied
-    );
+    env.pay_order(&worker, ("u-1", 500), &v3_pay("u-1", "4200u1", 500))
+        .await;
     assert_eq!(env.order("u-1").await.state, OrderState::Paid.as_str());
-    env.insert_order("u-2", 500).await;
-    assert_eq!(
-        worker
-            .process_one(&v2_pay("u-2", &transaction_of("u-2"), 500))
-            .await,
-        Disposition::Applied
-    );
+    env.paid_order(&worker, "u-2", 500).await;
     assert_eq!(worker.process_one(&refund).await, Disposition::Applied);
     assert_eq!(env.order("u-2").await.state, OrderState::Refunded.as_str());
 }

@@ -1,0 +1,80 @@
+//! The test merchants, their keys and the platform key pair that signs their v3
+//! notifications (PEM fixtures made with `openssl genpkey -algorithm RSA -pkeyopt
+//! rsa_keygen_bits:2048`, in `testkit/fixtures/`).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use secrecy::SecretString;
+use wxpay_runtime::config::MerchantSettings;
+use wxpay_shared::v3::{load_private_key_pem, PrivateKey};
+
+/// A merchant as configured in `[[merchants]]`: API v2 and APIv3 keys, and the serial of
+/// the platform public key ([`PLATFORM_PUBLIC_PEM`]) its v3 notifications are signed with.
+#[derive(Debug, Clone, Copy)]
+pub struct TestMerchant {
+    pub mch_id: &'static str,
+    pub appid: &'static str,
+    pub api_v2_key: &'static str,
+    pub api_v3_key: &'static str,
+    pub platform_serial: &'static str,
+}
+
+/// The merchant most tests pay and refund with (v2 and v3).
+pub const MERCHANT: TestMerchant = TestMerchant {
+    mch_id: "1900000109",
+    appid: "wxd930ea5d5a258f4f",
+    api_v2_key: "192006250b4c09247ec02edce69f6a2d",
+    api_v3_key: "0123456789abcdef0123456789ABCDEF",
+    platform_serial: "PUB_KEY_ID_0119000001092025TEST",
+};
+
+/// A second merchant, for routing by merchant (its keys are not [`MERCHANT`]'s).
+pub const V3_MERCHANT: TestMerchant = TestMerchant {
+    mch_id: "1900000110",
+    appid: "wx8888888888888888",
+    api_v2_key: "Zx9Yw8Xv7Wu6Vt5Us4Tr3Sq2Rp1Qo0Pn",
+    api_v3_key: "0123456789abcdefghijklmnopqrstuv",
+    platform_serial: "PUB_KEY_ID_0119000001102025TEST",
+};
+
+/// An app id no test merchant owns.
+pub const OTHER_APPID: &str = "wx0000000000000000";
+/// A merchant number no test configuration knows.
+pub const UNKNOWN_MCH_ID: &str = "1999999999";
+
+pub const PLATFORM_PRIVATE_PEM: &str = include_str!("../fixtures/platform_private.pem");
+pub const PLATFORM_PUBLIC_PEM: &str = include_str!("../fixtures/platform_public.pem");
+/// A key that is not the platform's: forged v3 signatures.
+pub const OTHER_PRIVATE_PEM: &str = include_str!("../fixtures/other_private.pem");
+
+/// The platform key WeChat Pay signs v3 notifications and API answers with.
+pub fn platform_key() -> &'static PrivateKey {
+    static KEY: OnceLock<PrivateKey> = OnceLock::new();
+    KEY.get_or_init(|| load_private_key_pem(PLATFORM_PRIVATE_PEM).expect("fixture key loads"))
+}
+
+/// A key that is not the platform's (forged v3 signatures).
+pub fn other_key() -> &'static PrivateKey {
+    static KEY: OnceLock<PrivateKey> = OnceLock::new();
+    KEY.get_or_init(|| load_private_key_pem(OTHER_PRIVATE_PEM).expect("fixture key loads"))
+}
+
+impl TestMerchant {
+    /// The `[[merchants]]` entry: both API keys and the platform public key.
+    pub fn settings(&self) -> MerchantSettings {
+        MerchantSettings {
+            mch_id: self.mch_id.to_owned(),
+            appids: vec![self.appid.to_owned()],
+            api_v2_key: SecretString::from(self.api_v2_key),
+            api_v3_key: Some(SecretString::from(self.api_v3_key)),
+            platform_public_keys: BTreeMap::from([(
+                self.platform_serial.to_owned(),
+                PLATFORM_PUBLIC_PEM.to_owned(),
+            )]),
+            merchant_private_key_pem: None,
+            merchant_serial: None,
+            confirm_by_query_min_fen: None,
+        }
+    }
+}

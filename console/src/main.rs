@@ -3,14 +3,13 @@
 //! password read from stdin.
 
 use std::io::BufRead;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use wxpay_console::{auth, Console};
-use wxpay_runtime::config::{ConfigFiles, Settings};
+use wxpay_runtime::config::{ConfigFileArgs, ConfigFiles, Settings};
 use wxpay_runtime::telemetry::{self, step};
 use wxpay_worker::schema_check;
 
@@ -21,13 +20,8 @@ use wxpay_worker::schema_check;
     about = "Operations console: payments and their story, anomalies, parked messages"
 )]
 struct Cli {
-    /// Configuration file (else $WXPAY_CONFIG, else config/wxpay.toml).
-    #[arg(long, global = true, value_name = "PATH")]
-    config: Option<PathBuf>,
-    /// A file of [[merchants]] tables only, added to the configuration file's (else
-    /// $WXPAY_MERCHANTS_FILE, else none): anomaly reapply verifies with them.
-    #[arg(long, global = true, value_name = "PATH")]
-    merchants: Option<PathBuf>,
+    #[command(flatten)]
+    files: ConfigFileArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -61,7 +55,7 @@ async fn main() -> ExitCode {
         };
     }
     telemetry::init_logging("wxpay-console");
-    let files = ConfigFiles::resolve(cli.config.as_deref(), cli.merchants.as_deref());
+    let files = cli.files.files();
     match serve(files).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -4,13 +4,12 @@
 //! for any other start-up or server error. SIGHUP, or a change of either file, reloads the
 //! merchants (`wxpay_runtime::reload`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing::{error, info};
 use wxpay_gateway::Application;
-use wxpay_runtime::config::{ConfigFiles, Settings};
+use wxpay_runtime::config::{ConfigFileArgs, Settings};
 use wxpay_runtime::reload::{self, MerchantsHandle, Reloader};
 use wxpay_runtime::telemetry::{init_logging, step};
 
@@ -20,18 +19,13 @@ use wxpay_runtime::telemetry::{init_logging, step};
     about = "Verifies WeChat Pay notifications and queues them with confirms"
 )]
 struct Cli {
-    /// Configuration file (else $WXPAY_CONFIG, else config/wxpay.toml).
-    #[arg(long, value_name = "PATH")]
-    config: Option<PathBuf>,
-    /// A file of [[merchants]] tables only, added to the configuration file's (else
-    /// $WXPAY_MERCHANTS_FILE, else none).
-    #[arg(long, value_name = "PATH")]
-    merchants: Option<PathBuf>,
+    #[command(flatten)]
+    files: ConfigFileArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let files = ConfigFiles::resolve(cli.config.as_deref(), cli.merchants.as_deref());
+    let files = cli.files.files();
     let (settings, merchants) = match MerchantsHandle::load(files) {
         Ok(loaded) => loaded,
         Err(error) => {

@@ -573,6 +573,26 @@ fn without_quoted_source(reason: &str) -> String {
         .join(" ")
 }
 
+/// The `--config` and `--merchants` options every binary takes (flattened into its command
+/// line; global, so they may follow a subcommand).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigFileArgs {
+    /// Configuration file (else $WXPAY_CONFIG, else config/wxpay.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// A file of [[merchants]] tables only, added to the configuration file's (else
+    /// $WXPAY_MERCHANTS_FILE, else none).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub merchants: Option<PathBuf>,
+}
+
+impl ConfigFileArgs {
+    /// The files these options, the environment and the default name.
+    pub fn files(&self) -> ConfigFiles {
+        ConfigFiles::resolve(self.config.as_deref(), self.merchants.as_deref())
+    }
+}
+
 /// The files a configuration is read from. Converts from a path: that configuration file
 /// alone, with its merchants in it.
 #[derive(Debug, Clone, PartialEq, Eq)]

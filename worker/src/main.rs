@@ -3,14 +3,13 @@
 //! `run` and `reconcile` reload the merchants on SIGHUP and when the configuration file or
 //! the merchants file (`--merchants`, `WXPAY_MERCHANTS_FILE`) changes (`wxpay_runtime::reload`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
-use wxpay_runtime::config::{ConfigFiles, Settings};
+use wxpay_runtime::config::{ConfigFileArgs, ConfigFiles, Settings};
 use wxpay_runtime::reload::{self, MerchantsHandle, Reloader};
 use wxpay_runtime::telemetry::{self, step};
 use wxpay_worker::anomaly::{self, Action};
@@ -24,13 +23,8 @@ use wxpay_worker::{db, doctor, http, migrate, schema_check, Worker};
     about = "Applies WeChat Pay notifications exactly once"
 )]
 struct Cli {
-    /// Configuration file (else $WXPAY_CONFIG, else config/wxpay.toml).
-    #[arg(long, global = true, value_name = "PATH")]
-    config: Option<PathBuf>,
-    /// A file of [[merchants]] tables only, added to the configuration file's (else
-    /// $WXPAY_MERCHANTS_FILE, else none).
-    #[arg(long, global = true, value_name = "PATH")]
-    merchants: Option<PathBuf>,
+    #[command(flatten)]
+    files: ConfigFileArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -131,7 +125,7 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let files = ConfigFiles::resolve(cli.config.as_deref(), cli.merchants.as_deref());
+    let files = cli.files.files();
     if let Command::Doctor {
         allow_insecure_public_url,
     } = cli.command

@@ -580,7 +580,7 @@ pub struct ConfigFileArgs {
     /// Configuration file (else $WXPAY_CONFIG, else config/wxpay.toml).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// A file of [[merchants]] tables only, added to the configuration file's (else
+    /// A file of `[[merchants]]` tables only, added to the configuration file's (else
     /// $WXPAY_MERCHANTS_FILE, else none).
     #[arg(long, global = true, value_name = "PATH")]
     pub merchants: Option<PathBuf>,

@@ -2,7 +2,7 @@
 //! only, never shipped).
 //!
 //! - [`services`]: where the real PostgreSQL, RabbitMQ and Redis listen (loopback).
-//! - [`env`]: per-test isolation: a database, queue names, an events exchange and a Redis
+//! - [`mod@env`]: per-test isolation: a database, queue names, an events exchange and a Redis
 //!   key prefix of the test's own, dropped at the end even when the test panicked.
 //! - [`db`], [`amqp`]: what tests read and publish there.
 //! - [`merchants`], [`notifications`]: test merchants with their keys, and notifications

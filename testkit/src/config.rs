@@ -88,9 +88,15 @@ pub fn config_toml(settings: &Settings) -> String {
     ]
     .into_iter()
     .map(|(name, section)| (name.to_owned(), Value::Table(section)))
-    .chain([("merchants".to_owned(), Value::Array(merchants.collect()))])
     .collect();
-    toml::to_string(&file).expect("settings serialise")
+    // The merchants last, each with its platform keys last, so that a test may add a key to
+    // the last merchant by appending a line (as an operator edits the file).
+    let merchants: Table = [("merchants".to_owned(), Value::Array(merchants.collect()))]
+        .into_iter()
+        .collect();
+    let sections = toml::to_string(&file).expect("settings serialise");
+    let merchants = toml::to_string(&merchants).expect("merchants serialise");
+    format!("{sections}\n{merchants}")
 }
 
 /// [`config_toml`] of `settings` in a temporary file (removed when dropped), for a

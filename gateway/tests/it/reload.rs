@@ -230,7 +230,8 @@ async fn a_serial_added_and_sighup_verifies_beside_the_old_and_a_broken_file_cha
     assert_ne!(gateway.reloads_counted("refused").await, "0");
 
     // WeChat Pay no longer signs with the old key: removed from the file, no signal.
-    let old_entry = format!("\"{SERIAL}\" = '''\n{PLATFORM_PUBLIC_PEM}'''\n");
+    // As the test kit writes it (toml's multi-line string).
+    let old_entry = format!("{SERIAL} = \"\"\"\n{PLATFORM_PUBLIC_PEM}\"\"\"\n");
     assert!(
         original.contains(&old_entry),
         "the old serial's entry: {original}"

@@ -177,8 +177,7 @@ async fn the_reconciler_reloads_on_sighup_instead_of_ending() {
     let env = TestEnv::new().await;
     let config = config_file(&env.settings);
     let original = std::fs::read_to_string(config.path()).expect("config");
-    let reconciler_section = "\n[reconciler]\nmetrics_listen = \"127.0.0.1:0\"\n";
-    std::fs::write(config.path(), format!("{original}{reconciler_section}")).expect("config");
+    // The kit's settings give the reconciler a metrics listener on a free port.
     let new_pem = public_key_to_pem(&new_key().public_key());
     let logs_dir = tempfile::tempdir().expect("tempdir");
     let logs = logs_dir.path().join("reconcile.log");
@@ -193,8 +192,7 @@ async fn the_reconciler_reloads_on_sighup_instead_of_ending() {
     })
     .await;
 
-    let with_new_serial =
-        format!("{original}\"{NEW_SERIAL}\" = '''\n{new_pem}'''\n{reconciler_section}");
+    let with_new_serial = format!("{original}\"{NEW_SERIAL}\" = '''\n{new_pem}'''\n");
     std::fs::write(config.path(), with_new_serial).expect("config");
     signal(&child, Signal::SIGHUP);
     let added = format!("{MCH_ID}/{NEW_SERIAL}");

@@ -83,24 +83,9 @@ async fn serve(files: ConfigFiles) -> anyhow::Result<()> {
     tracing::info!(step = step::STARTUP, %address, users, "console listening (sessions end when it restarts)");
     let handle = server.handle();
     let running = tokio::spawn(server);
-    wait_for_signal().await;
+    wxpay_runtime::signals::terminate_or_interrupt().await;
     tracing::info!(step = step::SHUTDOWN, "signal received: stopping");
     handle.stop(true).await;
     let _ = running.await;
     Ok(())
-}
-
-/// SIGTERM or SIGINT.
-async fn wait_for_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(signal) => { signal.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
 }

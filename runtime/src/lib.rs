@@ -16,4 +16,5 @@
 pub mod amqp;
 pub mod config;
 pub mod reload;
+pub mod signals;
 pub mod telemetry;

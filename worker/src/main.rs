@@ -284,23 +284,7 @@ fn reload_on_sighup(merchants: &MerchantsHandle) -> Option<Reloader> {
 
 /// SIGTERM or SIGINT: graceful shutdown.
 async fn watch_signals(shutdown: CancellationToken) {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => Some(signal),
-            Err(error) => {
-                tracing::warn!(step = step::STARTUP, %error, "cannot watch SIGTERM");
-                None
-            }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(signal) => { signal.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
+    wxpay_runtime::signals::terminate_or_interrupt().await;
     tracing::info!(
         step = step::SHUTDOWN,
         "signal received: finishing in-flight work"

@@ -232,29 +232,52 @@ fn decode_certificate(pem: &str) -> Result<x509_cert::Certificate, x509_cert::de
     x509_cert::Certificate::from_der(&der)
 }
 
-/// The serial number of an X.509 certificate as WeChat Pay writes it in `Wechatpay-Serial`
-/// and `serial_no`: uppercase hex of the serial's bytes. Useful to check that a configured
-/// certificate sits under the right serial.
-pub fn certificate_serial_hex(pem: &str) -> Result<String, KeyError> {
+/// What the services read from an X.509 platform certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// The serial number as WeChat Pay writes it in `Wechatpay-Serial` and `serial_no`:
+    /// uppercase hex of the serial's bytes.
+    pub serial: String,
+    /// The subject public key, which verifies what the certificate's owner signed.
+    pub key: PublicKey,
+    /// Valid from (`notBefore`).
+    pub not_before: std::time::SystemTime,
+    /// Valid until (`notAfter`).
+    pub not_after: std::time::SystemTime,
+}
+
+/// Reads an X.509 certificate's serial, key and validity. A PEM that is not a certificate
+/// (a WeChat Pay public key, which has no serial number of its own and no expiry) is
+/// [`KeyError::UnsupportedLabel`].
+pub fn certificate_info(pem: &str) -> Result<CertificateInfo, KeyError> {
     let (label, pem) = first_pem_block(pem)?;
     if label != "CERTIFICATE" {
         return Err(KeyError::UnsupportedLabel(label));
     }
     let cert = decode_certificate(&pem).map_err(|e| invalid(&label, e))?;
-    Ok(hex::encode_upper(
-        cert.tbs_certificate.serial_number.as_bytes(),
-    ))
+    let tbs = &cert.tbs_certificate;
+    let spki = &tbs.subject_public_key_info;
+    let key = PublicKey::from_spki(spki.algorithm.oid, spki.subject_public_key.as_bytes())
+        .map_err(|reason| invalid(&label, reason))?;
+    Ok(CertificateInfo {
+        serial: hex::encode_upper(tbs.serial_number.as_bytes()),
+        key,
+        not_before: tbs.validity.not_before.to_system_time(),
+        not_after: tbs.validity.not_after.to_system_time(),
+    })
+}
+
+/// The serial number of an X.509 certificate as WeChat Pay writes it in `Wechatpay-Serial`
+/// and `serial_no` ([`CertificateInfo::serial`]). Useful to check that a configured
+/// certificate sits under the right serial.
+pub fn certificate_serial_hex(pem: &str) -> Result<String, KeyError> {
+    certificate_info(pem).map(|info| info.serial)
 }
 
 /// When an X.509 certificate stops being valid (`notAfter`). A PEM that is not a certificate
 /// (a WeChat Pay public key, which has no expiry) is [`KeyError::UnsupportedLabel`].
 pub fn certificate_not_after(pem: &str) -> Result<std::time::SystemTime, KeyError> {
-    let (label, pem) = first_pem_block(pem)?;
-    if label != "CERTIFICATE" {
-        return Err(KeyError::UnsupportedLabel(label));
-    }
-    let cert = decode_certificate(&pem).map_err(|e| invalid(&label, e))?;
-    Ok(cert.tbs_certificate.validity.not_after.to_system_time())
+    certificate_info(pem).map(|info| info.not_after)
 }
 
 /// Loads an RSA private key (the merchant's API key, `apiclient_key.pem`) from PEM:
@@ -298,6 +321,9 @@ pub fn public_key_to_pem(key: &PublicKey) -> String {
 #[derive(Clone, Default)]
 pub struct PlatformKeys {
     keys: BTreeMap<String, PublicKey>,
+    /// `notAfter` of the keys that came from a certificate (WeChat Pay public keys have
+    /// none), for the expiry metric.
+    not_after: BTreeMap<String, std::time::SystemTime>,
 }
 
 impl PlatformKeys {
@@ -314,15 +340,47 @@ impl PlatformKeys {
     ) -> Result<Self, (String, KeyError)> {
         let mut keys = Self::new();
         for (serial, pem) in pems {
-            let key = load_public_key_pem(pem).map_err(|e| (serial.to_owned(), e))?;
-            keys.insert(serial, key);
+            keys.insert_pem(serial, pem)
+                .map_err(|e| (serial.to_owned(), e))?;
         }
         Ok(keys)
     }
 
-    /// Adds (or replaces) the key for `serial`.
+    /// Loads `pem` ([`load_public_key_pem`]) under `serial`, remembering the `notAfter` of
+    /// a certificate.
+    pub fn insert_pem(&mut self, serial: &str, pem: &str) -> Result<(), KeyError> {
+        let key = load_public_key_pem(pem)?;
+        match certificate_not_after(pem) {
+            Ok(not_after) => self.insert_certificate(serial, key, not_after),
+            Err(_) => self.insert(serial, key),
+        }
+        Ok(())
+    }
+
+    /// Adds (or replaces) the key for `serial`, a key without expiry (a WeChat Pay public key).
     pub fn insert(&mut self, serial: impl Into<String>, key: PublicKey) {
-        self.keys.insert(serial.into(), key);
+        let serial = serial.into();
+        self.not_after.remove(&serial);
+        self.keys.insert(serial, key);
+    }
+
+    /// Adds (or replaces) the key of a certificate valid until `not_after` under `serial`.
+    pub fn insert_certificate(
+        &mut self,
+        serial: impl Into<String>,
+        key: PublicKey,
+        not_after: std::time::SystemTime,
+    ) {
+        let serial = serial.into();
+        self.not_after.insert(serial.clone(), not_after);
+        self.keys.insert(serial, key);
+    }
+
+    /// The serials that came from certificates, with their `notAfter`, sorted by serial.
+    pub fn certificates(&self) -> impl Iterator<Item = (&str, std::time::SystemTime)> {
+        self.not_after
+            .iter()
+            .map(|(serial, not_after)| (serial.as_str(), *not_after))
     }
 
     /// The key named by `serial`, exactly (serials are case-sensitive in WeChat's headers).

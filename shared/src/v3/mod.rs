@@ -8,11 +8,13 @@
 //! - [`aead`]: AEAD_AES_256_GCM decryption of the `resource`.
 //! - [`resource`]: the notification envelope, payment and refund resources.
 //! - [`authorization`]: the `Authorization` header of API calls, and response verification.
+//! - [`certificates`]: platform certificates downloaded from `GET /v3/certificates`.
 //!
 //! Reference: <https://pay.weixin.qq.com/docs/merchant/development/interface-rules/introduction.html>
 
 pub mod aead;
 pub mod authorization;
+pub mod certificates;
 pub mod error;
 pub mod headers;
 pub mod keys;
@@ -24,13 +26,18 @@ pub use authorization::{
     authorization_header, parse_authorization, request_message, verify_authorization,
     verify_response, AuthorizationError, AuthorizationParams, AUTH_SCHEMA,
 };
+pub use certificates::{
+    verify_download, CertificateError, CertificatesAnswer, DownloadError, Downloaded,
+    EncryptedCertificate, PlatformCertificate,
+};
 pub use headers::{
     HeaderError, WechatpayHeaders, HEADER_NONCE, HEADER_SERIAL, HEADER_SIGNATURE,
     HEADER_SIGNATURE_TYPE, HEADER_TIMESTAMP, SIGNATURE_TYPE_RSA,
 };
 pub use keys::{
-    load_private_key_pem, load_public_key_pem, public_key_to_pem, sign_sha256_rsa,
-    verify_sha256_rsa, KeyError, PlatformKeys, PrivateKey, PublicKey,
+    certificate_info, load_private_key_pem, load_public_key_pem, public_key_to_pem,
+    sign_sha256_rsa, verify_sha256_rsa, CertificateInfo, KeyError, PlatformKeys, PrivateKey,
+    PublicKey,
 };
 pub use resource::{
     EncryptedResource, EventType, NotificationEnvelope, RefundAmount, RefundResource,

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use wxpay_shared::v3::keys::{load_private_key_pem, load_public_key_pem, PlatformKeys, PrivateKey};
+use wxpay_shared::v3::keys::{load_private_key_pem, PlatformKeys, PrivateKey};
+use wxpay_shared::v3::PlatformCertificate;
 
 /// Environment variable naming the configuration file.
 pub const CONFIG_ENV: &str = "WXPAY_CONFIG";
@@ -190,6 +191,12 @@ impl RabbitmqSettings {
         format!("{}.retry.{tier}", self.queue)
     }
 
+    /// The stream through which the reconciler shares the platform certificates it
+    /// downloads with every gateway and worker (`runtime::platform_keys`).
+    pub fn platform_keys_stream(&self) -> String {
+        format!("{}.platform-keys", self.queue)
+    }
+
     /// The alternate exchange of the events exchange and its queue (same name): events no
     /// subscriber's binding takes wait there.
     pub fn unrouted_events(&self) -> String {
@@ -279,7 +286,16 @@ pub struct ReconcilerSettings {
     pub close_unpaid: bool,
     /// Serves /healthz /readyz /metrics of `wxpay-worker reconcile`.
     pub metrics_listen: String,
+    /// How often the platform certificates of the merchants with
+    /// `download_platform_certificates` are downloaded again (WeChat Pay's SDKs: Go every
+    /// 24 h, Java every 60 min). Under the platform keys stream's retention
+    /// ([`PLATFORM_KEYS_MAX_AGE_SECS`]), so that the stream always holds a recent copy.
+    pub platform_certificates_refresh_secs: u64,
 }
+
+/// How long the platform keys stream (`<queue>.platform-keys`) keeps a message: 7 days,
+/// many refresh periods, so a process started any time finds the current certificates.
+pub const PLATFORM_KEYS_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
 
 impl Default for ReconcilerSettings {
     fn default() -> Self {
@@ -291,6 +307,7 @@ impl Default for ReconcilerSettings {
             rate_per_merchant: 10,
             close_unpaid: true,
             metrics_listen: "0.0.0.0:9092".into(),
+            platform_certificates_refresh_secs: 12 * 3600,
         }
     }
 }
@@ -440,6 +457,12 @@ pub struct MerchantSettings {
     /// order query confirms it (state, amount, transaction). Absent: never queried.
     #[serde(default, deserialize_with = "whole_fen")]
     pub confirm_by_query_min_fen: Option<i64>,
+    /// The reconciler downloads this merchant's platform certificates from
+    /// `GET /v3/certificates` and shares them with every gateway and worker (needs
+    /// `api_v3_key`, `merchant_private_key_pem` and `merchant_serial`); the merchant may
+    /// then have no `platform_public_keys` of its own.
+    #[serde(default)]
+    pub download_platform_certificates: bool,
 }
 
 /// An amount in fen as written in the file: an integer. A decimal (`1000.5`, perhaps meant
@@ -469,6 +492,7 @@ fn whole_fen<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option
 }
 
 /// A merchant ready for use: keys checked and parsed once.
+#[derive(Clone)]
 pub struct Merchant {
     pub mch_id: String,
     pub appids: Vec<String>,
@@ -480,6 +504,9 @@ pub struct Merchant {
     /// Payments of at least this many fen (positive) wait for the order query's
     /// confirmation before they are applied; `None`: off.
     pub confirm_by_query_min_fen: Option<i64>,
+    /// Platform certificates downloaded by the reconciler and shared through the platform
+    /// keys stream are added to `platform_keys`.
+    pub download_platform_certificates: bool,
 }
 
 impl Merchant {
@@ -490,7 +517,8 @@ impl Merchant {
 
     /// Whether this merchant receives v3 notifications (and is queried through API v3).
     pub fn uses_v3(&self) -> bool {
-        self.api_v3_key.is_some() && !self.platform_keys.is_empty()
+        self.api_v3_key.is_some()
+            && (!self.platform_keys.is_empty() || self.download_platform_certificates)
     }
 }
 
@@ -506,6 +534,7 @@ impl std::fmt::Debug for Merchant {
 }
 
 /// The merchant's own API certificate key and its serial.
+#[derive(Clone)]
 pub struct MerchantSigner {
     pub serial: String,
     pub private_key: PrivateKey,
@@ -516,6 +545,30 @@ pub struct MerchantSigner {
 pub struct Merchants(HashMap<String, Arc<Merchant>>);
 
 impl Merchants {
+    /// A copy where `mch_id` also has `certificates` among its platform keys (a serial it
+    /// has already keeps its key). The other merchants are shared, not copied.
+    pub(crate) fn with_certificates(
+        &self,
+        mch_id: &str,
+        certificates: &[PlatformCertificate],
+    ) -> Merchants {
+        let mut merchants = self.0.clone();
+        if let Some(merchant) = merchants.get_mut(mch_id) {
+            let mut updated = Merchant::clone(merchant);
+            for certificate in certificates {
+                if updated.platform_keys.get(&certificate.serial).is_none() {
+                    updated.platform_keys.insert_certificate(
+                        certificate.serial.clone(),
+                        certificate.key.clone(),
+                        certificate.not_after,
+                    );
+                }
+            }
+            *merchant = Arc::new(updated);
+        }
+        Merchants(merchants)
+    }
+
     pub fn get(&self, mch_id: &str) -> Option<&Arc<Merchant>> {
         self.0.get(mch_id)
     }
@@ -869,6 +922,16 @@ impl Settings {
         if self.rabbitmq.queue.is_empty() {
             return invalid("rabbitmq.queue", "must not be empty");
         }
+        let refresh = self.reconciler.platform_certificates_refresh_secs;
+        if refresh == 0 || refresh >= PLATFORM_KEYS_MAX_AGE_SECS {
+            return Err(ConfigError::Invalid {
+                field: "reconciler.platform_certificates_refresh_secs",
+                reason: format!(
+                    "must be positive and under the platform keys stream's retention \
+                     ({PLATFORM_KEYS_MAX_AGE_SECS} s)"
+                ),
+            });
+        }
         self.console.validate()?;
         self.merchants().map(|_| ())
     }
@@ -931,15 +994,33 @@ impl MerchantSettings {
         }
         let mut platform_keys = PlatformKeys::new();
         for (serial, pem) in &self.platform_public_keys {
-            let key = load_public_key_pem(pem).map_err(|reason| {
+            platform_keys.insert_pem(serial, pem).map_err(|reason| {
                 error("platform_public_keys", format!("serial {serial}: {reason}"))
             })?;
-            platform_keys.insert(serial.clone(), key);
         }
-        if self.api_v3_key.is_some() && platform_keys.is_empty() {
+        if self.download_platform_certificates {
+            // https://pay.weixin.qq.com/doc/v3/merchant/4012551764 : the download is a
+            // signed v3 call, and its certificates are encrypted with the APIv3 key.
+            for (field, present) in [
+                ("api_v3_key", self.api_v3_key.is_some()),
+                (
+                    "merchant_private_key_pem",
+                    self.merchant_private_key_pem.is_some(),
+                ),
+                ("merchant_serial", self.merchant_serial.is_some()),
+            ] {
+                if !present {
+                    return Err(error(
+                        field,
+                        "needed with download_platform_certificates".into(),
+                    ));
+                }
+            }
+        } else if self.api_v3_key.is_some() && platform_keys.is_empty() {
             return Err(error(
                 "platform_public_keys",
-                "an APIv3 merchant needs at least one platform public key to verify notifications"
+                "an APIv3 merchant needs at least one platform public key to verify notifications \
+                 (or download_platform_certificates = true)"
                     .into(),
             ));
         }
@@ -977,6 +1058,7 @@ impl MerchantSettings {
             platform_keys,
             signer,
             confirm_by_query_min_fen: self.confirm_by_query_min_fen,
+            download_platform_certificates: self.download_platform_certificates,
         })
     }
 }

@@ -11,10 +11,14 @@
 //! - [`amqp`]: the queue message in and out of AMQP properties, and the queue declaration
 //!   every service must make identically.
 //! - [`reload`]: the merchants in use, replaced while the service runs (SIGHUP, or the
-//!   configuration file changing) after the same validation as at start-up.
+//!   configuration file changing) after the same validation as at start-up, and the
+//!   platform certificates learned while running.
+//! - [`platform_keys`]: platform certificates shared through a RabbitMQ stream, and their
+//!   expiry metric.
 
 pub mod amqp;
 pub mod config;
+pub mod platform_keys;
 pub mod reload;
 pub mod signals;
 pub mod telemetry;

@@ -35,7 +35,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tracing::{info, warn};
 
-use crate::config::{self, ConfigError, ConfigFiles, ConfigTexts, Merchants, Settings};
+use wxpay_shared::v3::PlatformCertificate;
+
+use crate::config::{self, ConfigError, ConfigFiles, ConfigTexts, Merchant, Merchants, Settings};
 use crate::telemetry::{metric, step};
 
 /// How often the reloader looks at the content of the configuration and merchants files.
@@ -116,6 +118,10 @@ pub struct MerchantsHandle {
 
 struct Shared {
     current: ArcSwap<Merchants>,
+    /// Platform certificates learned while running ([`MerchantsHandle::learn`]), by
+    /// `mch_id`: added to every set a reload reads, so a reload never drops them. The lock
+    /// also orders learning and reloading.
+    learned: Mutex<BTreeMap<String, Vec<PlatformCertificate>>>,
     /// `None` for merchants given in memory ([`MerchantsHandle::fixed`]). The lock also
     /// makes reloads (SIGHUP and file changes) one at a time.
     source: Option<Mutex<Source>>,
@@ -169,6 +175,7 @@ impl MerchantsHandle {
         MerchantsHandle {
             shared: Arc::new(Shared {
                 current: ArcSwap::from_pointee(merchants),
+                learned: Mutex::default(),
                 source: None,
             }),
         }
@@ -192,6 +199,7 @@ impl MerchantsHandle {
         let handle = MerchantsHandle {
             shared: Arc::new(Shared {
                 current: ArcSwap::from_pointee(read.merchants),
+                learned: Mutex::default(),
                 source: Some(Mutex::new(Source {
                     files,
                     overrides,
@@ -220,8 +228,10 @@ impl MerchantsHandle {
         let texts = config::read_files(&source.files);
         source.last_read = fingerprint(&texts);
         let read = texts.and_then(|texts| read(&source.files, &texts, &source.overrides));
+        let learned = self.learned();
         match read {
-            Ok(read) => {
+            Ok(mut read) => {
+                read.merchants = with_learned(read.merchants, &learned);
                 let before = self.current();
                 let reloaded =
                     Reloaded::between(&before, &source.entries, &read, &source.started_with);
@@ -279,6 +289,58 @@ impl MerchantsHandle {
             .is_ok_and(|source| fingerprint(&config::read_files(&source.files)) != source.last_read)
     }
 
+    /// The merchant `mch_id`, when it downloads its platform certificates (what the
+    /// stream may add keys to).
+    pub fn downloading(&self, mch_id: &str) -> Result<Arc<Merchant>, LearnError> {
+        let merchant = self
+            .current()
+            .get(mch_id)
+            .cloned()
+            .ok_or_else(|| LearnError::UnknownMerchant(mch_id.chars().take(32).collect()))?;
+        if !merchant.download_platform_certificates {
+            return Err(LearnError::NotDownloading(merchant.mch_id.clone()));
+        }
+        Ok(merchant)
+    }
+
+    /// Adds platform certificates (downloaded, or read from the platform keys stream, and
+    /// already decrypted and checked) to merchant `mch_id`'s platform keys, for the work
+    /// that starts from now on; work in flight keeps its snapshot. A reload keeps them.
+    /// Returns the serials that were new.
+    pub fn learn(
+        &self,
+        mch_id: &str,
+        certificates: &[PlatformCertificate],
+    ) -> Result<Vec<String>, LearnError> {
+        let mut learned = self.learned();
+        let merchant = self.downloading(mch_id)?;
+        let new: Vec<PlatformCertificate> = certificates
+            .iter()
+            .filter(|certificate| merchant.platform_keys.get(&certificate.serial).is_none())
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        let known = learned.entry(merchant.mch_id.clone()).or_default();
+        known.extend(new.iter().cloned());
+        self.shared
+            .current
+            .store(Arc::new(self.current().with_certificates(mch_id, &new)));
+        Ok(new
+            .into_iter()
+            .map(|certificate| certificate.serial)
+            .collect())
+    }
+
+    fn learned(&self) -> MutexGuard<'_, BTreeMap<String, Vec<PlatformCertificate>>> {
+        // A panic while holding it left a map that is whole (entries are pushed, not built).
+        self.shared
+            .learned
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn source(&self) -> Result<MutexGuard<'_, Source>, ReloadError> {
         let source = self.shared.source.as_ref().ok_or(ReloadError::NoFile)?;
         // A panic while holding it left nothing half-written that matters: the swap is the
@@ -287,6 +349,32 @@ impl MerchantsHandle {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
+}
+
+/// `merchants` with the certificates learned while running, for the merchants that still
+/// download theirs.
+fn with_learned(
+    mut merchants: Merchants,
+    learned: &BTreeMap<String, Vec<PlatformCertificate>>,
+) -> Merchants {
+    for (mch_id, certificates) in learned {
+        if merchants
+            .get(mch_id)
+            .is_some_and(|merchant| merchant.download_platform_certificates)
+        {
+            merchants = merchants.with_certificates(mch_id, certificates);
+        }
+    }
+    merchants
+}
+
+/// Why certificates cannot be added to a merchant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LearnError {
+    #[error("merchant {0} is not configured here")]
+    UnknownMerchant(String),
+    #[error("merchant {0} does not download its platform certificates here")]
+    NotDownloading(String),
 }
 
 /// Reads, overrides and validates as a start-up does; keeps the raw values to compare.

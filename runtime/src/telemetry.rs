@@ -28,6 +28,8 @@ pub mod step {
     pub const SHUTDOWN: &str = "shutdown";
     /// Merchants reloaded (or a reload refused) while running.
     pub const RELOAD: &str = "reload";
+    /// Platform certificates downloaded, shared through the stream, added or refused.
+    pub const PLATFORM_KEYS: &str = "platform_keys";
 }
 
 /// Metric names, one place for all services; each is described in docs/ARCHITECTURE.md, "Metrics".
@@ -53,9 +55,12 @@ pub mod metric {
     pub const RECONCILER_RECOVERED_TOTAL: &str = "wxpay_reconciler_recovered_total";
     pub const RECONCILER_ERRORS_TOTAL: &str = "wxpay_reconciler_errors_total";
     pub const RECONCILER_ROUND_DURATION_SECONDS: &str = "wxpay_reconciler_round_duration_seconds";
+    pub const RECONCILER_CERTIFICATE_DOWNLOADS_TOTAL: &str =
+        "wxpay_reconciler_certificate_downloads_total";
     pub const CONSOLE_LOGINS_TOTAL: &str = "wxpay_console_logins_total";
     pub const CONSOLE_ACTIONS_TOTAL: &str = "wxpay_console_actions_total";
     pub const CONFIG_RELOADS_TOTAL: &str = "wxpay_config_reloads_total";
+    pub const PLATFORM_KEY_EXPIRY_SECONDS: &str = "wxpay_platform_key_expiry_seconds";
 }
 
 /// Histogram buckets (seconds): sub-millisecond answers up to the 10-minute retry tier.

@@ -36,7 +36,7 @@ pub fn config_toml(settings: &Settings) -> String {
         let mut entry = table!(merchant;
             mch_id: text, appids: texts, api_v2_key: secret, api_v3_key: maybe_secret,
             merchant_private_key_pem: maybe_secret, merchant_serial: maybe,
-            confirm_by_query_min_fen: maybe_int);
+            confirm_by_query_min_fen: maybe_int, download_platform_certificates: flag);
         let keys = merchant.platform_public_keys.iter();
         let keys = keys.map(|(serial, pem)| (serial.clone(), Value::String(pem.clone())));
         entry.insert("platform_public_keys".into(), Value::Table(keys.collect()));
@@ -82,7 +82,8 @@ pub fn config_toml(settings: &Settings) -> String {
             "reconciler",
             table!(settings.reconciler;
                 interval_secs: int, min_age_secs: int, horizon_secs: int, batch_size: int,
-                rate_per_merchant: int, close_unpaid: flag, metrics_listen: text),
+                rate_per_merchant: int, close_unpaid: flag, metrics_listen: text,
+                platform_certificates_refresh_secs: int),
         ),
         ("console", console),
     ]

@@ -75,6 +75,7 @@ impl TestMerchant {
             merchant_private_key_pem: None,
             merchant_serial: None,
             confirm_by_query_min_fen: None,
+            download_platform_certificates: false,
         }
     }
 }

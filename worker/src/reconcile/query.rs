@@ -605,6 +605,7 @@ mod tests {
             platform_keys: PlatformKeys::new(),
             signer: None,
             confirm_by_query_min_fen: None,
+            download_platform_certificates: false,
         }
     }
 

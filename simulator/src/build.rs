@@ -574,12 +574,8 @@ fn v3_notification(
                 &plaintext(None),
                 now,
             )?;
-            let mut headers = v3_headers(
-                &m.platform_private_key,
-                &m.platform_serial,
-                timestamp,
-                &body,
-            );
+            let (key, serial) = m.v3_signer();
+            let mut headers = v3_headers(key, serial, timestamp, &body);
             if variant == Variant::Probe {
                 set_header(
                     &mut headers,
@@ -600,12 +596,7 @@ fn v3_notification(
                 &plaintext(None),
                 now,
             )?;
-            let headers = v3_headers(
-                &m.merchant_private_key,
-                &m.platform_serial,
-                timestamp,
-                &body,
-            );
+            let headers = v3_headers(&m.merchant_private_key, m.v3_signer().1, timestamp, &body);
             (body, headers)
         }
         Variant::TamperAmount => {
@@ -619,12 +610,8 @@ fn v3_notification(
                 &plaintext(Some(signed_amount)),
                 now,
             )?;
-            let headers = v3_headers(
-                &m.platform_private_key,
-                &m.platform_serial,
-                timestamp,
-                &signed,
-            );
+            let (key, serial) = m.v3_signer();
+            let headers = v3_headers(key, serial, timestamp, &signed);
             let body = v3_envelope(
                 &m.api_v3_key,
                 event,

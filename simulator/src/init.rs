@@ -193,6 +193,7 @@ fn new_merchant(o: &InitOptions) -> Result<SimSecretsFile, InitError> {
             serial: platform_serial,
             private_key_pem: platform_pem,
             public_key_pem: public_key_to_pem(&platform.public_key()),
+            certificates: Vec::new(),
         },
         orders_file: DEFAULT_ORDERS_FILE.to_owned(),
     })

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use wxpay_shared::v3::keys::{
-    load_private_key_pem, load_public_key_pem, KeyError, PrivateKey, PublicKey,
+    certificate_info, load_private_key_pem, load_public_key_pem, KeyError, PrivateKey, PublicKey,
 };
 
 /// Default location of the secrets file (`--sim-config`).
@@ -59,6 +59,28 @@ pub struct PlatformSecrets {
     pub serial: String,
     pub private_key_pem: String,
     pub public_key_pem: String,
+    /// Platform certificates (平台证书), oldest first, served on `GET /v3/certificates`.
+    /// When there are any, the last one signs every v3 answer and notification instead of
+    /// the public key above (a merchant still on platform certificates).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateSecrets>,
+}
+
+/// One platform certificate and the private key of its subject.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSecrets {
+    pub certificate_pem: String,
+    pub private_key_pem: String,
+}
+
+/// A platform certificate ready to serve and sign with.
+#[derive(Clone)]
+pub struct SimCertificate {
+    /// Its serial number (upper-case hex), `Wechatpay-Serial` of what it signs.
+    pub serial: String,
+    pub certificate_pem: String,
+    pub private_key: PrivateKey,
 }
 
 impl fmt::Debug for SimSecretsFile {
@@ -100,6 +122,8 @@ pub struct SimMerchant {
     pub platform_serial: String,
     pub platform_private_key: PrivateKey,
     pub platform_public_key: PublicKey,
+    /// Platform certificates, oldest first; the last one signs when there are any.
+    pub certificates: Vec<SimCertificate>,
     /// Resolved path of the order book.
     pub orders_path: PathBuf,
 }
@@ -158,7 +182,26 @@ impl SimSecretsFile {
                 path.parent().unwrap_or_else(|| Path::new(".")).join(p)
             }
         };
+        let mut certificates = Vec::new();
+        for certificate in self.platform.certificates {
+            let info = certificate_info(&certificate.certificate_pem)
+                .map_err(key_error("platform.certificates.certificate_pem"))?;
+            let private_key = load_private_key_pem(&certificate.private_key_pem)
+                .map_err(key_error("platform.certificates.private_key_pem"))?;
+            if private_key.public_key() != info.key {
+                return Err(invalid(format!(
+                    "platform certificate {} is not the certificate of its private key",
+                    info.serial
+                )));
+            }
+            certificates.push(SimCertificate {
+                serial: info.serial,
+                certificate_pem: certificate.certificate_pem,
+                private_key,
+            });
+        }
         Ok(SimMerchant {
+            certificates,
             merchant_public_key: load_public_key_pem(&m.merchant_public_key_pem)
                 .map_err(key_error("merchant.merchant_public_key_pem"))?,
             merchant_private_key: load_private_key_pem(&m.merchant_private_key_pem)
@@ -186,6 +229,15 @@ impl SimMerchant {
             reason: e.to_string(),
         })?;
         SimSecretsFile::parse(&text, path)?.into_merchant(path)
+    }
+
+    /// The key WeChat Pay signs v3 answers and notifications with, and its serial: the last
+    /// platform certificate when there are any, else the WeChat Pay public key.
+    pub fn v3_signer(&self) -> (&PrivateKey, &str) {
+        match self.certificates.last() {
+            Some(certificate) => (&certificate.private_key, &certificate.serial),
+            None => (&self.platform_private_key, &self.platform_serial),
+        }
     }
 
     /// The platform public keys as a verifier sees them (serial → key).

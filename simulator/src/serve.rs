@@ -9,7 +9,11 @@
 //!   `GET /v3/refund/domestic/refunds/{out_refund_no}`
 //!   (<https://pay.weixin.qq.com/docs/merchant/apis/jsapi-payment/query-by-out-refund-no.html>):
 //!   the merchant's `Authorization` is verified with its public key, every answer is signed
-//!   with the platform key (`Wechatpay-*` headers over `timestamp\nnonce\nbody\n`).
+//!   with the platform key (`Wechatpay-*` headers over `timestamp\nnonce\nbody\n`; the last
+//!   platform certificate's key when the secrets file has certificates).
+//! - v3 `GET /v3/certificates` (<https://pay.weixin.qq.com/doc/v3/merchant/4012551764>): every
+//!   platform certificate of the secrets file, encrypted with the APIv3 key, signed like
+//!   the other answers.
 //!
 //! Admin endpoints (not WeChat Pay's): `POST /sim/orders`, `POST /sim/refunds` stage the order
 //! book ("paid but never notified"); `GET /sim/orders` shows it; `POST /sim/faults`
@@ -147,6 +151,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/v3/refund/domestic/refunds/{out_refund_no}",
         web::get().to(v3_refund_query),
     )
+    .route(
+        v3::certificates::CERTIFICATES_PATH,
+        web::get().to(v3_certificates),
+    )
     .route("/sim/orders", web::post().to(admin_put_order))
     .route("/sim/orders", web::get().to(admin_get_orders))
     .route("/sim/refunds", web::post().to(admin_put_refund))
@@ -165,10 +173,15 @@ fn fault_response(faults: &Faults) -> Option<HttpResponse> {
 }
 
 fn book_error(e: impl std::fmt::Display) -> HttpResponse {
-    tracing::error!(error = %e, "order book unavailable");
+    system_error("order book unavailable", e)
+}
+
+/// A 500 `SYSTEM_ERROR` saying `what`, logged with the error.
+fn system_error(what: &str, e: impl std::fmt::Display) -> HttpResponse {
+    tracing::error!(error = %e, "{what}");
     HttpResponse::InternalServerError()
         .content_type("application/json")
-        .body(json!({"code":"SYSTEM_ERROR","message":"order book unavailable"}).to_string())
+        .body(json!({"code":"SYSTEM_ERROR","message":what}).to_string())
 }
 
 // ---------------------------------------------------------------- v2
@@ -377,10 +390,11 @@ async fn v2_refundquery(state: web::Data<SimState>, body: web::Bytes) -> HttpRes
 /// A v3 answer signed as WeChat Pay signs responses (or badly, under the fault).
 fn v3_signed(state: &SimState, status: StatusCode, body: String) -> HttpResponse {
     let m = &state.merchant;
+    let (platform_key, serial) = m.v3_signer();
     let key = if state.faults().bad_signature {
         &m.merchant_private_key
     } else {
-        &m.platform_private_key
+        platform_key
     };
     let ts = Utc::now().timestamp().to_string();
     let nonce = random_string(32);
@@ -391,7 +405,7 @@ fn v3_signed(state: &SimState, status: StatusCode, body: String) -> HttpResponse
         .insert_header((v3::HEADER_TIMESTAMP, ts))
         .insert_header((v3::HEADER_NONCE, nonce))
         .insert_header((v3::HEADER_SIGNATURE, signature))
-        .insert_header((v3::HEADER_SERIAL, m.platform_serial.clone()))
+        .insert_header((v3::HEADER_SERIAL, serial.to_owned()))
         .insert_header((v3::HEADER_SIGNATURE_TYPE, v3::SIGNATURE_TYPE_RSA))
         .body(body)
 }
@@ -585,6 +599,34 @@ async fn v3_refund_query(
         v["success_time"] = json!(build::v3_time(t));
     }
     v3_signed(&state, StatusCode::OK, v.to_string())
+}
+
+/// `GET /v3/certificates`: the platform certificates, each encrypted under the APIv3 key
+/// with a nonce of its own.
+async fn v3_certificates(state: web::Data<SimState>, req: HttpRequest) -> HttpResponse {
+    if let Some(r) = fault_response(&state.faults()) {
+        return r;
+    }
+    if let Err(message) = authenticate(&state, &req, b"") {
+        return v3_error(&state, StatusCode::UNAUTHORIZED, "SIGN_ERROR", &message);
+    }
+    let m = &state.merchant;
+    let mut data = Vec::with_capacity(m.certificates.len());
+    for certificate in &m.certificates {
+        match v3::EncryptedCertificate::encrypt(
+            m.api_v3_key.as_bytes(),
+            &random_string(v3::aead::NONCE_LEN),
+            &certificate.certificate_pem,
+        ) {
+            Ok(encrypted) => data.push(encrypted),
+            Err(error) => return system_error("certificate not encrypted", error),
+        }
+    }
+    let answer = v3::CertificatesAnswer { data };
+    match serde_json::to_string(&answer) {
+        Ok(body) => v3_signed(&state, StatusCode::OK, body),
+        Err(error) => system_error("answer not encoded", error),
+    }
 }
 
 // ---------------------------------------------------------------- admin

@@ -2,7 +2,8 @@
 //! `config/wxpay.toml`; merchants also from `--merchants PATH`, else `WXPAY_MERCHANTS_FILE`.
 //! Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT), 2 for a configuration error, 1
 //! for any other start-up or server error. SIGHUP, or a change of either file, reloads the
-//! merchants (`wxpay_runtime::reload`).
+//! merchants (`wxpay_runtime::reload`); platform certificates shared by the reconciler are
+//! added while running (`wxpay_runtime::platform_keys`).
 
 use std::process::ExitCode;
 
@@ -10,6 +11,7 @@ use clap::Parser;
 use tracing::{error, info};
 use wxpay_gateway::Application;
 use wxpay_runtime::config::{ConfigFileArgs, Settings};
+use wxpay_runtime::platform_keys::PlatformKeysTask;
 use wxpay_runtime::reload::{self, MerchantsHandle, Reloader};
 use wxpay_runtime::telemetry::{init_logging, step};
 
@@ -59,6 +61,13 @@ async fn serve(settings: Settings, merchants: MerchantsHandle) -> ExitCode {
             None
         }
     };
+    // Reads the certificates the reconciler downloads; without the broker, the keys of the
+    // files keep serving.
+    let _platform_keys = PlatformKeysTask::spawn(
+        settings.rabbitmq.clone(),
+        merchants.clone(),
+        "wxpay-gateway",
+    );
     let application = match Application::build_with(settings, merchants).await {
         Ok(application) => application,
         Err(error @ wxpay_gateway::StartError::Config(_)) => {

@@ -256,6 +256,8 @@ impl PlatformKeysTask {
         merchants: MerchantsHandle,
         service: &'static str,
     ) -> PlatformKeysTask {
+        // The recorder first: gauges set before it exists would be lost.
+        crate::telemetry::metrics_handle();
         register_metrics();
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_secs(1);

@@ -186,6 +186,7 @@ pub(crate) async fn delete_declared(
         rabbitmq.queue.clone(),
         rabbitmq.parked_queue(),
         rabbitmq.unrouted_events(),
+        rabbitmq.platform_keys_stream(),
     ];
     queues.extend((0..retry_tiers).map(|tier| rabbitmq.retry_queue(tier)));
     let exchanges = [rabbitmq.events_exchange.clone(), rabbitmq.unrouted_events()];

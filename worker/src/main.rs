@@ -1,7 +1,9 @@
 //! `wxpay-worker`: `run`, `migrate`, `reconcile [--once]`, `dlq list`, `dlq replay [--all | --id ID]`,
 //! `anomaly list`, `anomaly resolve --id N --action reapply|dismiss --note TEXT`, `doctor`.
 //! `run` and `reconcile` reload the merchants on SIGHUP and when the configuration file or
-//! the merchants file (`--merchants`, `WXPAY_MERCHANTS_FILE`) changes (`wxpay_runtime::reload`).
+//! the merchants file (`--merchants`, `WXPAY_MERCHANTS_FILE`) changes (`wxpay_runtime::reload`),
+//! and add the platform certificates shared through the platform keys stream
+//! (`wxpay_runtime::platform_keys`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,6 +12,7 @@ use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use wxpay_runtime::config::{ConfigFileArgs, ConfigFiles, Settings};
+use wxpay_runtime::platform_keys::PlatformKeysTask;
 use wxpay_runtime::reload::{self, MerchantsHandle, Reloader};
 use wxpay_runtime::telemetry::{self, step};
 use wxpay_worker::anomaly::{self, Action};
@@ -152,6 +155,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run => run(settings, merchants).await,
         Command::Reconcile { once } => {
             let _reloader = (!once).then(|| reload_on_sighup(&merchants)).flatten();
+            let _platform_keys = (!once).then(|| {
+                PlatformKeysTask::spawn(
+                    settings.rabbitmq.clone(),
+                    merchants.clone(),
+                    "wxpay-reconciler",
+                )
+            });
             schema_check::check(settings.database.url.expose_secret(), connect_timeout).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(watch_signals(shutdown.clone()));
@@ -251,6 +261,8 @@ async fn run_doctor(files: &ConfigFiles, options: doctor::Options) -> anyhow::Re
 async fn run(settings: Settings, merchants: MerchantsHandle) -> anyhow::Result<()> {
     let _reloader = reload_on_sighup(&merchants);
     let prometheus = telemetry::metrics_handle();
+    let _platform_keys =
+        PlatformKeysTask::spawn(settings.rabbitmq.clone(), merchants.clone(), "wxpay-worker");
     let connect_timeout = Duration::from_millis(settings.database.connect_timeout_ms);
     schema_check::check(settings.database.url.expose_secret(), connect_timeout).await?;
     let worker = Worker::with_merchants(settings, merchants)?;

@@ -87,6 +87,14 @@ pub fn register() {
             "Rounds skipped because another reconciler held the round lock"
         );
         metrics::counter!(ROUNDS_SKIPPED_TOTAL).increment(0);
+        describe_counter!(
+            metric::RECONCILER_CERTIFICATE_DOWNLOADS_TOTAL,
+            "Platform certificate downloads (GET /v3/certificates), by result"
+        );
+        for result in super::certificates::RESULTS {
+            metrics::counter!(metric::RECONCILER_CERTIFICATE_DOWNLOADS_TOTAL, "result" => result)
+                .increment(0);
+        }
         let _ = metrics::histogram!(metric::RECONCILER_ROUND_DURATION_SECONDS);
         wxpay_runtime::reload::register_metrics();
     });

@@ -25,9 +25,13 @@
 //!      `UPDATE … WHERE state = 'NOTPAY'` when `reconciler.close_unpaid` (it moves no money);
 //!    - `NOTPAY` / `USERPAYING` / refund `PROCESSING`: asked again next round.
 //!
+//! Beside the rounds, the platform certificates of the merchants that download them are
+//! refreshed on their own schedule ([`certificates`]).
+//!
 //! A merchant whose API keeps failing (three queries in a row unavailable after their
 //! retries) is left for the rest of the round.
 
+pub mod certificates;
 pub mod lock;
 pub mod metrics;
 pub mod publish;
@@ -746,6 +750,7 @@ pub async fn run(
     let prometheus = telemetry::metrics_handle();
     let reconciler = Reconciler::with_merchants(settings, merchants)?;
     if once {
+        reconciler.refresh_certificates().await;
         let result = reconciler.round(&shutdown).await;
         reconciler.close().await;
         result?;
@@ -762,7 +767,12 @@ pub async fn run(
     let server_handle = server.handle();
     let server_task = tokio::spawn(server);
     tracing::info!(step = step::STARTUP, %address, "reconciler health and metrics listening");
+    let downloads = {
+        let (reconciler, shutdown) = (reconciler.clone(), shutdown.clone());
+        tokio::spawn(async move { reconciler.refresh_certificates_until(shutdown).await })
+    };
     reconciler.run(shutdown).await;
+    let _ = downloads.await;
     server_handle.stop(true).await;
     let _ = server_task.await;
     tracing::info!(step = step::SHUTDOWN, "reconciler stopped");

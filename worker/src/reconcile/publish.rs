@@ -5,8 +5,9 @@
 //! race-free.
 
 use lapin::{Channel, Connection};
-use wxpay_runtime::amqp::{durable_queue_options, quorum_queue_arguments, AmqpMessage};
+use wxpay_runtime::amqp::{durable_queue_options, quorum_queue_arguments, AmqpMessage, PERSISTENT};
 use wxpay_runtime::config::RabbitmqSettings;
+use wxpay_runtime::platform_keys;
 use wxpay_shared::message::NotifyMessage;
 
 use crate::broker::{self, BrokerError};
@@ -16,6 +17,8 @@ pub struct Publisher {
     connection: Connection,
     channel: Channel,
     queue: String,
+    /// The platform keys stream (`wxpay_runtime::platform_keys`).
+    stream: String,
 }
 
 impl Publisher {
@@ -31,10 +34,12 @@ impl Publisher {
             quorum_queue_arguments(),
         ))
         .await?;
+        broker::bounded(platform_keys::declare_stream(&channel, rabbitmq)).await?;
         Ok(Publisher {
             connection,
             channel,
             queue: rabbitmq.queue.clone(),
+            stream: rabbitmq.platform_keys_stream(),
         })
     }
 
@@ -55,6 +60,14 @@ impl Publisher {
             message.properties(),
         )
         .await
+    }
+
+    /// Appends downloaded platform certificates to the platform keys stream, confirmed.
+    pub async fn publish_certificates(&self, body: &[u8]) -> Result<(), BrokerError> {
+        let properties = lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(PERSISTENT);
+        broker::publish_confirmed(&self.channel, "", &self.stream, true, body, properties).await
     }
 
     /// Closes the connection politely (best effort).

@@ -27,9 +27,10 @@ use reqwest::{RequestBuilder, StatusCode};
 use secrecy::ExposeSecret;
 use wxpay_runtime::config::{Merchant, WechatpaySettings};
 use wxpay_shared::v2::{self, SignType, XmlFields};
+use wxpay_shared::v3::certificates::CERTIFICATES_PATH;
 use wxpay_shared::v3::{
-    authorization_header, verify_response, RefundResource, TimestampCheck, Transaction,
-    WechatpayHeaders,
+    authorization_header, verify_download, verify_response, DownloadError, Downloaded,
+    RefundResource, TimestampCheck, Transaction, WechatpayHeaders,
 };
 
 use super::rate::RateLimiter;
@@ -56,10 +57,12 @@ pub enum Api {
 
 impl Api {
     /// API v3 when the merchant can sign v3 requests (`merchant_private_key_pem` and
-    /// `merchant_serial`) and verify v3 answers (platform keys); API v2 otherwise (the API
-    /// v2 key is always configured).
+    /// `merchant_serial`) and verify v3 answers (platform keys, or downloaded platform
+    /// certificates); API v2 otherwise (the API v2 key is always configured).
     pub fn for_merchant(merchant: &Merchant) -> Api {
-        if merchant.signer.is_some() && !merchant.platform_keys.is_empty() {
+        if merchant.signer.is_some()
+            && (!merchant.platform_keys.is_empty() || merchant.download_platform_certificates)
+        {
             Api::V3
         } else {
             Api::V2
@@ -280,6 +283,36 @@ impl QueryClient {
                 Ok(Found::Answer(v3_found(raw, refund.refund_status, headers)))
             }
         }
+    }
+
+    /// `GET /v3/certificates` (<https://pay.weixin.qq.com/doc/v3/merchant/4012551764>): the
+    /// merchant's platform certificates, decrypted with its APIv3 key and checked, the
+    /// answer verified with its platform keys or, for a serial it does not know yet, with
+    /// a certificate of the answer (`wxpay_shared::v3::verify_download`).
+    pub async fn download_certificates(
+        &self,
+        merchant: &Merchant,
+        limiter: &RateLimiter,
+    ) -> Result<Downloaded, QueryError> {
+        let api_v3_key = merchant.api_v3_key.as_ref().ok_or_else(|| {
+            QueryError::Client(format!("merchant {} has no APIv3 key", merchant.mch_id))
+        })?;
+        let raw = self.get_v3(CERTIFICATES_PATH, merchant, limiter).await?;
+        if raw.status != StatusCode::OK {
+            return Err(QueryError::Status(raw.status.as_u16()));
+        }
+        verify_download(
+            &wechatpay_headers(&raw)?,
+            &raw.body,
+            &merchant.platform_keys,
+            api_v3_key.expose_secret().as_bytes(),
+            TimestampCheck::now(),
+            std::time::SystemTime::now(),
+        )
+        .map_err(|error| match error {
+            DownloadError::Malformed(reason) => QueryError::Malformed(reason),
+            DownloadError::Signature(error) => QueryError::Signature(error.code().to_owned()),
+        })
     }
 
     /// A v2 query for the one record `by` names (`appid` and `mch_id` beside it): the verified
@@ -556,16 +589,23 @@ fn v2_found(raw: Raw, state: String) -> Answer {
 /// Verifies a v3 answer's `Wechatpay-*` signature (timestamp freshness enforced: this is a
 /// live answer, not a retried message) with the merchant's platform keys.
 fn v3_verified(raw: &Raw, merchant: &Merchant) -> Result<WechatpayHeaders, QueryError> {
-    let headers = WechatpayHeaders::from_lookup(|name| {
+    let headers = wechatpay_headers(raw)?;
+    verify_response(
+        &headers,
+        &raw.body,
+        &merchant.platform_keys,
+        TimestampCheck::now(),
+    )
+    .map_err(|error| QueryError::Signature(error.code().to_owned()))?;
+    Ok(headers)
+}
+
+/// The `Wechatpay-*` headers of a v3 answer.
+fn wechatpay_headers(raw: &Raw) -> Result<WechatpayHeaders, QueryError> {
+    WechatpayHeaders::from_lookup(|name| {
         raw.headers.get(name).and_then(|value| value.to_str().ok())
     })
-    .map_err(|error| QueryError::Signature(error.to_string()))?;
-    let check = TimestampCheck::Enforce {
-        now_unix: chrono::Utc::now().timestamp(),
-    };
-    verify_response(&headers, &raw.body, &merchant.platform_keys, check)
-        .map_err(|error| QueryError::Signature(error.code().to_owned()))?;
-    Ok(headers)
+    .map_err(|error| QueryError::Signature(error.to_string()))
 }
 
 fn v3_found(raw: Raw, state: String, headers: WechatpayHeaders) -> Answer {

@@ -2,7 +2,7 @@
 //! `wxpay-sim serve` (WeChat Pay's query API) for unpaid orders, publishes what it learns to
 //! the same queue, and the worker applies it; the late notification is then a duplicate.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wxpay_shared::state::{OrderState, TradeState};
 
@@ -32,19 +32,7 @@ async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
     .await;
     s.start_gateway().await;
     s.start_worker().await;
-    let sim = s.bins.sim.clone();
-    let listen = format!("127.0.0.1:{}", s.ports.sim);
-    let serve = s.spawn("sim-serve", &sim, &["serve", "--listen", &listen]);
-    s.others.push(serve);
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(&listen).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "wxpay-sim serve not listening on {listen}\n{}",
-            s.logs(40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    s.start_sim_serve().await;
 
     // WeChat Pay knows: one paid (its notification was lost), one closed, one not paid yet.
     let staged = [

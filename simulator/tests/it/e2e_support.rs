@@ -317,6 +317,23 @@ impl Stack {
         self.gateway = Some(proc);
     }
 
+    /// `wxpay-sim serve` (WeChat Pay's API) on the stack's simulator port, listening.
+    pub async fn start_sim_serve(&mut self) {
+        let sim = self.bins.sim.clone();
+        let listen = format!("127.0.0.1:{}", self.ports.sim);
+        let serve = self.spawn("sim-serve", &sim, &["serve", "--listen", &listen]);
+        self.others.push(serve);
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(&listen).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "wxpay-sim serve not listening on {listen}\n{}",
+                self.logs(40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `wxpay-worker reconcile` (rounds every reconciler.interval_secs), ready.
     pub async fn start_reconciler(&mut self) {
         let worker = self.bins.worker.clone();

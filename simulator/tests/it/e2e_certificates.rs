@@ -1,0 +1,198 @@
+//! End to end, platform certificates fetched and shared: `wxpay-sim serve` plays WeChat Pay
+//! with two platform certificates (made by `openssl req -x509`, testkit/fixtures); the
+//! merchant downloads them (`download_platform_certificates`) and has no platform key in
+//! its file. `wxpay-worker reconcile` downloads them and shares them through the platform
+//! keys stream; the gateway, started with no key for the merchant, then accepts a
+//! notification signed with the newer certificate's key, and the worker applies it. A
+//! forged stream message (a certificate that does not decrypt under the APIv3 key) is
+//! refused with one log line. Each process exports the expiry of what it holds.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Confirmation};
+use wxpay_runtime::platform_keys::SharedCertificates;
+use wxpay_shared::state::OrderState;
+use wxpay_shared::v3::EncryptedCertificate;
+
+use crate::e2e_support::{eventually, insert_order, order, scrape, Stack};
+
+const OLDER_CERT: &str = include_str!("../../../testkit/fixtures/platform_cert.pem");
+const OLDER_KEY: &str = include_str!("../../../testkit/fixtures/platform_private.pem");
+const NEWER_CERT: &str = include_str!("../../../testkit/fixtures/platform2_cert.pem");
+const NEWER_KEY: &str = include_str!("../../../testkit/fixtures/platform2_private.pem");
+const OLDER_SERIAL: &str = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1";
+const NEWER_SERIAL: &str = "7D21A3C0F39E4B5A8C6D2E1F0A9B8C7D6E5F4A3B";
+
+/// The stack's merchant downloading its certificates, with no platform key in the file;
+/// the simulator serving both certificates (the newer one, listed last, signs).
+async fn stack() -> Stack {
+    let s = Stack::prepare(|config| {
+        let merchants = config
+            .get_mut("merchants")
+            .and_then(toml::Value::as_array_mut)
+            .expect("merchants");
+        let merchant = merchants[0].as_table_mut().expect("a merchant table");
+        merchant.insert("download_platform_certificates".into(), true.into());
+        merchant.insert(
+            "platform_public_keys".into(),
+            toml::Value::Table(toml::Table::new()),
+        );
+    })
+    .await;
+    let text = std::fs::read_to_string(&s.sim_config).expect("simulator.toml");
+    let mut secrets: toml::Table = text.parse().expect("TOML");
+    let certificates = [(OLDER_CERT, OLDER_KEY), (NEWER_CERT, NEWER_KEY)]
+        .into_iter()
+        .map(|(certificate, key)| {
+            toml::Value::Table(toml::Table::from_iter([
+                ("certificate_pem".to_owned(), certificate.into()),
+                ("private_key_pem".to_owned(), key.into()),
+            ]))
+        })
+        .collect();
+    secrets["platform"]
+        .as_table_mut()
+        .expect("[platform]")
+        .insert("certificates".into(), toml::Value::Array(certificates));
+    std::fs::write(&s.sim_config, toml::to_string(&secrets).expect("TOML")).expect("written");
+    s
+}
+
+/// `wxpay-sim notify` of a v3 payment, once: whether the gateway accepted it.
+async fn notify(s: &Stack, out_trade_no: &str) -> bool {
+    let target = s.gateway_url();
+    let args = [
+        "notify",
+        "--target",
+        &target,
+        "--kind",
+        "v3-pay",
+        "--out-trade-no",
+        out_trade_no,
+        "--amount",
+        "100",
+        "--max-attempts",
+        "1",
+    ];
+    s.sim(&args).await.success
+}
+
+/// The seconds to expiry a service exports for the merchant's certificate `serial`.
+async fn expiry(base: &str, mch_id: &str, serial: &str) -> Option<f64> {
+    let series =
+        format!("wxpay_platform_key_expiry_seconds{{mch_id=\"{mch_id}\",serial=\"{serial}\"}}");
+    wxpay_testkit::metrics::series(&scrape(base).await, &series)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloaded_certificates_reach_a_gateway_without_keys_and_forgeries_do_not() {
+    let mut s = stack().await;
+    s.start_sim_serve().await;
+    s.start_gateway().await;
+    s.start_worker().await;
+    let mut conn = s.conn().await;
+    insert_order(&mut conn, &s, "CERT-1", 100).await;
+    assert!(
+        !notify(&s, "CERT-1").await,
+        "no key yet: the gateway must refuse\n{}",
+        s.logs(40)
+    );
+
+    s.start_reconciler().await;
+    // Nine years and more (the fixtures are valid ten years), counting down.
+    let nine_years = 9.0 * 365.0 * 86_400.0;
+    for base in [s.reconciler_url(), s.gateway_url(), s.worker_url()] {
+        eventually(
+            Duration::from_secs(60),
+            "the newer certificate's expiry exported",
+            async || {
+                expiry(&base, &s.mch_id, NEWER_SERIAL)
+                    .await
+                    .is_some_and(|seconds| seconds > nine_years)
+            },
+        )
+        .await;
+        assert!(expiry(&base, &s.mch_id, OLDER_SERIAL).await.is_some());
+    }
+    let downloads = scrape(&s.reconciler_url()).await;
+    assert!(
+        wxpay_testkit::metrics::series(
+            &downloads,
+            "wxpay_reconciler_certificate_downloads_total{result=\"ok\"}"
+        )
+        .is_some_and(|ok| ok >= 1.0),
+        "{downloads}"
+    );
+
+    assert!(
+        notify(&s, "CERT-1").await,
+        "signed with the downloaded certificate's key: accepted\n{}",
+        s.logs(40)
+    );
+    eventually(
+        Duration::from_secs(30),
+        "CERT-1 paid by the worker",
+        async || order(&mut conn, &s.mch_id, "CERT-1").await.state == OrderState::Paid.as_str(),
+    )
+    .await;
+
+    // A forged message in the stream: a certificate encrypted under another key than the
+    // merchant's APIv3 key. Every reader refuses it with one line.
+    let forged = SharedCertificates {
+        mch_id: s.mch_id.clone(),
+        data: vec![EncryptedCertificate::encrypt(
+            b"0123456789abcdef0123456789ABCDEF",
+            "f0f0f0f0f0f0",
+            OTHER_CERT,
+        )
+        .expect("encrypts")],
+    };
+    publish_to_stream(
+        &s.env.settings.rabbitmq.platform_keys_stream(),
+        &forged.to_body(),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the gateway and the worker refuse the forged certificate",
+        async || {
+            let logs = s.logs(400);
+            logs.matches("platform certificate refused").count() >= 3
+                && logs.contains(FORGED_SERIAL)
+        },
+    )
+    .await;
+    assert!(expiry(&s.gateway_url(), &s.mch_id, FORGED_SERIAL)
+        .await
+        .is_none());
+}
+
+/// A certificate nobody downloads: the forger's (shared/tests fixture, `openssl req -x509`).
+const OTHER_CERT: &str = include_str!("../../../shared/tests/fixtures/v3/platform_b_cert.pem");
+const FORGED_SERIAL: &str = "5157F09EFDC096DE15EBE81A47057A7232F9F8D0";
+
+/// Appends `body` to the stream, confirmed (the stream exists: the services declared it).
+async fn publish_to_stream(stream: &str, body: &[u8]) {
+    let connection = wxpay_testkit::amqp::connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            stream.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("published");
+    let confirmation = confirm.await.expect("confirmed");
+    assert!(
+        matches!(confirmation, Confirmation::Ack(None)),
+        "{confirmation:?}"
+    );
+}

@@ -265,12 +265,24 @@ pub fn merchant_checks(merchant: &MerchantSettings, now: SystemTime) -> Vec<Chec
         checks.push(platform_key_check(&who, serial, pem, now));
     }
     let serials = &merchant.platform_public_keys;
+    // Downloaded certificates live in the broker's stream, not in this file: the stream is
+    // read by every service, and a merchant that downloads may have no key of its own.
+    let downloaded = if merchant.download_platform_certificates {
+        " and the platform certificates the reconciler downloads (GET /v3/certificates)"
+    } else {
+        ""
+    };
     checks.push(if !serials.is_empty() {
         let names: Vec<&str> = serials.keys().map(String::as_str).collect();
         Check::ok(format!(
-            "{who} platform keys cover {} serial(s): {}",
+            "{who} platform keys cover {} serial(s): {}{downloaded}",
             names.len(),
             names.join(", ")
+        ))
+    } else if merchant.download_platform_certificates {
+        Check::ok(format!(
+            "{who} platform keys: none in the file; the platform certificates the reconciler \
+             downloads (GET /v3/certificates)"
         ))
     } else if v3 {
         Check::fail(
@@ -977,6 +989,27 @@ mod tests {
     fn a_v2_merchant_needs_no_v3_pieces() {
         let checks = merchant_checks(&merchant(None), SystemTime::now());
         assert!(fails(&checks).is_empty(), "{checks:?}");
+    }
+
+    #[test]
+    fn a_merchant_that_downloads_its_certificates_needs_no_file_key() {
+        let mut downloading = merchant(Some("0123456789abcdef0123456789ABCDEF"));
+        let checks = merchant_checks(&downloading, SystemTime::now());
+        assert!(
+            fails(&checks)
+                .iter()
+                .any(|l| l.contains("has no platform key")),
+            "{checks:?}"
+        );
+        downloading.download_platform_certificates = true;
+        let checks = merchant_checks(&downloading, SystemTime::now());
+        assert!(
+            !fails(&checks).iter().any(|l| l.contains("platform key")),
+            "{checks:?}"
+        );
+        assert!(checks
+            .iter()
+            .any(|c| c.to_string().contains("the reconciler downloads")));
     }
 
     #[test]

@@ -136,6 +136,11 @@ fn referenced_metrics() -> BTreeSet<String> {
     names
 }
 
+/// Series that exist only while a process holds what they measure (this stack's merchant
+/// verifies with a WeChat Pay public key, which has no expiry): e2e_certificates.rs checks
+/// that the gateway, worker and reconciler export them once they hold certificates.
+const HELD_ONLY: [&str; 1] = ["wxpay_platform_key_expiry_seconds"];
+
 /// Which process must export `name`.
 fn owner(name: &str) -> &'static str {
     if name.starts_with("wxpay_gateway_") {
@@ -172,6 +177,7 @@ async fn load_is_verified_and_every_referenced_metric_is_exported() {
     .map(|(service, text)| (service, metric_names(&text)));
     let missing: Vec<String> = referenced
         .iter()
+        .filter(|name| !HELD_ONLY.contains(&name.as_str()))
         .filter(|name| {
             !exported
                 .iter()

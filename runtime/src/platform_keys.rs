@@ -34,7 +34,7 @@ use wxpay_shared::v3::{CertificateError, EncryptedCertificate};
 
 use crate::amqp::durable_queue_options;
 use crate::config::{Merchants, RabbitmqSettings, PLATFORM_KEYS_MAX_AGE_SECS};
-use crate::reload::{LearnError, MerchantsHandle};
+use crate::reload::{AbortOnDrop, LearnError, MerchantsHandle};
 use crate::telemetry::{metric, step};
 
 /// Segment size of the stream: retention drops whole segments, and the default (500 MB)
@@ -240,13 +240,7 @@ pub fn report_expiry(merchants: &Merchants) {
 /// Keeps the expiry gauges current and, while a merchant downloads certificates, reads the
 /// stream from its first message into the merchants. Stops when dropped.
 pub struct PlatformKeysTask {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for PlatformKeysTask {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDrop,
 }
 
 impl PlatformKeysTask {
@@ -287,7 +281,9 @@ impl PlatformKeysTask {
                 }
             }
         });
-        PlatformKeysTask { task }
+        PlatformKeysTask {
+            _task: AbortOnDrop(task),
+        }
     }
 }
 

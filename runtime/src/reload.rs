@@ -476,16 +476,19 @@ impl Reloaded {
     }
 }
 
+/// A background task that ends when its owner is dropped.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Reloads its handle on SIGHUP and, when polling, when either file changes; stops when
 /// dropped.
 pub struct Reloader {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Reloader {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDrop,
 }
 
 impl Reloader {
@@ -528,7 +531,9 @@ impl Reloader {
                 .await;
             }
         });
-        Ok(Reloader { task })
+        Ok(Reloader {
+            _task: AbortOnDrop(task),
+        })
     }
 }
 

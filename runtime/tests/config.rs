@@ -349,3 +349,55 @@ fn confirm_by_query_is_off_by_default_and_takes_a_positive_amount_in_fen() {
         "{error}"
     );
 }
+
+/// Merchant 1900000109 with every v3 piece but a platform key, downloading its platform
+/// certificates or not.
+fn downloading_merchant(download: bool) -> String {
+    let key = include_str!("../../testkit/fixtures/other_private.pem");
+    format!(
+        "[[merchants]]\nmch_id = \"1900000109\"\nappids = [\"wx1\"]\napi_v2_key = \"{V2_KEY}\"\n\
+         api_v3_key = \"{V3_KEY}\"\nmerchant_serial = \"MERCHANT_SERIAL\"\n\
+         merchant_private_key_pem = \"\"\"{key}\"\"\"\ndownload_platform_certificates = {download}\n"
+    )
+}
+
+#[test]
+fn a_downloading_merchant_needs_its_v3_credentials_and_no_file_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = load(&write(&dir, &downloading_merchant(true))).expect("loads");
+    let merchants = settings.merchants().expect("valid");
+    let merchant = merchants.get("1900000109").unwrap();
+    assert!(merchant.download_platform_certificates && merchant.uses_v3());
+    assert_eq!(
+        settings.reconciler.platform_certificates_refresh_secs,
+        43_200
+    );
+
+    let without_serial =
+        downloading_merchant(true).replace("merchant_serial = \"MERCHANT_SERIAL\"\n", "");
+    match load(&write(&dir, &without_serial)) {
+        Err(ConfigError::Merchant { mch_id, field, .. }) => {
+            assert_eq!((mch_id.as_str(), field), ("1900000109", "merchant_serial"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let without_v3_key = v2_only_merchant("wx1") + "download_platform_certificates = true\n";
+    match load(&write(&dir, &without_v3_key)) {
+        Err(ConfigError::Merchant { field, .. }) => assert_eq!(field, "api_v3_key"),
+        other => panic!("{other:?}"),
+    }
+    // Not downloading: a v3 merchant needs a key of its own, as before.
+    match load(&write(&dir, &downloading_merchant(false))) {
+        Err(ConfigError::Merchant { field, .. }) => assert_eq!(field, "platform_public_keys"),
+        other => panic!("{other:?}"),
+    }
+    for refresh in ["0", "604800"] {
+        let text = format!("[reconciler]\nplatform_certificates_refresh_secs = {refresh}\n");
+        match load(&write(&dir, &text)) {
+            Err(ConfigError::Invalid { field, .. }) => {
+                assert_eq!(field, "reconciler.platform_certificates_refresh_secs");
+            }
+            other => panic!("{refresh}: {other:?}"),
+        }
+    }
+}

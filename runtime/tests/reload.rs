@@ -2,13 +2,20 @@
 //! whole, a file a start-up would refuse changes nothing, and snapshots taken before a
 //! reload keep the keys they were taken with. Merchants from a second file (a Kubernetes
 //! Secret mounted as it is): added to the configuration file's, and reloaded when the
-//! kubelet swaps the volume's `..data` symlink.
+//! kubelet swaps the volume's `..data` symlink. Platform certificates shared through the
+//! stream: decrypted with the merchant's APIv3 key, refused when forged, kept by a reload.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::time::SystemTime;
+
 use wxpay_runtime::config::{ConfigError, ConfigFiles, Settings};
-use wxpay_runtime::reload::{MerchantsHandle, ReloadError, Reloaded, Reloader, Trigger};
+use wxpay_runtime::platform_keys::{receive, MessageRefused, Received, SharedCertificates};
+use wxpay_runtime::reload::{
+    LearnError, MerchantsHandle, ReloadError, Reloaded, Reloader, Trigger,
+};
+use wxpay_shared::v3::EncryptedCertificate;
 
 const MCH_ID: &str = "1900000109";
 const OTHER_MCH_ID: &str = "1900000110";
@@ -18,6 +25,10 @@ const OLD_SERIAL: &str = "PUB_KEY_ID_0119000001092025OLD";
 const NEW_SERIAL: &str = "PUB_KEY_ID_0119000001092026NEW";
 const OLD_PEM: &str = include_str!("fixtures/platform_public.pem");
 const NEW_PEM: &str = include_str!("fixtures/new_platform_public.pem");
+const MERCHANT_KEY_PEM: &str = include_str!("../../testkit/fixtures/other_private.pem");
+/// Made by `openssl req -x509` (testkit/fixtures/README.md).
+const CERT_PEM: &str = include_str!("../../testkit/fixtures/platform_cert.pem");
+const CERT_SERIAL: &str = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1";
 
 /// A configuration without merchants.
 fn gateway_section(listen: &str) -> String {
@@ -459,4 +470,91 @@ async fn a_secret_volume_updated_by_swapping_its_data_symlink_is_reloaded_by_the
     volume.update(&merchant(MCH_ID, &[(NEW_SERIAL, NEW_PEM)]));
     wait_for_serials(&handle, &[NEW_SERIAL]).await;
     assert!(!handle.files_changed(), "each version read once");
+}
+
+/// Merchant `mch_id` as [`merchant`] makes it, also with what downloading platform
+/// certificates needs, downloading them or not (`download`).
+fn downloading_merchant(mch_id: &str, file_keys: &[(&str, &str)], download: bool) -> String {
+    let downloads = format!(
+        "merchant_serial = \"MERCHANT_SERIAL\"\nmerchant_private_key_pem = \"\"\"{MERCHANT_KEY_PEM}\"\"\"\n\
+         download_platform_certificates = {download}\n[merchants.platform_public_keys]"
+    );
+    merchant(mch_id, file_keys).replacen("[merchants.platform_public_keys]", &downloads, 1)
+}
+
+fn message(mch_id: &str, api_v3_key: &[u8], nonce: &str) -> Vec<u8> {
+    SharedCertificates {
+        mch_id: mch_id.to_owned(),
+        data: vec![EncryptedCertificate::encrypt(api_v3_key, nonce, CERT_PEM).expect("encrypts")],
+    }
+    .to_body()
+}
+
+#[test]
+fn shared_certificates_are_learned_kept_by_a_reload_and_forgeries_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = downloading_merchant(MCH_ID, &[], true)
+        + &downloading_merchant(OTHER_MCH_ID, &[(OLD_SERIAL, OLD_PEM)], false);
+    let (path, handle) = load(&dir, &text);
+    assert!(serials(&handle.current()).is_empty(), "starts with no key");
+    let before = handle.current();
+    let now = SystemTime::now();
+
+    // Forged: encrypted with another key than the merchant's APIv3 key, or the
+    // certificate under another serial. Refused, nothing added.
+    let forged = message(MCH_ID, b"0123456789abcdef0123456789ABCDEF", "aaaaaaaaaaaa");
+    let refused = receive(&handle, &forged, now).expect("a message for this merchant");
+    assert_eq!(
+        refused,
+        Received {
+            added: vec![],
+            refused: vec![(CERT_SERIAL.to_owned(), "decrypt")]
+        }
+    );
+    let mut renamed: SharedCertificates =
+        serde_json::from_slice(&message(MCH_ID, V3_KEY.as_bytes(), "bbbbbbbbbbbb")).unwrap();
+    renamed.data[0].serial_no = "PUB_KEY_ID_0119000001092026NEW".into();
+    let refused = receive(&handle, &renamed.to_body(), now).expect("a message");
+    assert_eq!(refused.refused[0].1, "serial_mismatch");
+    assert!(serials(&handle.current()).is_empty());
+
+    // Not for a merchant that downloads here, or not a message at all.
+    let other = message(OTHER_MCH_ID, V3_KEY.as_bytes(), "cccccccccccc");
+    assert!(matches!(
+        receive(&handle, &other, now),
+        Err(MessageRefused::Merchant(LearnError::NotDownloading(_)))
+    ));
+    assert!(matches!(
+        receive(&handle, b"{\"data\":1}", now),
+        Err(MessageRefused::Malformed(_))
+    ));
+
+    // Genuine: added once; a snapshot taken before keeps its keys.
+    let genuine = message(MCH_ID, V3_KEY.as_bytes(), "dddddddddddd");
+    let received = receive(&handle, &genuine, now).expect("accepted");
+    assert_eq!(received.added, [format!("{MCH_ID}/{CERT_SERIAL}")]);
+    assert!(received.refused.is_empty());
+    assert_eq!(serials(&handle.current()), [CERT_SERIAL]);
+    assert!(before.get(MCH_ID).unwrap().platform_keys.is_empty());
+    let again = receive(&handle, &genuine, now).expect("accepted");
+    assert!(again.added.is_empty(), "a serial is added once");
+    let merchants = handle.current();
+    let (serial, not_after) = merchants
+        .get(MCH_ID)
+        .unwrap()
+        .platform_keys
+        .certificates()
+        .next()
+        .expect("its notAfter is known");
+    assert_eq!(serial, CERT_SERIAL);
+    assert!(not_after > now);
+
+    // A reload of the file (a file key added) keeps the learned certificate.
+    let text = downloading_merchant(MCH_ID, &[(OLD_SERIAL, OLD_PEM)], true)
+        + &downloading_merchant(OTHER_MCH_ID, &[(OLD_SERIAL, OLD_PEM)], false);
+    write(&path, &text);
+    let reloaded = handle.reload(Trigger::Sighup).expect("reloads");
+    assert_eq!(reloaded.serials_added, [format!("{MCH_ID}/{OLD_SERIAL}")]);
+    assert!(reloaded.serials_removed.is_empty(), "{reloaded:?}");
+    assert_eq!(serials(&handle.current()), [CERT_SERIAL, OLD_SERIAL]);
 }

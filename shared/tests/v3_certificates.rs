@@ -43,21 +43,30 @@ fn check() -> TimestampCheck {
     }
 }
 
+/// [`verify_download`] of `body` with the fixture's headers, at the signing time.
+fn download(
+    body: &str,
+    known: &PlatformKeys,
+    api_v3_key: &[u8],
+    check: TimestampCheck,
+) -> Result<wxpay_shared::v3::Downloaded, DownloadError> {
+    verify_download(
+        &headers(),
+        body.as_bytes(),
+        known,
+        api_v3_key,
+        check,
+        at(SIGNED_AT),
+    )
+}
+
 fn answer() -> CertificatesAnswer {
     CertificatesAnswer::parse(BODY.as_bytes()).unwrap()
 }
 
 #[test]
 fn the_first_download_verifies_with_the_certificate_it_brings() {
-    let downloaded = verify_download(
-        &headers(),
-        BODY.as_bytes(),
-        &PlatformKeys::new(),
-        API_V3_KEY,
-        check(),
-        at(SIGNED_AT),
-    )
-    .unwrap();
+    let downloaded = download(BODY, &PlatformKeys::new(), API_V3_KEY, check()).unwrap();
     assert!(downloaded.refused.is_empty(), "{:?}", downloaded.refused);
     let [certificate] = downloaded.accepted.as_slice() else {
         panic!("one certificate: {:?}", downloaded.accepted)
@@ -77,14 +86,7 @@ fn a_known_key_that_did_not_sign_refuses_the_answer() {
         .unwrap()
         .public_key();
     known.insert(SERIAL, other);
-    let refused = verify_download(
-        &headers(),
-        BODY.as_bytes(),
-        &known,
-        API_V3_KEY,
-        check(),
-        at(SIGNED_AT),
-    );
+    let refused = download(BODY, &known, API_V3_KEY, check());
     assert_eq!(
         refused.unwrap_err(),
         DownloadError::Signature(VerifyError::SignatureMismatch)
@@ -93,13 +95,11 @@ fn a_known_key_that_did_not_sign_refuses_the_answer() {
 
 #[test]
 fn with_a_wrong_api_v3_key_nothing_decrypts_and_nothing_verifies() {
-    let result = verify_download(
-        &headers(),
-        BODY.as_bytes(),
+    let result = download(
+        BODY,
         &PlatformKeys::new(),
         b"0123456789abcdef0123456789ABCDEX",
         check(),
-        at(SIGNED_AT),
     );
     assert_eq!(
         result.unwrap_err(),
@@ -110,14 +110,7 @@ fn with_a_wrong_api_v3_key_nothing_decrypts_and_nothing_verifies() {
 #[test]
 fn a_tampered_body_or_a_stale_answer_is_refused() {
     let tampered = BODY.replace("+08:00", "+09:00");
-    let result = verify_download(
-        &headers(),
-        tampered.as_bytes(),
-        &PlatformKeys::new(),
-        API_V3_KEY,
-        check(),
-        at(SIGNED_AT),
-    );
+    let result = download(&tampered, &PlatformKeys::new(), API_V3_KEY, check());
     assert_eq!(
         result.unwrap_err(),
         DownloadError::Signature(VerifyError::SignatureMismatch)
@@ -126,14 +119,7 @@ fn a_tampered_body_or_a_stale_answer_is_refused() {
         now_unix: SIGNED_AT + 301,
     };
     assert!(matches!(
-        verify_download(
-            &headers(),
-            BODY.as_bytes(),
-            &PlatformKeys::new(),
-            API_V3_KEY,
-            stale,
-            at(SIGNED_AT)
-        ),
+        download(BODY, &PlatformKeys::new(), API_V3_KEY, stale),
         Err(DownloadError::Signature(VerifyError::StaleTimestamp { .. }))
     ));
 }

@@ -12,10 +12,9 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Confirmation};
 use wxpay_runtime::platform_keys::SharedCertificates;
-use wxpay_shared::state::OrderState;
 use wxpay_shared::v3::EncryptedCertificate;
 
-use crate::e2e_support::{eventually, insert_order, order, scrape, Stack};
+use crate::e2e_support::{eventually, insert_order, scrape, wait_paid, Stack};
 
 const OLDER_CERT: &str = include_str!("../../../testkit/fixtures/platform_cert.pem");
 const OLDER_KEY: &str = include_str!("../../../testkit/fixtures/platform_private.pem");
@@ -59,25 +58,6 @@ async fn stack() -> Stack {
     s
 }
 
-/// `wxpay-sim notify` of a v3 payment, once: whether the gateway accepted it.
-async fn notify(s: &Stack, out_trade_no: &str) -> bool {
-    let target = s.gateway_url();
-    let args = [
-        "notify",
-        "--target",
-        &target,
-        "--kind",
-        "v3-pay",
-        "--out-trade-no",
-        out_trade_no,
-        "--amount",
-        "100",
-        "--max-attempts",
-        "1",
-    ];
-    s.sim(&args).await.success
-}
-
 /// The seconds to expiry a service exports for the merchant's certificate `serial`.
 async fn expiry(base: &str, mch_id: &str, serial: &str) -> Option<f64> {
     let series =
@@ -94,7 +74,7 @@ async fn downloaded_certificates_reach_a_gateway_without_keys_and_forgeries_do_n
     let mut conn = s.conn().await;
     insert_order(&mut conn, &s, "CERT-1", 100).await;
     assert!(
-        !notify(&s, "CERT-1").await,
+        !s.notify_v3_pay_once("CERT-1", "100").await.success,
         "no key yet: the gateway must refuse\n{}",
         s.logs(40)
     );
@@ -126,16 +106,11 @@ async fn downloaded_certificates_reach_a_gateway_without_keys_and_forgeries_do_n
     );
 
     assert!(
-        notify(&s, "CERT-1").await,
+        s.notify_v3_pay_once("CERT-1", "100").await.success,
         "signed with the downloaded certificate's key: accepted\n{}",
         s.logs(40)
     );
-    eventually(
-        Duration::from_secs(30),
-        "CERT-1 paid by the worker",
-        async || order(&mut conn, &s.mch_id, "CERT-1").await.state == OrderState::Paid.as_str(),
-    )
-    .await;
+    wait_paid(&mut conn, &s, "CERT-1").await;
 
     // A forged message in the stream: a certificate encrypted under another key than the
     // merchant's APIv3 key. Every reader refuses it with one line.

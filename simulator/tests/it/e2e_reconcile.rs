@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use wxpay_shared::state::{OrderState, TradeState};
 
-use crate::e2e_support::{count, eventually, insert_order, order, scrape, worker_done, Stack};
+use crate::e2e_support::{
+    count, eventually, insert_order, order, scrape, wait_paid, worker_done, Stack,
+};
 
 /// The transaction_id that `wxpay-sim order` printed.
 fn transaction_id(stdout: &str) -> String {
@@ -70,12 +72,7 @@ async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
         round.describe(),
         s.logs(40)
     );
-    eventually(
-        Duration::from_secs(30),
-        "RECON-PAID PAID through the reconciler",
-        async || order(&mut conn, &s.mch_id, "RECON-PAID").await.state == OrderState::Paid.as_str(),
-    )
-    .await;
+    wait_paid(&mut conn, &s, "RECON-PAID").await;
     let paid = order(&mut conn, &s.mch_id, "RECON-PAID").await;
     assert_eq!(
         paid.transaction_id.as_deref(),
@@ -100,22 +97,7 @@ async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
 
     // The notification arrives late after all: a duplicate, nothing applied twice.
     let before = worker_done(&scrape(&s.worker_url()).await);
-    let target = s.gateway_url();
-    let late = s
-        .sim(&[
-            "notify",
-            "--target",
-            &target,
-            "--kind",
-            "v3-pay",
-            "--out-trade-no",
-            "RECON-PAID",
-            "--amount",
-            "1200",
-            "--max-attempts",
-            "1",
-        ])
-        .await;
+    let late = s.notify_v3_pay_once("RECON-PAID", "1200").await;
     assert!(
         late.success,
         "late notification refused\n{}",

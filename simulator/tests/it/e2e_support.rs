@@ -368,6 +368,25 @@ impl Stack {
         run(&self.bins.sim, &full, Duration::from_secs(120)).await
     }
 
+    /// `wxpay-sim notify` of a v3 payment of `amount` fen to the gateway, one attempt.
+    pub async fn notify_v3_pay_once(&self, out_trade_no: &str, amount: &str) -> Output {
+        let target = self.gateway_url();
+        self.sim(&[
+            "notify",
+            "--target",
+            &target,
+            "--kind",
+            "v3-pay",
+            "--out-trade-no",
+            out_trade_no,
+            "--amount",
+            amount,
+            "--max-attempts",
+            "1",
+        ])
+        .await
+    }
+
     /// `wxpay-worker --config … <args>`, to completion.
     pub async fn worker_cmd(&self, args: &[&str], limit: Duration) -> Output {
         let mut full = vec!["--config", path_str(&self.config)];
@@ -559,6 +578,14 @@ pub async fn insert_order(conn: &mut AsyncPgConnection, s: &Stack, no: &str, amo
         state: OrderState::NotPay.as_str(),
     };
     order.insert(conn).await;
+}
+
+/// Waits (30 s at most) until the worker has marked order `no` of the stack's merchant paid.
+pub async fn wait_paid(conn: &mut AsyncPgConnection, s: &Stack, no: &str) {
+    eventually(Duration::from_secs(30), &format!("{no} PAID"), async || {
+        order(conn, &s.mch_id, no).await.state == OrderState::Paid.as_str()
+    })
+    .await;
 }
 
 /// Messages the worker finished with (everything but a hand-over to a retry tier).

@@ -294,9 +294,9 @@ impl QueryClient {
         merchant: &Merchant,
         limiter: &RateLimiter,
     ) -> Result<Downloaded, QueryError> {
-        let api_v3_key = merchant.api_v3_key.as_ref().ok_or_else(|| {
-            QueryError::Client(format!("merchant {} has no APIv3 key", merchant.mch_id))
-        })?;
+        let Some(api_v3_key) = &merchant.api_v3_key else {
+            return Err(lacks(merchant, "APIv3 key"));
+        };
         let raw = self.get_v3(CERTIFICATES_PATH, merchant, limiter).await?;
         if raw.status != StatusCode::OK {
             return Err(QueryError::Status(raw.status.as_u16()));
@@ -385,9 +385,10 @@ impl QueryClient {
         merchant: &Merchant,
         limiter: &RateLimiter,
     ) -> Result<Raw, QueryError> {
-        let signer = merchant.signer.as_ref().ok_or_else(|| {
-            QueryError::Client(format!("merchant {} has no v3 signer", merchant.mch_id))
-        })?;
+        let signer = merchant
+            .signer
+            .as_ref()
+            .ok_or_else(|| lacks(merchant, "v3 signer"))?;
         let url = format!("{}{canonical_url}", self.api_base);
         let raw = self
             .send(limiter, || {
@@ -450,6 +451,11 @@ impl QueryClient {
             attempt += 1;
         }
     }
+}
+
+/// A merchant configured without `what`: the client cannot make this call.
+fn lacks(merchant: &Merchant, what: &str) -> QueryError {
+    QueryError::Client(format!("merchant {} has no {what}", merchant.mch_id))
 }
 
 /// One request; the body is read up to [`MAX_ANSWER_BYTES`].

@@ -174,6 +174,7 @@ pub(crate) async fn setup(api: Api) -> Setup {
         rate_per_merchant: 100,
         close_unpaid: true,
         metrics_listen: "127.0.0.1:0".into(),
+        ..ReconcilerSettings::default()
     };
     Setup { env, sim, settings }
 }

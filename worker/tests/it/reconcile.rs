@@ -15,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use wxpay_runtime::config::{MerchantSettings, ReconcilerSettings, Settings};
+use wxpay_runtime::reload::MerchantsHandle;
 use wxpay_runtime::telemetry;
 use wxpay_shared::state::{OrderState, RefundState, TradeState};
 use wxpay_testkit::clean_command;
@@ -39,6 +40,12 @@ pub(crate) struct Sim {
 
 impl Sim {
     pub(crate) async fn start() -> Sim {
+        Sim::start_with(&[]).await
+    }
+
+    /// The simulator serving platform `certificates` (certificate PEM, private key PEM),
+    /// oldest first: the last one signs.
+    async fn start_with(certificates: &[(&str, &str)]) -> Sim {
         let binary = wxpay_testkit::bin_path_async("wxpay-sim").await;
         let dir = tempfile::tempdir().expect("temp dir");
         let init = Command::new(&binary)
@@ -59,6 +66,9 @@ impl Sim {
         let settings = Settings::load_with_env(&example, Vec::<(String, String)>::new())
             .expect("init's example.toml loads");
         let merchant = settings.merchants[0].clone();
+        if !certificates.is_empty() {
+            add_certificates(&dir.path().join("simulator.toml"), certificates);
+        }
 
         let mut child = Command::new(&binary)
             .arg("--sim-config")
@@ -152,6 +162,17 @@ impl Sim {
     }
 }
 
+/// Adds `[[platform.certificates]]` to the simulator's secrets file.
+fn add_certificates(path: &std::path::Path, certificates: &[(&str, &str)]) {
+    let mut text = std::fs::read_to_string(path).expect("simulator.toml");
+    for (certificate, key) in certificates {
+        text.push_str(&format!(
+            "\n[[platform.certificates]]\ncertificate_pem = \"\"\"{certificate}\"\"\"\nprivate_key_pem = \"\"\"{key}\"\"\"\n"
+        ));
+    }
+    std::fs::write(path, text).expect("simulator.toml written");
+}
+
 /// A test database / queue / key prefix, a simulator, and settings pointing at both.
 pub(crate) struct Setup {
     pub(crate) env: TestEnv,
@@ -161,8 +182,13 @@ pub(crate) struct Setup {
 
 pub(crate) async fn setup(api: Api) -> Setup {
     let (env, sim) = tokio::join!(TestEnv::new(), Sim::start());
+    let merchant = sim.merchant_for(api);
+    setup_on(env, sim, merchant)
+}
+
+fn setup_on(env: TestEnv, sim: Sim, merchant: MerchantSettings) -> Setup {
     let mut settings = env.settings();
-    settings.merchants = vec![sim.merchant_for(api)];
+    settings.merchants = vec![merchant];
     settings.wechatpay.api_base = sim.url.clone();
     settings.wechatpay.request_timeout_ms = 3_000;
     settings.reconciler = ReconcilerSettings {
@@ -763,4 +789,71 @@ async fn reconcile_without_a_broker_is_alive_but_not_ready_and_keeps_trying() {
         "still running"
     );
     service.stop().await;
+}
+
+// ------------------------------------------------------------------ platform certificates
+
+/// Made by `openssl req -x509` (testkit/fixtures/README.md).
+const CERTIFICATES: [(&str, &str); 2] = [
+    (
+        include_str!("../../../testkit/fixtures/platform_cert.pem"),
+        include_str!("../../../testkit/fixtures/platform_private.pem"),
+    ),
+    (
+        include_str!("../../../testkit/fixtures/platform2_cert.pem"),
+        include_str!("../../../testkit/fixtures/platform2_private.pem"),
+    ),
+];
+const CERTIFICATE_SERIALS: [&str; 2] = [
+    "5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
+    "7D21A3C0F39E4B5A8C6D2E1F0A9B8C7D6E5F4A3B",
+];
+
+#[tokio::test]
+async fn downloaded_certificates_verify_the_queries_and_a_badly_signed_download_adds_nothing() {
+    let prometheus = telemetry::metrics_handle();
+    let (env, sim) = tokio::join!(TestEnv::new(), Sim::start_with(&CERTIFICATES));
+    let mut merchant = sim.merchant_for(Api::V3);
+    merchant.platform_public_keys.clear();
+    merchant.download_platform_certificates = true;
+    let s = setup_on(env, sim, merchant);
+    let merchants = MerchantsHandle::fixed(s.settings.merchants().expect("valid"));
+    let reconciler =
+        Reconciler::with_merchants(&s.settings, merchants.clone()).expect("reconciler builds");
+    let serials = || -> Vec<String> {
+        let current = merchants.current();
+        let merchant = current.get(MCH_ID).expect("the merchant");
+        merchant
+            .platform_keys
+            .serials()
+            .map(str::to_owned)
+            .collect()
+    };
+
+    // Certificates that decrypt, in an answer signed with another key: nothing is added.
+    s.sim.faults(json!({"bad_signature": true})).await;
+    assert!(!reconciler.refresh_certificates().await);
+    assert!(serials().is_empty());
+    let rendered = prometheus.render();
+    assert!(
+        metric(
+            &rendered,
+            "wxpay_reconciler_certificate_downloads_total{result=\"bad_signature\"}"
+        ) >= 1.0,
+        "{rendered}"
+    );
+
+    s.sim.faults(json!({})).await;
+    assert!(reconciler.refresh_certificates().await);
+    assert_eq!(serials(), CERTIFICATE_SERIALS);
+
+    // The order query's answers, signed with the newer certificate, now verify.
+    s.sim.order("cert-lost-1", 900, "SUCCESS").await;
+    s.env.insert_order("cert-lost-1", 900).await;
+    let report = reconciler
+        .round(&CancellationToken::new())
+        .await
+        .expect("round runs");
+    reconciler.close().await;
+    assert_eq!((report.published, report.errors), (1, 0), "{report:?}");
 }

@@ -48,6 +48,22 @@ pub const PLATFORM_PUBLIC_PEM: &str = include_str!("../fixtures/platform_public.
 /// A key that is not the platform's: forged v3 signatures.
 pub const OTHER_PRIVATE_PEM: &str = include_str!("../fixtures/other_private.pem");
 
+/// Platform certificates made by `openssl req -x509` (fixtures/README.md), oldest first:
+/// (certificate PEM, its subject's private key PEM, its serial). The first is the
+/// certificate of [`platform_key`].
+pub const PLATFORM_CERTIFICATES: [(&str, &str, &str); 2] = [
+    (
+        include_str!("../fixtures/platform_cert.pem"),
+        PLATFORM_PRIVATE_PEM,
+        "5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
+    ),
+    (
+        include_str!("../fixtures/platform2_cert.pem"),
+        include_str!("../fixtures/platform2_private.pem"),
+        "7D21A3C0F39E4B5A8C6D2E1F0A9B8C7D6E5F4A3B",
+    ),
+];
+
 /// The platform key WeChat Pay signs v3 notifications and API answers with.
 pub fn platform_key() -> &'static PrivateKey {
     static KEY: OnceLock<PrivateKey> = OnceLock::new();

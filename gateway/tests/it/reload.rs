@@ -17,7 +17,9 @@ use serde_json::Value;
 use wxpay_shared::v3::{public_key_to_pem, PrivateKey};
 
 use wxpay_testkit::config::config_toml;
-use wxpay_testkit::merchants::{PLATFORM_PUBLIC_PEM, V3_MERCHANT};
+use wxpay_testkit::merchants::{
+    OTHER_PRIVATE_PEM, PLATFORM_CERTIFICATES, PLATFORM_PUBLIC_PEM, V3_MERCHANT,
+};
 use wxpay_testkit::TestEnv;
 
 use crate::helpers::*;
@@ -333,4 +335,66 @@ fn a_missing_merchants_file_stops_the_gateway_with_one_line_naming_it() {
         stderr.contains(&missing.display().to_string()),
         "--merchants wins over the environment, and is named: {stderr}"
     );
+}
+
+/// A merchant that downloads its platform certificates, with a certificate of its own in
+/// the file, on a broker where the platform keys stream cannot be declared (a classic queue
+/// holds its name): the gateway says so, keeps trying, and verifies with the file's
+/// certificate, whose expiry it exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_platform_keys_stream_the_file_keys_serve_and_their_expiry_is_exported() {
+    let (certificate, _, cert_serial) = PLATFORM_CERTIFICATES[0];
+    let mut settings = gateway_settings();
+    let merchant = settings
+        .merchants
+        .iter_mut()
+        .find(|merchant| merchant.mch_id == V3_MCH)
+        .expect("the v3 merchant");
+    merchant.download_platform_certificates = true;
+    merchant.merchant_serial = Some("MERCHANT_SERIAL".into());
+    merchant.merchant_private_key_pem = Some(OTHER_PRIVATE_PEM.to_owned().into());
+    merchant.platform_public_keys = [(cert_serial.to_owned(), certificate.to_owned())].into();
+    let env = TestEnv::new("gateway", settings);
+    let connection = wxpay_testkit::amqp::connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    let stream = env.settings.rabbitmq.platform_keys_stream();
+    channel
+        .queue_declare(
+            stream.as_str().into(),
+            wxpay_runtime::amqp::durable_queue_options(),
+            Default::default(),
+        )
+        .await
+        .expect("a classic queue under the stream's name");
+    let config = wxpay_testkit::config_file(&env.settings);
+    let gateway = Gateway::start(config.path(), None);
+
+    let refused = gateway.wait_for_log(
+        "cannot read the platform keys stream: the keys already held stay in use",
+        |line| line["stream"] == stream.as_str(),
+    );
+    assert_eq!(refused["level"], "WARN", "{refused}");
+    assert_eq!(
+        gateway
+            .notify_signed(platform_key(), cert_serial, "nostream-1")
+            .await,
+        204,
+        "the file's certificate verifies"
+    );
+    let metrics = gateway
+        .client
+        .get(format!("{}/metrics", gateway.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let series = format!(
+        "wxpay_platform_key_expiry_seconds{{mch_id=\"{V3_MCH}\",serial=\"{cert_serial}\"}}"
+    );
+    let seconds = wxpay_testkit::metrics::series(&metrics, &series).expect(&series);
+    assert!(seconds > 9.0 * 365.0 * 86_400.0, "{seconds}");
+    drop(gateway);
+    assert_eq!(env.drain().await.len(), 1);
 }

@@ -13,15 +13,12 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Confirmation};
 use wxpay_runtime::platform_keys::SharedCertificates;
 use wxpay_shared::v3::EncryptedCertificate;
+use wxpay_testkit::merchants::PLATFORM_CERTIFICATES;
 
 use crate::e2e_support::{eventually, insert_order, scrape, wait_paid, Stack};
 
-const OLDER_CERT: &str = include_str!("../../../testkit/fixtures/platform_cert.pem");
-const OLDER_KEY: &str = include_str!("../../../testkit/fixtures/platform_private.pem");
-const NEWER_CERT: &str = include_str!("../../../testkit/fixtures/platform2_cert.pem");
-const NEWER_KEY: &str = include_str!("../../../testkit/fixtures/platform2_private.pem");
-const OLDER_SERIAL: &str = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1";
-const NEWER_SERIAL: &str = "7D21A3C0F39E4B5A8C6D2E1F0A9B8C7D6E5F4A3B";
+const OLDER_SERIAL: &str = PLATFORM_CERTIFICATES[0].2;
+const NEWER_SERIAL: &str = PLATFORM_CERTIFICATES[1].2;
 
 /// The stack's merchant downloading its certificates, with no platform key in the file;
 /// the simulator serving both certificates (the newer one, listed last, signs).
@@ -41,9 +38,9 @@ async fn stack() -> Stack {
     .await;
     let text = std::fs::read_to_string(&s.sim_config).expect("simulator.toml");
     let mut secrets: toml::Table = text.parse().expect("TOML");
-    let certificates = [(OLDER_CERT, OLDER_KEY), (NEWER_CERT, NEWER_KEY)]
+    let certificates = PLATFORM_CERTIFICATES
         .into_iter()
-        .map(|(certificate, key)| {
+        .map(|(certificate, key, _)| {
             toml::Value::Table(toml::Table::from_iter([
                 ("certificate_pem".to_owned(), certificate.into()),
                 ("private_key_pem".to_owned(), key.into()),

@@ -19,6 +19,7 @@ use wxpay_runtime::reload::MerchantsHandle;
 use wxpay_runtime::telemetry;
 use wxpay_shared::state::{OrderState, RefundState, TradeState};
 use wxpay_testkit::clean_command;
+use wxpay_testkit::merchants::PLATFORM_CERTIFICATES;
 use wxpay_testkit::services::free_port;
 use wxpay_worker::reconcile::query::Api;
 use wxpay_worker::reconcile::{Reconciler, RoundReport};
@@ -45,7 +46,7 @@ impl Sim {
 
     /// The simulator serving platform `certificates` (certificate PEM, private key PEM),
     /// oldest first: the last one signs.
-    async fn start_with(certificates: &[(&str, &str)]) -> Sim {
+    async fn start_with(certificates: &[(&str, &str, &str)]) -> Sim {
         let binary = wxpay_testkit::bin_path_async("wxpay-sim").await;
         let dir = tempfile::tempdir().expect("temp dir");
         let init = Command::new(&binary)
@@ -163,9 +164,9 @@ impl Sim {
 }
 
 /// Adds `[[platform.certificates]]` to the simulator's secrets file.
-fn add_certificates(path: &std::path::Path, certificates: &[(&str, &str)]) {
+fn add_certificates(path: &std::path::Path, certificates: &[(&str, &str, &str)]) {
     let mut text = std::fs::read_to_string(path).expect("simulator.toml");
-    for (certificate, key) in certificates {
+    for (certificate, key, _) in certificates {
         text.push_str(&format!(
             "\n[[platform.certificates]]\ncertificate_pem = \"\"\"{certificate}\"\"\"\nprivate_key_pem = \"\"\"{key}\"\"\"\n"
         ));
@@ -793,26 +794,10 @@ async fn reconcile_without_a_broker_is_alive_but_not_ready_and_keeps_trying() {
 
 // ------------------------------------------------------------------ platform certificates
 
-/// Made by `openssl req -x509` (testkit/fixtures/README.md).
-const CERTIFICATES: [(&str, &str); 2] = [
-    (
-        include_str!("../../../testkit/fixtures/platform_cert.pem"),
-        include_str!("../../../testkit/fixtures/platform_private.pem"),
-    ),
-    (
-        include_str!("../../../testkit/fixtures/platform2_cert.pem"),
-        include_str!("../../../testkit/fixtures/platform2_private.pem"),
-    ),
-];
-const CERTIFICATE_SERIALS: [&str; 2] = [
-    "5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
-    "7D21A3C0F39E4B5A8C6D2E1F0A9B8C7D6E5F4A3B",
-];
-
 #[tokio::test]
 async fn downloaded_certificates_verify_the_queries_and_a_badly_signed_download_adds_nothing() {
     let prometheus = telemetry::metrics_handle();
-    let (env, sim) = tokio::join!(TestEnv::new(), Sim::start_with(&CERTIFICATES));
+    let (env, sim) = tokio::join!(TestEnv::new(), Sim::start_with(&PLATFORM_CERTIFICATES));
     let mut merchant = sim.merchant_for(Api::V3);
     merchant.platform_public_keys.clear();
     merchant.download_platform_certificates = true;
@@ -845,7 +830,10 @@ async fn downloaded_certificates_verify_the_queries_and_a_badly_signed_download_
 
     s.sim.faults(json!({})).await;
     assert!(reconciler.refresh_certificates().await);
-    assert_eq!(serials(), CERTIFICATE_SERIALS);
+    assert_eq!(
+        serials(),
+        PLATFORM_CERTIFICATES.map(|(_, _, serial)| serial)
+    );
 
     // The order query's answers, signed with the newer certificate, now verify.
     s.sim.order("cert-lost-1", 900, "SUCCESS").await;

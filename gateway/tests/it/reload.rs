@@ -124,16 +124,20 @@ impl Gateway {
         assert_eq!((new, old), (204, 204), "new key, old key");
     }
 
-    async fn reloads_counted(&self, result: &str) -> String {
-        let metrics = self
-            .client
+    /// What `/metrics` says now.
+    async fn metrics(&self) -> String {
+        self.client
             .get(format!("{}/metrics", self.base))
             .send()
             .await
             .expect("metrics")
             .text()
             .await
-            .expect("metrics text");
+            .expect("metrics text")
+    }
+
+    async fn reloads_counted(&self, result: &str) -> String {
+        let metrics = self.metrics().await;
         let series = format!("wxpay_config_reloads_total{{result=\"{result}\"}} ");
         metrics
             .lines()
@@ -381,15 +385,7 @@ async fn without_the_platform_keys_stream_the_file_keys_serve_and_their_expiry_i
         204,
         "the file's certificate verifies"
     );
-    let metrics = gateway
-        .client
-        .get(format!("{}/metrics", gateway.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = gateway.metrics().await;
     let series = format!(
         "wxpay_platform_key_expiry_seconds{{mch_id=\"{V3_MCH}\",serial=\"{cert_serial}\"}}"
     );

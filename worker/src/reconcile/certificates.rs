@@ -100,7 +100,11 @@ impl Reconciler {
             data: downloaded.answer.data,
         };
         let published = match self.publisher().await {
-            Ok(publisher) => publisher.publish_certificates(&message.to_body()).await,
+            Ok(publisher) => {
+                publisher
+                    .publish_certificates(&self.inner.rabbitmq, &message.to_body())
+                    .await
+            }
             Err(error) => Err(error),
         };
         match published {

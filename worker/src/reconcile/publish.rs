@@ -17,8 +17,6 @@ pub struct Publisher {
     connection: Connection,
     channel: Channel,
     queue: String,
-    /// The platform keys stream (`wxpay_runtime::platform_keys`).
-    stream: String,
 }
 
 impl Publisher {
@@ -34,12 +32,10 @@ impl Publisher {
             quorum_queue_arguments(),
         ))
         .await?;
-        broker::bounded(platform_keys::declare_stream(&channel, rabbitmq)).await?;
         Ok(Publisher {
             connection,
             channel,
             queue: rabbitmq.queue.clone(),
-            stream: rabbitmq.platform_keys_stream(),
         })
     }
 
@@ -62,12 +58,24 @@ impl Publisher {
         .await
     }
 
-    /// Appends downloaded platform certificates to the platform keys stream, confirmed.
-    pub async fn publish_certificates(&self, body: &[u8]) -> Result<(), BrokerError> {
+    /// Appends downloaded platform certificates to the platform keys stream (declared
+    /// first), confirmed. On a channel of its own: a stream the broker refuses to declare
+    /// closes that channel only, and the rounds keep theirs.
+    pub async fn publish_certificates(
+        &self,
+        rabbitmq: &RabbitmqSettings,
+        body: &[u8],
+    ) -> Result<(), BrokerError> {
+        let channel = broker::confirm_channel(&self.connection).await?;
+        broker::bounded(platform_keys::declare_stream(&channel, rabbitmq)).await?;
         let properties = lapin::BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(PERSISTENT);
-        broker::publish_confirmed(&self.channel, "", &self.stream, true, body, properties).await
+        let stream = rabbitmq.platform_keys_stream();
+        let published =
+            broker::publish_confirmed(&channel, "", &stream, true, body, properties).await;
+        let _ = channel.close(200, "certificates shared".into()).await;
+        published
     }
 
     /// Closes the connection politely (best effort).

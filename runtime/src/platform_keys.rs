@@ -30,7 +30,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
-use wxpay_shared::v3::{CertificateError, EncryptedCertificate};
+use wxpay_shared::v3::{decrypt_each, CertificateError, EncryptedCertificate};
 
 use crate::amqp::durable_queue_options;
 use crate::config::{Merchants, RabbitmqSettings, PLATFORM_KEYS_MAX_AGE_SECS};
@@ -160,17 +160,10 @@ fn decrypt_and_learn(
         .api_v3_key
         .as_ref()
         .ok_or(MessageRefused::NoApiV3Key)?;
-    let mut accepted = Vec::new();
-    let mut refused = Vec::new();
-    for certificate in &message.data {
-        match certificate.decrypt(api_v3_key.expose_secret().as_bytes(), now) {
-            Ok(decrypted) => accepted.push(decrypted),
-            Err(error) => {
-                let serial: String = certificate.serial_no.chars().take(64).collect();
-                log_refused(mch_id, &serial, &error);
-                refused.push((serial, error.code()));
-            }
-        }
+    let (accepted, refused) =
+        decrypt_each(&message.data, api_v3_key.expose_secret().as_bytes(), now);
+    for (serial, error) in &refused {
+        log_refused(mch_id, serial, error);
     }
     let added = merchants.learn(mch_id, &accepted)?;
     if !added.is_empty() {
@@ -181,7 +174,10 @@ fn decrypt_and_learn(
             .into_iter()
             .map(|serial| format!("{mch_id}/{serial}"))
             .collect(),
-        refused,
+        refused: refused
+            .into_iter()
+            .map(|(serial, error)| (serial, error.code()))
+            .collect(),
     })
 }
 
@@ -298,6 +294,60 @@ pub enum FollowError {
     Ended,
 }
 
+/// The messages the stream retains, oldest first, read until `idle` passes without one
+/// (`wxpay-worker doctor`). Creates nothing: a stream not declared yet is an error.
+pub async fn retained(
+    connection: &Connection,
+    rabbitmq: &RabbitmqSettings,
+    idle: Duration,
+) -> Result<Vec<SharedCertificates>, FollowError> {
+    let channel = connection.create_channel().await?;
+    let stream = rabbitmq.platform_keys_stream();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..durable_queue_options()
+    };
+    channel
+        .queue_declare(stream.as_str().into(), passive, FieldTable::default())
+        .await?;
+    let mut consumer = consume_from_first(&channel, rabbitmq, "wxpay-doctor").await?;
+    let mut messages = Vec::new();
+    while let Ok(next) = tokio::time::timeout(idle, consumer.next()).await {
+        let Some(delivery) = next else { break };
+        let delivery = delivery?;
+        if let Ok(message) = serde_json::from_slice(&delivery.data) {
+            messages.push(message);
+        }
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+    }
+    let _ = channel.close(200, "read".into()).await;
+    Ok(messages)
+}
+
+/// A consumer of the stream from its first retained message. A stream consumer needs a
+/// prefetch and manual acks; `first` replays what was downloaded before this process.
+async fn consume_from_first(
+    channel: &Channel,
+    rabbitmq: &RabbitmqSettings,
+    service: &str,
+) -> Result<lapin::Consumer, lapin::Error> {
+    channel
+        .basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(ShortString::from("x-stream-offset"), text("first"));
+    channel
+        .basic_consume(
+            rabbitmq.platform_keys_stream().as_str().into(),
+            format!("{service}-platform-keys-{}", uuid::Uuid::now_v7())
+                .as_str()
+                .into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+}
+
 /// One connection's reading of the stream, from its first message; returns when no
 /// merchant downloads certificates any more.
 async fn follow(
@@ -311,23 +361,7 @@ async fn follow(
         let connection = Connection::connect(rabbitmq.url.expose_secret(), properties).await?;
         let channel = connection.create_channel().await?;
         declare_stream(&channel, rabbitmq).await?;
-        // A stream consumer needs a prefetch and manual acks; `first` replays the
-        // retained messages, so a process started now learns what was downloaded before.
-        channel
-            .basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
-            .await?;
-        let mut arguments = FieldTable::default();
-        arguments.insert(ShortString::from("x-stream-offset"), text("first"));
-        let consumer = channel
-            .basic_consume(
-                rabbitmq.platform_keys_stream().as_str().into(),
-                format!("{service}-platform-keys-{}", uuid::Uuid::now_v7())
-                    .as_str()
-                    .into(),
-                BasicConsumeOptions::default(),
-                arguments,
-            )
-            .await?;
+        let consumer = consume_from_first(&channel, rabbitmq, service).await?;
         Ok::<_, FollowError>((connection, channel, consumer))
     };
     let timeout = Duration::from_millis(rabbitmq.connect_timeout_ms.max(1) * 2);

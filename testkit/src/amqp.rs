@@ -19,6 +19,37 @@ use wxpay_shared::message::NotifyMessage;
 
 use crate::services::AMQP_URL;
 
+/// Appends `body` to the platform keys stream of `rabbitmq` (declared first, as the
+/// services declare it), confirmed.
+pub async fn publish_to_stream(rabbitmq: &RabbitmqSettings, body: &[u8]) {
+    let connection = connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    wxpay_runtime::platform_keys::declare_stream(&channel, rabbitmq)
+        .await
+        .expect("the stream declared");
+    let stream = rabbitmq.platform_keys_stream();
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            stream.as_str().into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("published");
+    let confirmation = confirm.await.expect("confirmed");
+    assert!(
+        matches!(confirmation, Confirmation::Ack(None)),
+        "{confirmation:?}"
+    );
+    let _ = connection.close(200, "published".into()).await;
+}
+
 /// A connection to the test broker, bounded so that a broker that is down fails the test.
 pub async fn connect() -> Connection {
     try_connect(AMQP_URL).await.expect("broker connection")

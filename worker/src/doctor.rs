@@ -23,9 +23,12 @@ use wxpay_runtime::config::{
     ConfigFiles, DatabaseSettings, MerchantSettings, RabbitmqSettings, RedisSettings, Settings,
     WechatpaySettings, WorkerSettings,
 };
+use wxpay_runtime::platform_keys;
 use wxpay_shared::answer;
 use wxpay_shared::v3::keys::{certificate_not_after, certificate_serial_hex};
-use wxpay_shared::v3::{load_private_key_pem, load_public_key_pem, KeyError, MAX_CLOCK_SKEW_SECS};
+use wxpay_shared::v3::{
+    decrypt_each, load_private_key_pem, load_public_key_pem, KeyError, MAX_CLOCK_SKEW_SECS,
+};
 
 use crate::broker::{self, BrokerError};
 use crate::db::with_connect_timeout;
@@ -145,7 +148,7 @@ pub async fn run(files: &ConfigFiles, options: Options) -> Vec<Check> {
     };
     let (clock, rabbitmq, postgres, redis, route) = tokio::join!(
         clock_check(&settings.wechatpay),
-        rabbitmq_checks(&settings.rabbitmq, &settings.worker),
+        rabbitmq_checks(&settings.rabbitmq, &settings.worker, &settings.merchants),
         postgres_checks(&settings.database),
         redis_check(&settings.redis),
         route,
@@ -282,7 +285,7 @@ pub fn merchant_checks(merchant: &MerchantSettings, now: SystemTime) -> Vec<Chec
     } else if merchant.download_platform_certificates {
         Check::ok(format!(
             "{who} platform keys: none in the file; the platform certificates the reconciler \
-             downloads (GET /v3/certificates)"
+             downloads (GET /v3/certificates), counted in the stream below"
         ))
     } else if v3 {
         Check::fail(
@@ -617,7 +620,11 @@ async fn clock_check(wechatpay: &WechatpaySettings) -> Check {
 // ---------------------------------------------------------------------------------------
 // Services
 
-async fn rabbitmq_checks(rabbitmq: &RabbitmqSettings, worker: &WorkerSettings) -> Vec<Check> {
+async fn rabbitmq_checks(
+    rabbitmq: &RabbitmqSettings,
+    worker: &WorkerSettings,
+    merchants: &[MerchantSettings],
+) -> Vec<Check> {
     let connection = match broker::connect(rabbitmq).await {
         Ok(connection) => connection,
         Err(error) => {
@@ -651,8 +658,77 @@ async fn rabbitmq_checks(rabbitmq: &RabbitmqSettings, worker: &WorkerSettings) -
             "`wxpay-worker run` declares it at start-up: start it, or check rabbitmq.events_exchange",
         ),
     });
+    let downloading: Vec<&MerchantSettings> = merchants
+        .iter()
+        .filter(|merchant| merchant.download_platform_certificates)
+        .collect();
+    if !downloading.is_empty() {
+        checks.extend(downloaded_certificate_checks(&connection, rabbitmq, &downloading).await);
+    }
     broker::close(&connection, &[], "doctor done").await;
     checks
+}
+
+/// How long the stream may stay silent before everything it retains counts as read.
+const STREAM_IDLE: Duration = Duration::from_secs(1);
+
+/// For each merchant that downloads its platform certificates: the certificates the
+/// platform keys stream holds for it that decrypt with its APIv3 key and are valid now,
+/// what every service adds to the merchant's keys (`wxpay_runtime::platform_keys`).
+async fn downloaded_certificate_checks(
+    connection: &Connection,
+    rabbitmq: &RabbitmqSettings,
+    merchants: &[&MerchantSettings],
+) -> Vec<Check> {
+    let stream = rabbitmq.platform_keys_stream();
+    let messages = match platform_keys::retained(connection, rabbitmq, STREAM_IDLE).await {
+        Ok(messages) => messages,
+        Err(error) => {
+            return vec![Check::fail(
+                format!("RabbitMQ stream {stream} cannot be read ({error})"),
+                "the reconciler, the gateway and `wxpay-worker run` declare it while a merchant \
+                 downloads its platform certificates: start `wxpay-worker reconcile`",
+            )]
+        }
+    };
+    let now = SystemTime::now();
+    merchants
+        .iter()
+        .map(|merchant| {
+            let who = format!("merchant {}", merchant.mch_id);
+            let key = merchant
+                .api_v3_key
+                .as_ref()
+                .map(|key| key.expose_secret().as_bytes().to_vec())
+                .unwrap_or_default();
+            let mut valid: Vec<(String, SystemTime)> = messages
+                .iter()
+                .filter(|message| message.mch_id == merchant.mch_id)
+                .flat_map(|message| decrypt_each(&message.data, &key, now).0)
+                .map(|certificate| (certificate.serial, certificate.not_after))
+                .collect();
+            valid.sort();
+            valid.dedup();
+            match valid.iter().map(|(_, not_after)| *not_after).max() {
+                Some(latest) => {
+                    let serials: Vec<&str> =
+                        valid.iter().map(|(serial, _)| serial.as_str()).collect();
+                    let until = DateTime::<Utc>::from(latest).format("%Y-%m-%d %H:%M UTC");
+                    Check::ok(format!(
+                        "{who} platform certificates in the stream {stream}: {} valid ({}), the \
+                         latest until {until}",
+                        serials.len(),
+                        serials.join(", ")
+                    ))
+                }
+                None => Check::fail(
+                    format!("{who} has no valid platform certificate in the stream {stream}"),
+                    "start `wxpay-worker reconcile` (it downloads at start) and read its \
+                     `platform_keys` log lines; its APIv3 key must be this one",
+                ),
+            }
+        })
+        .collect()
 }
 
 /// A passive declare on a channel of its own: a missing queue closes the channel.

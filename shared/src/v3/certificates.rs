@@ -204,6 +204,24 @@ pub enum DownloadError {
     Signature(#[from] VerifyError),
 }
 
+/// [`EncryptedCertificate::decrypt`] of each certificate: those that pass, and the others
+/// by `serial_no` (at most 64 characters of it) with why.
+pub fn decrypt_each(
+    certificates: &[EncryptedCertificate],
+    api_v3_key: &[u8],
+    now: SystemTime,
+) -> (Vec<PlatformCertificate>, Vec<(String, CertificateError)>) {
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    for certificate in certificates {
+        match certificate.decrypt(api_v3_key, now) {
+            Ok(decrypted) => accepted.push(decrypted),
+            Err(error) => refused.push((certificate.serial_no.chars().take(64).collect(), error)),
+        }
+    }
+    (accepted, refused)
+}
+
 /// Checks an answer of `GET /v3/certificates`: decrypts each certificate with the APIv3 key
 /// ([`EncryptedCertificate::decrypt`] at `now`), then verifies the answer's signature with
 /// the `known` platform keys or, for a serial none of them has, with a certificate of the
@@ -219,14 +237,7 @@ pub fn verify_download(
 ) -> Result<Downloaded, DownloadError> {
     let answer = CertificatesAnswer::parse(body)
         .map_err(|error| DownloadError::Malformed(error.to_string()))?;
-    let mut accepted = Vec::new();
-    let mut refused = Vec::new();
-    for certificate in &answer.data {
-        match certificate.decrypt(api_v3_key, now) {
-            Ok(decrypted) => accepted.push(decrypted),
-            Err(error) => refused.push((certificate.serial_no.chars().take(64).collect(), error)),
-        }
-    }
+    let (accepted, refused) = decrypt_each(&answer.data, api_v3_key, now);
     let mut keys = known.clone();
     for certificate in &accepted {
         if keys.get(&certificate.serial).is_none() {

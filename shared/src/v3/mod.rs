@@ -27,7 +27,7 @@ pub use authorization::{
     verify_response, AuthorizationError, AuthorizationParams, AUTH_SCHEMA,
 };
 pub use certificates::{
-    verify_download, CertificateError, CertificatesAnswer, DownloadError, Downloaded,
+    decrypt_each, verify_download, CertificateError, CertificatesAnswer, DownloadError, Downloaded,
     EncryptedCertificate, PlatformCertificate,
 };
 pub use headers::{

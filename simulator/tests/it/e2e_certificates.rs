@@ -9,8 +9,6 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Confirmation};
 use wxpay_runtime::platform_keys::SharedCertificates;
 use wxpay_shared::v3::EncryptedCertificate;
 use wxpay_testkit::merchants::PLATFORM_CERTIFICATES;
@@ -120,11 +118,7 @@ async fn downloaded_certificates_reach_a_gateway_without_keys_and_forgeries_do_n
         )
         .expect("encrypts")],
     };
-    publish_to_stream(
-        &s.env.settings.rabbitmq.platform_keys_stream(),
-        &forged.to_body(),
-    )
-    .await;
+    wxpay_testkit::amqp::publish_to_stream(&s.env.settings.rabbitmq, &forged.to_body()).await;
     eventually(
         Duration::from_secs(30),
         "the gateway and the worker refuse the forged certificate",
@@ -143,28 +137,3 @@ async fn downloaded_certificates_reach_a_gateway_without_keys_and_forgeries_do_n
 /// A certificate nobody downloads: the forger's (shared/tests fixture, `openssl req -x509`).
 const OTHER_CERT: &str = include_str!("../../../shared/tests/fixtures/v3/platform_b_cert.pem");
 const FORGED_SERIAL: &str = "5157F09EFDC096DE15EBE81A47057A7232F9F8D0";
-
-/// Appends `body` to the stream, confirmed (the stream exists: the services declared it).
-async fn publish_to_stream(stream: &str, body: &[u8]) {
-    let connection = wxpay_testkit::amqp::connect().await;
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm mode");
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            stream.into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default(),
-        )
-        .await
-        .expect("published");
-    let confirmation = confirm.await.expect("confirmed");
-    assert!(
-        matches!(confirmation, Confirmation::Ack(None)),
-        "{confirmation:?}"
-    );
-}

@@ -1,7 +1,8 @@
 //! `wxpay-worker doctor`, the binary: a public URL WeChat Pay would never call, a wrong-length
 //! APIv3 key and an expired platform certificate each fail with their own line; a healthy
 //! deployment (simulator as WeChat Pay's API, a gateway on loopback, real services) passes
-//! every check, the route from outside included. No traffic leaves loopback: a public URL
+//! every check, the route from outside included. Downloaded platform certificates are
+//! counted in the platform keys stream. No traffic leaves loopback: a public URL
 //! that breaks the rules is never probed.
 
 use std::path::Path;
@@ -13,8 +14,11 @@ use tokio::process::Command;
 use wxpay_gateway::answer::public_message;
 use wxpay_gateway::verify::RejectReason;
 use wxpay_runtime::config::{MerchantSettings, Settings, WechatpaySettings};
+use wxpay_runtime::platform_keys::SharedCertificates;
 use wxpay_shared::answer;
+use wxpay_shared::v3::EncryptedCertificate;
 use wxpay_testkit::clean_command;
+use wxpay_testkit::merchants::{OTHER_PRIVATE_PEM, PLATFORM_CERTIFICATES};
 use wxpay_worker::{broker, doctor};
 
 use crate::builders::{self, MCH_ID};
@@ -264,4 +268,61 @@ async fn a_healthy_deployment_passes_every_check_including_the_route() {
     if let Some(key) = &merchant.api_v3_key {
         assert!(!stdout.contains(key.expose_secret()));
     }
+}
+
+/// A merchant that downloads its platform certificates: doctor counts those of the platform
+/// keys stream that decrypt with its APIv3 key, and fails while there are none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloaded_certificates_are_counted_in_the_stream_and_none_fails() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    let mut merchant = builders::merchant_settings();
+    merchant.platform_public_keys.clear();
+    merchant.download_platform_certificates = true;
+    merchant.merchant_serial = Some("MERCHANT_SERIAL".into());
+    merchant.merchant_private_key_pem = Some(OTHER_PRIVATE_PEM.to_owned().into());
+    settings.merchants = vec![merchant.clone()];
+    let config = config_file(&settings);
+    let stream = settings.rabbitmq.platform_keys_stream();
+
+    let (_, lines) = doctor(&config, &[]).await;
+    assert!(line(
+        &lines,
+        &format!("FAIL RabbitMQ stream {stream} cannot be read")
+    )
+    .contains("start `wxpay-worker reconcile`"));
+
+    // The reconciler's message, and a forged one (another key than the merchant's).
+    let v3_key = merchant.api_v3_key.as_ref().expect("a v3 merchant");
+    let [(genuine, _, serial), (forged, _, forged_serial)] = PLATFORM_CERTIFICATES;
+    for (key, nonce, certificate) in [
+        (v3_key.expose_secret().as_bytes(), "aaaaaaaaaaaa", genuine),
+        (
+            b"0123456789abcdef0123456789ABCDEX".as_slice(),
+            "bbbbbbbbbbbb",
+            forged,
+        ),
+    ] {
+        let message = SharedCertificates {
+            mch_id: MCH_ID.to_owned(),
+            data: vec![EncryptedCertificate::encrypt(key, nonce, certificate).expect("encrypts")],
+        };
+        wxpay_testkit::amqp::publish_to_stream(&settings.rabbitmq, &message.to_body()).await;
+    }
+    let (_, lines) = doctor(&config, &[]).await;
+    let counted = line(
+        &lines,
+        &format!(
+            "ok merchant {MCH_ID} platform certificates in the stream {stream}: 1 valid ({serial})"
+        ),
+    );
+    assert!(counted.contains("the latest until 2036-"), "{counted}");
+    assert!(
+        !lines.iter().any(|l| l.contains(forged_serial)),
+        "{lines:#?}"
+    );
+    line(
+        &lines,
+        &format!("ok merchant {MCH_ID} platform keys: none in the file"),
+    );
 }

@@ -16,6 +16,10 @@
 //! its start and keeps that snapshot to its end: in-flight work finishes with the keys it
 //! started with, and never sees half of a reload.
 //!
+//! Platform certificates downloaded while running (`crate::platform_keys`) join a merchant's
+//! keys through [`MerchantsHandle::learn`]; they are kept apart from the files' keys and
+//! added to every set a reload reads, so a reload never drops them.
+//!
 //! Only `[[merchants]]` reload. Other sections (listen addresses, URLs, limits) need a
 //! restart; a reload that finds them changed names them in its log line
 //! (`restart_needed_for`).

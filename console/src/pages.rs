@@ -12,6 +12,8 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use wxpay_runtime::config::ConsoleRole;
+use wxpay_runtime::platform_keys;
+use wxpay_runtime::reload::MerchantsHandle;
 use wxpay_runtime::telemetry::metric;
 use wxpay_worker::anomaly::{self, Action};
 use wxpay_worker::retry::{self, ReplaySelection};
@@ -761,7 +763,12 @@ async fn resolve_anomaly(
                 .map_err(|_| format!("{id:?} is not an anomaly id"))?;
             let action: Action = action.parse()?;
             let merchants = settings.merchants().map_err(|error| error.to_string())?;
-            let resolution = anomaly::resolve(&pool, &merchants, id, action, &actor, &note)
+            let merchants = MerchantsHandle::fixed(merchants);
+            // A merchant that downloads its platform certificates verifies with them.
+            if let Err(error) = platform_keys::learn_retained(&settings.rabbitmq, &merchants).await {
+                tracing::warn!(%error, "platform keys stream not read: only the file's keys verify");
+            }
+            let resolution = anomaly::resolve(&pool, &merchants.current(), id, action, &actor, &note)
                 .await
                 .map_err(|error| error.to_string())?;
             // As the CLI prints it: the verdict, and a new anomaly's id when the order still

@@ -324,6 +324,42 @@ pub async fn retained(
     Ok(messages)
 }
 
+/// Reads what the stream retains into `merchants` ([`receive`]), for one-shot commands that
+/// verify (`wxpay-worker anomaly resolve`, the console's reapply): without it, a merchant
+/// with no key in its file could verify nothing. Nothing to do when no merchant downloads.
+/// Returns the serials added.
+pub async fn learn_retained(
+    rabbitmq: &RabbitmqSettings,
+    merchants: &MerchantsHandle,
+) -> Result<usize, FollowError> {
+    if !merchants
+        .current()
+        .iter()
+        .any(|merchant| merchant.download_platform_certificates)
+    {
+        return Ok(0);
+    }
+    let connect = Connection::connect(
+        rabbitmq.url.expose_secret(),
+        ConnectionProperties::default(),
+    );
+    let timeout = Duration::from_millis(rabbitmq.connect_timeout_ms.max(1));
+    let connection = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| FollowError::Timeout)??;
+    let messages = retained(&connection, rabbitmq, RETAINED_IDLE).await;
+    let _ = connection.close(200, "read".into()).await;
+    let now = SystemTime::now();
+    Ok(messages?
+        .iter()
+        .filter_map(|message| receive(merchants, &message.to_body(), now).ok())
+        .map(|received| received.added.len())
+        .sum())
+}
+
+/// How long the stream may stay silent before everything it retains counts as read.
+pub const RETAINED_IDLE: Duration = Duration::from_secs(1);
+
 /// A consumer of the stream from its first retained message. A stream consumer needs a
 /// prefetch and manual acks; `first` replays what was downloaded before this process.
 async fn consume_from_first(

@@ -669,9 +669,6 @@ async fn rabbitmq_checks(
     checks
 }
 
-/// How long the stream may stay silent before everything it retains counts as read.
-const STREAM_IDLE: Duration = Duration::from_secs(1);
-
 /// For each merchant that downloads its platform certificates: the certificates the
 /// platform keys stream holds for it that decrypt with its APIv3 key and are valid now,
 /// what every service adds to the merchant's keys (`wxpay_runtime::platform_keys`).
@@ -681,16 +678,17 @@ async fn downloaded_certificate_checks(
     merchants: &[&MerchantSettings],
 ) -> Vec<Check> {
     let stream = rabbitmq.platform_keys_stream();
-    let messages = match platform_keys::retained(connection, rabbitmq, STREAM_IDLE).await {
-        Ok(messages) => messages,
-        Err(error) => {
-            return vec![Check::fail(
+    let messages =
+        match platform_keys::retained(connection, rabbitmq, platform_keys::RETAINED_IDLE).await {
+            Ok(messages) => messages,
+            Err(error) => {
+                return vec![Check::fail(
                 format!("RabbitMQ stream {stream} cannot be read ({error})"),
                 "the reconciler, the gateway and `wxpay-worker run` declare it while a merchant \
                  downloads its platform certificates: start `wxpay-worker reconcile`",
             )]
-        }
-    };
+            }
+        };
     let now = SystemTime::now();
     merchants
         .iter()

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use wxpay_runtime::config::{ConfigFileArgs, ConfigFiles, Settings};
-use wxpay_runtime::platform_keys::PlatformKeysTask;
+use wxpay_runtime::platform_keys::{self, PlatformKeysTask};
 use wxpay_runtime::reload::{self, MerchantsHandle, Reloader};
 use wxpay_runtime::telemetry::{self, step};
 use wxpay_worker::anomaly::{self, Action};
@@ -239,6 +239,10 @@ async fn anomaly_command(
             let actor = actor
                 .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
                 .unwrap_or_else(|| "cli".to_owned());
+            // A merchant that downloads its platform certificates verifies with them.
+            if let Err(error) = platform_keys::learn_retained(&settings.rabbitmq, merchants).await {
+                tracing::warn!(step = step::PLATFORM_KEYS, %error, "platform keys stream not read: only the file's keys verify");
+            }
             let resolution =
                 anomaly::resolve(&pool, &merchants.current(), id, action, &actor, &note).await?;
             println!("{resolution}");

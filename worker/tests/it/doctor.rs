@@ -14,7 +14,8 @@ use tokio::process::Command;
 use wxpay_gateway::answer::public_message;
 use wxpay_gateway::verify::RejectReason;
 use wxpay_runtime::config::{MerchantSettings, Settings, WechatpaySettings};
-use wxpay_runtime::platform_keys::SharedCertificates;
+use wxpay_runtime::platform_keys::{self, SharedCertificates};
+use wxpay_runtime::reload::MerchantsHandle;
 use wxpay_shared::answer;
 use wxpay_shared::v3::EncryptedCertificate;
 use wxpay_testkit::clean_command;
@@ -271,7 +272,8 @@ async fn a_healthy_deployment_passes_every_check_including_the_route() {
 }
 
 /// A merchant that downloads its platform certificates: doctor counts those of the platform
-/// keys stream that decrypt with its APIv3 key, and fails while there are none.
+/// keys stream that decrypt with its APIv3 key, and fails while there are none; a one-shot
+/// command learns the same ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloaded_certificates_are_counted_in_the_stream_and_none_fails() {
     let env = TestEnv::new().await;
@@ -325,4 +327,16 @@ async fn downloaded_certificates_are_counted_in_the_stream_and_none_fails() {
         &lines,
         &format!("ok merchant {MCH_ID} platform keys: none in the file"),
     );
+
+    // What `anomaly resolve` and the console read before they verify: the genuine one only.
+    let merchants = MerchantsHandle::fixed(settings.merchants().expect("valid"));
+    assert_eq!(
+        platform_keys::learn_retained(&settings.rabbitmq, &merchants)
+            .await
+            .expect("the stream reads"),
+        1
+    );
+    let current = merchants.current();
+    let keys = &current.get(MCH_ID).expect("merchant").platform_keys;
+    assert!(keys.get(serial).is_some() && keys.get(forged_serial).is_none());
 }

@@ -1,12 +1,13 @@
 //! PostgreSQL access of a load run: raw SQL through diesel-async (the worker owns the
 //! schema and its migrations; the simulator only plays the business system and the auditor).
 
-use diesel::sql_types::{Array, BigInt, Double, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Double, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use wxpay_shared::state::{NotificationOutcome, OrderState};
 
 use super::plan::PlannedOrder;
+use super::report::LagSample;
 use super::verify::Observed;
 
 /// Orders per INSERT statement.
@@ -129,6 +130,8 @@ struct EventRow {
 struct LagRow {
     #[diesel(sql_type = Double)]
     lag_ms: f64,
+    #[diesel(sql_type = Double)]
+    received_s: f64,
 }
 
 /// The out_trade_no inside an outbox key (`aggregate_key` may be `mch_id:out_trade_no` or
@@ -205,22 +208,33 @@ pub async fn observe(
     Ok(observed)
 }
 
-/// End-to-end lag of every processed notification of the run: processed_at − received_at.
-pub async fn lags_ms(
+/// End-to-end lag of every processed notification of the run (processed_at − received_at),
+/// with when it was received, in seconds after `clock_start`.
+pub async fn lags(
     conn: &mut AsyncPgConnection,
     mch_id: &str,
     prefix: &str,
-) -> Result<Vec<f64>, DbError> {
+    clock_start: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<LagSample>, DbError> {
     let rows: Vec<LagRow> = diesel::sql_query(
-        "SELECT (EXTRACT(EPOCH FROM (processed_at - received_at)) * 1000)::float8 AS lag_ms FROM notifications \
+        "SELECT (EXTRACT(EPOCH FROM (processed_at - received_at)) * 1000)::float8 AS lag_ms, \
+                EXTRACT(EPOCH FROM (received_at - $3))::float8 AS received_s \
+         FROM notifications \
          WHERE mch_id = $1 AND out_trade_no LIKE $2 AND processed_at IS NOT NULL AND received_at IS NOT NULL",
     )
     .bind::<Text, _>(mch_id)
     .bind::<Text, _>(like(prefix))
+    .bind::<Timestamptz, _>(clock_start)
     .load(conn)
     .await
     .map_err(query_error("reading notification lags"))?;
-    Ok(rows.into_iter().map(|r| r.lag_ms).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| LagSample {
+            received_s: r.received_s,
+            lag_ms: r.lag_ms,
+        })
+        .collect())
 }
 
 /// Count per key, for callers that need a summary of the observation.

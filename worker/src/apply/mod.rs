@@ -232,13 +232,14 @@ impl Context<'_> {
         })
     }
 
-    /// Turns the optimistically inserted row `id` into an anomaly, with its event.
+    /// Turns the optimistically inserted row `id` (of a locked order) into an anomaly, with
+    /// its event.
     async fn amend_anomaly(
         &self,
         conn: &mut AsyncPgConnection,
         id: i64,
         row: &LogRow<'_>,
-        order: Option<&Order>,
+        order: &Order,
         reason: &'static str,
         detail: String,
     ) -> Result<Verdict, diesel::result::Error> {
@@ -249,7 +250,9 @@ impl Context<'_> {
             Some((reason, &detail)),
         )
         .await?;
-        self.emit_anomaly(conn, row, order, reason, detail).await
+        self.emit_anomaly(conn, row, Some(order), reason, &detail)
+            .await?;
+        Ok(Verdict::Anomaly { reason, detail })
     }
 
     /// The `anomaly.detected` event of an anomaly just logged (numbered in the order's
@@ -259,15 +262,15 @@ impl Context<'_> {
         conn: &mut AsyncPgConnection,
         row: &LogRow<'_>,
         order: Option<&Order>,
-        reason: &'static str,
-        detail: String,
-    ) -> Result<Verdict, diesel::result::Error> {
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), diesel::result::Error> {
         let aggregate = row.out_refund_no.or(row.out_trade_no).unwrap_or_default();
         let order_seq = match order {
             Some(order) => Some(bump_seq(conn, order).await?),
             None => None,
         };
-        let payload = self.anomaly_payload(row, reason, &detail, order_seq);
+        let payload = self.anomaly_payload(row, reason, detail, order_seq);
         emit(
             conn,
             event::ANOMALY_DETECTED,
@@ -275,8 +278,7 @@ impl Context<'_> {
             aggregate,
             payload,
         )
-        .await?;
-        Ok(Verdict::Anomaly { reason, detail })
+        .await
     }
 
     /// Logs an anomaly and its `anomaly.detected` event.
@@ -299,7 +301,8 @@ impl Context<'_> {
         {
             return Ok(Verdict::Duplicate);
         }
-        self.emit_anomaly(conn, row, order, reason, detail).await
+        self.emit_anomaly(conn, row, order, reason, &detail).await?;
+        Ok(Verdict::Anomaly { reason, detail })
     }
 
     /// Logs a notification that changes nothing.

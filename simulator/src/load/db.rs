@@ -143,6 +143,25 @@ pub fn out_trade_no_in(key: &str, prefix: &str) -> Option<String> {
     (digits > 0).then(|| format!("{prefix}{}", &rest[..digits]))
 }
 
+/// The rows `sql` selects for the run: `$1` is the merchant, `$2` the run's `LIKE` pattern.
+async fn load_run<T>(
+    conn: &mut AsyncPgConnection,
+    sql: &str,
+    mch_id: &str,
+    pattern: &str,
+    what: &'static str,
+) -> Result<Vec<T>, DbError>
+where
+    T: QueryableByName<diesel::pg::Pg> + Send + 'static,
+{
+    diesel::sql_query(sql)
+        .bind::<Text, _>(mch_id)
+        .bind::<Text, _>(pattern)
+        .load(conn)
+        .await
+        .map_err(query_error(what))
+}
+
 /// Everything the verifier needs about the run.
 pub async fn observe(
     conn: &mut AsyncPgConnection,
@@ -150,23 +169,23 @@ pub async fn observe(
     prefix: &str,
 ) -> Result<Observed, DbError> {
     let pattern = like(prefix);
-    let orders: Vec<OrderRow> = diesel::sql_query(
+    let orders: Vec<OrderRow> = load_run(
+        conn,
         "SELECT out_trade_no, state, transaction_id FROM orders WHERE mch_id = $1 AND out_trade_no LIKE $2",
+        mch_id,
+        &pattern,
+        "reading orders",
     )
-    .bind::<Text, _>(mch_id)
-    .bind::<Text, _>(&pattern)
-    .load(conn)
-    .await
-    .map_err(query_error("reading orders"))?;
-    let outcomes: Vec<OutcomeRow> = diesel::sql_query(
+    .await?;
+    let outcomes: Vec<OutcomeRow> = load_run(
+        conn,
         "SELECT out_trade_no, outcome, COUNT(*)::bigint AS n FROM notifications \
          WHERE mch_id = $1 AND out_trade_no LIKE $2 GROUP BY out_trade_no, outcome",
+        mch_id,
+        &pattern,
+        "reading notifications",
     )
-    .bind::<Text, _>(mch_id)
-    .bind::<Text, _>(&pattern)
-    .load(conn)
-    .await
-    .map_err(query_error("reading notifications"))?;
+    .await?;
     let events: Vec<EventRow> = diesel::sql_query(
         "SELECT COALESCE(payload->>'out_trade_no', aggregate_key) AS key, COUNT(*)::bigint AS n FROM outbox \
          WHERE event_type = 'order.paid' AND mch_id = $1 \

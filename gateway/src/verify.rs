@@ -15,7 +15,7 @@
 
 use secrecy::ExposeSecret;
 use uuid::Uuid;
-use wxpay_runtime::config::Merchants;
+use wxpay_runtime::config::{Merchant, Merchants};
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::v2::{self, PayNotification, RefundEnvelope, RefundInfo, XmlError, XmlFields};
 use wxpay_shared::v3::{
@@ -263,6 +263,29 @@ fn message(
     Ok(message)
 }
 
+/// The configured merchant `mch_id`.
+fn configured<'m>(merchants: &'m Merchants, mch_id: &str) -> Result<&'m Merchant, Rejection> {
+    merchants
+        .get(mch_id)
+        .map(|merchant| &**merchant)
+        .ok_or_else(|| {
+            Rejection::new(RejectReason::UnknownMerchant, "unknown merchant").for_merchant(mch_id)
+        })
+}
+
+/// A v2 `appid` must be one of the merchant's when present (it is absent, empty, only
+/// alongside a `return_code` FAIL).
+fn check_appid(merchant: &Merchant, mch_id: &str, appid: &str) -> Result<(), Rejection> {
+    if appid.is_empty() || merchant.has_appid(appid) {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        RejectReason::WrongAppid,
+        format!("appid {appid} is not configured for this merchant"),
+    )
+    .for_merchant(mch_id))
+}
+
 /// v2 支付结果通知: parse, find the merchant by `mch_id`, verify the signature (method from
 /// `sign_type`, or the sign's length when absent), check the `appid`.
 ///
@@ -282,9 +305,7 @@ pub fn verify_v2_pay(
             ))
         }
     };
-    let merchant = merchants.get(mch_id).ok_or_else(|| {
-        Rejection::new(RejectReason::UnknownMerchant, "unknown merchant").for_merchant(mch_id)
-    })?;
+    let merchant = configured(merchants, mch_id)?;
     v2::verify(&fields, merchant.api_v2_key.expose_secret()).map_err(|error| {
         Rejection::new(RejectReason::Signature, error.to_string()).for_merchant(mch_id)
     })?;
@@ -292,16 +313,7 @@ pub fn verify_v2_pay(
         .map_err(|error| xml_rejection(error).for_merchant(mch_id))?;
     // appid is required when return_code is SUCCESS (checked by from_fields); when present
     // it must be one of the merchant's.
-    if !notification.appid.is_empty() && !merchant.has_appid(&notification.appid) {
-        return Err(Rejection::new(
-            RejectReason::WrongAppid,
-            format!(
-                "appid {} is not configured for this merchant",
-                notification.appid
-            ),
-        )
-        .for_merchant(mch_id));
-    }
+    check_appid(merchant, mch_id, &notification.appid)?;
     let out_trade_no = Some(notification.out_trade_no).filter(|no| !no.is_empty());
     Ok(Verified {
         message: message(incoming, Route::V2Pay, mch_id, None)?,
@@ -329,19 +341,8 @@ pub fn verify_v2_refund(
         ));
     }
     let mch_id = envelope.mch_id.as_str();
-    let merchant = merchants.get(mch_id).ok_or_else(|| {
-        Rejection::new(RejectReason::UnknownMerchant, "unknown merchant").for_merchant(mch_id)
-    })?;
-    if !envelope.appid.is_empty() && !merchant.has_appid(&envelope.appid) {
-        return Err(Rejection::new(
-            RejectReason::WrongAppid,
-            format!(
-                "appid {} is not configured for this merchant",
-                envelope.appid
-            ),
-        )
-        .for_merchant(mch_id));
-    }
+    let merchant = configured(merchants, mch_id)?;
+    check_appid(merchant, mch_id, &envelope.appid)?;
     let root = v2::decrypt_req_info(&envelope.req_info, merchant.api_v2_key.expose_secret())
         .map_err(|error| {
             Rejection::new(RejectReason::ReqInfo, error.to_string()).for_merchant(mch_id)
@@ -368,9 +369,7 @@ pub fn verify_v3<'h>(
     now_unix: i64,
 ) -> Result<Verified, Rejection> {
     check_content_type(incoming.content_type)?;
-    let merchant = merchants.get(mch_id).ok_or_else(|| {
-        Rejection::new(RejectReason::UnknownMerchant, "unknown merchant").for_merchant(mch_id)
-    })?;
+    let merchant = configured(merchants, mch_id)?;
     let headers = WechatpayHeaders::from_lookup(header).map_err(|error| {
         let reason = match error {
             wxpay_shared::v3::HeaderError::BadTimestamp => RejectReason::Timestamp,
@@ -465,33 +464,29 @@ mod tests {
             body: b"\xff\x00<xml",
             content_type: None,
         };
-        assert_eq!(
-            verify_v2_pay(&incoming, &merchants)
-                .map(|_| ())
-                .map_err(|r| r.reason),
-            Err(RejectReason::Malformed)
-        );
+        let bodies: [(&[u8], _); 3] = [
+            (incoming.body, RejectReason::Malformed),
+            (
+                b"<!DOCTYPE x [<!ENTITY e SYSTEM \"file:///etc/passwd\">]><xml><a>&e;</a></xml>",
+                RejectReason::Doctype,
+            ),
+            (
+                b"<xml><mch_id>1</mch_id><sign>AB</sign></xml>",
+                RejectReason::UnknownMerchant,
+            ),
+        ];
+        for (body, reason) in bodies {
+            let pay = Incoming { body, ..incoming };
+            assert_eq!(
+                verify_v2_pay(&pay, &merchants)
+                    .map(|_| ())
+                    .map_err(|r| r.reason),
+                Err(reason),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
         assert!(verify_v2_refund(&incoming, &merchants).is_err());
-        let doctype = Incoming {
-            body: b"<!DOCTYPE x [<!ENTITY e SYSTEM \"file:///etc/passwd\">]><xml><a>&e;</a></xml>",
-            ..incoming
-        };
-        assert_eq!(
-            verify_v2_pay(&doctype, &merchants)
-                .map(|_| ())
-                .map_err(|r| r.reason),
-            Err(RejectReason::Doctype)
-        );
-        let unknown = Incoming {
-            body: b"<xml><mch_id>1</mch_id><sign>AB</sign></xml>",
-            ..incoming
-        };
-        assert_eq!(
-            verify_v2_pay(&unknown, &merchants)
-                .map(|_| ())
-                .map_err(|r| r.reason),
-            Err(RejectReason::UnknownMerchant)
-        );
         assert_eq!(
             verify_v3(&incoming, "1", |_| None, &merchants, 0)
                 .map(|_| ())

@@ -74,7 +74,7 @@ pub(super) async fn apply(
                 conn,
                 id,
                 &row,
-                Some(order),
+                order,
                 reason::QUERY_MISMATCH,
                 detail.clone(),
             )
@@ -106,7 +106,7 @@ pub(super) async fn apply(
     };
     if let Some((reason, detail)) = mismatch {
         return Ok(ctx
-            .amend_anomaly(conn, id, &row, Some(order), reason, detail)
+            .amend_anomaly(conn, id, &row, order, reason, detail)
             .await?);
     }
     match order.state {
@@ -147,14 +147,7 @@ pub(super) async fn apply(
         OrderState::Closed => {
             let detail = format!("order {} is {}", order.out_trade_no, order.state);
             Ok(ctx
-                .amend_anomaly(
-                    conn,
-                    id,
-                    &row,
-                    Some(order),
-                    reason::PAID_AFTER_CLOSE,
-                    detail,
-                )
+                .amend_anomaly(conn, id, &row, order, reason::PAID_AFTER_CLOSE, detail)
                 .await?)
         }
         OrderState::Paid | OrderState::PartiallyRefunded | OrderState::Refunded => {
@@ -168,14 +161,7 @@ pub(super) async fn apply(
                     order.transaction_id.as_deref().unwrap_or("?")
                 );
                 Ok(ctx
-                    .amend_anomaly(
-                        conn,
-                        id,
-                        &row,
-                        Some(order),
-                        reason::DUPLICATE_PAYMENT,
-                        detail,
-                    )
+                    .amend_anomaly(conn, id, &row, order, reason::DUPLICATE_PAYMENT, detail)
                     .await?)
             }
         }

@@ -138,6 +138,13 @@ pub fn receive(
                 );
             }
         }
+        // Another deployment's merchant (the stream is shared by every process of the
+        // vhost): not ours to judge, and not worth a warning at every start.
+        Err(error @ MessageRefused::Merchant(_)) => tracing::debug!(
+            step = step::PLATFORM_KEYS,
+            %error,
+            "platform certificates message skipped"
+        ),
         Err(error) => warn!(
             step = step::PLATFORM_KEYS,
             %error,

@@ -119,15 +119,17 @@ pub enum MessageRefused {
     NoApiV3Key,
 }
 
-/// Decrypts and checks each certificate of a stream message (or of a download) with the
-/// merchant's APIv3 key, and adds those that pass to the merchant's platform keys. Logs one
-/// line per refused certificate (or message) and one when serials were added.
+/// Decrypts and checks each certificate of a stream message with the merchant's APIv3 key,
+/// and adds those that pass to the merchant's platform keys. Logs one line per refused
+/// certificate (or message) and one when serials were added.
 pub fn receive(
     merchants: &MerchantsHandle,
     body: &[u8],
     now: SystemTime,
 ) -> Result<Received, MessageRefused> {
-    let outcome = decrypt_and_learn(merchants, body, now);
+    let outcome = serde_json::from_slice(body)
+        .map_err(|error| MessageRefused::Malformed(error.to_string()))
+        .and_then(|message| decrypt_and_learn(merchants, &message, now));
     match &outcome {
         Ok(received) => {
             if !received.added.is_empty() {
@@ -156,11 +158,9 @@ pub fn receive(
 
 fn decrypt_and_learn(
     merchants: &MerchantsHandle,
-    body: &[u8],
+    message: &SharedCertificates,
     now: SystemTime,
 ) -> Result<Received, MessageRefused> {
-    let message: SharedCertificates = serde_json::from_slice(body)
-        .map_err(|error| MessageRefused::Malformed(error.to_string()))?;
     let mch_id = message.mch_id.as_str();
     let merchant = merchants.downloading(mch_id)?;
     let api_v3_key = merchant
@@ -359,7 +359,7 @@ pub async fn learn_retained(
     let now = SystemTime::now();
     Ok(messages?
         .iter()
-        .filter_map(|message| receive(merchants, &message.to_body(), now).ok())
+        .filter_map(|message| decrypt_and_learn(merchants, message, now).ok())
         .map(|received| received.added.len())
         .sum())
 }

@@ -11,7 +11,7 @@ use clap::Parser;
 use tracing::{error, info};
 use wxpay_gateway::Application;
 use wxpay_runtime::config::{ConfigFileArgs, Settings};
-use wxpay_runtime::platform_keys::PlatformKeysTask;
+use wxpay_runtime::platform_keys::{self, PlatformKeysTask};
 use wxpay_runtime::reload::{self, MerchantsHandle, Reloader};
 use wxpay_runtime::telemetry::{init_logging, step};
 
@@ -68,6 +68,11 @@ async fn serve(settings: Settings, merchants: MerchantsHandle) -> ExitCode {
         merchants.clone(),
         "wxpay-gateway",
     );
+    // What the stream holds before the first request (a notification signed with a key not
+    // read yet would be refused, and re-sent by WeChat Pay only 15 s later).
+    if let Err(error) = platform_keys::learn_retained(&settings.rabbitmq, &merchants).await {
+        tracing::warn!(step = step::STARTUP, %error, "platform keys stream not read: only the keys of the files verify for now");
+    }
     let application = match Application::build_with(settings, merchants).await {
         Ok(application) => application,
         Err(error @ wxpay_gateway::StartError::Config(_)) => {

@@ -354,7 +354,15 @@ pub async fn learn_retained(
     let connection = tokio::time::timeout(timeout, connect)
         .await
         .map_err(|_| FollowError::Timeout)??;
-    let messages = retained(&connection, rabbitmq, RETAINED_IDLE).await;
+    // Declared if this is the first process of the deployment (then it holds nothing yet).
+    let declared = match connection.create_channel().await {
+        Ok(channel) => declare_stream(&channel, rabbitmq).await,
+        Err(error) => Err(error),
+    };
+    let messages = match declared {
+        Ok(()) => retained(&connection, rabbitmq, RETAINED_IDLE).await,
+        Err(error) => Err(error.into()),
+    };
     let _ = connection.close(200, "read".into()).await;
     let now = SystemTime::now();
     Ok(messages?

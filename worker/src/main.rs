@@ -240,9 +240,7 @@ async fn anomaly_command(
                 .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
                 .unwrap_or_else(|| "cli".to_owned());
             // A merchant that downloads its platform certificates verifies with them.
-            if let Err(error) = platform_keys::learn_retained(&settings.rabbitmq, merchants).await {
-                tracing::warn!(step = step::PLATFORM_KEYS, %error, "platform keys stream not read: only the file's keys verify");
-            }
+            learn_retained(settings, merchants).await;
             let resolution =
                 anomaly::resolve(&pool, &merchants.current(), id, action, &actor, &note).await?;
             println!("{resolution}");
@@ -267,6 +265,9 @@ async fn run(settings: Settings, merchants: MerchantsHandle) -> anyhow::Result<(
     let prometheus = telemetry::metrics_handle();
     let _platform_keys =
         PlatformKeysTask::spawn(settings.rabbitmq.clone(), merchants.clone(), "wxpay-worker");
+    // The downloaded certificates before the first delivery: one signed with a key not yet
+    // read would be parked (a bad signature) instead of applied.
+    learn_retained(&settings, &merchants).await;
     let connect_timeout = Duration::from_millis(settings.database.connect_timeout_ms);
     schema_check::check(settings.database.url.expose_secret(), connect_timeout).await?;
     let worker = Worker::with_merchants(settings, merchants)?;
@@ -296,6 +297,14 @@ fn reload_on_sighup(merchants: &MerchantsHandle) -> Option<Reloader> {
             tracing::error!(step = step::STARTUP, %error, "cannot watch SIGHUP: merchants change only with a restart");
         })
         .ok()
+}
+
+/// Reads the platform certificates the stream retains into `merchants` (when a merchant
+/// downloads them); without the stream, the file's keys alone verify, and that is said.
+async fn learn_retained(settings: &Settings, merchants: &MerchantsHandle) {
+    if let Err(error) = platform_keys::learn_retained(&settings.rabbitmq, merchants).await {
+        tracing::warn!(step = step::PLATFORM_KEYS, %error, "platform keys stream not read: only the keys of the files verify for now");
+    }
 }
 
 /// SIGTERM or SIGINT: graceful shutdown.

@@ -5,7 +5,8 @@
 //! keys stream; the gateway, started with no key for the merchant, then accepts a
 //! notification signed with the newer certificate's key, and the worker applies it. A
 //! forged stream message (a certificate that does not decrypt under the APIv3 key) is
-//! refused with one log line. Each process exports the expiry of what it holds.
+//! refused with one log line. Each process exports the expiry of what it holds. A gateway
+//! started later learns the certificates the stream retains.
 
 use std::time::Duration;
 
@@ -132,6 +133,20 @@ async fn downloaded_certificates_reach_a_gateway_without_keys_and_forgeries_do_n
     assert!(expiry(&s.gateway_url(), &s.mch_id, FORGED_SERIAL)
         .await
         .is_none());
+
+    // A gateway started now learns what the stream retains (read from its first message,
+    // before the gateway serves): its first notification verifies.
+    if let Some(mut gateway) = s.gateway.take() {
+        gateway.kill();
+    }
+    s.start_gateway().await;
+    insert_order(&mut conn, &s, "CERT-2", 100).await;
+    assert!(
+        s.notify_v3_pay_once("CERT-2", "100").await.success,
+        "a restarted gateway knows the downloaded certificates at once\n{}",
+        s.logs(40)
+    );
+    wait_paid(&mut conn, &s, "CERT-2").await;
 }
 
 /// A certificate nobody downloads: the forger's (shared/tests fixture, `openssl req -x509`).

@@ -15,10 +15,12 @@
 //!   platform certificates learned while running.
 //! - [`platform_keys`]: platform certificates shared through a RabbitMQ stream, and their
 //!   expiry metric.
+//! - [`process`]: the tokio runtime each binary's `main` runs its work on.
 
 pub mod amqp;
 pub mod config;
 pub mod platform_keys;
+pub mod process;
 pub mod reload;
 pub mod signals;
 pub mod telemetry;

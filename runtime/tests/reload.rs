@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use wxpay_runtime::config::{ConfigError, ConfigFiles, Settings};
 use wxpay_runtime::platform_keys::{receive, MessageRefused, Received, SharedCertificates};
 use wxpay_runtime::reload::{
-    LearnError, MerchantsHandle, ReloadError, Reloaded, Reloader, Trigger,
+    IdChanges, LearnError, MerchantsHandle, ReloadError, Reloaded, Reloader, Trigger,
 };
 use wxpay_shared::v3::EncryptedCertificate;
 
@@ -105,7 +105,10 @@ fn a_new_serial_is_added_whole_and_earlier_snapshots_keep_their_keys() {
         Reloaded {
             merchants: 1,
             merchants_changed: vec![MCH_ID.to_owned()],
-            serials_added: vec![format!("{MCH_ID}/{NEW_SERIAL}")],
+            serials: IdChanges {
+                added: vec![format!("{MCH_ID}/{NEW_SERIAL}")],
+                removed: Vec::new(),
+            },
             ..Reloaded::default()
         }
     );
@@ -119,8 +122,8 @@ fn a_new_serial_is_added_whole_and_earlier_snapshots_keep_their_keys() {
     // WeChat Pay stopped signing with the old one: removed the same way.
     write(&path, &config("0.0.0.0:8080", &[(NEW_SERIAL, NEW_PEM)]));
     let reloaded = handle.reload(Trigger::FileChanged).expect("reloaded");
-    assert_eq!(reloaded.serials_removed, [format!("{MCH_ID}/{OLD_SERIAL}")]);
-    assert!(reloaded.serials_added.is_empty());
+    assert_eq!(reloaded.serials.removed, [format!("{MCH_ID}/{OLD_SERIAL}")]);
+    assert!(reloaded.serials.added.is_empty());
     assert_eq!(serials(&handle.current()), [NEW_SERIAL]);
 }
 
@@ -554,7 +557,7 @@ fn shared_certificates_are_learned_kept_by_a_reload_and_forgeries_refused() {
         + &downloading_merchant(OTHER_MCH_ID, &[(OLD_SERIAL, OLD_PEM)], false);
     write(&path, &text);
     let reloaded = handle.reload(Trigger::Sighup).expect("reloads");
-    assert_eq!(reloaded.serials_added, [format!("{MCH_ID}/{OLD_SERIAL}")]);
-    assert!(reloaded.serials_removed.is_empty(), "{reloaded:?}");
+    assert_eq!(reloaded.serials.added, [format!("{MCH_ID}/{OLD_SERIAL}")]);
+    assert!(reloaded.serials.removed.is_empty(), "{reloaded:?}");
     assert_eq!(serials(&handle.current()), [CERT_SERIAL, OLD_SERIAL]);
 }

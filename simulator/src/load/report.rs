@@ -3,7 +3,7 @@
 //! While the load runs, a sampler reads, once a second, the CPU time of every local
 //! component ([`super::cpu`]) and the depth of the notification queue (a passive declare);
 //! every answer is kept with the second it was due. After the drain, PostgreSQL gives each
-//! notification's end-to-end lag. [`write`] turns them into PNG plots (answer latency,
+//! notification's end-to-end lag. [`write()`] turns them into PNG plots (answer latency,
 //! throughput, queue depth, lag, CPU) and `summary.txt` / `summary.json` with CPU seconds
 //! per 1,000 notifications for each component.
 
@@ -391,14 +391,7 @@ fn summary_json(run: &RunRecord<'_>) -> serde_json::Value {
 }
 
 fn summary_text(run: &RunRecord<'_>) -> String {
-    let mut out = format!("offered {}/s\n{}", run.rate, run.report.summary());
-    if !run.report.cpu_s_per_1000.is_empty() {
-        out.push_str("CPU seconds per 1,000 notifications:\n");
-        for (label, v) in &run.report.cpu_s_per_1000 {
-            out.push_str(&format!("  {label:<16} {v:.3}\n"));
-        }
-    }
-    out
+    format!("offered {}/s\n{}", run.rate, run.report.summary())
 }
 
 fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use wxpay_runtime::config::{Cidr, ConfigError, ConsoleRole, Settings};
+use wxpay_runtime::config::{Cidr, ConfigError, ConsoleRole, Settings, SubMerchants};
 
 const V2_KEY: &str = "192006250b4c09247ec02edce69f6a2d";
 const V3_KEY: &str = "Zyxwvutsrqponmlkjihgfedcba543210";
@@ -348,4 +348,52 @@ fn confirm_by_query_is_off_by_default_and_takes_a_positive_amount_in_fen() {
         error.to_string().contains("confirm_by_query_min_fen"),
         "{error}"
     );
+}
+
+#[test]
+fn sub_mch_ids_make_a_service_provider_and_are_validated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = |sub_mch_ids: &str| {
+        format!(
+            "[[merchants]]\nmch_id = \"10000100\"\nappids = [\"wx1\", \"wx2\"]\napi_v2_key = \"{V2_KEY}\"\n{sub_mch_ids}"
+        )
+    };
+    let sub_merchants = |body: String| {
+        load(&write(&dir, &body))
+            .expect("valid")
+            .merchants()
+            .expect("merchants")
+            .get("10000100")
+            .expect("merchant")
+            .sub_merchants
+            .clone()
+    };
+    let direct = sub_merchants(provider(""));
+    assert_eq!(direct, SubMerchants::Direct, "absent: a direct merchant");
+    assert!(direct.serves("") && !direct.serves("1900000201"));
+    assert_eq!(
+        sub_merchants(provider("sub_mch_ids = []\n")),
+        SubMerchants::Direct
+    );
+    let listed = sub_merchants(provider("sub_mch_ids = [\"1900000201\", \"1900000202\"]\n"));
+    assert!(listed.serves("1900000202"));
+    assert!(!listed.serves("1900000299") && !listed.serves(""));
+    let any = sub_merchants(provider("sub_mch_ids = [\"*\"]\n"));
+    assert_eq!(any, SubMerchants::Any);
+    assert!(any.serves("1900000299") && !any.serves(""));
+
+    for refused in [
+        "[\"*\", \"1900000201\"]",
+        "[\"19000002x1\"]",
+        "[\"\"]",
+        "[\"10000100\"]",
+        "[\"1900000201\", \"1900000201\"]",
+    ] {
+        let (mch_id, field, _) = merchant_error(&provider(&format!("sub_mch_ids = {refused}\n")));
+        assert_eq!(
+            (mch_id.as_str(), field),
+            ("10000100", "sub_mch_ids"),
+            "{refused}"
+        );
+    }
 }

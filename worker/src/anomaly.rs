@@ -355,7 +355,8 @@ async fn reapply(
     stored: &Stored,
 ) -> Result<Effect, AnomalyError> {
     let message = stored.message(id)?;
-    let decoded = decode::decode_recorded(&message, merchants)
+    let (merchant, decoded) = decode::merchant_of(&message, merchants)
+        .and_then(|merchant| Ok((merchant, decode::decode_recorded(&message, merchants)?)))
         .map_err(|error| AnomalyError::Undecodable { id, error })?;
     let key = decoded.dedupe_key(&message.body);
     close(
@@ -365,7 +366,14 @@ async fn reapply(
     )
     .await?;
     // A person decided: no order query (and none may run inside this transaction).
-    let verdict = apply::apply_in(conn, &message, &decoded, &key, &Confirmation::NotRequired)
+    let applying = apply::Applying {
+        message: &message,
+        decoded: &decoded,
+        dedupe_key: &key,
+        confirmation: &Confirmation::NotRequired,
+        sub_merchants: &merchant.sub_merchants,
+    };
+    let verdict = apply::apply_in(conn, &applying)
         .await
         .map_err(|error| AnomalyError::NotApplied { id, error })?;
     let notification_id = match verdict {

@@ -536,6 +536,7 @@ pub async fn wait_ready(proc: &mut Proc, base: &str) {
 pub async fn insert_order(conn: &mut AsyncPgConnection, s: &Stack, no: &str, amount: i64) {
     let order = NewOrder {
         mch_id: &s.mch_id,
+        sub_mch_id: "",
         appid: &s.appid,
         out_trade_no: no,
         amount_total: amount,

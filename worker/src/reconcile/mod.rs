@@ -50,7 +50,7 @@ use wxpay_shared::state::{OrderState, RefundState, RefundStatus, TradeState};
 
 use self::metrics::reason;
 use self::publish::Publisher;
-use self::query::{Answer, Api, Found, QueryClient, QueryError};
+use self::query::{Answer, Api, Found, OrderOf, QueryClient, QueryError};
 use self::rate::RateLimiter;
 use self::store::StoreError;
 use crate::broker::BrokerError;
@@ -521,11 +521,16 @@ impl<'a> MerchantWork<'a> {
     async fn check_order(&mut self, order: &store::DueOrder) -> Result<(), SweepStop> {
         let inner = &self.reconciler.inner;
         let out_trade_no = order.out_trade_no.as_str();
+        let sub_mch_id = order.sub_mch_id.as_str();
+        let of = OrderOf {
+            appid: &order.appid,
+            sub_mch_id,
+        };
         self.report.checked += 1;
         metrics::checked();
         let found = inner
             .client
-            .query_order(self.merchant, &order.appid, out_trade_no, &self.limiter)
+            .query_order(self.merchant, of, out_trade_no, &self.limiter)
             .await;
         let answer = match found {
             Err(error) => return self.query_failed(&error, out_trade_no, "order"),
@@ -549,7 +554,8 @@ impl<'a> MerchantWork<'a> {
             Some(Next::Paid) => {
                 // Read before publishing: once published, the worker may apply it at once.
                 let unpaid = self.still(
-                    store::order_state(&inner.pool, self.mch_id(), out_trade_no).await,
+                    store::order_state(&inner.pool, (self.mch_id(), sub_mch_id), out_trade_no)
+                        .await,
                     OrderState::NotPay,
                 );
                 if self
@@ -568,7 +574,9 @@ impl<'a> MerchantWork<'a> {
                 }
             }
             Some(Next::Closed) if inner.settings.close_unpaid => {
-                match store::close_unpaid(&inner.pool, self.mch_id(), out_trade_no).await {
+                match store::close_unpaid(&inner.pool, (self.mch_id(), sub_mch_id), out_trade_no)
+                    .await
+                {
                     Ok(true) => {
                         self.report.closed += 1;
                         tracing::info!(
@@ -626,11 +634,13 @@ impl<'a> MerchantWork<'a> {
             self.report.error(reason::CLIENT);
             return Ok(());
         };
+        let sub_mch_id = refund.sub_mch_id.as_str();
+        let of = OrderOf { appid, sub_mch_id };
         self.report.checked += 1;
         metrics::checked();
         let found = inner
             .client
-            .query_refund(self.merchant, appid, out_refund_no, &self.limiter)
+            .query_refund(self.merchant, of, out_refund_no, &self.limiter)
             .await;
         let answer = match found {
             Err(error) => return self.query_failed(&error, out_refund_no, "refund"),
@@ -654,7 +664,8 @@ impl<'a> MerchantWork<'a> {
         match refund_finished(&answer.state) {
             Some(true) => {
                 let processing = self.still(
-                    store::refund_status(&inner.pool, self.mch_id(), out_refund_no).await,
+                    store::refund_status(&inner.pool, (self.mch_id(), sub_mch_id), out_refund_no)
+                        .await,
                     RefundState::Processing,
                 );
                 let status = answer.state.clone();

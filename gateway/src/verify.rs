@@ -15,7 +15,7 @@
 
 use secrecy::ExposeSecret;
 use uuid::Uuid;
-use wxpay_runtime::config::Merchants;
+use wxpay_runtime::config::{Merchant, Merchants};
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::v2::{self, PayNotification, RefundEnvelope, RefundInfo, XmlError, XmlFields};
 use wxpay_shared::v3::{
@@ -263,6 +263,20 @@ fn message(
     Ok(message)
 }
 
+/// Every appid a v2 body names (`appid`; a service provider's `sub_appid` too:
+/// <https://pay.weixin.qq.com/wiki/doc/api/jsapi_sl.php?chapter=9_7>), when present, must be
+/// one of the merchant's `appids`.
+fn check_appids(merchant: &Merchant, appids: [Option<&String>; 2]) -> Result<(), Rejection> {
+    let named = appids.into_iter().flatten().filter(|id| !id.is_empty());
+    match named.into_iter().find(|id| !merchant.has_appid(id)) {
+        Some(appid) => Err(Rejection::new(
+            RejectReason::WrongAppid,
+            format!("appid {appid} is not configured for this merchant"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// v2 支付结果通知: parse, find the merchant by `mch_id`, verify the signature (method from
 /// `sign_type`, or the sign's length when absent), check the `appid`.
 ///
@@ -291,17 +305,12 @@ pub fn verify_v2_pay(
     let notification = PayNotification::from_fields(&fields)
         .map_err(|error| xml_rejection(error).for_merchant(mch_id))?;
     // appid is required when return_code is SUCCESS (checked by from_fields); when present
-    // it must be one of the merchant's.
-    if !notification.appid.is_empty() && !merchant.has_appid(&notification.appid) {
-        return Err(Rejection::new(
-            RejectReason::WrongAppid,
-            format!(
-                "appid {} is not configured for this merchant",
-                notification.appid
-            ),
-        )
-        .for_merchant(mch_id));
-    }
+    // it must be one of the merchant's, and so must a service provider's sub_appid.
+    check_appids(
+        merchant,
+        [Some(&notification.appid), notification.sub_appid.as_ref()],
+    )
+    .map_err(|rejection| rejection.for_merchant(mch_id))?;
     let out_trade_no = Some(notification.out_trade_no).filter(|no| !no.is_empty());
     Ok(Verified {
         message: message(incoming, Route::V2Pay, mch_id, None)?,
@@ -332,16 +341,11 @@ pub fn verify_v2_refund(
     let merchant = merchants.get(mch_id).ok_or_else(|| {
         Rejection::new(RejectReason::UnknownMerchant, "unknown merchant").for_merchant(mch_id)
     })?;
-    if !envelope.appid.is_empty() && !merchant.has_appid(&envelope.appid) {
-        return Err(Rejection::new(
-            RejectReason::WrongAppid,
-            format!(
-                "appid {} is not configured for this merchant",
-                envelope.appid
-            ),
-        )
-        .for_merchant(mch_id));
-    }
+    check_appids(
+        merchant,
+        [Some(&envelope.appid), envelope.sub_appid.as_ref()],
+    )
+    .map_err(|rejection| rejection.for_merchant(mch_id))?;
     let root = v2::decrypt_req_info(&envelope.req_info, merchant.api_v2_key.expose_secret())
         .map_err(|error| {
             Rejection::new(RejectReason::ReqInfo, error.to_string()).for_merchant(mch_id)

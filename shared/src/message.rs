@@ -28,6 +28,9 @@ pub mod header {
     pub const ATTEMPT: &str = "x-wxpay-attempt";
     /// Why a message was parked (dead-lettered) by the worker.
     pub const PARK_REASON: &str = "x-wxpay-park-reason";
+    /// The service provider's sub-merchant a query answer was asked about (set by the
+    /// reconciler): WeChat Pay's v3 refund query answer need not name it.
+    pub const SUB_MCH_ID: &str = "x-wxpay-sub-mch-id";
 }
 
 /// Longest AMQP short string (content type, message id, header names): its length is one
@@ -135,6 +138,8 @@ pub struct NotifyMessage {
     pub attempt: u32,
     /// Set when the worker parks the message.
     pub park_reason: Option<String>,
+    /// A service provider's query answer: the sub-merchant asked about ([`header::SUB_MCH_ID`]).
+    pub sub_mch_id: Option<String>,
     /// The raw HTTP body, byte for byte.
     pub body: Vec<u8>,
 }
@@ -166,6 +171,7 @@ impl NotifyMessage {
             wechatpay,
             attempt: 1,
             park_reason: None,
+            sub_mch_id: None,
             body,
         }
     }

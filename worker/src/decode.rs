@@ -225,14 +225,36 @@ pub fn decode(message: &NotifyMessage, merchants: &Merchants) -> Result<Decoded,
         NotifyKind::QueryPay => {
             order_query_answer(message.wechatpay.as_ref(), body, merchant).map(Decoded::Pay)
         }
-        NotifyKind::QueryRefund => match &message.wechatpay {
-            Some(headers) => {
-                verify_v3_response(headers, body, merchant)?;
-                refund_from_resource(RefundResource::parse(body).map_err(malformed)?, merchant)
-            }
-            None => decode_v2_refund_query(body, merchant),
-        },
+        NotifyKind::QueryRefund => {
+            let decoded = match &message.wechatpay {
+                Some(headers) => {
+                    verify_v3_response(headers, body, merchant)?;
+                    let resource = RefundResource::parse(body).map_err(malformed)?;
+                    refund_from_resource(resource, merchant)
+                }
+                None => decode_v2_refund_query(body, merchant),
+            }?;
+            asked_sub_merchant(decoded, message.sub_mch_id.as_deref())
+        }
     }
+}
+
+/// A refund query's answer is about the sub-merchant the reconciler asked about: WeChat Pay's
+/// v3 answer need not name it (<https://pay.weixin.qq.com/docs/partner/apis/partner-jsapi-payment/query-by-out-refund-no.html>),
+/// so the one the message carries fills in; an answer naming another is not about it.
+fn asked_sub_merchant(mut decoded: Decoded, asked: Option<&str>) -> Result<Decoded, DecodeError> {
+    if let (Decoded::Refund(refund), Some(asked)) = (&mut decoded, asked) {
+        match refund.sub_mch_id.as_str() {
+            "" => refund.sub_mch_id = asked.to_owned(),
+            named if named == asked => {}
+            named => {
+                return Err(malformed(format!(
+                    "refund query answer names sub-merchant {named}, asked about {asked}"
+                )))
+            }
+        }
+    }
+    Ok(decoded)
 }
 
 /// Decodes a notification read back from the `notifications` table (`anomaly resolve

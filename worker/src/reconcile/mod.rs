@@ -559,7 +559,7 @@ impl<'a> MerchantWork<'a> {
                     OrderState::NotPay,
                 );
                 if self
-                    .publish(NotifyKind::QueryPay, answer, out_trade_no)
+                    .publish(NotifyKind::QueryPay, answer, (out_trade_no, sub_mch_id))
                     .await
                     && unpaid
                 {
@@ -670,7 +670,7 @@ impl<'a> MerchantWork<'a> {
                 );
                 let status = answer.state.clone();
                 if self
-                    .publish(NotifyKind::QueryRefund, answer, out_refund_no)
+                    .publish(NotifyKind::QueryRefund, answer, (out_refund_no, sub_mch_id))
                     .await
                     && processing
                 {
@@ -720,15 +720,22 @@ impl<'a> MerchantWork<'a> {
         }
     }
 
-    /// Publishes a verified answer; `true` once the broker confirmed it.
-    async fn publish(&mut self, kind: NotifyKind, answer: Answer, number: &str) -> bool {
-        let message = NotifyMessage::new(
+    /// Publishes a verified answer about `number` of the sub-merchant `sub_mch_id` (empty:
+    /// a direct merchant's); `true` once the broker confirmed it.
+    async fn publish(
+        &mut self,
+        kind: NotifyKind,
+        answer: Answer,
+        (number, sub_mch_id): (&str, &str),
+    ) -> bool {
+        let mut message = NotifyMessage::new(
             kind,
             self.mch_id(),
             answer.body,
             answer.content_type,
             answer.wechatpay,
         );
+        message.sub_mch_id = Some(sub_mch_id.to_owned()).filter(|sub| !sub.is_empty());
         match self.publisher.publish(&message).await {
             Ok(()) => {
                 self.report.published += 1;

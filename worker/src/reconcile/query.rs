@@ -316,11 +316,12 @@ impl QueryClient {
                 };
                 let refund = RefundResource::parse(&raw.body)
                     .map_err(|error| QueryError::Malformed(error.to_string()))?;
-                // The refund query's answer has no `mchid`; when present it must match, and
-                // a provider's names the sub-merchant asked about.
+                // The refund query's answer has no `mchid` (nor, for a provider, perhaps a
+                // `sub_mchid`); when present they must be the ones asked about.
                 let named = refund.merchant();
+                let named_sub = refund.sub_mchid.as_str();
                 if (!named.is_empty() && named != merchant.mch_id)
-                    || refund.sub_mchid != of.sub_mch_id
+                    || (!named_sub.is_empty() && named_sub != of.sub_mch_id)
                 {
                     return Err(QueryError::Mismatch("merchant"));
                 }

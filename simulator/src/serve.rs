@@ -10,6 +10,12 @@
 //!   (<https://pay.weixin.qq.com/docs/merchant/apis/jsapi-payment/query-by-out-refund-no.html>):
 //!   the merchant's `Authorization` is verified with its public key, every answer is signed
 //!   with the platform key (`Wechatpay-*` headers over `timestamp\nnonce\nbody\n`).
+//! - A service provider's (`init --partner`) queries about a sub-merchant: v2 with
+//!   `sub_mch_id` (<https://pay.weixin.qq.com/wiki/doc/api/jsapi_sl.php?chapter=9_2>), v3
+//!   `GET /v3/pay/partner/transactions/out-trade-no/{out_trade_no}?sp_mchid=&sub_mchid=`
+//!   (<https://pay.weixin.qq.com/docs/partner/apis/partner-jsapi-payment/query-by-out-trade-no.html>)
+//!   and `GET /v3/refund/domestic/refunds/{out_refund_no}?sub_mchid=`, answered from that
+//!   sub-merchant's book in the partner form (the refund answer names no `sub_mchid`).
 //!
 //! Admin endpoints (not WeChat Pay's): `POST /sim/orders`, `POST /sim/refunds` stage the order
 //! book ("paid but never notified"); `GET /sim/orders` shows it; `POST /sim/faults`
@@ -18,8 +24,10 @@
 //! received, by the order asked about (`{"orders":{"T1":2}}`; faulted ones too), so a test
 //! can tell whether, and how often, a service asked. `GET /healthz` answers 200.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -51,12 +59,16 @@ pub struct Faults {
     pub bad_signature: bool,
 }
 
+/// A book as last read, with the file's modification time then.
+type CachedBook = (Option<SystemTime>, Arc<OrderBook>);
+
 /// Shared state of the server.
 pub struct SimState {
     merchant: SimMerchant,
     book: OrderBookFile,
-    /// The book as last read, with the file's modification time then.
-    cache: Mutex<Option<(Option<SystemTime>, Arc<OrderBook>)>>,
+    /// Each book (the merchant's, its sub-merchants') as last read, with the file's
+    /// modification time then.
+    cache: Mutex<HashMap<PathBuf, CachedBook>>,
     faults: Mutex<Faults>,
     /// Order queries received, by `out_trade_no` (or `transaction_id`) asked about.
     order_queries: Mutex<BTreeMap<String, u64>>,
@@ -68,7 +80,7 @@ impl SimState {
         Self {
             merchant,
             book,
-            cache: Mutex::new(None),
+            cache: Mutex::new(HashMap::new()),
             faults: Mutex::new(Faults::default()),
             order_queries: Mutex::new(BTreeMap::new()),
         }
@@ -83,26 +95,41 @@ impl SimState {
         }
     }
 
-    /// The book, re-read when the file changed since the last read.
+    /// The merchant's book, re-read when the file changed since the last read.
     fn book(&self) -> Result<Arc<OrderBook>, crate::orders::OrderBookError> {
-        let modified = self.book.modified();
+        self.book_of(&self.merchant)
+    }
+
+    /// The book of `m` (the merchant, or it acting for a sub-merchant), re-read when the
+    /// file changed since the last read.
+    fn book_of(&self, m: &SimMerchant) -> Result<Arc<OrderBook>, crate::orders::OrderBookError> {
+        let file = OrderBookFile::new(m.orders_path.clone());
+        let modified = file.modified();
         if let Ok(cache) = self.cache.lock() {
-            if let Some((when, book)) = cache.as_ref() {
+            if let Some((when, book)) = cache.get(&m.orders_path) {
                 if *when == modified && modified.is_some() {
                     return Ok(book.clone());
                 }
             }
         }
-        let book = Arc::new(self.book.read()?);
+        let book = Arc::new(file.read()?);
         if let Ok(mut cache) = self.cache.lock() {
-            *cache = Some((modified, book.clone()));
+            cache.insert(m.orders_path.clone(), (modified, book.clone()));
         }
         Ok(book)
     }
 
     fn invalidate(&self) {
         if let Ok(mut cache) = self.cache.lock() {
-            *cache = None;
+            cache.clear();
+        }
+    }
+
+    /// The merchant, acting for the sub-merchant a query names (none or empty: itself).
+    fn acting(&self, sub_mch_id: Option<&str>) -> Result<Cow<'_, SimMerchant>, String> {
+        match sub_mch_id.filter(|id| !id.is_empty()) {
+            None => Ok(Cow::Borrowed(&self.merchant)),
+            Some(id) => self.merchant.for_sub_merchant(id).map(Cow::Owned),
         }
     }
 
@@ -137,6 +164,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/pay/refundquery", web::post().to(v2_refundquery))
     .route(
         "/v3/pay/transactions/out-trade-no/{out_trade_no}",
+        web::get().to(v3_query_by_out_trade_no),
+    )
+    .route(
+        "/v3/pay/partner/transactions/out-trade-no/{out_trade_no}",
         web::get().to(v3_query_by_out_trade_no),
     )
     .route(
@@ -224,6 +255,7 @@ fn v2_base(m: &SimMerchant, result_code: &str) -> XmlFields {
     f.insert("return_msg", "OK");
     f.insert("appid", m.appid.as_str());
     f.insert("mch_id", m.mch_id.as_str());
+    build::name_sub_merchant(&mut f, m);
     f.insert("result_code", result_code);
     f
 }
@@ -233,6 +265,19 @@ fn v2_business_fail(m: &SimMerchant, code: &str, des: &str) -> XmlFields {
     f.insert("err_code", code);
     f.insert("err_code_des", des);
     f
+}
+
+/// The merchant acting for the request's `sub_mch_id`, or the signed FAIL answer when it
+/// is not one of its sub-merchants (the simulator's own wording).
+fn v2_acting<'s>(
+    state: &'s SimState,
+    req: &XmlFields,
+    sign_type: SignType,
+) -> Result<Cow<'s, SimMerchant>, Box<HttpResponse>> {
+    state.acting(req.get("sub_mch_id")).map_err(|_| {
+        let f = v2_business_fail(&state.merchant, "PARAM_ERROR", "sub_mch_id与mch_id不匹配");
+        Box::new(v2_signed(state, f, sign_type))
+    })
 }
 
 fn trade_state_desc(state: TradeState) -> &'static str {
@@ -261,12 +306,16 @@ async fn v2_orderquery(state: web::Data<SimState>, body: web::Bytes) -> HttpResp
         Ok(r) => r,
         Err(msg) => return v2_return_fail(msg),
     };
-    let m = &state.merchant;
+    let m = match v2_acting(&state, &req, sign_type) {
+        Ok(m) => m,
+        Err(answer) => return *answer,
+    };
+    let m = m.as_ref();
     if req.get("appid") != Some(m.appid.as_str()) {
         let f = v2_business_fail(m, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配");
         return v2_signed(&state, f, sign_type);
     }
-    let book = match state.book() {
+    let book = match state.book_of(m) {
         Ok(b) => b,
         Err(e) => return book_error(e),
     };
@@ -315,8 +364,12 @@ async fn v2_refundquery(state: web::Data<SimState>, body: web::Bytes) -> HttpRes
         Ok(r) => r,
         Err(msg) => return v2_return_fail(msg),
     };
-    let m = &state.merchant;
-    let book = match state.book() {
+    let m = match v2_acting(&state, &req, sign_type) {
+        Ok(m) => m,
+        Err(answer) => return *answer,
+    };
+    let m = m.as_ref();
+    let book = match state.book_of(m) {
         Ok(b) => b,
         Err(e) => return book_error(e),
     };
@@ -447,9 +500,13 @@ fn authenticate(state: &SimState, req: &HttpRequest, body: &[u8]) -> Result<(), 
     .map_err(|e| unauthorized(&format!("signature does not verify: {e}")))
 }
 
+/// The merchant parameters of a v3 query: `mchid` (a direct merchant), or `sp_mchid` and
+/// `sub_mchid` (a provider's partner endpoint), or `sub_mchid` alone (a provider's refund).
 #[derive(Deserialize)]
 struct MchidQuery {
     mchid: Option<String>,
+    sp_mchid: Option<String>,
+    sub_mchid: Option<String>,
 }
 
 fn v3_transaction_json(m: &SimMerchant, o: &OrderRecord) -> serde_json::Value {
@@ -475,15 +532,17 @@ fn v3_transaction_json(m: &SimMerchant, o: &OrderRecord) -> serde_json::Value {
             v["success_time"] = json!(build::v3_time(t));
         }
     }
-    v
+    build::partner_form(v, m)
 }
+
+/// `(out_trade_no, transaction_id)`: what an order query asks by (one of the two).
+type OrderAsked<'a> = (Option<&'a str>, Option<&'a str>);
 
 async fn v3_query_order(
     state: &SimState,
     req: &HttpRequest,
     query: &MchidQuery,
-    out_trade_no: Option<&str>,
-    transaction_id: Option<&str>,
+    (out_trade_no, transaction_id): OrderAsked<'_>,
 ) -> HttpResponse {
     state.count_order_query(out_trade_no.or(transaction_id));
     if let Some(r) = fault_response(&state.faults()) {
@@ -492,16 +551,22 @@ async fn v3_query_order(
     if let Err(message) = authenticate(state, req, b"") {
         return v3_error(state, StatusCode::UNAUTHORIZED, "SIGN_ERROR", &message);
     }
-    let m = &state.merchant;
-    if query.mchid.as_deref() != Some(m.mch_id.as_str()) {
+    // The direct endpoints take `mchid`; the partner one `sp_mchid` and `sub_mchid`.
+    let own = Some(state.merchant.mch_id.as_str());
+    let partner_endpoint = req.path().starts_with("/v3/pay/partner/");
+    let direct = !partner_endpoint && query.mchid.as_deref() == own && query.sub_mchid.is_none();
+    let partner = partner_endpoint && query.sp_mchid.as_deref() == own && query.sub_mchid.is_some();
+    let acting = state.acting(query.sub_mchid.as_deref());
+    let (true, Ok(m)) = (direct || partner, acting) else {
         return v3_error(
             state,
             StatusCode::BAD_REQUEST,
             "PARAM_ERROR",
-            "mchid query parameter does not match",
+            "mchid, or sp_mchid and sub_mchid, do not match",
         );
-    }
-    let book = match state.book() {
+    };
+    let m = m.as_ref();
+    let book = match state.book_of(m) {
         Ok(b) => b,
         Err(e) => return book_error(e),
     };
@@ -524,7 +589,7 @@ async fn v3_query_by_out_trade_no(
     path: web::Path<String>,
     query: web::Query<MchidQuery>,
 ) -> HttpResponse {
-    v3_query_order(&state, &req, &query, Some(path.as_str()), None).await
+    v3_query_order(&state, &req, &query, (Some(path.as_str()), None)).await
 }
 
 async fn v3_query_by_transaction_id(
@@ -533,13 +598,14 @@ async fn v3_query_by_transaction_id(
     path: web::Path<String>,
     query: web::Query<MchidQuery>,
 ) -> HttpResponse {
-    v3_query_order(&state, &req, &query, None, Some(path.as_str())).await
+    v3_query_order(&state, &req, &query, (None, Some(path.as_str()))).await
 }
 
 async fn v3_refund_query(
     state: web::Data<SimState>,
     req: HttpRequest,
     path: web::Path<String>,
+    query: web::Query<MchidQuery>,
 ) -> HttpResponse {
     if let Some(r) = fault_response(&state.faults()) {
         return r;
@@ -547,7 +613,15 @@ async fn v3_refund_query(
     if let Err(message) = authenticate(&state, &req, b"") {
         return v3_error(&state, StatusCode::UNAUTHORIZED, "SIGN_ERROR", &message);
     }
-    let book = match state.book() {
+    let Ok(m) = state.acting(query.sub_mchid.as_deref()) else {
+        return v3_error(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "PARAM_ERROR",
+            "sub_mchid is not a sub-merchant of the merchant",
+        );
+    };
+    let book = match state.book_of(&m) {
         Ok(b) => b,
         Err(e) => return book_error(e),
     };

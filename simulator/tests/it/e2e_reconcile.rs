@@ -2,11 +2,13 @@
 //! `wxpay-sim serve` (WeChat Pay's query API) for unpaid orders, publishes what it learns to
 //! the same queue, and the worker applies it; the late notification is then a duplicate.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wxpay_shared::state::{OrderState, TradeState};
 
-use crate::e2e_support::{count, eventually, insert_order, order, scrape, worker_done, Stack};
+use crate::e2e_support::{
+    count, eventually, insert_order, order, reconcile_at_once, scrape, worker_done, Stack,
+};
 
 /// The transaction_id that `wxpay-sim order` printed.
 fn transaction_id(stdout: &str) -> String {
@@ -19,32 +21,10 @@ fn transaction_id(stdout: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
-    let mut s = Stack::prepare(|config| {
-        let reconciler = config
-            .entry("reconciler")
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        if let Some(r) = reconciler.as_table_mut() {
-            r.insert("min_age_secs".into(), toml::Value::Integer(0));
-            r.insert("rate_per_merchant".into(), toml::Value::Integer(100));
-            r.insert("close_unpaid".into(), toml::Value::Boolean(true));
-        }
-    })
-    .await;
+    let mut s = Stack::prepare(reconcile_at_once).await;
     s.start_gateway().await;
     s.start_worker().await;
-    let sim = s.bins.sim.clone();
-    let listen = format!("127.0.0.1:{}", s.ports.sim);
-    let serve = s.spawn("sim-serve", &sim, &["serve", "--listen", &listen]);
-    s.others.push(serve);
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(&listen).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "wxpay-sim serve not listening on {listen}\n{}",
-            s.logs(40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    s.start_sim_serve().await;
 
     // WeChat Pay knows: one paid (its notification was lost), one closed, one not paid yet.
     let staged = [

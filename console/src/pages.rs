@@ -210,13 +210,11 @@ fn error_note(what: &str, error: &dyn std::fmt::Display) -> String {
 
 // ------------------------------------------------------------------ login and logout
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct LoginForm {
-    #[serde(default)]
     username: String,
-    #[serde(default)]
     password: String,
-    #[serde(default)]
     csrf: String,
 }
 
@@ -256,6 +254,18 @@ async fn login_form(state: Data, req: HttpRequest) -> HttpResponse {
     login_page(StatusCode::OK, &state, &req, None)
 }
 
+/// The login form again, with `message`, counted as a login of `result`.
+fn login_again(
+    state: &State,
+    req: &HttpRequest,
+    status: StatusCode,
+    result: &'static str,
+    message: &str,
+) -> HttpResponse {
+    metrics::counter!(metric::CONSOLE_LOGINS_TOTAL, "result" => result).increment(1);
+    login_page(status, state, req, Some(message))
+}
+
 async fn login(state: Data, req: HttpRequest, form: web::Form<LoginForm>) -> HttpResponse {
     let form = form.into_inner();
     let expected = cookie(&req, LOGIN_COOKIE).unwrap_or_default();
@@ -265,13 +275,14 @@ async fn login(state: Data, req: HttpRequest, form: web::Form<LoginForm>) -> Htt
     }
     let client = client_ip(&state, &req);
     if state.limiter.blocked(&form.username, client) {
-        metrics::counter!(metric::CONSOLE_LOGINS_TOTAL, "result" => "limited").increment(1);
         tracing::warn!(user = form.username.as_str(), %client, "console login rate-limited");
-        return login_page(
-            StatusCode::TOO_MANY_REQUESTS,
+        let message = "Too many failed attempts: try again later.";
+        return login_again(
             &state,
             &req,
-            Some("Too many failed attempts: try again later."),
+            StatusCode::TOO_MANY_REQUESTS,
+            "limited",
+            message,
         );
     }
     let verifier = state.clone().into_inner();
@@ -282,14 +293,9 @@ async fn login(state: Data, req: HttpRequest, form: web::Form<LoginForm>) -> Htt
         .flatten();
     let Some(role) = role else {
         state.limiter.failed(&form.username, client);
-        metrics::counter!(metric::CONSOLE_LOGINS_TOTAL, "result" => "failed").increment(1);
         tracing::info!(user = form.username.as_str(), %client, "console login failed");
-        return login_page(
-            StatusCode::UNAUTHORIZED,
-            &state,
-            &req,
-            Some("Wrong user name or password."),
-        );
+        let message = "Wrong user name or password.";
+        return login_again(&state, &req, StatusCode::UNAUTHORIZED, "failed", message);
     };
     state.limiter.succeeded(&form.username, client);
     metrics::counter!(metric::CONSOLE_LOGINS_TOTAL, "result" => "ok").increment(1);
@@ -317,9 +323,9 @@ async fn logout_form(state: Data, req: HttpRequest) -> HttpResponse {
     auth.page("Log out", &body)
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct CsrfForm {
-    #[serde(default)]
     csrf: String,
 }
 
@@ -579,6 +585,35 @@ async fn search(state: Data, req: HttpRequest, query: web::Query<SearchQuery>) -
 
 // ------------------------------------------------------------------ anomalies
 
+/// The table `id` of `items` (`empty` when there is none), one row of `cells` each; for an
+/// operator, each row ends with the form `action` writes for its item.
+fn operator_table<T>(
+    auth: &Authed,
+    id: &str,
+    head: &[&str],
+    items: &[T],
+    empty: &str,
+    cells: impl Fn(&T) -> Vec<String>,
+    action: impl Fn(&T) -> String,
+) -> String {
+    let operator = auth.is_operator();
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|item| {
+            let mut row = cells(item);
+            if operator {
+                row.push(action(item));
+            }
+            row
+        })
+        .collect();
+    let mut head = head.to_vec();
+    if operator {
+        head.push("");
+    }
+    table(id, &head, &rows, empty)
+}
+
 fn audit_table(rows: &[AuditRow]) -> String {
     let rows: Vec<Vec<String>> = rows
         .iter()
@@ -653,41 +688,37 @@ async fn anomalies(state: Data, req: HttpRequest) -> HttpResponse {
          Both need a note and are audited.</p>",
     );
     match anomaly::list(&state.pool).await {
-        Ok(open) => {
-            let rows: Vec<Vec<String>> = open
-                .iter()
-                .map(|a| {
-                    let mut cells = vec![
-                        a.id.to_string(),
-                        time(&a.received_at),
-                        escape(&a.mch_id),
-                        opt(&a.out_trade_no),
-                        opt(&a.out_refund_no),
-                        opt(&a.anomaly_reason),
-                        escape(&mask_openids(a.anomaly_detail.as_deref().unwrap_or(""))),
-                    ];
-                    if auth.is_operator() {
-                        cells.push(format!(
-                            "<form class=\"inline\" method=\"post\" action=\"/anomalies/resolve\">\
-                             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-                             <input type=\"hidden\" name=\"id\" value=\"{}\">\
-                             <input type=\"text\" name=\"note\" required placeholder=\"note\">\
-                             <button type=\"submit\" name=\"action\" value=\"reapply\">Reapply</button>\
-                             <button type=\"submit\" name=\"action\" value=\"dismiss\">Dismiss</button></form>",
-                            a.id
-                        ));
-                    }
-                    cells
-                })
-                .collect();
-            let mut head = vec![
+        Ok(open) => body.push_str(&operator_table(
+            &auth,
+            "open-anomalies",
+            &[
                 "Id", "Received", "Merchant", "Order", "Refund", "Reason", "Detail",
-            ];
-            if auth.is_operator() {
-                head.push("");
-            }
-            body.push_str(&table("open-anomalies", &head, &rows, "No open anomaly."));
-        }
+            ],
+            &open,
+            "No open anomaly.",
+            |a| {
+                vec![
+                    a.id.to_string(),
+                    time(&a.received_at),
+                    escape(&a.mch_id),
+                    opt(&a.out_trade_no),
+                    opt(&a.out_refund_no),
+                    opt(&a.anomaly_reason),
+                    escape(&mask_openids(a.anomaly_detail.as_deref().unwrap_or(""))),
+                ]
+            },
+            |a| {
+                format!(
+                    "<form class=\"inline\" method=\"post\" action=\"/anomalies/resolve\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <input type=\"hidden\" name=\"id\" value=\"{}\">\
+                     <input type=\"text\" name=\"note\" required placeholder=\"note\">\
+                     <button type=\"submit\" name=\"action\" value=\"reapply\">Reapply</button>\
+                     <button type=\"submit\" name=\"action\" value=\"dismiss\">Dismiss</button></form>",
+                    a.id
+                )
+            },
+        )),
         Err(error) => body.push_str(&error_note("Database", &error)),
     }
     body.push_str(
@@ -720,15 +751,12 @@ async fn anomalies(state: Data, req: HttpRequest) -> HttpResponse {
     auth.page("Anomalies", &body)
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct ResolveForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     id: String,
-    #[serde(default)]
     action: String,
-    #[serde(default)]
     note: String,
 }
 
@@ -786,34 +814,32 @@ async fn parked(state: Data, req: HttpRequest) -> HttpResponse {
     let mut body = String::new();
     match retry::dlq_list(&state.settings).await {
         Ok(list) => {
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|p| {
-                    let mut cells = vec![
+            body.push_str(&operator_table(
+                &auth,
+                "parked",
+                &["Id", "Kind", "Merchant", "Attempt", "Reason", "Received"],
+                &list,
+                "No parked message.",
+                |p| {
+                    vec![
                         escape(&p.id),
                         escape(&p.kind),
                         escape(&p.mch_id),
                         p.attempt.to_string(),
                         escape(&mask_openids(&p.reason)),
                         escape(&p.received_at),
-                    ];
-                    if auth.is_operator() {
-                        cells.push(format!(
-                            "<form class=\"inline\" method=\"post\" action=\"/parked/replay\">\
-                             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-                             <input type=\"hidden\" name=\"id\" value=\"{}\">\
-                             <button type=\"submit\" class=\"replay\">Replay</button></form>",
-                            escape(&p.id)
-                        ));
-                    }
-                    cells
-                })
-                .collect();
-            let mut head = vec!["Id", "Kind", "Merchant", "Attempt", "Reason", "Received"];
-            if auth.is_operator() {
-                head.push("");
-            }
-            body.push_str(&table("parked", &head, &rows, "No parked message."));
+                    ]
+                },
+                |p| {
+                    format!(
+                        "<form class=\"inline\" method=\"post\" action=\"/parked/replay\">\
+                         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                         <input type=\"hidden\" name=\"id\" value=\"{}\">\
+                         <button type=\"submit\" class=\"replay\">Replay</button></form>",
+                        escape(&p.id)
+                    )
+                },
+            ));
             if auth.is_operator() && !list.is_empty() {
                 body.push_str(&format!(
                     "<form method=\"post\" action=\"/parked/replay-all\">\
@@ -829,11 +855,10 @@ async fn parked(state: Data, req: HttpRequest) -> HttpResponse {
     auth.page("Parked messages", &body)
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct ReplayForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     id: String,
 }
 

@@ -263,18 +263,28 @@ fn message(
     Ok(message)
 }
 
-/// Every appid a v2 body names (`appid`; a service provider's `sub_appid` too:
-/// <https://pay.weixin.qq.com/wiki/doc/api/jsapi_sl.php?chapter=9_7>), when present, must be
-/// one of the merchant's `appids`.
-fn check_appids(merchant: &Merchant, appids: [Option<&String>; 2]) -> Result<(), Rejection> {
-    let named = appids.into_iter().flatten().filter(|id| !id.is_empty());
-    match named.into_iter().find(|id| !merchant.has_appid(id)) {
-        Some(appid) => Err(Rejection::new(
-            RejectReason::WrongAppid,
-            format!("appid {appid} is not configured for this merchant"),
-        )),
-        None => Ok(()),
+/// The configured merchant `mch_id`.
+fn configured<'m>(merchants: &'m Merchants, mch_id: &str) -> Result<&'m Merchant, Rejection> {
+    merchants
+        .get(mch_id)
+        .map(|merchant| &**merchant)
+        .ok_or_else(|| {
+            Rejection::new(RejectReason::UnknownMerchant, "unknown merchant").for_merchant(mch_id)
+        })
+}
+
+/// A v2 `appid` must be one of the merchant's when present (it is absent, empty, only
+/// alongside a `return_code` FAIL); so must a service provider's `sub_appid`
+/// (<https://pay.weixin.qq.com/wiki/doc/api/jsapi_sl.php?chapter=9_7>).
+fn check_appid(merchant: &Merchant, mch_id: &str, appid: &str) -> Result<(), Rejection> {
+    if appid.is_empty() || merchant.has_appid(appid) {
+        return Ok(());
     }
+    Err(Rejection::new(
+        RejectReason::WrongAppid,
+        format!("appid {appid} is not configured for this merchant"),
+    )
+    .for_merchant(mch_id))
 }
 
 /// v2 支付结果通知: parse, find the merchant by `mch_id`, verify the signature (method from
@@ -296,9 +306,7 @@ pub fn verify_v2_pay(
             ))
         }
     };
-    let merchant = merchants.get(mch_id).ok_or_else(|| {
-        Rejection::new(RejectReason::UnknownMerchant, "unknown merchant").for_merchant(mch_id)
-    })?;
+    let merchant = configured(merchants, mch_id)?;
     v2::verify(&fields, merchant.api_v2_key.expose_secret()).map_err(|error| {
         Rejection::new(RejectReason::Signature, error.to_string()).for_merchant(mch_id)
     })?;
@@ -306,11 +314,12 @@ pub fn verify_v2_pay(
         .map_err(|error| xml_rejection(error).for_merchant(mch_id))?;
     // appid is required when return_code is SUCCESS (checked by from_fields); when present
     // it must be one of the merchant's, and so must a service provider's sub_appid.
-    check_appids(
+    check_appid(merchant, mch_id, &notification.appid)?;
+    check_appid(
         merchant,
-        [Some(&notification.appid), notification.sub_appid.as_ref()],
-    )
-    .map_err(|rejection| rejection.for_merchant(mch_id))?;
+        mch_id,
+        notification.sub_appid.as_deref().unwrap_or_default(),
+    )?;
     let out_trade_no = Some(notification.out_trade_no).filter(|no| !no.is_empty());
     Ok(Verified {
         message: message(incoming, Route::V2Pay, mch_id, None)?,
@@ -338,14 +347,13 @@ pub fn verify_v2_refund(
         ));
     }
     let mch_id = envelope.mch_id.as_str();
-    let merchant = merchants.get(mch_id).ok_or_else(|| {
-        Rejection::new(RejectReason::UnknownMerchant, "unknown merchant").for_merchant(mch_id)
-    })?;
-    check_appids(
+    let merchant = configured(merchants, mch_id)?;
+    check_appid(merchant, mch_id, &envelope.appid)?;
+    check_appid(
         merchant,
-        [Some(&envelope.appid), envelope.sub_appid.as_ref()],
-    )
-    .map_err(|rejection| rejection.for_merchant(mch_id))?;
+        mch_id,
+        envelope.sub_appid.as_deref().unwrap_or_default(),
+    )?;
     let root = v2::decrypt_req_info(&envelope.req_info, merchant.api_v2_key.expose_secret())
         .map_err(|error| {
             Rejection::new(RejectReason::ReqInfo, error.to_string()).for_merchant(mch_id)
@@ -372,9 +380,7 @@ pub fn verify_v3<'h>(
     now_unix: i64,
 ) -> Result<Verified, Rejection> {
     check_content_type(incoming.content_type)?;
-    let merchant = merchants.get(mch_id).ok_or_else(|| {
-        Rejection::new(RejectReason::UnknownMerchant, "unknown merchant").for_merchant(mch_id)
-    })?;
+    let merchant = configured(merchants, mch_id)?;
     let headers = WechatpayHeaders::from_lookup(header).map_err(|error| {
         let reason = match error {
             wxpay_shared::v3::HeaderError::BadTimestamp => RejectReason::Timestamp,
@@ -469,33 +475,29 @@ mod tests {
             body: b"\xff\x00<xml",
             content_type: None,
         };
-        assert_eq!(
-            verify_v2_pay(&incoming, &merchants)
-                .map(|_| ())
-                .map_err(|r| r.reason),
-            Err(RejectReason::Malformed)
-        );
+        let bodies: [(&[u8], _); 3] = [
+            (incoming.body, RejectReason::Malformed),
+            (
+                b"<!DOCTYPE x [<!ENTITY e SYSTEM \"file:///etc/passwd\">]><xml><a>&e;</a></xml>",
+                RejectReason::Doctype,
+            ),
+            (
+                b"<xml><mch_id>1</mch_id><sign>AB</sign></xml>",
+                RejectReason::UnknownMerchant,
+            ),
+        ];
+        for (body, reason) in bodies {
+            let pay = Incoming { body, ..incoming };
+            assert_eq!(
+                verify_v2_pay(&pay, &merchants)
+                    .map(|_| ())
+                    .map_err(|r| r.reason),
+                Err(reason),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
         assert!(verify_v2_refund(&incoming, &merchants).is_err());
-        let doctype = Incoming {
-            body: b"<!DOCTYPE x [<!ENTITY e SYSTEM \"file:///etc/passwd\">]><xml><a>&e;</a></xml>",
-            ..incoming
-        };
-        assert_eq!(
-            verify_v2_pay(&doctype, &merchants)
-                .map(|_| ())
-                .map_err(|r| r.reason),
-            Err(RejectReason::Doctype)
-        );
-        let unknown = Incoming {
-            body: b"<xml><mch_id>1</mch_id><sign>AB</sign></xml>",
-            ..incoming
-        };
-        assert_eq!(
-            verify_v2_pay(&unknown, &merchants)
-                .map(|_| ())
-                .map_err(|r| r.reason),
-            Err(RejectReason::UnknownMerchant)
-        );
         assert_eq!(
             verify_v3(&incoming, "1", |_| None, &merchants, 0)
                 .map(|_| ())

@@ -6,7 +6,7 @@
 //! lives here. One definition, used by the publishers ([`AmqpMessage::properties`]) and the
 //! consumer ([`AmqpMessage::from_amqp`]).
 
-use lapin::options::QueueDeclareOptions;
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 use uuid::Uuid;
@@ -35,6 +35,21 @@ pub fn durable_queue_options() -> QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     }
+}
+
+/// Durable: the events exchange and its alternate survive a broker restart, as the quorum
+/// queues bound to them do.
+pub fn durable_exchange_options() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    }
+}
+
+/// The `message_id` property (the request id), whether or not the rest of the message
+/// decodes: to log, list or pick a delivery by it.
+pub fn message_id_text(properties: &BasicProperties) -> Option<&str> {
+    properties.message_id().as_ref().map(|id| id.as_str())
 }
 
 /// A [`NotifyMessage`] in and out of AMQP properties.

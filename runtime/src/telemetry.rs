@@ -11,51 +11,55 @@ use tracing_subscriber::EnvFilter;
 
 /// Values of the `step` log field, in the order the data flows.
 pub mod step {
-    pub const RECEIVE: &str = "receive";
-    pub const VERIFY: &str = "verify";
-    pub const PUBLISH: &str = "publish";
-    pub const ANSWER: &str = "answer";
-    pub const CONSUME: &str = "consume";
-    pub const DECODE: &str = "decode";
-    pub const DEDUPE: &str = "dedupe";
-    pub const CONFIRM: &str = "confirm";
-    pub const APPLY: &str = "apply";
-    pub const OUTBOX: &str = "outbox";
-    pub const RETRY: &str = "retry";
-    pub const PARK: &str = "park";
-    pub const RECONCILE: &str = "reconcile";
-    pub const STARTUP: &str = "startup";
-    pub const SHUTDOWN: &str = "shutdown";
-    /// Merchants reloaded (or a reload refused) while running.
-    pub const RELOAD: &str = "reload";
+    wxpay_shared::names! {
+        RECEIVE => "receive",
+        VERIFY => "verify",
+        PUBLISH => "publish",
+        ANSWER => "answer",
+        CONSUME => "consume",
+        DECODE => "decode",
+        DEDUPE => "dedupe",
+        CONFIRM => "confirm",
+        APPLY => "apply",
+        OUTBOX => "outbox",
+        RETRY => "retry",
+        PARK => "park",
+        RECONCILE => "reconcile",
+        STARTUP => "startup",
+        SHUTDOWN => "shutdown",
+        /// Merchants reloaded (or a reload refused) while running.
+        RELOAD => "reload",
+    }
 }
 
 /// Metric names, one place for all services; each is described in docs/ARCHITECTURE.md, "Metrics".
 pub mod metric {
-    pub const GATEWAY_REQUESTS_TOTAL: &str = "wxpay_gateway_requests_total";
-    pub const GATEWAY_REQUEST_DURATION_SECONDS: &str = "wxpay_gateway_request_duration_seconds";
-    pub const GATEWAY_PUBLISH_DURATION_SECONDS: &str = "wxpay_gateway_publish_duration_seconds";
-    pub const GATEWAY_BROKER_CONNECTED: &str = "wxpay_gateway_broker_connected";
-    pub const GATEWAY_SHED_TOTAL: &str = "wxpay_gateway_shed_total";
-    pub const WORKER_MESSAGES_TOTAL: &str = "wxpay_worker_messages_total";
-    pub const WORKER_PROCESS_DURATION_SECONDS: &str = "wxpay_worker_process_duration_seconds";
-    pub const WORKER_LAG_SECONDS: &str = "wxpay_worker_lag_seconds";
-    pub const WORKER_DEDUPE_HITS_TOTAL: &str = "wxpay_worker_dedupe_hits_total";
-    pub const WORKER_ANOMALIES_TOTAL: &str = "wxpay_worker_anomalies_total";
-    pub const WORKER_RETRIES_TOTAL: &str = "wxpay_worker_retries_total";
-    pub const WORKER_PARKED_TOTAL: &str = "wxpay_worker_parked_total";
-    pub const WORKER_BROKER_CONNECTED: &str = "wxpay_worker_broker_connected";
-    pub const WORKER_REDIS_ERRORS_TOTAL: &str = "wxpay_worker_redis_errors_total";
-    pub const WORKER_CONFIRM_QUERIES_TOTAL: &str = "wxpay_worker_confirm_queries_total";
-    pub const OUTBOX_PENDING: &str = "wxpay_outbox_pending";
-    pub const OUTBOX_PUBLISHED_TOTAL: &str = "wxpay_outbox_published_total";
-    pub const RECONCILER_CHECKED_TOTAL: &str = "wxpay_reconciler_checked_total";
-    pub const RECONCILER_RECOVERED_TOTAL: &str = "wxpay_reconciler_recovered_total";
-    pub const RECONCILER_ERRORS_TOTAL: &str = "wxpay_reconciler_errors_total";
-    pub const RECONCILER_ROUND_DURATION_SECONDS: &str = "wxpay_reconciler_round_duration_seconds";
-    pub const CONSOLE_LOGINS_TOTAL: &str = "wxpay_console_logins_total";
-    pub const CONSOLE_ACTIONS_TOTAL: &str = "wxpay_console_actions_total";
-    pub const CONFIG_RELOADS_TOTAL: &str = "wxpay_config_reloads_total";
+    wxpay_shared::names! {
+        GATEWAY_REQUESTS_TOTAL => "wxpay_gateway_requests_total",
+        GATEWAY_REQUEST_DURATION_SECONDS => "wxpay_gateway_request_duration_seconds",
+        GATEWAY_PUBLISH_DURATION_SECONDS => "wxpay_gateway_publish_duration_seconds",
+        GATEWAY_BROKER_CONNECTED => "wxpay_gateway_broker_connected",
+        GATEWAY_SHED_TOTAL => "wxpay_gateway_shed_total",
+        WORKER_MESSAGES_TOTAL => "wxpay_worker_messages_total",
+        WORKER_PROCESS_DURATION_SECONDS => "wxpay_worker_process_duration_seconds",
+        WORKER_LAG_SECONDS => "wxpay_worker_lag_seconds",
+        WORKER_DEDUPE_HITS_TOTAL => "wxpay_worker_dedupe_hits_total",
+        WORKER_ANOMALIES_TOTAL => "wxpay_worker_anomalies_total",
+        WORKER_RETRIES_TOTAL => "wxpay_worker_retries_total",
+        WORKER_PARKED_TOTAL => "wxpay_worker_parked_total",
+        WORKER_BROKER_CONNECTED => "wxpay_worker_broker_connected",
+        WORKER_REDIS_ERRORS_TOTAL => "wxpay_worker_redis_errors_total",
+        WORKER_CONFIRM_QUERIES_TOTAL => "wxpay_worker_confirm_queries_total",
+        OUTBOX_PENDING => "wxpay_outbox_pending",
+        OUTBOX_PUBLISHED_TOTAL => "wxpay_outbox_published_total",
+        RECONCILER_CHECKED_TOTAL => "wxpay_reconciler_checked_total",
+        RECONCILER_RECOVERED_TOTAL => "wxpay_reconciler_recovered_total",
+        RECONCILER_ERRORS_TOTAL => "wxpay_reconciler_errors_total",
+        RECONCILER_ROUND_DURATION_SECONDS => "wxpay_reconciler_round_duration_seconds",
+        CONSOLE_LOGINS_TOTAL => "wxpay_console_logins_total",
+        CONSOLE_ACTIONS_TOTAL => "wxpay_console_actions_total",
+        CONFIG_RELOADS_TOTAL => "wxpay_config_reloads_total",
+    }
 }
 
 /// Histogram buckets (seconds): sub-millisecond answers up to the 10-minute retry tier.

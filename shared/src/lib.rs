@@ -10,6 +10,8 @@
 //! - [`message`]: the queue message between gateway and worker: its fields, kinds and header
 //!   names (their AMQP encoding is in `wxpay-runtime`).
 //! - [`state`]: trade and refund states on the wire, and the worker's state columns.
+//! - [`names!`]: families of string constants (steps, metrics, headers, labels), each
+//!   spelled once and listed in `ALL`.
 //!
 //! No network, no I/O and no process-wide state in this crate: it is pure and tested with
 //! official and independently computed vectors. Configuration loading, telemetry and the
@@ -17,6 +19,7 @@
 
 pub mod answer;
 pub mod message;
+mod names;
 pub mod state;
 pub mod v2;
 pub mod v3;

@@ -18,19 +18,22 @@ use crate::v3::headers::{
 
 /// AMQP header names of the contract.
 pub mod header {
-    /// `v2.pay` | `v2.refund` | `v3` | `query.pay` | `query.refund`.
-    pub const KIND: &str = "x-wxpay-kind";
-    /// The merchant the notification is for.
-    pub const MCH_ID: &str = "x-wxpay-mch-id";
-    /// When the gateway received it (ms since the Unix epoch): the worker's lag is measured from it.
-    pub const RECEIVED_AT_MS: &str = "x-wxpay-received-at-ms";
-    /// Delivery attempt, set on retries (absent means the first).
-    pub const ATTEMPT: &str = "x-wxpay-attempt";
-    /// Why a message was parked (dead-lettered) by the worker.
-    pub const PARK_REASON: &str = "x-wxpay-park-reason";
-    /// The service provider's sub-merchant a query answer was asked about (set by the
-    /// reconciler): WeChat Pay's v3 refund query answer need not name it.
-    pub const SUB_MCH_ID: &str = "x-wxpay-sub-mch-id";
+    crate::names! {
+        /// `v2.pay` | `v2.refund` | `v3` | `query.pay` | `query.refund`.
+        KIND => "x-wxpay-kind",
+        /// The merchant the notification is for.
+        MCH_ID => "x-wxpay-mch-id",
+        /// When the gateway received it (ms since the Unix epoch): the worker's lag is
+        /// measured from it.
+        RECEIVED_AT_MS => "x-wxpay-received-at-ms",
+        /// Delivery attempt, set on retries (absent means the first).
+        ATTEMPT => "x-wxpay-attempt",
+        /// Why a message was parked (dead-lettered) by the worker.
+        PARK_REASON => "x-wxpay-park-reason",
+        /// The service provider's sub-merchant a query answer was asked about (set by the
+        /// reconciler): WeChat Pay's v3 refund query answer need not name it.
+        SUB_MCH_ID => "x-wxpay-sub-mch-id",
+    }
 }
 
 /// Longest AMQP short string (content type, message id, header names): its length is one

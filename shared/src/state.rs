@@ -31,7 +31,7 @@ macro_rules! spelled {
     (
         $(#[$meta:meta])*
         $name:ident ($kind:literal) {
-            $($(#[$variant_meta:meta])* $variant:ident = $text:literal,)+
+            $($(#[$variant_meta:meta])* $variant:ident => $text:literal,)+
         }
     ) => {
         $(#[$meta])*
@@ -96,19 +96,19 @@ spelled! {
     /// WeChat Pay's `trade_state` of an order (v2 and v3 alike).
     TradeState("trade_state") {
         /// 支付成功.
-        Success = "SUCCESS",
+        Success => "SUCCESS",
         /// 转入退款: paid, then refunded.
-        Refund = "REFUND",
+        Refund => "REFUND",
         /// 未支付.
-        NotPay = "NOTPAY",
+        NotPay => "NOTPAY",
         /// 已关闭.
-        Closed = "CLOSED",
+        Closed => "CLOSED",
         /// 已撤销 (card payments).
-        Revoked = "REVOKED",
+        Revoked => "REVOKED",
         /// 用户支付中 (waiting for the user's password).
-        UserPaying = "USERPAYING",
+        UserPaying => "USERPAYING",
         /// 支付失败 (e.g. the bank refused).
-        PayError = "PAYERROR",
+        PayError => "PAYERROR",
     }
 }
 
@@ -125,17 +125,17 @@ spelled! {
     /// `PROCESSING`, `ABNORMAL`.
     RefundStatus("refund_status") {
         /// 退款成功.
-        Success = "SUCCESS",
+        Success => "SUCCESS",
         /// 退款处理中.
-        Processing = "PROCESSING",
+        Processing => "PROCESSING",
         /// v3 退款关闭.
-        Closed = "CLOSED",
+        Closed => "CLOSED",
         /// v3 退款异常: the refund failed (e.g. the card is closed) and needs a human.
-        Abnormal = "ABNORMAL",
+        Abnormal => "ABNORMAL",
         /// v2 退款异常, v3's `ABNORMAL`.
-        Change = "CHANGE",
+        Change => "CHANGE",
         /// v2 退款关闭, v3's `CLOSED`.
-        RefundClose = "REFUNDCLOSE",
+        RefundClose => "REFUNDCLOSE",
     }
 }
 
@@ -156,13 +156,13 @@ impl RefundStatus {
 spelled! {
     /// The `refunds.status` column.
     RefundState("refunds.status") {
-        Processing = "PROCESSING",
-        Success = "SUCCESS",
+        Processing => "PROCESSING",
+        Success => "SUCCESS",
         /// Allowed by the column but never written: [`RefundStatus::normalised`] stores
         /// `CHANGE` as `ABNORMAL`.
-        Change = "CHANGE",
-        Closed = "CLOSED",
-        Abnormal = "ABNORMAL",
+        Change => "CHANGE",
+        Closed => "CLOSED",
+        Abnormal => "ABNORMAL",
     }
 }
 
@@ -177,11 +177,11 @@ spelled! {
     /// The `orders.state` column.
     OrderState("orders.state") {
         /// What the business system inserts before the user pays.
-        NotPay = "NOTPAY",
-        Paid = "PAID",
-        PartiallyRefunded = "PARTIALLY_REFUNDED",
-        Refunded = "REFUNDED",
-        Closed = "CLOSED",
+        NotPay => "NOTPAY",
+        Paid => "PAID",
+        PartiallyRefunded => "PARTIALLY_REFUNDED",
+        Refunded => "REFUNDED",
+        Closed => "CLOSED",
     }
 }
 
@@ -189,13 +189,13 @@ spelled! {
     /// The `notifications.outcome` column: what processing one notification did.
     NotificationOutcome("notifications.outcome") {
         /// A state change (and its events).
-        Applied = "APPLIED",
+        Applied => "APPLIED",
         /// Already in that state: logged only.
-        Noop = "NOOP",
+        Noop => "NOOP",
         /// Logged, no state change (a failed payment, a refund still processing).
-        Recorded = "RECORDED",
+        Recorded => "RECORDED",
         /// Contradicts what we know: logged and alerted, never a state change.
-        Anomaly = "ANOMALY",
+        Anomaly => "ANOMALY",
     }
 }
 

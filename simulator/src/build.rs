@@ -506,23 +506,31 @@ pub fn v3_refund_resource(m: &SimMerchant, r: &Refund) -> serde_json::Value {
     partner_form(refund, m)
 }
 
-/// The v3 envelope around `plaintext`, encrypted with `api_v3_key`.
+/// The words of a v3 notification's envelope that depend on what it is about.
+struct V3Event {
+    kind: Kind,
+    event_type: &'static str,
+    summary: &'static str,
+    /// `resource.original_type`, also the AEAD associated data.
+    original_type: &'static str,
+}
+
+/// The v3 envelope of `event` around `plaintext`, encrypted with `api_v3_key`.
 fn v3_envelope(
     api_v3_key: &str,
-    event_type: &str,
-    summary: &str,
-    original_type: &str,
+    event: &V3Event,
     plaintext: &[u8],
     created: DateTime<Utc>,
 ) -> Result<Vec<u8>, BuildError> {
     let nonce = random_string(12);
+    let original_type = event.original_type;
     let ciphertext = v3::aead::encrypt(api_v3_key.as_bytes(), &nonce, original_type, plaintext)?;
     let envelope = json!({
         "id": uuid::Uuid::new_v4().to_string(),
         "create_time": v3_time(created),
         "resource_type": "encrypt-resource",
-        "event_type": event_type,
-        "summary": summary,
+        "event_type": event.event_type,
+        "summary": event.summary,
         "resource": {
             "original_type": original_type,
             "algorithm": "AEAD_AES_256_GCM",
@@ -565,68 +573,71 @@ enum V3Subject<'a> {
     Refund(&'a Refund),
 }
 
+impl V3Subject<'_> {
+    fn event(&self) -> V3Event {
+        match self {
+            V3Subject::Pay(_) => V3Event {
+                kind: Kind::V3Pay,
+                event_type: "TRANSACTION.SUCCESS",
+                summary: "支付成功",
+                original_type: "transaction",
+            },
+            V3Subject::Refund(_) => V3Event {
+                kind: Kind::V3Refund,
+                event_type: "REFUND.SUCCESS",
+                summary: "退款成功",
+                original_type: "refund",
+            },
+        }
+    }
+
+    /// The amount the notification carries, in fen: paid, or refunded.
+    fn amount(&self) -> i64 {
+        match self {
+            V3Subject::Pay(p) => p.amount,
+            V3Subject::Refund(r) => r.refund_fee,
+        }
+    }
+
+    /// The decrypted resource, carrying `amount` (which a tampered notification changes).
+    fn resource(&self, m: &SimMerchant, amount: i64) -> Vec<u8> {
+        match self {
+            V3Subject::Pay(p) => v3_transaction(m, p, amount),
+            V3Subject::Refund(r) => v3_refund_resource(
+                m,
+                &Refund {
+                    refund_fee: amount,
+                    ..(*r).clone()
+                },
+            ),
+        }
+        .to_string()
+        .into_bytes()
+    }
+}
+
 fn v3_notification(
     m: &SimMerchant,
     subject: V3Subject<'_>,
     variant: Variant,
     now: DateTime<Utc>,
 ) -> Result<Notification, BuildError> {
-    let (kind, event, summary, original, out_trade_no, out_refund_no) = match &subject {
-        V3Subject::Pay(p) => (
-            Kind::V3Pay,
-            "TRANSACTION.SUCCESS",
-            "支付成功",
-            "transaction",
-            p.out_trade_no.clone(),
-            None,
-        ),
-        V3Subject::Refund(r) => (
-            Kind::V3Refund,
-            "REFUND.SUCCESS",
-            "退款成功",
-            "refund",
-            r.out_trade_no.clone(),
-            Some(r.out_refund_no.clone()),
-        ),
+    let event = subject.event();
+    let real_amount = subject.amount();
+    let signed_amount = if real_amount == 1 { 2 } else { 1 };
+    let timestamp = match variant {
+        Variant::Stale => now.timestamp() - STALE_SECS,
+        _ => now.timestamp(),
     };
-    let plaintext = |amount_override: Option<i64>| -> Vec<u8> {
-        match &subject {
-            V3Subject::Pay(p) => v3_transaction(m, p, amount_override.unwrap_or(p.amount)),
-            V3Subject::Refund(r) => {
-                let mut r = (*r).clone();
-                if let Some(a) = amount_override {
-                    r.refund_fee = a;
-                }
-                v3_refund_resource(m, &r)
-            }
-        }
-        .to_string()
-        .into_bytes()
+    let seal = |api_v3_key: &str, amount: i64| {
+        v3_envelope(api_v3_key, &event, &subject.resource(m, amount), now)
     };
-    let (real_amount, signed_amount) = match &subject {
-        V3Subject::Pay(p) => (p.amount, if p.amount == 1 { 2 } else { 1 }),
-        V3Subject::Refund(r) => (r.refund_fee, if r.refund_fee == 1 { 2 } else { 1 }),
-    };
-    let mut timestamp = now.timestamp();
+    let sign =
+        |key: &v3::PrivateKey, body: &[u8]| v3_headers(key, &m.platform_serial, timestamp, body);
     let (body, headers) = match variant {
         Variant::Genuine | Variant::Probe | Variant::Stale => {
-            if variant == Variant::Stale {
-                timestamp -= STALE_SECS;
-            }
-            let body = v3_envelope(
-                &m.api_v3_key,
-                event,
-                summary,
-                original,
-                &plaintext(None),
-                now,
-            )?;
-            let mut headers = v3_headers(
-                &m.platform_private_key,
-                &m.platform_serial,
-                timestamp,
-                &body,
-            );
+            let body = seal(&m.api_v3_key, real_amount)?;
+            let mut headers = sign(&m.platform_private_key, &body);
             if variant == Variant::Probe {
                 set_header(
                     &mut headers,
@@ -639,54 +650,26 @@ fn v3_notification(
         Variant::Forge => {
             // A forger has neither the platform key nor the APIv3 key: here the merchant's own
             // key signs (a real RSA key, just not the platform's) and a random key encrypts.
-            let body = v3_envelope(
-                &random_string(32),
-                event,
-                summary,
-                original,
-                &plaintext(None),
-                now,
-            )?;
-            let headers = v3_headers(
-                &m.merchant_private_key,
-                &m.platform_serial,
-                timestamp,
-                &body,
-            );
+            let body = seal(&random_string(32), real_amount)?;
+            let headers = sign(&m.merchant_private_key, &body);
             (body, headers)
         }
         Variant::TamperAmount => {
             // Someone who learnt the APIv3 key but not the platform key: a genuinely signed
             // notification for a small amount, its resource re-encrypted with the real amount.
-            let signed = v3_envelope(
-                &m.api_v3_key,
-                event,
-                summary,
-                original,
-                &plaintext(Some(signed_amount)),
-                now,
-            )?;
-            let headers = v3_headers(
-                &m.platform_private_key,
-                &m.platform_serial,
-                timestamp,
-                &signed,
-            );
-            let body = v3_envelope(
-                &m.api_v3_key,
-                event,
-                summary,
-                original,
-                &plaintext(Some(real_amount)),
-                now,
-            )?;
-            (body, headers)
+            let signed = seal(&m.api_v3_key, signed_amount)?;
+            let headers = sign(&m.platform_private_key, &signed);
+            (seal(&m.api_v3_key, real_amount)?, headers)
         }
     };
+    let (out_trade_no, out_refund_no) = match subject {
+        V3Subject::Pay(p) => (p.out_trade_no.clone(), None),
+        V3Subject::Refund(r) => (r.out_trade_no.clone(), Some(r.out_refund_no.clone())),
+    };
     Ok(Notification {
-        kind,
+        kind: event.kind,
         variant,
-        route: kind.route(&m.mch_id),
+        route: event.kind.route(&m.mch_id),
         content_type: V3_CONTENT_TYPE,
         headers,
         body,

@@ -197,6 +197,16 @@ struct LoadArgs {
     /// Print one JSON object on stdout instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Write PNG plots (answer latency, throughput, queue depth, lag, CPU per component) and
+    /// summary.txt / summary.json into this directory.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// RabbitMQ of the pipeline, for the queue-depth plot; default: rabbitmq.url of --config.
+    #[arg(long, env = "WXPAY__RABBITMQ__URL", hide_env_values = true)]
+    amqp_url: Option<String>,
+    /// The notification queue, for the queue-depth plot; default: rabbitmq.queue of --config.
+    #[arg(long, env = "WXPAY__RABBITMQ__QUEUE")]
+    queue: Option<String>,
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
@@ -484,30 +494,45 @@ fn run_order(sim_config: &Path, a: OrderArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// --database-url, else database.url of the services' configuration, else the local default.
-fn database_url(config: Option<&Path>) -> anyhow::Result<String> {
+/// The services' database and broker settings: those of --config (or $WXPAY_CONFIG, or
+/// config/wxpay.toml) when there is such a file, else the local defaults.
+fn services(
+    config: Option<&Path>,
+) -> anyhow::Result<(
+    wxpay_runtime::config::DatabaseSettings,
+    wxpay_runtime::config::RabbitmqSettings,
+)> {
     let path = wxpay_runtime::config::resolve_path(config);
     if config.is_some() || path.is_file() {
         let settings = wxpay_runtime::config::Settings::load(&path)?;
-        return Ok(settings.database.url.expose_secret().to_owned());
+        return Ok((settings.database, settings.rabbitmq));
     }
-    Ok(wxpay_runtime::config::DatabaseSettings::default()
-        .url
-        .expose_secret()
-        .to_owned())
+    Ok(Default::default())
 }
 
 async fn run_load(sim_config: &Path, config: Option<&Path>, a: LoadArgs) -> anyhow::Result<bool> {
     let m = acting_merchant(sim_config, &a.sub)?;
     let v2_share = plan::parse_mix(&a.mix)?;
-    let database_url = if a.no_db {
-        None
+    let needs_services = (!a.no_db && a.database_url.is_none())
+        || (a.report.is_some() && (a.amqp_url.is_none() || a.queue.is_none()));
+    let (database, rabbitmq) = if needs_services {
+        services(config)?
     } else {
-        match a.database_url {
-            Some(url) => Some(url),
-            None => Some(database_url(config)?),
-        }
+        Default::default()
     };
+    let database_url = (!a.no_db).then(|| {
+        a.database_url
+            .unwrap_or_else(|| database.url.expose_secret().to_owned())
+    });
+    let report = a.report.map(|dir| load::report::ReportOptions {
+        dir,
+        queue: Some(load::report::QueueProbe {
+            amqp_url: a
+                .amqp_url
+                .unwrap_or_else(|| rabbitmq.url.expose_secret().to_owned()),
+            queue: a.queue.unwrap_or(rabbitmq.queue),
+        }),
+    });
     if a.dup_ratio.is_nan() || a.forged_ratio.is_nan() || a.tampered_ratio.is_nan() {
         bail!("ratios must be numbers between 0 and 1");
     }
@@ -526,6 +551,7 @@ async fn run_load(sim_config: &Path, config: Option<&Path>, a: LoadArgs) -> anyh
         concurrency: a.concurrency,
         answer_timeout: notify::WECHAT_ANSWER_TIMEOUT,
         record_order_book: !a.no_order_book,
+        report,
     };
     let report = load::run(&m, &options, |line| eprintln!("wxpay-sim load: {line}")).await?;
     if a.json {

@@ -164,15 +164,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/pay/refundquery", web::post().to(v2_refundquery))
     .route(
         "/v3/pay/transactions/out-trade-no/{out_trade_no}",
-        web::get().to(v3_query_by_out_trade_no),
+        web::get().to(v3_query_order),
     )
     .route(
         "/v3/pay/partner/transactions/out-trade-no/{out_trade_no}",
-        web::get().to(v3_query_by_out_trade_no),
+        web::get().to(v3_query_order),
     )
     .route(
         "/v3/pay/transactions/id/{transaction_id}",
-        web::get().to(v3_query_by_transaction_id),
+        web::get().to(v3_query_order),
     )
     .route(
         "/v3/refund/domestic/refunds/{out_refund_no}",
@@ -267,19 +267,6 @@ fn v2_business_fail(m: &SimMerchant, code: &str, des: &str) -> XmlFields {
     f
 }
 
-/// The merchant acting for the request's `sub_mch_id`, or the signed FAIL answer when it
-/// is not one of its sub-merchants (the simulator's own wording).
-fn v2_acting<'s>(
-    state: &'s SimState,
-    req: &XmlFields,
-    sign_type: SignType,
-) -> Result<Cow<'s, SimMerchant>, Box<HttpResponse>> {
-    state.acting(req.get("sub_mch_id")).map_err(|_| {
-        let f = v2_business_fail(&state.merchant, "PARAM_ERROR", "sub_mch_id与mch_id不匹配");
-        Box::new(v2_signed(state, f, sign_type))
-    })
-}
-
 fn trade_state_desc(state: TradeState) -> &'static str {
     match state {
         TradeState::Success => "支付成功",
@@ -292,6 +279,37 @@ fn trade_state_desc(state: TradeState) -> &'static str {
     }
 }
 
+/// Answers a v2 query: the simulated fault, `return_code` FAIL for a request that does not
+/// authenticate, or what `answer` makes of the request and the order book (its `Err` a
+/// `return_msg`), signed.
+fn v2_query(
+    state: &SimState,
+    body: &[u8],
+    answer: impl FnOnce(&SimMerchant, &XmlFields, &OrderBook) -> Result<XmlFields, &'static str>,
+) -> HttpResponse {
+    if let Some(r) = fault_response(&state.faults()) {
+        return r;
+    }
+    let (req, sign_type) = match v2_request(state, body) {
+        Ok(r) => r,
+        Err(msg) => return v2_return_fail(msg),
+    };
+    // A service provider's query about a sub-merchant: that sub-merchant's book (the
+    // simulator's own wording when it is not one of the provider's).
+    let Ok(m) = state.acting(req.get("sub_mch_id")) else {
+        let f = v2_business_fail(&state.merchant, "PARAM_ERROR", "sub_mch_id与mch_id不匹配");
+        return v2_signed(state, f, sign_type);
+    };
+    let book = match state.book_of(&m) {
+        Ok(b) => b,
+        Err(e) => return book_error(e),
+    };
+    match answer(&m, &req, &book) {
+        Ok(fields) => v2_signed(state, fields, sign_type),
+        Err(msg) => v2_return_fail(msg),
+    }
+}
+
 async fn v2_orderquery(state: web::Data<SimState>, body: web::Bytes) -> HttpResponse {
     let asked = XmlFields::parse(&body).ok();
     state.count_order_query(asked.as_ref().and_then(|fields| {
@@ -299,31 +317,25 @@ async fn v2_orderquery(state: web::Data<SimState>, body: web::Bytes) -> HttpResp
             .get("out_trade_no")
             .or_else(|| fields.get("transaction_id"))
     }));
-    if let Some(r) = fault_response(&state.faults()) {
-        return r;
-    }
-    let (req, sign_type) = match v2_request(&state, &body) {
-        Ok(r) => r,
-        Err(msg) => return v2_return_fail(msg),
-    };
-    let m = match v2_acting(&state, &req, sign_type) {
-        Ok(m) => m,
-        Err(answer) => return *answer,
-    };
-    let m = m.as_ref();
-    if req.get("appid") != Some(m.appid.as_str()) {
-        let f = v2_business_fail(m, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配");
-        return v2_signed(&state, f, sign_type);
-    }
-    let book = match state.book_of(m) {
-        Ok(b) => b,
-        Err(e) => return book_error(e),
-    };
+    v2_query(&state, &body, |m, req, book| {
+        if req.get("appid") != Some(m.appid.as_str()) {
+            return Ok(v2_business_fail(
+                m,
+                "APPID_MCHID_NOT_MATCH",
+                "appid和mch_id不匹配",
+            ));
+        }
+        Ok(v2_order(m, req, book))
+    })
+}
+
+/// The 查询订单 answer of an authenticated request with the right appid.
+fn v2_order(m: &SimMerchant, req: &XmlFields, book: &OrderBook) -> XmlFields {
     let found = book.find_order(
         req.get("out_trade_no").filter(|s| !s.is_empty()),
         req.get("transaction_id").filter(|s| !s.is_empty()),
     );
-    let f = match found {
+    match found {
         None => v2_business_fail(m, "ORDERNOTEXIST", "此交易订单号不存在"),
         Some(o) => {
             let mut f = v2_base(m, "SUCCESS");
@@ -352,27 +364,19 @@ async fn v2_orderquery(state: web::Data<SimState>, body: web::Bytes) -> HttpResp
             }
             f
         }
-    };
-    v2_signed(&state, f, sign_type)
+    }
 }
 
 async fn v2_refundquery(state: web::Data<SimState>, body: web::Bytes) -> HttpResponse {
-    if let Some(r) = fault_response(&state.faults()) {
-        return r;
-    }
-    let (req, sign_type) = match v2_request(&state, &body) {
-        Ok(r) => r,
-        Err(msg) => return v2_return_fail(msg),
-    };
-    let m = match v2_acting(&state, &req, sign_type) {
-        Ok(m) => m,
-        Err(answer) => return *answer,
-    };
-    let m = m.as_ref();
-    let book = match state.book_of(m) {
-        Ok(b) => b,
-        Err(e) => return book_error(e),
-    };
+    v2_query(&state, &body, v2_refunds)
+}
+
+/// The 查询退款 answer of an authenticated request; `Err` when it names no refund.
+fn v2_refunds(
+    m: &SimMerchant,
+    req: &XmlFields,
+    book: &OrderBook,
+) -> Result<XmlFields, &'static str> {
     let nonempty = |k| req.get(k).filter(|s| !s.is_empty());
     // The four keys of the query, in WeChat Pay's priority: refund_id > out_refund_no >
     // transaction_id > out_trade_no.
@@ -391,11 +395,10 @@ async fn v2_refundquery(state: web::Data<SimState>, body: web::Bytes) -> HttpRes
     } else if let Some(no) = nonempty("out_trade_no") {
         book.refunds_of(no)
     } else {
-        return v2_return_fail("out_refund_no、out_trade_no、transaction_id、refund_id必填其一");
+        return Err("out_refund_no、out_trade_no、transaction_id、refund_id必填其一");
     };
     let Some(first) = refunds.first() else {
-        let f = v2_business_fail(m, "REFUNDNOTEXIST", "退款订单查询失败");
-        return v2_signed(&state, f, sign_type);
+        return Ok(v2_business_fail(m, "REFUNDNOTEXIST", "退款订单查询失败"));
     };
     let mut f = v2_base(m, "SUCCESS");
     f.insert("transaction_id", first.transaction_id.as_str());
@@ -422,7 +425,7 @@ async fn v2_refundquery(state: web::Data<SimState>, body: web::Bytes) -> HttpRes
             f.insert(format!("refund_success_time_{n}"), build::v2_refund_time(t));
         }
     }
-    v2_signed(&state, f, sign_type)
+    Ok(f)
 }
 
 // ---------------------------------------------------------------- v3
@@ -535,15 +538,15 @@ fn v3_transaction_json(m: &SimMerchant, o: &OrderRecord) -> serde_json::Value {
     build::partner_form(v, m)
 }
 
-/// `(out_trade_no, transaction_id)`: what an order query asks by (one of the two).
-type OrderAsked<'a> = (Option<&'a str>, Option<&'a str>);
-
+/// 查询订单 by `out_trade_no` or by `transaction_id`: the one its route names.
 async fn v3_query_order(
-    state: &SimState,
-    req: &HttpRequest,
-    query: &MchidQuery,
-    (out_trade_no, transaction_id): OrderAsked<'_>,
+    state: web::Data<SimState>,
+    req: HttpRequest,
+    query: web::Query<MchidQuery>,
 ) -> HttpResponse {
+    let (state, req) = (&**state, &req);
+    let out_trade_no = req.match_info().get("out_trade_no");
+    let transaction_id = req.match_info().get("transaction_id");
     state.count_order_query(out_trade_no.or(transaction_id));
     if let Some(r) = fault_response(&state.faults()) {
         return r;
@@ -581,24 +584,6 @@ async fn v3_query_order(
             "订单不存在",
         ),
     }
-}
-
-async fn v3_query_by_out_trade_no(
-    state: web::Data<SimState>,
-    req: HttpRequest,
-    path: web::Path<String>,
-    query: web::Query<MchidQuery>,
-) -> HttpResponse {
-    v3_query_order(&state, &req, &query, (Some(path.as_str()), None)).await
-}
-
-async fn v3_query_by_transaction_id(
-    state: web::Data<SimState>,
-    req: HttpRequest,
-    path: web::Path<String>,
-    query: web::Query<MchidQuery>,
-) -> HttpResponse {
-    v3_query_order(&state, &req, &query, (None, Some(path.as_str()))).await
 }
 
 async fn v3_refund_query(

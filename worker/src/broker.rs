@@ -4,15 +4,15 @@
 use std::future::Future;
 use std::time::Duration;
 
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use secrecy::ExposeSecret;
-use wxpay_runtime::amqp::{durable_queue_options, quorum_queue_arguments};
+use wxpay_runtime::amqp::{
+    durable_exchange_options, durable_queue_options, quorum_queue_arguments,
+};
 use wxpay_runtime::config::{RabbitmqSettings, WorkerSettings};
 
 /// Why a broker operation failed. All of them are transient for the caller.
@@ -211,10 +211,7 @@ pub async fn declare_topology(
     bounded(channel.exchange_declare(
         unrouted.as_str().into(),
         ExchangeKind::Fanout,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
+        durable_exchange_options(),
         FieldTable::default(),
     ))
     .await?;
@@ -236,10 +233,7 @@ pub async fn declare_topology(
     bounded(channel.exchange_declare(
         exchange.as_str().into(),
         ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
+        durable_exchange_options(),
         events_exchange_arguments(rabbitmq),
     ))
     .await

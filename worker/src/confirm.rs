@@ -33,11 +33,11 @@ use crate::reconcile::rate::RateLimiter;
 
 /// `result` labels of `wxpay_worker_confirm_queries_total`.
 pub mod result {
-    pub const CONFIRMED: &str = "confirmed";
-    pub const DISAGREED: &str = "disagreed";
-    pub const FAILED: &str = "failed";
-
-    pub const ALL: [&str; 3] = [CONFIRMED, DISAGREED, FAILED];
+    wxpay_shared::names! {
+        CONFIRMED => "confirmed",
+        DISAGREED => "disagreed",
+        FAILED => "failed",
+    }
 }
 
 /// Retry reason code (`x-wxpay-retry-reason`) of a payment whose query gave no usable answer.

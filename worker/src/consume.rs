@@ -17,7 +17,7 @@ use lapin::Channel;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use wxpay_runtime::amqp::AmqpMessage;
+use wxpay_runtime::amqp::{message_id_text, AmqpMessage};
 use wxpay_runtime::telemetry::{metric, step};
 use wxpay_shared::message::NotifyMessage;
 
@@ -164,13 +164,8 @@ async fn handle(
             (outcome, message.attempt, message.message_id.to_string())
         }
         Err(error) => {
-            let request_id = delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.as_str().to_owned())
-                .unwrap_or_default();
-            tracing::warn!(step = step::DECODE, request_id = request_id.as_str(), %error, "undecodable queue message");
+            let request_id = message_id_text(&delivery.properties).unwrap_or_default();
+            tracing::warn!(step = step::DECODE, request_id, %error, "undecodable queue message");
             metrics::counter!(metric::WORKER_MESSAGES_TOTAL, "kind" => "unknown", "outcome" => "parked").increment(1);
             worker.inner.stats.parked.fetch_add(1, Ordering::Relaxed);
             (
@@ -178,7 +173,7 @@ async fn handle(
                     reason: format!("undecodable: {error}"),
                 },
                 1,
-                request_id,
+                request_id.to_owned(),
             )
         }
     };

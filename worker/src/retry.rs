@@ -12,7 +12,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
-use wxpay_runtime::amqp::AmqpMessage;
+use wxpay_runtime::amqp::{message_id_text, AmqpMessage};
 use wxpay_runtime::config::Settings;
 use wxpay_runtime::telemetry::{metric, step};
 use wxpay_shared::message::{header, NotifyKind, NotifyMessage};
@@ -168,11 +168,7 @@ impl std::fmt::Display for ParkedInfo {
 
 fn info(delivery: &Delivery) -> ParkedInfo {
     let properties = &delivery.properties;
-    let id = properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.as_str().to_owned())
-        .unwrap_or_else(|| "-".to_owned());
+    let id = message_id_text(properties).unwrap_or("-").to_owned();
     let text = |name: &str| -> String {
         properties
             .headers()
@@ -250,11 +246,7 @@ pub async fn dlq_replay(
         let delivery = message.delivery;
         let wanted = match selection {
             ReplaySelection::All => true,
-            ReplaySelection::Id(id) => delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .is_some_and(|m| m.as_str() == id),
+            ReplaySelection::Id(id) => message_id_text(&delivery.properties) == Some(id.as_str()),
         };
         if !wanted {
             continue;

@@ -274,6 +274,18 @@ async fn an_operator_reapplies_a_corrected_anomaly_once_and_a_viewer_cannot() {
     let refused = reapply(&viewer.cookie, &viewer.csrf).await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     let operator = login(&app, OPERATOR.0, OPERATOR.1).await;
+    // Open, it is listed for both; only the operator's row ends with its resolve form.
+    let as_operator = fetch(&app, "/anomalies", &operator.cookie).await;
+    let its_form = format!("name=\"id\" value=\"{anomaly_id}\"");
+    assert!(
+        as_operator.contains("action=\"/anomalies/resolve\"") && as_operator.contains(&its_form),
+        "{as_operator}"
+    );
+    let as_viewer = fetch(&app, "/anomalies", &viewer.cookie).await;
+    assert!(
+        as_viewer.contains("id=\"open-anomalies\"") && !as_viewer.contains("/anomalies/resolve"),
+        "{as_viewer}"
+    );
     let no_token = reapply(&operator.cookie, "").await;
     assert_eq!(no_token.status(), StatusCode::FORBIDDEN);
     assert_eq!(env.order("order-odd").await.state, "NOTPAY");

@@ -107,17 +107,10 @@ impl PayNotification {
     pub fn to_fields(&self) -> XmlFields {
         let mut f = XmlFields::new();
         f.insert("return_code", self.return_code.as_str());
-        let optional = [
-            ("return_msg", &self.return_msg),
-            ("result_code", &self.result_code),
-            ("err_code", &self.err_code),
-            ("err_code_des", &self.err_code_des),
-        ];
-        for (k, v) in optional {
-            if let Some(v) = v {
-                f.insert(k, v.as_str());
-            }
-        }
+        f.insert_some("return_msg", self.return_msg.as_deref());
+        f.insert_some("result_code", self.result_code.as_deref());
+        f.insert_some("err_code", self.err_code.as_deref());
+        f.insert_some("err_code_des", self.err_code_des.as_deref());
         f.insert("appid", self.appid.as_str());
         f.insert("mch_id", self.mch_id.as_str());
         for (k, v) in [
@@ -131,20 +124,11 @@ impl PayNotification {
         f.insert("out_trade_no", self.out_trade_no.as_str());
         f.insert("transaction_id", self.transaction_id.as_str());
         f.insert("total_fee", self.total_fee.to_string());
-        if let Some(cash) = self.cash_fee {
-            f.insert("cash_fee", cash.to_string());
-        }
-        let optional = [
-            ("fee_type", &self.fee_type),
-            ("trade_type", &self.trade_type),
-            ("time_end", &self.time_end),
-            ("attach", &self.attach),
-        ];
-        for (k, v) in optional {
-            if let Some(v) = v {
-                f.insert(k, v.as_str());
-            }
-        }
+        f.insert_some("cash_fee", self.cash_fee.map(|cash| cash.to_string()));
+        f.insert_some("fee_type", self.fee_type.as_deref());
+        f.insert_some("trade_type", self.trade_type.as_deref());
+        f.insert_some("time_end", self.time_end.as_deref());
+        f.insert_some("attach", self.attach.as_deref());
         f
     }
 }

@@ -142,20 +142,15 @@ impl RefundInfo {
         f.insert("out_refund_no", self.out_refund_no.as_str());
         f.insert("total_fee", self.total_fee.to_string());
         f.insert("refund_fee", self.refund_fee.to_string());
-        if let Some(fee) = self.settlement_refund_fee {
-            f.insert("settlement_refund_fee", fee.to_string());
-        }
+        let settlement = self.settlement_refund_fee.map(|fee| fee.to_string());
+        f.insert_some("settlement_refund_fee", settlement);
         f.insert("refund_status", self.refund_status.as_str());
-        let optional = [
-            ("success_time", &self.success_time),
-            ("refund_recv_accout", &self.refund_recv_accout),
-            ("refund_request_source", &self.refund_request_source),
-        ];
-        for (k, v) in optional {
-            if let Some(v) = v {
-                f.insert(k, v.as_str());
-            }
-        }
+        f.insert_some("success_time", self.success_time.as_deref());
+        f.insert_some("refund_recv_accout", self.refund_recv_accout.as_deref());
+        f.insert_some(
+            "refund_request_source",
+            self.refund_request_source.as_deref(),
+        );
         f
     }
 }

@@ -273,6 +273,13 @@ impl XmlFields {
         }
     }
 
+    /// Sets `key` to `value` when there is one: an absent optional field stays absent.
+    pub fn insert_some(&mut self, key: impl Into<String>, value: Option<impl Into<String>>) {
+        if let Some(value) = value {
+            self.insert(key, value);
+        }
+    }
+
     /// Removes `key` and returns its value, keeping the order of the other fields.
     pub fn remove(&mut self, key: &str) -> Option<String> {
         let index = self.fields.iter().position(|(k, _)| k == key)?;

@@ -1,12 +1,13 @@
 //! PostgreSQL access of a load run: raw SQL through diesel-async (the worker owns the
 //! schema and its migrations; the simulator only plays the business system and the auditor).
 
-use diesel::sql_types::{Array, BigInt, Double, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Double, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use wxpay_shared::state::{NotificationOutcome, OrderState};
 
 use super::plan::PlannedOrder;
+use super::report::LagSample;
 use super::verify::Observed;
 
 /// Orders per INSERT statement.
@@ -130,6 +131,8 @@ struct EventRow {
 struct LagRow {
     #[diesel(sql_type = Double)]
     lag_ms: f64,
+    #[diesel(sql_type = Double)]
+    received_s: f64,
 }
 
 /// The out_trade_no inside an outbox key (`aggregate_key` may be `mch_id:out_trade_no` or
@@ -141,6 +144,25 @@ pub fn out_trade_no_in(key: &str, prefix: &str) -> Option<String> {
     (digits > 0).then(|| format!("{prefix}{}", &rest[..digits]))
 }
 
+/// The rows `sql` selects for the run: `$1` is the merchant, `$2` the run's `LIKE` pattern.
+async fn load_run<T>(
+    conn: &mut AsyncPgConnection,
+    sql: &str,
+    mch_id: &str,
+    pattern: &str,
+    what: &'static str,
+) -> Result<Vec<T>, DbError>
+where
+    T: QueryableByName<diesel::pg::Pg> + Send + 'static,
+{
+    diesel::sql_query(sql)
+        .bind::<Text, _>(mch_id)
+        .bind::<Text, _>(pattern)
+        .load(conn)
+        .await
+        .map_err(query_error(what))
+}
+
 /// Everything the verifier needs about the run.
 pub async fn observe(
     conn: &mut AsyncPgConnection,
@@ -148,23 +170,23 @@ pub async fn observe(
     prefix: &str,
 ) -> Result<Observed, DbError> {
     let pattern = like(prefix);
-    let orders: Vec<OrderRow> = diesel::sql_query(
+    let orders: Vec<OrderRow> = load_run(
+        conn,
         "SELECT out_trade_no, state, transaction_id FROM orders WHERE mch_id = $1 AND out_trade_no LIKE $2",
+        mch_id,
+        &pattern,
+        "reading orders",
     )
-    .bind::<Text, _>(mch_id)
-    .bind::<Text, _>(&pattern)
-    .load(conn)
-    .await
-    .map_err(query_error("reading orders"))?;
-    let outcomes: Vec<OutcomeRow> = diesel::sql_query(
+    .await?;
+    let outcomes: Vec<OutcomeRow> = load_run(
+        conn,
         "SELECT out_trade_no, outcome, COUNT(*)::bigint AS n FROM notifications \
          WHERE mch_id = $1 AND out_trade_no LIKE $2 GROUP BY out_trade_no, outcome",
+        mch_id,
+        &pattern,
+        "reading notifications",
     )
-    .bind::<Text, _>(mch_id)
-    .bind::<Text, _>(&pattern)
-    .load(conn)
-    .await
-    .map_err(query_error("reading notifications"))?;
+    .await?;
     let events: Vec<EventRow> = diesel::sql_query(
         "SELECT COALESCE(payload->>'out_trade_no', aggregate_key) AS key, COUNT(*)::bigint AS n FROM outbox \
          WHERE event_type = 'order.paid' AND mch_id = $1 \
@@ -206,22 +228,33 @@ pub async fn observe(
     Ok(observed)
 }
 
-/// End-to-end lag of every processed notification of the run: processed_at − received_at.
-pub async fn lags_ms(
+/// End-to-end lag of every processed notification of the run (processed_at − received_at),
+/// with when it was received, in seconds after `clock_start`.
+pub async fn lags(
     conn: &mut AsyncPgConnection,
     mch_id: &str,
     prefix: &str,
-) -> Result<Vec<f64>, DbError> {
+    clock_start: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<LagSample>, DbError> {
     let rows: Vec<LagRow> = diesel::sql_query(
-        "SELECT (EXTRACT(EPOCH FROM (processed_at - received_at)) * 1000)::float8 AS lag_ms FROM notifications \
+        "SELECT (EXTRACT(EPOCH FROM (processed_at - received_at)) * 1000)::float8 AS lag_ms, \
+                EXTRACT(EPOCH FROM (received_at - $3))::float8 AS received_s \
+         FROM notifications \
          WHERE mch_id = $1 AND out_trade_no LIKE $2 AND processed_at IS NOT NULL AND received_at IS NOT NULL",
     )
     .bind::<Text, _>(mch_id)
     .bind::<Text, _>(like(prefix))
+    .bind::<Timestamptz, _>(clock_start)
     .load(conn)
     .await
     .map_err(query_error("reading notification lags"))?;
-    Ok(rows.into_iter().map(|r| r.lag_ms).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| LagSample {
+            received_s: r.received_s,
+            lag_ms: r.lag_ms,
+        })
+        .collect())
 }
 
 /// Count per key, for callers that need a summary of the observation.

@@ -13,11 +13,13 @@
 //! during the run. Either way a v3 timestamp is at most a couple of minutes old when sent,
 //! well inside the 5 minutes WeChat Pay's receivers allow.
 
+pub mod cpu;
 pub mod db;
 pub mod plan;
+pub mod report;
 pub mod verify;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,6 +66,8 @@ pub struct LoadOptions {
     pub answer_timeout: Duration,
     /// Record the genuine payments in the simulator's order book (for `serve`).
     pub record_order_book: bool,
+    /// `--report DIR`: plots and summaries of the run.
+    pub report: Option<report::ReportOptions>,
 }
 
 /// Why the run could not be carried out (as opposed to: ran, and verification failed).
@@ -91,6 +95,8 @@ pub enum LoadError {
     Histogram(String),
     #[error("the plan refers to order #{0}, which it does not hold")]
     Plan(usize),
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
 }
 
 /// Latency percentiles in milliseconds.
@@ -131,6 +137,9 @@ pub struct Report {
     pub drained_paid: i64,
     pub verified: bool,
     pub problems: Vec<String>,
+    /// CPU seconds per 1,000 sends of each local component from the clock's start to the
+    /// end of the drain ([`cpu`]); empty where `/proc` is not there.
+    pub cpu_s_per_1000: BTreeMap<String, f64>,
 }
 
 fn round3(x: f64) -> f64 {
@@ -169,6 +178,7 @@ impl Report {
             "expected_rejections": self.expected_rejections,
             "transport_errors": self.transport_errors,
             "db_checked": self.db_checked,
+            "cpu_s_per_1000": self.cpu_s_per_1000,
         })
     }
 
@@ -201,6 +211,17 @@ impl Report {
             max = l.max,
             tp = self.throughput_per_s,
         );
+        if !self.cpu_s_per_1000.is_empty() {
+            let per_k: Vec<String> = self
+                .cpu_s_per_1000
+                .iter()
+                .map(|(label, v)| format!("{label} {v:.3}"))
+                .collect();
+            out.push_str(&format!(
+                "CPU seconds per 1,000 sends: {}\n",
+                per_k.join(", ")
+            ));
+        }
         if !self.db_checked {
             out.push_str(
                 "database audit skipped (--no-db): only the gateway's answers were checked\n",
@@ -304,6 +325,8 @@ struct Shared {
     counters: Counters,
     histogram: Mutex<Histogram<u64>>,
     answers: Mutex<Answers>,
+    /// Every answer with its due second, for `--report`.
+    timeline: report::AnswerLog,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -417,6 +440,7 @@ pub async fn run(
                 .map_err(|e| LoadError::Histogram(e.to_string()))?,
         ),
         answers: Mutex::new(Answers::new(plan.orders.len())),
+        timeline: report::AnswerLog::default(),
     });
     let semaphore = Arc::new(Semaphore::new(o.concurrency));
     let concurrency = u32::try_from(o.concurrency).unwrap_or(u32::MAX);
@@ -441,7 +465,9 @@ pub async fn run(
     };
 
     let interval = Duration::from_secs_f64(1.0 / f64::from(o.rate));
+    let sampler = report::Sampler::start(o.report.as_ref().and_then(|r| r.queue.clone()));
     let start = Instant::now();
+    let start_wall = Utc::now();
     for (i, send) in plan.sends.iter().enumerate() {
         let intended = start + interval.mul_f64(i as f64);
         tokio::time::sleep_until(intended).await;
@@ -487,6 +513,11 @@ pub async fn run(
                 if let Ok(mut h) = shared.histogram.lock() {
                     h.saturating_record(micros(latency));
                 }
+                shared.timeline.push(report::AnswerSample {
+                    due_s: (intended - start).as_secs_f64(),
+                    latency_ms: latency.as_secs_f64() * 1000.0,
+                    accepted: judgement.success,
+                });
                 if judgement.success {
                     c.accepted.fetch_add(1, Ordering::Relaxed);
                     acknowledged = true;
@@ -549,23 +580,50 @@ pub async fn run(
         .map(|a| a.clone())
         .unwrap_or_else(|_| Answers::new(plan.orders.len()));
 
-    match conn.as_mut() {
+    let mut lags = Vec::new();
+    let ticks = match conn.as_mut() {
         Some(conn) => {
             let genuine = i64::try_from(report.genuine_orders).unwrap_or(i64::MAX);
             report.drained_paid =
                 drain(conn, m, &prefix, genuine, o.drain_timeout, &*progress).await?;
+            // The pipeline's work for this run ends with the drain; the audit is ours.
+            let (ticks, cpu_s) = sampler.finish().await;
+            report.cpu_s_per_1000 = report::per_thousand(&cpu_s, report.sent);
             let observed = db::observe(conn, &m.mch_id, &prefix).await?;
             report.problems = verify::verify(&plan, &answers, &observed);
-            report.e2e_lag_ms = lag_percentiles(db::lags_ms(conn, &m.mch_id, &prefix).await?);
+            lags = db::lags(conn, &m.mch_id, &prefix, start_wall).await?;
+            report.e2e_lag_ms = lag_percentiles(lags.iter().map(|l| l.lag_ms).collect());
             report.db_checked = true;
+            ticks
         }
         None => {
+            let (ticks, cpu_s) = sampler.finish().await;
+            report.cpu_s_per_1000 = report::per_thousand(&cpu_s, report.sent);
             // Without a database only the answers can be judged: feed the verifier an
             // observation that agrees with the plan, so only answer problems remain.
             report.problems = verify::verify(&plan, &answers, &Observed::expected(&plan));
+            ticks
         }
-    }
+    };
     report.verified = report.problems.is_empty();
+    if let Some(options) = &o.report {
+        let answers = shared.timeline.take();
+        let written = report::write(
+            &options.dir,
+            &report::RunRecord {
+                rate: o.rate,
+                report: &report,
+                answers: &answers,
+                ticks: &ticks,
+                lags: &lags,
+            },
+        )?;
+        progress(&format!(
+            "report: {} files in {}",
+            written.len(),
+            options.dir.display()
+        ));
+    }
     Ok(report)
 }
 

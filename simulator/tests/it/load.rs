@@ -76,6 +76,7 @@ fn options(target: String) -> LoadOptions {
         concurrency: 64,
         answer_timeout: Duration::from_secs(5),
         record_order_book: true,
+        report: None,
     }
 }
 
@@ -98,6 +99,47 @@ async fn load_against_a_verifying_gateway_is_accepted_exactly_as_planned() {
     let book = f.order_book();
     assert_eq!(book.orders.len(), report.genuine_orders);
     handle.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_report_draws_the_run_and_counts_its_own_cpu() {
+    let f = Fixture::new();
+    let (url, handle) = start_gateway(f.merchant.clone(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(url);
+    o.duration = Duration::from_secs(2);
+    o.report = Some(load::report::ReportOptions {
+        dir: dir.path().to_owned(),
+        queue: None,
+    });
+    let report = load::run(&f.merchant, &o, |_| {}).await.unwrap();
+    handle.stop(false).await;
+    assert!(report.verified, "{:?}", report.problems);
+    // This process is the load generator; the in-process gateway is part of it here.
+    assert!(
+        report
+            .cpu_s_per_1000
+            .contains_key(load::cpu::LOAD_GENERATOR),
+        "{:?}",
+        report.cpu_s_per_1000
+    );
+    for plot in ["latency.png", "throughput.png", "cpu.png"] {
+        let bytes = std::fs::read(dir.path().join(plot)).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "{plot} is not a PNG"
+        );
+    }
+    // No queue to probe and no database: no queue or lag plot rather than an empty one.
+    assert!(!dir.path().join("queue.png").exists());
+    assert!(!dir.path().join("lag.png").exists());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["sent"], report.sent);
+    assert_eq!(summary["offered_per_s"], 200);
+    assert!(summary["cpu_s_per_1000"][load::cpu::LOAD_GENERATOR].is_number());
+    let text = std::fs::read_to_string(dir.path().join("summary.txt")).unwrap();
+    assert!(text.contains("CPU seconds per 1,000"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,9 +240,13 @@ async fn audit_reads_the_worker_schema_and_finds_double_application() {
     assert_eq!(verify(&plan, &answers, &observed), Vec::<String>::new());
     let (paid, _) = db::progress(&mut conn, mch_id, &prefix).await.unwrap();
     assert_eq!(paid as usize, genuine.len());
-    let lags = db::lags_ms(&mut conn, mch_id, &prefix).await.unwrap();
+    let lags = db::lags(&mut conn, mch_id, &prefix, chrono::Utc::now())
+        .await
+        .unwrap();
     assert_eq!(lags.len(), genuine.len());
-    let (p50, p99) = load::lag_percentiles(lags).unwrap();
+    // Received before "now": every receive time is in the past of that clock.
+    assert!(lags.iter().all(|l| l.received_s <= 0.0), "{lags:?}");
+    let (p50, p99) = load::lag_percentiles(lags.iter().map(|l| l.lag_ms).collect()).unwrap();
     assert!((15.0..1000.0).contains(&p50) && p99 >= p50, "{p50} {p99}");
 
     // A bug: one genuine order applied twice, one forged order paid.

@@ -34,48 +34,36 @@ use crate::decode::Decoded;
 
 /// Anomaly reasons (`notifications.anomaly_reason`, label of `wxpay_worker_anomalies_total`).
 pub mod reason {
-    pub const AMOUNT_MISMATCH: &str = "AMOUNT_MISMATCH";
-    pub const APPID_MISMATCH: &str = "APPID_MISMATCH";
-    pub const MCH_ID_MISMATCH: &str = "MCH_ID_MISMATCH";
-    /// A service provider's notification for a sub-merchant it does not serve
-    /// (`merchants.sub_mch_ids`), or a direct merchant's that names a sub-merchant.
-    pub const SUB_MCH_ID_MISMATCH: &str = "SUB_MCH_ID_MISMATCH";
-    pub const DUPLICATE_PAYMENT: &str = "DUPLICATE_PAYMENT";
-    pub const PAID_AFTER_CLOSE: &str = "PAID_AFTER_CLOSE";
-    pub const REFUND_EXCEEDS_PAID: &str = "REFUND_EXCEEDS_PAID";
-    pub const REFUND_ON_CLOSED_ORDER: &str = "REFUND_ON_CLOSED_ORDER";
-    pub const REFUND_REVERSED: &str = "REFUND_REVERSED";
-    /// A v2 refund whose `transaction_id` or `total_fee` is not the order's.
-    pub const REFUND_MISMATCH: &str = "REFUND_MISMATCH";
-    /// The notification's currency is not the order's `currency`.
-    pub const CURRENCY_MISMATCH: &str = "CURRENCY_MISMATCH";
-    /// WeChat Pay's order query, asked to confirm a large payment, does not say it was paid
-    /// this amount by this transaction ([`super::Confirmation::Disagrees`]).
-    pub const QUERY_MISMATCH: &str = "QUERY_MISMATCH";
-
-    /// All of them, to pre-register metric labels.
-    pub const ALL: [&str; 12] = [
-        AMOUNT_MISMATCH,
-        APPID_MISMATCH,
-        MCH_ID_MISMATCH,
-        SUB_MCH_ID_MISMATCH,
-        DUPLICATE_PAYMENT,
-        PAID_AFTER_CLOSE,
-        REFUND_EXCEEDS_PAID,
-        REFUND_ON_CLOSED_ORDER,
-        REFUND_REVERSED,
-        REFUND_MISMATCH,
-        CURRENCY_MISMATCH,
-        QUERY_MISMATCH,
-    ];
+    wxpay_shared::names! {
+        AMOUNT_MISMATCH => "AMOUNT_MISMATCH",
+        APPID_MISMATCH => "APPID_MISMATCH",
+        MCH_ID_MISMATCH => "MCH_ID_MISMATCH",
+        /// A service provider's notification for a sub-merchant it does not serve
+        /// (`merchants.sub_mch_ids`), or a direct merchant's that names a sub-merchant.
+        SUB_MCH_ID_MISMATCH => "SUB_MCH_ID_MISMATCH",
+        DUPLICATE_PAYMENT => "DUPLICATE_PAYMENT",
+        PAID_AFTER_CLOSE => "PAID_AFTER_CLOSE",
+        REFUND_EXCEEDS_PAID => "REFUND_EXCEEDS_PAID",
+        REFUND_ON_CLOSED_ORDER => "REFUND_ON_CLOSED_ORDER",
+        REFUND_REVERSED => "REFUND_REVERSED",
+        /// A v2 refund whose `transaction_id` or `total_fee` is not the order's.
+        REFUND_MISMATCH => "REFUND_MISMATCH",
+        /// The notification's currency is not the order's `currency`.
+        CURRENCY_MISMATCH => "CURRENCY_MISMATCH",
+        /// WeChat Pay's order query, asked to confirm a large payment, does not say it was paid
+        /// this amount by this transaction ([`super::Confirmation::Disagrees`]).
+        QUERY_MISMATCH => "QUERY_MISMATCH",
+    }
 }
 
 /// Domain event types of the outbox (routing keys on the events exchange).
 pub mod event {
-    pub const ORDER_PAID: &str = "order.paid";
-    pub const ORDER_REFUNDED: &str = "order.refunded";
-    pub const REFUND_UPDATED: &str = "refund.updated";
-    pub const ANOMALY_DETECTED: &str = "anomaly.detected";
+    wxpay_shared::names! {
+        ORDER_PAID => "order.paid",
+        ORDER_REFUNDED => "order.refunded",
+        REFUND_UPDATED => "refund.updated",
+        ANOMALY_DETECTED => "anomaly.detected",
+    }
 }
 
 /// What the committed transaction did.
@@ -275,13 +263,14 @@ impl Context<'_> {
         })
     }
 
-    /// Turns the optimistically inserted row `id` into an anomaly, with its event.
+    /// Turns the optimistically inserted row `id` (of a locked order) into an anomaly, with
+    /// its event.
     async fn amend_anomaly(
         &self,
         conn: &mut AsyncPgConnection,
         id: i64,
         row: &LogRow<'_>,
-        order: Option<&Order>,
+        order: &Order,
         reason: &'static str,
         detail: String,
     ) -> Result<Verdict, diesel::result::Error> {
@@ -292,7 +281,9 @@ impl Context<'_> {
             Some((reason, &detail)),
         )
         .await?;
-        self.emit_anomaly(conn, row, order, reason, detail).await
+        self.emit_anomaly(conn, row, Some(order), reason, &detail)
+            .await?;
+        Ok(Verdict::Anomaly { reason, detail })
     }
 
     /// The `anomaly.detected` event of an anomaly just logged (numbered in the order's
@@ -302,15 +293,15 @@ impl Context<'_> {
         conn: &mut AsyncPgConnection,
         row: &LogRow<'_>,
         order: Option<&Order>,
-        reason: &'static str,
-        detail: String,
-    ) -> Result<Verdict, diesel::result::Error> {
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), diesel::result::Error> {
         let aggregate = row.out_refund_no.or(row.out_trade_no).unwrap_or_default();
         let order_seq = match order {
             Some(order) => Some(bump_seq(conn, order).await?),
             None => None,
         };
-        let payload = self.anomaly_payload(row, reason, &detail, order_seq);
+        let payload = self.anomaly_payload(row, reason, detail, order_seq);
         emit(
             conn,
             event::ANOMALY_DETECTED,
@@ -318,8 +309,7 @@ impl Context<'_> {
             aggregate,
             payload,
         )
-        .await?;
-        Ok(Verdict::Anomaly { reason, detail })
+        .await
     }
 
     /// Logs an anomaly and its `anomaly.detected` event.
@@ -342,7 +332,8 @@ impl Context<'_> {
         {
             return Ok(Verdict::Duplicate);
         }
-        self.emit_anomaly(conn, row, order, reason, detail).await
+        self.emit_anomaly(conn, row, order, reason, &detail).await?;
+        Ok(Verdict::Anomaly { reason, detail })
     }
 
     /// Logs a notification that changes nothing.

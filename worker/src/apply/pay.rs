@@ -71,7 +71,7 @@ pub(super) async fn apply(
                 conn,
                 id,
                 &row,
-                Some(order),
+                order,
                 reason::QUERY_MISMATCH,
                 detail.clone(),
             )
@@ -103,7 +103,7 @@ pub(super) async fn apply(
     };
     if let Some((reason, detail)) = mismatch {
         return Ok(ctx
-            .amend_anomaly(conn, id, &row, Some(order), reason, detail)
+            .amend_anomaly(conn, id, &row, order, reason, detail)
             .await?);
     }
     match order.state {
@@ -146,14 +146,7 @@ pub(super) async fn apply(
         OrderState::Closed => {
             let detail = format!("order {} is {}", order.out_trade_no, order.state);
             Ok(ctx
-                .amend_anomaly(
-                    conn,
-                    id,
-                    &row,
-                    Some(order),
-                    reason::PAID_AFTER_CLOSE,
-                    detail,
-                )
+                .amend_anomaly(conn, id, &row, order, reason::PAID_AFTER_CLOSE, detail)
                 .await?)
         }
         OrderState::Paid | OrderState::PartiallyRefunded | OrderState::Refunded => {
@@ -167,14 +160,7 @@ pub(super) async fn apply(
                     order.transaction_id.as_deref().unwrap_or("?")
                 );
                 Ok(ctx
-                    .amend_anomaly(
-                        conn,
-                        id,
-                        &row,
-                        Some(order),
-                        reason::DUPLICATE_PAYMENT,
-                        detail,
-                    )
+                    .amend_anomaly(conn, id, &row, order, reason::DUPLICATE_PAYMENT, detail)
                     .await?)
             }
         }

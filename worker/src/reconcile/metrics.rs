@@ -16,42 +16,30 @@ pub const KINDS: [&str; 2] = ["pay", "refund"];
 
 /// `reason` labels of `wxpay_reconciler_errors_total`.
 pub mod reason {
-    /// Transport failure or timeout after the retries.
-    pub const HTTP: &str = "http";
-    /// WeChat Pay answered an error status (5xx / 429 after the retries, other 4xx).
-    pub const STATUS: &str = "status";
-    /// The answer's signature did not verify.
-    pub const BAD_SIGNATURE: &str = "bad_signature";
-    /// The answer could not be read.
-    pub const MALFORMED: &str = "malformed";
-    /// v2 `return_code` / `result_code` FAIL (other than "not found").
-    pub const REFUSED: &str = "refused";
-    /// A verified answer about another merchant, order or refund.
-    pub const MISMATCH: &str = "mismatch";
-    /// A refund we hold as PROCESSING that WeChat Pay does not know.
-    pub const NOT_FOUND: &str = "not_found";
-    /// A state word we do not know.
-    pub const UNKNOWN_STATE: &str = "unknown_state";
-    /// The HTTP client could not be used (e.g. a v3 merchant without a signer).
-    pub const CLIENT: &str = "client";
-    /// The broker refused, returned or did not confirm a publish, or is unreachable.
-    pub const BROKER: &str = "broker";
-    /// PostgreSQL failed.
-    pub const DATABASE: &str = "database";
-
-    pub const ALL: [&str; 11] = [
-        HTTP,
-        STATUS,
-        BAD_SIGNATURE,
-        MALFORMED,
-        REFUSED,
-        MISMATCH,
-        NOT_FOUND,
-        UNKNOWN_STATE,
-        CLIENT,
-        BROKER,
-        DATABASE,
-    ];
+    wxpay_shared::names! {
+        /// Transport failure or timeout after the retries.
+        HTTP => "http",
+        /// WeChat Pay answered an error status (5xx / 429 after the retries, other 4xx).
+        STATUS => "status",
+        /// The answer's signature did not verify.
+        BAD_SIGNATURE => "bad_signature",
+        /// The answer could not be read.
+        MALFORMED => "malformed",
+        /// v2 `return_code` / `result_code` FAIL (other than "not found").
+        REFUSED => "refused",
+        /// A verified answer about another merchant, order or refund.
+        MISMATCH => "mismatch",
+        /// A refund we hold as PROCESSING that WeChat Pay does not know.
+        NOT_FOUND => "not_found",
+        /// A state word we do not know.
+        UNKNOWN_STATE => "unknown_state",
+        /// The HTTP client could not be used (e.g. a v3 merchant without a signer).
+        CLIENT => "client",
+        /// The broker refused, returned or did not confirm a publish, or is unreachable.
+        BROKER => "broker",
+        /// PostgreSQL failed.
+        DATABASE => "database",
+    }
 }
 
 /// Describes every metric and touches each label with zero. Idempotent.

@@ -14,6 +14,7 @@ use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions}
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::task::JoinHandle;
+use wxpay_runtime::amqp::message_id_text;
 use wxpay_runtime::config::Settings;
 use wxpay_shared::message::NotifyMessage;
 use wxpay_shared::state::OrderState;
@@ -144,12 +145,9 @@ impl TestEnv {
         let sink = ids.clone();
         let task = tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
-                let id = delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|m| m.as_str().to_owned())
-                    .unwrap_or_default();
+                let id = message_id_text(&delivery.properties)
+                    .unwrap_or_default()
+                    .to_owned();
                 if let Ok(mut ids) = sink.lock() {
                     ids.push(id);
                 }

@@ -2,9 +2,10 @@
 //! and a queue or exchange left by an older release with other arguments is refused with
 //! the step that fixes it.
 
-use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
+use wxpay_runtime::amqp::durable_exchange_options;
 use wxpay_worker::broker::{self, BrokerError};
 
 use crate::helpers::TestEnv;
@@ -117,10 +118,7 @@ async fn an_events_exchange_without_alternate_exchange_is_refused_with_the_fix()
     old.exchange_declare(
         exchange.as_str().into(),
         ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        },
+        durable_exchange_options(),
         FieldTable::default(),
     )
     .await

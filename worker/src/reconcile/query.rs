@@ -1032,6 +1032,46 @@ mod tests {
         );
     }
 
+    /// A provider's v2 order query names its sub-merchant; the answer must be about that one.
+    #[tokio::test]
+    async fn v2_partner_answer_must_be_about_the_sub_merchant_asked_about() {
+        let answer = |sub_mch_id: Option<&str>| {
+            let mut pairs = order_answer("o1", "SUCCESS");
+            pairs.extend(sub_mch_id.map(|sub| ("sub_mch_id", sub.to_owned())));
+            let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            Some((200, vec![], signed_v2(&borrowed, KEY)))
+        };
+        let limiter = RateLimiter::per_second(1_000);
+        let asked = OrderOf {
+            appid: "wx3333333333333333",
+            sub_mch_id: "1900000201",
+        };
+        for (named, ok) in [
+            (Some("1900000201"), true),
+            (Some("1900000202"), false),
+            (None, false),
+        ] {
+            let (url, _) = responder(vec![answer(named)]).await;
+            let result = client(&url, 2_000)
+                .query_order(&v2_merchant(), asked, "o1", &limiter)
+                .await;
+            assert_eq!(
+                matches!(result, Ok(Found::Answer(_))),
+                ok,
+                "{named:?}: {result:?}"
+            );
+        }
+        // And a direct merchant's answer naming a sub-merchant is not about its order.
+        let (url, _) = responder(vec![answer(Some("1900000201"))]).await;
+        let result = client(&url, 2_000)
+            .query_order(&v2_merchant(), OrderOf::direct("wx"), "o1", &limiter)
+            .await;
+        assert!(
+            matches!(result, Err(QueryError::Mismatch("merchant"))),
+            "{result:?}"
+        );
+    }
+
     #[tokio::test]
     async fn v3_answer_is_kept_byte_for_byte_with_its_headers() {
         let (merchant, platform) = v3_merchant();

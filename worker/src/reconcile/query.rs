@@ -1018,14 +1018,19 @@ mod tests {
         assert_eq!(hits.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
     }
 
+    /// The v2 merchant's order query about `o1` of `of`, answered by `answer`.
+    async fn v2_order_query(answer: Option<Canned>, of: OrderOf<'_>) -> Result<Found, QueryError> {
+        let (url, _) = responder(vec![answer]).await;
+        let limiter = RateLimiter::per_second(1_000);
+        client(&url, 2_000)
+            .query_order(&v2_merchant(), of, "o1", &limiter)
+            .await
+    }
+
     #[tokio::test]
     async fn v2_answer_about_another_order_is_rejected() {
         let ok = Some((200, vec![], v2_order_body("someone-else", "SUCCESS")));
-        let (url, _) = responder(vec![ok]).await;
-        let limiter = RateLimiter::per_second(1_000);
-        let result = client(&url, 2_000)
-            .query_order(&v2_merchant(), OrderOf::direct("wx"), "o1", &limiter)
-            .await;
+        let result = v2_order_query(ok, OrderOf::direct("wx")).await;
         assert!(
             matches!(result, Err(QueryError::Mismatch("order"))),
             "{result:?}"
@@ -1041,7 +1046,6 @@ mod tests {
             let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
             Some((200, vec![], signed_v2(&borrowed, KEY)))
         };
-        let limiter = RateLimiter::per_second(1_000);
         let asked = OrderOf {
             appid: "wx3333333333333333",
             sub_mch_id: "1900000201",
@@ -1051,10 +1055,7 @@ mod tests {
             (Some("1900000202"), false),
             (None, false),
         ] {
-            let (url, _) = responder(vec![answer(named)]).await;
-            let result = client(&url, 2_000)
-                .query_order(&v2_merchant(), asked, "o1", &limiter)
-                .await;
+            let result = v2_order_query(answer(named), asked).await;
             assert_eq!(
                 matches!(result, Ok(Found::Answer(_))),
                 ok,
@@ -1062,10 +1063,7 @@ mod tests {
             );
         }
         // And a direct merchant's answer naming a sub-merchant is not about its order.
-        let (url, _) = responder(vec![answer(Some("1900000201"))]).await;
-        let result = client(&url, 2_000)
-            .query_order(&v2_merchant(), OrderOf::direct("wx"), "o1", &limiter)
-            .await;
+        let result = v2_order_query(answer(Some("1900000201")), OrderOf::direct("wx")).await;
         assert!(
             matches!(result, Err(QueryError::Mismatch("merchant"))),
             "{result:?}"

@@ -3,7 +3,7 @@
 //! While the load runs, a sampler reads, once a second, the CPU time of every local
 //! component ([`super::cpu`]) and the depth of the notification queue (a passive declare);
 //! every answer is kept with the second it was due. After the drain, PostgreSQL gives each
-//! notification's end-to-end lag. [`write`] turns them into PNG plots (answer latency,
+//! notification's end-to-end lag. [`write()`] turns them into PNG plots (answer latency,
 //! throughput, queue depth, lag, CPU) and `summary.txt` / `summary.json` with CPU seconds
 //! per 1,000 notifications for each component.
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::e2e_support::{count, metric_names, scrape, Stack};
 
 /// The `load` arguments of these tests, at `rate` per second for `duration`.
-fn load_args(target: &str, rate: &str, duration: &str) -> Vec<String> {
+pub(crate) fn load_args(target: &str, rate: &str, duration: &str) -> Vec<String> {
     [
         "load",
         "--target",
@@ -35,7 +35,7 @@ fn load_args(target: &str, rate: &str, duration: &str) -> Vec<String> {
 
 /// Parses `load --json` and checks what holds for every run: verified against PostgreSQL,
 /// every answer as planned.
-fn check_report(stdout: &str, logs: impl Fn() -> String) -> serde_json::Value {
+pub(crate) fn check_report(stdout: &str, logs: impl Fn() -> String) -> serde_json::Value {
     let json: serde_json::Value = serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("load --json printed no JSON ({e}):\n{stdout}\n{}", logs()));
     assert_eq!(
@@ -61,7 +61,7 @@ fn check_report(stdout: &str, logs: impl Fn() -> String) -> serde_json::Value {
 }
 
 /// Checks of our own beyond the load's audit, on the whole database of the test.
-async fn check_exactly_once(s: &Stack, prefix: &str, genuine: i64) {
+pub(crate) async fn check_exactly_once(s: &Stack, prefix: &str, genuine: i64) {
     let mut conn = s.conn().await;
     let like = format!("'{prefix}%'");
     assert_eq!(

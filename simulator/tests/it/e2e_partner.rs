@@ -11,6 +11,7 @@ use diesel_async::AsyncPgConnection;
 use wxpay_shared::state::OrderState;
 use wxpay_testkit::db::sub_merchant_order;
 
+use crate::e2e_load::{check_exactly_once, check_report, load_args};
 use crate::e2e_support::{
     count, eventually, insert_sub_merchant_order, reconcile_at_once, Output, Stack,
 };
@@ -177,4 +178,28 @@ async fn the_reconciler_asks_the_partner_endpoints_and_books_the_right_sub_merch
         .await,
         2
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_for_a_sub_merchant_is_verified_on_its_own_orders() {
+    let s = Stack::start_with(&["--partner"]).await;
+    let mut args = load_args(&s.gateway_url(), "50", "3s");
+    args.extend(["--sub-mch-id".to_owned(), SUB_A.to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = s.sim(&args).await;
+    let json = check_report(&out.stdout, || format!("{}\n{}", out.stderr, s.logs(40)));
+    let prefix = json["run_prefix"].as_str().expect("run_prefix");
+    let genuine = json["orders"]["genuine"].as_i64().expect("genuine orders");
+    check_exactly_once(&s, prefix, genuine).await;
+    // Every order of the run is SUB_A's, placed in its sub_appid, and paid as such.
+    let mut conn = s.conn().await;
+    let elsewhere = format!(
+        "FROM orders WHERE out_trade_no LIKE '{prefix}%' AND (sub_mch_id <> '{SUB_A}' OR appid <> '{}')",
+        s.appids[1]
+    );
+    assert_eq!(count(&mut conn, &elsewhere).await, 0);
+    let paid = format!(
+        "FROM outbox WHERE event_type = 'order.paid' AND payload->>'sub_mch_id' = '{SUB_A}'"
+    );
+    assert_eq!(count(&mut conn, &paid).await, genuine);
 }

@@ -195,7 +195,12 @@ impl Stack {
     /// A fresh merchant (`wxpay-sim init`), a configuration of unique names, `wxpay-worker
     /// migrate`, then gateway and worker, both ready.
     pub async fn start() -> Stack {
-        let mut stack = Stack::prepare(|_| {}).await;
+        Stack::start_with(&[]).await
+    }
+
+    /// [`Stack::start`] with `init_args` added to `wxpay-sim init` (`--partner`).
+    pub async fn start_with(init_args: &[&str]) -> Stack {
+        let mut stack = Stack::prepare_with(init_args, |_| {}).await;
         stack.start_gateway().await;
         stack.start_worker().await;
         stack

@@ -35,7 +35,7 @@ pub(crate) fn load_args(target: &str, rate: &str, duration: &str) -> Vec<String>
 
 /// Parses `load --json` and checks what holds for every run: verified against PostgreSQL,
 /// every answer as planned.
-pub(crate) fn check_report(stdout: &str, logs: impl Fn() -> String) -> serde_json::Value {
+fn check_report(stdout: &str, logs: impl Fn() -> String) -> serde_json::Value {
     let json: serde_json::Value = serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("load --json printed no JSON ({e}):\n{stdout}\n{}", logs()));
     assert_eq!(
@@ -60,8 +60,20 @@ pub(crate) fn check_report(stdout: &str, logs: impl Fn() -> String) -> serde_jso
     json
 }
 
+/// Runs `load` with `args` to its end, checks its report and [`check_exactly_once`]; the run's
+/// prefix and its number of genuine orders.
+pub(crate) async fn load_verified_once(s: &Stack, args: &[String]) -> (String, i64) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = s.sim(&args).await;
+    let json = check_report(&out.stdout, || format!("{}\n{}", out.stderr, s.logs(40)));
+    let prefix = json["run_prefix"].as_str().expect("run_prefix");
+    let genuine = json["orders"]["genuine"].as_i64().expect("genuine orders");
+    check_exactly_once(s, prefix, genuine).await;
+    (prefix.to_owned(), genuine)
+}
+
 /// Checks of our own beyond the load's audit, on the whole database of the test.
-pub(crate) async fn check_exactly_once(s: &Stack, prefix: &str, genuine: i64) {
+async fn check_exactly_once(s: &Stack, prefix: &str, genuine: i64) {
     let mut conn = s.conn().await;
     let like = format!("'{prefix}%'");
     assert_eq!(
@@ -152,12 +164,7 @@ async fn load_is_verified_and_every_referenced_metric_is_exported() {
     let mut s = Stack::start().await;
     s.start_reconciler().await;
     let args = load_args(&s.gateway_url(), "100", "4s");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = s.sim(&args).await;
-    let json = check_report(&out.stdout, || format!("{}\n{}", out.stderr, s.logs(40)));
-    let prefix = json["run_prefix"].as_str().expect("run_prefix");
-    let genuine = json["orders"]["genuine"].as_i64().expect("genuine orders");
-    check_exactly_once(&s, prefix, genuine).await;
+    load_verified_once(&s, &args).await;
 
     // Every metric of the rules and the dashboard, scraped from the process that owns it.
     let referenced = referenced_metrics();

@@ -11,7 +11,7 @@ use diesel_async::AsyncPgConnection;
 use wxpay_shared::state::OrderState;
 use wxpay_testkit::db::sub_merchant_order;
 
-use crate::e2e_load::{check_exactly_once, check_report, load_args};
+use crate::e2e_load::{load_args, load_verified_once};
 use crate::e2e_support::{
     count, eventually, insert_sub_merchant_order, reconcile_at_once, Output, Stack,
 };
@@ -185,12 +185,7 @@ async fn load_for_a_sub_merchant_is_verified_on_its_own_orders() {
     let s = Stack::start_with(&["--partner"]).await;
     let mut args = load_args(&s.gateway_url(), "50", "3s");
     args.extend(["--sub-mch-id".to_owned(), SUB_A.to_owned()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = s.sim(&args).await;
-    let json = check_report(&out.stdout, || format!("{}\n{}", out.stderr, s.logs(40)));
-    let prefix = json["run_prefix"].as_str().expect("run_prefix");
-    let genuine = json["orders"]["genuine"].as_i64().expect("genuine orders");
-    check_exactly_once(&s, prefix, genuine).await;
+    let (prefix, genuine) = load_verified_once(&s, &args).await;
     // Every order of the run is SUB_A's, placed in its sub_appid, and paid as such.
     let mut conn = s.conn().await;
     let elsewhere = format!(

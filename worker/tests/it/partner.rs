@@ -15,8 +15,11 @@ use wxpay_testkit::vectors::{
     self, SHARED_OUT_TRADE_NO, V2_PAY_SUB_B, V2_PAY_SUB_B_TRANSACTION, V2_REFUND_SUB_B,
     V3_PAY_NOT_SERVED, V3_PAY_SUB_A, V3_PAY_SUB_A_TRANSACTION, V3_REFUND_SUB_A,
 };
+use wxpay_worker::anomaly::{self, Action, Effect};
+use wxpay_worker::apply::Verdict;
 use wxpay_worker::{Disposition, Worker};
 
+use crate::anomalies::{only_open_anomaly, pool};
 use crate::builders::{APPID, MCH_ID, V2_KEY};
 use crate::helpers::{anomaly, assert_duplicate, TestEnv};
 
@@ -251,4 +254,51 @@ async fn a_provider_of_any_sub_merchant_lets_its_orders_decide() {
         state_of(&env, &SUB_NOT_SERVED, SHARED_OUT_TRADE_NO).await,
         (OrderState::Paid.as_str().to_owned(), 0)
     );
+}
+
+/// The provider signs a new sub-merchant on after its first payment was refused: added to
+/// `sub_mch_ids`, the anomaly is reapplied once through the normal path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_merchant_signed_on_later_is_reapplied_once() {
+    let (env, worker) = with_two_sub_merchants().await;
+    let of = (&PROVIDER, &SUB_NOT_SERVED);
+    env.insert_sub_merchant_order(of, SHARED_OUT_TRADE_NO, 2500)
+        .await;
+    let payment = V3_PAY_NOT_SERVED.message();
+    assert_eq!(
+        worker.process_one(&payment).await,
+        anomaly("SUB_MCH_ID_MISMATCH")
+    );
+    let open = only_open_anomaly(&env).await;
+
+    let mut settings = env.settings();
+    let signed_on = PROVIDER.provider_settings(&[SUB_A, SUB_B, SUB_NOT_SERVED]);
+    settings.merchants.push(signed_on);
+    let merchants = settings.merchants().expect("merchants");
+    let note = "sub-merchant signed on";
+    let resolution = anomaly::resolve(
+        &pool(&env),
+        &merchants,
+        open.id,
+        Action::Reapply,
+        "ops",
+        note,
+    )
+    .await
+    .expect("reapplied");
+    assert!(
+        matches!(
+            resolution.effect,
+            Effect::Reapplied {
+                verdict: Verdict::Applied,
+                ..
+            }
+        ),
+        "{resolution:?}"
+    );
+    assert_eq!(
+        state_of(&env, &SUB_NOT_SERVED, SHARED_OUT_TRADE_NO).await,
+        (OrderState::Paid.as_str().to_owned(), 0)
+    );
+    assert_duplicate(&worker.process_one(&resend(&payment)).await);
 }

@@ -455,12 +455,15 @@ impl Worker {
         let kind = message.kind.as_str();
         let mch_id = message.mch_id.as_str();
         let out_trade_no = decoded.out_trade_no();
+        // A service provider's sub-merchant (empty for a direct merchant): two of them may
+        // share an out_trade_no.
+        let sub_mch_id = decoded.sub_mch_id();
         match verdict {
             Verdict::Anomaly { reason, detail } => {
-                tracing::warn!(step = step::APPLY, %request_id, mch_id, kind, out_trade_no, reason, detail = detail.as_str(), "anomaly recorded");
+                tracing::warn!(step = step::APPLY, %request_id, mch_id, sub_mch_id, kind, out_trade_no, reason, detail = detail.as_str(), "anomaly recorded");
             }
             other => {
-                tracing::info!(step = step::APPLY, %request_id, mch_id, kind, out_trade_no, verdict = ?other, "applied");
+                tracing::info!(step = step::APPLY, %request_id, mch_id, sub_mch_id, kind, out_trade_no, verdict = ?other, "applied");
             }
         }
     }

@@ -27,6 +27,11 @@ use crate::WorkerInner;
 
 /// Events per relay transaction.
 pub const BATCH: i64 = 500;
+/// After a wake-up by a commit, the relay waits this long for more commits to join the
+/// round: one transaction and one confirm wait for many events instead of a round per
+/// event at peaks (fewer PostgreSQL commits and broker round trips per notification), for
+/// at most this much added event latency.
+pub const GATHER: Duration = Duration::from_millis(20);
 
 /// Why a relay round failed; the round is retried after a pause.
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +172,7 @@ pub(crate) async fn run(inner: Arc<WorkerInner>, shutdown: CancellationToken) {
                 Ok(_) => {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = inner.outbox_wakeup.notified() => {}
+                        _ = inner.outbox_wakeup.notified() => pause(&shutdown, GATHER).await,
                         _ = tokio::time::sleep(poll) => {}
                     }
                 }

@@ -391,14 +391,7 @@ fn summary_json(run: &RunRecord<'_>) -> serde_json::Value {
 }
 
 fn summary_text(run: &RunRecord<'_>) -> String {
-    let mut out = format!("offered {}/s\n{}", run.rate, run.report.summary());
-    if !run.report.cpu_s_per_1000.is_empty() {
-        out.push_str("CPU seconds per 1,000 notifications:\n");
-        for (label, v) in &run.report.cpu_s_per_1000 {
-            out.push_str(&format!("  {label:<16} {v:.3}\n"));
-        }
-    }
-    out
+    format!("offered {}/s\n{}", run.rate, run.report.summary())
 }
 
 fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {

@@ -3,7 +3,7 @@
 //! queue with a confirm). Reconnects on its own; on shutdown it cancels the consumer,
 //! finishes and acks the in-flight work, and closes.
 //!
-//! Acks are batched where that costs no latency ([`Acks`]): deliveries settled together
+//! Acks are batched where that costs no latency (`Acks`): deliveries settled together
 //! that are the channel's oldest unsettled ones go in one `basic.ack(multiple)`. On a quorum
 //! queue every ack is a Raft command, so this is broker CPU saved per notification.
 

@@ -178,6 +178,66 @@ async fn the_reconciler_asks_the_partner_endpoints_and_books_the_right_sub_merch
         .await,
         2
     );
+
+    // A refund of SUB_B's RECON that WeChat Pay finished but whose notification never came
+    // (sent to a closed port): still PROCESSING here. WeChat Pay's v3 refund answer names no
+    // sub_mchid; the reconciler's x-wxpay-sub-mch-id files it under SUB_B.
+    let lost = s
+        .sim(&[
+            "notify",
+            "--target",
+            "http://127.0.0.1:1",
+            "--max-attempts",
+            "1",
+            "--sub-mch-id",
+            SUB_B,
+            "--kind",
+            "v3-refund",
+            "--out-trade-no",
+            "RECON",
+            "--amount",
+            "500",
+            "--refund-fee",
+            "200",
+            "--out-refund-no",
+            "RECON-R",
+        ])
+        .await;
+    assert!(
+        !lost.success,
+        "the refund notification must be lost: {}",
+        lost.describe()
+    );
+    s.env
+        .sql(&format!(
+            "INSERT INTO refunds (mch_id, sub_mch_id, out_refund_no, out_trade_no, refund_fee, status) \
+             VALUES ('{}', '{SUB_B}', 'RECON-R', 'RECON', 200, 'PROCESSING')",
+            s.mch_id
+        ))
+        .await
+        .expect("refund row");
+    let round = s
+        .worker_cmd(&["reconcile", "--once"], Duration::from_secs(60))
+        .await;
+    assert!(round.success, "{}\n{}", round.describe(), s.logs(40));
+    let partially = OrderState::PartiallyRefunded.as_str().to_owned();
+    eventually(
+        Duration::from_secs(30),
+        "the lost refund booked",
+        async || state(&mut conn, &s, SUB_B, "RECON").await == (partially.clone(), 200),
+    )
+    .await;
+    assert_eq!(
+        count(
+            &mut conn,
+            &format!(
+                "FROM notifications WHERE kind = 'query.refund' AND outcome = 'APPLIED' \
+                 AND sub_mch_id = '{SUB_B}'"
+            )
+        )
+        .await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -639,11 +639,20 @@ fn audit_table(rows: &[AuditRow]) -> String {
     )
 }
 
-async fn audit_section(state: &State, prefix: &str) -> String {
-    match data::audit_trail(&state.pool, prefix, 50).await {
+/// A page where operators act: `body`, then the audit trail of the actions named
+/// `prefix…`, so what was done here is seen where it is done.
+async fn audited_page(
+    state: &State,
+    auth: &Authed,
+    title: &str,
+    mut body: String,
+    prefix: &str,
+) -> HttpResponse {
+    body.push_str(&match data::audit_trail(&state.pool, prefix, 50).await {
         Ok(rows) => audit_table(&rows),
         Err(error) => error_note("Audit trail", &error),
-    }
+    });
+    auth.page(title, &body)
 }
 
 fn recorded_anomaly_cells(recorded: &RecordedAnomaly) -> Vec<String> {
@@ -747,15 +756,15 @@ async fn anomalies(state: Data, req: HttpRequest) -> HttpResponse {
         }
         Err(error) => body.push_str(&error_note("Database", &error)),
     }
-    body.push_str(&audit_section(&state, "anomaly.").await);
-    auth.page("Anomalies", &body)
+    audited_page(&state, &auth, "Anomalies", body, "anomaly.").await
 }
 
 #[derive(Default, Deserialize)]
 #[serde(default)]
 struct ResolveForm {
-    csrf: String,
-    id: String,
+    /// The anomaly, by its id.
+    #[serde(flatten)]
+    target: TargetForm,
     action: String,
     note: String,
 }
@@ -777,13 +786,14 @@ async fn resolve_anomaly(
         .map(|auth| auth.session.user.clone())
         .unwrap_or_default();
     let (pool, settings) = (state.pool.clone(), state.settings.clone());
-    let (id, action, note) = (form.id.clone(), form.action.clone(), form.note.clone());
+    let id = form.target.id.clone();
+    let (action, note) = (form.action.clone(), form.note.clone());
     act(
         &state,
         &req,
-        &form.csrf,
+        &form.target.csrf,
         audit_action,
-        &form.id,
+        &form.target.id,
         Some(&form.note),
         "/anomalies",
         || async move {
@@ -851,18 +861,18 @@ async fn parked(state: Data, req: HttpRequest) -> HttpResponse {
         }
         Err(error) => body.push_str(&error_note("RabbitMQ", &error)),
     }
-    body.push_str(&audit_section(&state, "parked.").await);
-    auth.page("Parked messages", &body)
+    audited_page(&state, &auth, "Parked messages", body, "parked.").await
 }
 
+/// A form that acts on one thing (a parked message, an anomaly), named by `id`.
 #[derive(Default, Deserialize)]
 #[serde(default)]
-struct ReplayForm {
+struct TargetForm {
     csrf: String,
     id: String,
 }
 
-async fn replay_one(state: Data, req: HttpRequest, form: web::Form<ReplayForm>) -> HttpResponse {
+async fn replay_one(state: Data, req: HttpRequest, form: web::Form<TargetForm>) -> HttpResponse {
     let form = form.into_inner();
     let settings = state.settings.clone();
     let id = form.id.clone();

@@ -36,7 +36,7 @@ use wxpay_runtime::telemetry::{metric, metrics_handle, step};
 use admission::{Admission, Shed};
 use publish::{PublishError, Publisher, PublisherConfig};
 use routes::{outcome, AppState, Limits};
-use verify::{RejectReason, Route};
+use verify::{verify_v2_pay, verify_v2_refund, RejectReason, Route};
 
 /// Describes every gateway metric and touches each with a first label set, so `/metrics`
 /// lists all of them before any traffic (dashboards and alert rules rely on the names).
@@ -171,8 +171,14 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .route("/notify/v2/pay", web::post().to(routes::v2::pay))
-                .route("/notify/v2/refund", web::post().to(routes::v2::refund))
+                .route(
+                    "/notify/v2/pay",
+                    web::post().to(routes::v2::notify(Route::V2Pay, verify_v2_pay)),
+                )
+                .route(
+                    "/notify/v2/refund",
+                    web::post().to(routes::v2::notify(Route::V2Refund, verify_v2_refund)),
+                )
                 .route("/notify/v3/{mch_id}", web::post().to(routes::v3::notify))
                 .route("/healthz", web::get().to(routes::health::healthz))
                 .route("/readyz", web::get().to(routes::health::readyz))

@@ -34,17 +34,13 @@ fn main() -> ExitCode {
         }
     };
     init_logging("gateway");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
+    match wxpay_runtime::process::block_on(serve(settings, merchants)) {
+        Ok(code) => code,
         Err(error) => {
             error!(step = step::STARTUP, %error, "cannot start the tokio runtime");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    runtime.block_on(serve(settings, merchants))
+    }
 }
 
 async fn serve(settings: Settings, merchants: MerchantsHandle) -> ExitCode {

@@ -295,8 +295,7 @@ pub fn verify_v2_pay(
     incoming: &Incoming<'_>,
     merchants: &Merchants,
 ) -> Result<Verified, Rejection> {
-    check_content_type(incoming.content_type)?;
-    let fields = XmlFields::parse(incoming.body).map_err(xml_rejection)?;
+    let fields = v2_fields(incoming)?;
     let mch_id = match fields.get("mch_id") {
         Some(id) if !id.is_empty() => id,
         _ => {
@@ -320,11 +319,7 @@ pub fn verify_v2_pay(
         mch_id,
         notification.sub_appid.as_deref().unwrap_or_default(),
     )?;
-    let out_trade_no = Some(notification.out_trade_no).filter(|no| !no.is_empty());
-    Ok(Verified {
-        message: message(incoming, Route::V2Pay, mch_id, None)?,
-        out_trade_no,
-    })
+    verified_v2(incoming, Route::V2Pay, mch_id, notification.out_trade_no)
 }
 
 /// v2 退款结果通知: find the merchant by `mch_id`, check the `appid`, decrypt `req_info`
@@ -333,8 +328,7 @@ pub fn verify_v2_refund(
     incoming: &Incoming<'_>,
     merchants: &Merchants,
 ) -> Result<Verified, Rejection> {
-    check_content_type(incoming.content_type)?;
-    let fields = XmlFields::parse(incoming.body).map_err(xml_rejection)?;
+    let fields = v2_fields(incoming)?;
     let envelope = RefundEnvelope::from_fields(&fields).map_err(xml_rejection)?;
     if envelope.mch_id.is_empty() || envelope.req_info.is_empty() {
         // return_code FAIL without details: nothing authenticates it, nothing to do.
@@ -361,10 +355,26 @@ pub fn verify_v2_refund(
     let info = RefundInfo::from_fields(&root).map_err(|error| {
         Rejection::new(RejectReason::ReqInfo, format!("req_info: {error}")).for_merchant(mch_id)
     })?;
-    let out_trade_no = Some(info.out_trade_no).filter(|no| !no.is_empty());
+    verified_v2(incoming, Route::V2Refund, mch_id, info.out_trade_no)
+}
+
+/// The fields of a v2 body (both v2 notifications are XML, sent as a type that can be XML).
+fn v2_fields(incoming: &Incoming<'_>) -> Result<XmlFields, Rejection> {
+    check_content_type(incoming.content_type)?;
+    XmlFields::parse(incoming.body).map_err(xml_rejection)
+}
+
+/// A v2 notification that passed: no `Wechatpay-*` headers, and the order number (logged)
+/// only when the notification carries one.
+fn verified_v2(
+    incoming: &Incoming<'_>,
+    route: Route,
+    mch_id: &str,
+    out_trade_no: String,
+) -> Result<Verified, Rejection> {
     Ok(Verified {
-        message: message(incoming, Route::V2Refund, mch_id, None)?,
-        out_trade_no,
+        message: message(incoming, route, mch_id, None)?,
+        out_trade_no: Some(out_trade_no).filter(|no| !no.is_empty()),
     })
 }
 

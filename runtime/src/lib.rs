@@ -12,9 +12,11 @@
 //!   every service must make identically.
 //! - [`reload`]: the merchants in use, replaced while the service runs (SIGHUP, or the
 //!   configuration file changing) after the same validation as at start-up.
+//! - [`process`]: the tokio runtime each binary's `main` runs its work on.
 
 pub mod amqp;
 pub mod config;
+pub mod process;
 pub mod reload;
 pub mod signals;
 pub mod telemetry;

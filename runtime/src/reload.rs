@@ -93,19 +93,34 @@ pub enum ReloadError {
 pub struct Reloaded {
     /// Merchants in use after the reload.
     pub merchants: usize,
-    /// `mch_id`s new in this configuration.
-    pub merchants_added: Vec<String>,
-    /// `mch_id`s no longer configured.
-    pub merchants_removed: Vec<String>,
+    /// `mch_id`s new in this configuration, and those no longer configured.
+    pub mch_ids: IdChanges,
     /// `mch_id`s kept whose entry changed in any way (keys, appids, serials).
     pub merchants_changed: Vec<String>,
-    /// Platform key serials new in this configuration, as `mch_id/serial`.
-    pub serials_added: Vec<String>,
-    /// Platform key serials no longer configured, as `mch_id/serial`.
-    pub serials_removed: Vec<String>,
+    /// Platform key serials, as `mch_id/serial`, new in this configuration and no longer
+    /// configured.
+    pub serials: IdChanges,
     /// Sections other than `[[merchants]]` that differ from what the process started with:
     /// they apply only after a restart.
     pub restart_needed_for: Vec<String>,
+}
+
+/// The ids one configuration has and the other has not (merchants, key serials), sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdChanges {
+    /// In the new configuration only.
+    pub added: Vec<String>,
+    /// In the old configuration only.
+    pub removed: Vec<String>,
+}
+
+impl IdChanges {
+    fn between(before: &BTreeSet<String>, after: &BTreeSet<String>) -> IdChanges {
+        IdChanges {
+            added: after.difference(before).cloned().collect(),
+            removed: before.difference(after).cloned().collect(),
+        }
+    }
 }
 
 /// The merchants in use, swapped whole by a reload. Cheap to clone (shared).
@@ -237,11 +252,11 @@ impl MerchantsHandle {
                     path,
                     merchants_path,
                     merchants = reloaded.merchants,
-                    merchants_added = %reloaded.merchants_added.join(","),
-                    merchants_removed = %reloaded.merchants_removed.join(","),
+                    merchants_added = %reloaded.mch_ids.added.join(","),
+                    merchants_removed = %reloaded.mch_ids.removed.join(","),
                     merchants_changed = %reloaded.merchants_changed.join(","),
-                    serials_added = %reloaded.serials_added.join(","),
-                    serials_removed = %reloaded.serials_removed.join(","),
+                    serials_added = %reloaded.serials.added.join(","),
+                    serials_removed = %reloaded.serials.removed.join(","),
                     restart_needed_for,
                     "merchants reloaded"
                 );
@@ -365,20 +380,17 @@ impl Reloaded {
                 .collect()
         };
         let (ids_before, ids_after) = (ids(before), ids(&after.merchants));
-        let (serials_before, serials_after) = (serials(before), serials(&after.merchants));
         let sections: BTreeSet<&String> =
             started_with.keys().chain(after.sections.keys()).collect();
         Reloaded {
             merchants: after.merchants.len(),
-            merchants_added: ids_after.difference(&ids_before).cloned().collect(),
-            merchants_removed: ids_before.difference(&ids_after).cloned().collect(),
+            mch_ids: IdChanges::between(&ids_before, &ids_after),
             merchants_changed: ids_before
                 .intersection(&ids_after)
                 .filter(|mch_id| entries_before.get(*mch_id) != after.entries.get(*mch_id))
                 .cloned()
                 .collect(),
-            serials_added: serials_after.difference(&serials_before).cloned().collect(),
-            serials_removed: serials_before.difference(&serials_after).cloned().collect(),
+            serials: IdChanges::between(&serials(before), &serials(&after.merchants)),
             restart_needed_for: sections
                 .into_iter()
                 .filter(|section| started_with.get(*section) != after.sections.get(*section))

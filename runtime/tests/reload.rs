@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use wxpay_runtime::config::{ConfigError, ConfigFiles, Settings};
-use wxpay_runtime::reload::{MerchantsHandle, ReloadError, Reloaded, Reloader, Trigger};
+use wxpay_runtime::reload::{IdChanges, MerchantsHandle, ReloadError, Reloaded, Reloader, Trigger};
 
 const MCH_ID: &str = "1900000109";
 const OTHER_MCH_ID: &str = "1900000110";
@@ -94,7 +94,10 @@ fn a_new_serial_is_added_whole_and_earlier_snapshots_keep_their_keys() {
         Reloaded {
             merchants: 1,
             merchants_changed: vec![MCH_ID.to_owned()],
-            serials_added: vec![format!("{MCH_ID}/{NEW_SERIAL}")],
+            serials: IdChanges {
+                added: vec![format!("{MCH_ID}/{NEW_SERIAL}")],
+                removed: Vec::new(),
+            },
             ..Reloaded::default()
         }
     );
@@ -108,8 +111,8 @@ fn a_new_serial_is_added_whole_and_earlier_snapshots_keep_their_keys() {
     // WeChat Pay stopped signing with the old one: removed the same way.
     write(&path, &config("0.0.0.0:8080", &[(NEW_SERIAL, NEW_PEM)]));
     let reloaded = handle.reload(Trigger::FileChanged).expect("reloaded");
-    assert_eq!(reloaded.serials_removed, [format!("{MCH_ID}/{OLD_SERIAL}")]);
-    assert!(reloaded.serials_added.is_empty());
+    assert_eq!(reloaded.serials.removed, [format!("{MCH_ID}/{OLD_SERIAL}")]);
+    assert!(reloaded.serials.added.is_empty());
     assert_eq!(serials(&handle.current()), [NEW_SERIAL]);
 }
 

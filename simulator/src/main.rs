@@ -220,21 +220,15 @@ fn parse_sign_type(s: &str) -> Result<SignType, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    match wxpay_runtime::process::block_on(run(cli)) {
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        Ok(Ok(false)) => ExitCode::FAILURE,
+        Ok(Err(e)) => {
+            eprintln!("wxpay-sim: error: {e:#}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("wxpay-sim: error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("wxpay-sim: error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -154,12 +154,18 @@ impl Layout {
             };
         }
         let output = command.output().expect("cargo runs");
-        assert!(
-            output.status.success(),
-            "cargo build --bin {name} -p {package} failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert_success(&output, format!("cargo build --bin {name} -p {package}"));
     }
+}
+
+/// Fails the test unless the command that gave `output` exited 0; the failure names the
+/// command (`what`) and shows its stderr, which says why.
+pub fn assert_success(output: &std::process::Output, what: impl std::fmt::Display) {
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Variables cargo and nextest set for a test process, which would make the nested build

@@ -31,7 +31,7 @@ pub mod services;
 pub mod vectors;
 pub mod wait;
 
-pub use bins::{bin_path, bin_path_async, clean_command};
+pub use bins::{assert_success, bin_path, bin_path_async, clean_command};
 pub use config::config_file;
 pub use env::{default_settings, TestEnv};
 pub use proxy::FaultProxy;

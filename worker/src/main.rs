@@ -104,19 +104,13 @@ enum DlqCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging("worker");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
+    match wxpay_runtime::process::block_on(dispatch(cli)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    match runtime.block_on(dispatch(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+        Ok(Err(error)) => {
             tracing::error!(step = step::SHUTDOWN, error = %format!("{error:#}"), "exiting with an error");
             eprintln!("wxpay-worker: {error:#}");
             ExitCode::FAILURE

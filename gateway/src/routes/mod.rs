@@ -15,7 +15,7 @@ use actix_web::http::header;
 use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures::StreamExt;
-use tracing::{info, warn};
+use tracing::warn;
 use uuid::Uuid;
 use wxpay_runtime::config::{GatewaySettings, Merchants};
 use wxpay_runtime::reload::MerchantsHandle;
@@ -204,6 +204,22 @@ fn count(route: Route, outcome_label: &'static str, reason: Option<&'static str>
     }
 }
 
+/// Logs a publish's outcome at `$level`: the fields that name the notification (the same
+/// whether the broker confirmed it or not), then the outcome's own fields and message.
+macro_rules! published {
+    ($level:ident, $step:expr, $request_id:expr, $route:expr, $verified:expr; $($outcome:tt)+) => {
+        tracing::$level!(
+            step = $step,
+            request_id = %$request_id,
+            route = $route.as_str(),
+            kind = $verified.message.kind.as_str(),
+            mch_id = %$verified.message.mch_id,
+            out_trade_no = %log_safe($verified.out_trade_no.as_deref().unwrap_or("")),
+            $($outcome)+
+        )
+    };
+}
+
 /// The pipeline of every notify route. `verify` turns the raw request into a verified
 /// message; nothing unverified reaches the queue, and SUCCESS follows the broker's confirm.
 pub async fn handle(
@@ -244,44 +260,29 @@ pub async fn handle(
             metrics::counter!(metric::GATEWAY_SHED_TOTAL, "reason" => shed.code()).increment(1);
             (answer::failed(format), outcome::SHED, Some(shed.code()))
         }
-        Handling::Published(verified, publish_started, result) => {
-            let message = &verified.message;
-            match result {
-                Ok(()) => {
-                    info!(
-                        step = step::ANSWER,
-                        %request_id,
-                        route = route.as_str(),
-                        kind = message.kind.as_str(),
-                        mch_id = %message.mch_id,
-                        out_trade_no = %log_safe(verified.out_trade_no.as_deref().unwrap_or("")),
-                        publish_ms = millis(publish_started),
-                        latency_ms = millis(started),
-                        "notification accepted"
-                    );
-                    (answer::accepted(format), outcome::ACCEPTED, None)
-                }
-                Err(publish_error) => {
-                    warn!(
-                        step = step::PUBLISH,
-                        %request_id,
-                        route = route.as_str(),
-                        kind = message.kind.as_str(),
-                        mch_id = %message.mch_id,
-                        out_trade_no = %log_safe(verified.out_trade_no.as_deref().unwrap_or("")),
-                        reason = publish_error.code(),
-                        error = %publish_error,
-                        latency_ms = millis(started),
-                        "publish not confirmed: answering FAIL so WeChat Pay re-sends"
-                    );
-                    (
-                        answer::failed(format),
-                        outcome::FAILED,
-                        Some(publish_error.code()),
-                    )
-                }
+        Handling::Published(verified, publish_started, result) => match result {
+            Ok(()) => {
+                published!(info, step::ANSWER, request_id, route, verified;
+                    publish_ms = millis(publish_started),
+                    latency_ms = millis(started),
+                    "notification accepted"
+                );
+                (answer::accepted(format), outcome::ACCEPTED, None)
             }
-        }
+            Err(publish_error) => {
+                published!(warn, step::PUBLISH, request_id, route, verified;
+                    reason = publish_error.code(),
+                    error = %publish_error,
+                    latency_ms = millis(started),
+                    "publish not confirmed: answering FAIL so WeChat Pay re-sends"
+                );
+                (
+                    answer::failed(format),
+                    outcome::FAILED,
+                    Some(publish_error.code()),
+                )
+            }
+        },
     };
     count(route, outcome_label, reason);
     metrics::histogram!(metric::GATEWAY_REQUEST_DURATION_SECONDS, "route" => route.as_str())

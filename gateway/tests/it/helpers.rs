@@ -164,6 +164,11 @@ impl Answer {
         wxpay_shared::answer::v2_answer_is_success(self.status, self.body.as_bytes())
     }
 
+    /// A v2 SUCCESS; otherwise the test fails showing the answer.
+    pub fn assert_v2_success(&self) {
+        assert!(self.is_v2_success(), "{self:?}");
+    }
+
     /// A v2 FAIL: valid XML with return_code FAIL.
     pub fn assert_v2_fail(&self, status: u16, message: &str) {
         assert_eq!(self.status, status, "{self:?}");
@@ -302,6 +307,13 @@ impl TestApp {
     pub async fn drain_bodies(&self) -> Vec<Vec<u8>> {
         let messages = self.drain().await;
         messages.into_iter().map(|m| m.delivery.data).collect()
+    }
+
+    /// Checks the queue holds exactly the `queued` messages the test let through, then
+    /// stops the gateway.
+    pub async fn stop_with_queued(self, queued: usize) {
+        assert_eq!(self.drain().await.len(), queued);
+        self.stop().await;
     }
 
     /// Stops the gateway gracefully and deletes its queue.

@@ -55,15 +55,13 @@ impl std::fmt::Display for SignType {
 impl std::str::FromStr for SignType {
     type Err = SignError;
 
-    /// Exactly `MD5` or `HMAC-SHA256`, as WeChat Pay writes them.
+    /// Exactly `MD5` or `HMAC-SHA256`, as WeChat Pay writes them (spelled once, by
+    /// [`SignType::as_str`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "MD5" => Ok(SignType::Md5),
-            "HMAC-SHA256" => Ok(SignType::HmacSha256),
-            other => Err(SignError::UnknownSignType(
-                other.chars().take(32).collect::<String>(),
-            )),
-        }
+        [SignType::Md5, SignType::HmacSha256]
+            .into_iter()
+            .find(|sign_type| sign_type.as_str() == s)
+            .ok_or_else(|| SignError::UnknownSignType(s.chars().take(32).collect()))
     }
 }
 

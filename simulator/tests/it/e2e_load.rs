@@ -129,12 +129,7 @@ fn referenced_metrics() -> BTreeSet<String> {
         .arg("--list-metrics")
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} --list-metrics failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    wxpay_testkit::assert_success(&out, format_args!("{} --list-metrics", script.display()));
     let names: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::trim)

@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
 use secrecy::ExposeSecret;
@@ -96,20 +96,37 @@ impl Proc {
 
     /// Waits for the exit, at most `limit`.
     pub async fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.exited() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{} did not exit within {} s\n{}",
-                self.name,
-                limit.as_secs(),
-                tail(&self.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut status = None;
+        let late = self.late("exit");
+        eventually(limit, late, async || {
+            status = self.exited();
+            status.is_some()
+        })
+        .await;
+        status.expect("the wait ends when the process exited")
+    }
+
+    /// What a wait on this process says when it fails: the process did not `what` in time,
+    /// and how its log ends then.
+    fn late(&self, what: impl Into<String>) -> Late {
+        Late {
+            name: self.name.clone(),
+            what: what.into(),
+            log: self.log.clone(),
         }
+    }
+}
+
+/// A process that did not do something in time; its log is read when the failure is shown.
+struct Late {
+    name: String,
+    what: String,
+    log: PathBuf,
+}
+
+impl std::fmt::Display for Late {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} to {}\n{}", self.name, self.what, tail(&self.log, 60))
     }
 }
 
@@ -568,8 +585,8 @@ pub async fn run(program: &Path, args: &[&str], limit: Duration) -> Output {
 pub async fn wait_ready(proc: &mut Proc, base: &str) {
     let client = reqwest::Client::new();
     let url = format!("{base}/readyz");
-    let start = Instant::now();
-    loop {
+    let late = proc.late(format!("be ready on {url}"));
+    eventually(READY_TIMEOUT, late, async || {
         if let Some(status) = proc.exited() {
             panic!(
                 "{} exited ({status}) before it was ready\n{}",
@@ -577,24 +594,14 @@ pub async fn wait_ready(proc: &mut Proc, base: &str) {
                 tail(&proc.log, 60)
             );
         }
-        let ready = client
+        client
             .get(&url)
             .timeout(Duration::from_secs(2))
             .send()
             .await
-            .is_ok_and(|r| r.status().is_success());
-        if ready {
-            return;
-        }
-        assert!(
-            start.elapsed() < READY_TIMEOUT,
-            "{} not ready on {url} within {} s\n{}",
-            proc.name,
-            READY_TIMEOUT.as_secs(),
-            tail(&proc.log, 60)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
 }
 
 /// Inserts an order of the stack's merchant as the business system does before the user

@@ -139,6 +139,20 @@ impl Sim {
         self.v2_post(path, unsigned(field), sign_type).await
     }
 
+    /// [`Sim::v2_query`] answered 200 and signed with `sign_type` under the merchant's key,
+    /// as every answer that is not a `return_code` FAIL must be.
+    async fn signed_answer(
+        &self,
+        path: &str,
+        field: (&str, &str),
+        sign_type: SignType,
+    ) -> XmlFields {
+        let (status, answer) = self.v2_query(path, field, sign_type).await;
+        assert_eq!(status, 200);
+        assert_eq!(v2::verify(&answer, &self.m.api_v2_key), Ok(sign_type));
+        answer
+    }
+
     /// POSTs `fields` to /pay/orderquery as they are (not signed by this merchant).
     async fn raw_orderquery(&self, fields: &XmlFields) -> reqwest::Response {
         self.client
@@ -247,27 +261,24 @@ async fn v2_orderquery_is_signed_both_ways() {
     )
     .await;
     for sign_type in [SignType::Md5, SignType::HmacSha256] {
-        let (status, answer) = sim
-            .v2_query("/pay/orderquery", ("out_trade_no", "Q-2"), sign_type)
+        let answer = sim
+            .signed_answer("/pay/orderquery", ("out_trade_no", "Q-2"), sign_type)
             .await;
-        assert_eq!(status, 200);
-        assert_eq!(v2::verify(&answer, &sim.m.api_v2_key), Ok(sign_type));
         assert_eq!(answer.get("return_code"), Some("SUCCESS"));
         assert_eq!(answer.get("result_code"), Some("SUCCESS"));
         assert_eq!(answer.get("trade_state"), Some("SUCCESS"));
         assert_eq!(answer.get("total_fee"), Some("100"));
         assert!(answer.get("transaction_id").is_some() && answer.get("time_end").is_some());
     }
-    let (_, answer) = sim
-        .v2_query("/pay/orderquery", ("out_trade_no", "Q-3"), SignType::Md5)
+    let answer = sim
+        .signed_answer("/pay/orderquery", ("out_trade_no", "Q-3"), SignType::Md5)
         .await;
     assert_eq!(answer.get("trade_state"), Some(TradeState::NotPay.as_str()));
     assert!(answer.get("transaction_id").is_none());
 
-    let (_, answer) = sim
-        .v2_query("/pay/orderquery", ("out_trade_no", "NOPE"), SignType::Md5)
+    let answer = sim
+        .signed_answer("/pay/orderquery", ("out_trade_no", "NOPE"), SignType::Md5)
         .await;
-    assert_eq!(v2::verify(&answer, &sim.m.api_v2_key), Ok(SignType::Md5));
     assert_eq!(answer.get("result_code"), Some("FAIL"));
     assert_eq!(answer.get("err_code"), Some("ORDERNOTEXIST"));
 
@@ -302,15 +313,14 @@ async fn refund_queries_v2_and_v3() {
         assert_eq!(sim.admin("/sim/refunds", refund).await.status(), status);
     }
 
-    let (_, answer) = sim
-        .v2_query("/pay/refundquery", ("out_refund_no", "RF-4"), SignType::Md5)
+    let answer = sim
+        .signed_answer("/pay/refundquery", ("out_refund_no", "RF-4"), SignType::Md5)
         .await;
-    assert_eq!(v2::verify(&answer, &sim.m.api_v2_key), Ok(SignType::Md5));
     assert_eq!(answer.get("refund_count"), Some("1"));
     assert_eq!(answer.get("refund_fee_0"), Some("250"));
     assert_eq!(answer.get("refund_status_0"), Some("SUCCESS"));
-    let (_, answer) = sim
-        .v2_query(
+    let answer = sim
+        .signed_answer(
             "/pay/refundquery",
             ("out_refund_no", "RF-NONE"),
             SignType::Md5,

@@ -35,11 +35,7 @@ async fn migrate_creates_the_database_and_is_idempotent() {
     let all = format!("migrations applied: {}", embedded.len());
     for expected in [all.as_str(), "migrations applied: 0"] {
         let output = worker(&config, &["migrate"]).output().expect("runs");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        wxpay_testkit::assert_success(&output, "wxpay-worker migrate");
         assert!(String::from_utf8_lossy(&output.stdout).contains(expected));
     }
     assert_eq!(env.count("FROM orders").await, 0);

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::Text;
-use diesel_async::RunQueryDsl;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use wxpay_runtime::telemetry;
@@ -97,21 +95,14 @@ impl Setup {
     }
 
     async fn anomaly_detail(&self, out_trade_no: &str) -> String {
-        #[derive(diesel::QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = Text)]
-            detail: String,
-        }
-        let mut conn = self.env.conn().await;
-        let row: Row = diesel::sql_query(
-            "SELECT anomaly_detail AS detail FROM notifications \
-             WHERE out_trade_no = $1 AND anomaly_reason = 'QUERY_MISMATCH'",
-        )
-        .bind::<Text, _>(out_trade_no)
-        .get_result(&mut conn)
-        .await
-        .expect("one QUERY_MISMATCH anomaly");
-        row.detail
+        self.env
+            .text_of(
+                "one QUERY_MISMATCH anomaly",
+                "SELECT anomaly_detail AS value FROM notifications \
+                 WHERE out_trade_no = $1 AND anomaly_reason = 'QUERY_MISMATCH'",
+                &[out_trade_no],
+            )
+            .await
     }
 }
 

@@ -132,11 +132,7 @@ fn openssl_certificate(dir: &Path, serial: &str, days: i32) -> String {
             .args(args)
             .output()
             .expect("openssl runs");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        wxpay_testkit::assert_success(&output, format_args!("openssl {args:?}"));
     };
     let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
     run(&[

@@ -9,6 +9,10 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use diesel::pg::Pg;
+use diesel::sql_types::Text;
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -93,6 +97,22 @@ impl TestEnv {
         let payment = v2_pay(out_trade_no, &transaction_of(out_trade_no), amount);
         self.pay_order(worker, (out_trade_no, amount), &payment)
             .await;
+    }
+
+    /// The text column `value` of the one row `sql` selects, with `binds` as `$1`, `$2`, …;
+    /// `row` names that row in the failure when there is none.
+    pub async fn text_of(&self, row: &str, sql: &str, binds: &[&str]) -> String {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            value: String,
+        }
+        let mut query = diesel::sql_query(sql).into_boxed::<Pg>();
+        for bind in binds {
+            query = query.bind::<Text, _>(*bind);
+        }
+        let found: Row = query.get_result(&mut self.conn().await).await.expect(row);
+        found.value
     }
 
     /// Asserts the order's state and refunded total.

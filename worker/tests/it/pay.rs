@@ -4,7 +4,7 @@ use wxpay_shared::state::OrderState;
 use wxpay_testkit::notifications::RESOURCE_NONCE;
 use wxpay_worker::{DedupeLayer, Disposition, Worker};
 
-use crate::builders::{self, v2_pay, v2_pay_with, v3_pay, OTHER_APPID, V2_KEY};
+use crate::builders::{self, transaction_of, v2_pay, v2_pay_with, v3_pay, OTHER_APPID, V2_KEY};
 use crate::helpers::{anomaly, assert_duplicate, closed_port_url, wait_for_redis, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,8 +42,7 @@ async fn v3_payment_is_verified_decrypted_and_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paid_twice_is_a_duplicate_payment_anomaly() {
     let (env, worker) = TestEnv::with_worker().await;
-    env.pay_order(&worker, ("o-2", 500), &v2_pay("o-2", "4200A", 500))
-        .await;
+    env.paid_order(&worker, "o-2", 500).await;
     assert_eq!(
         worker.process_one(&v2_pay("o-2", "4200B", 500)).await,
         anomaly("DUPLICATE_PAYMENT")
@@ -51,7 +50,10 @@ async fn paid_twice_is_a_duplicate_payment_anomaly() {
     let order = env.order("o-2").await;
     assert_eq!(
         (order.state.as_str(), order.transaction_id.as_deref()),
-        (OrderState::Paid.as_str(), Some("4200A"))
+        (
+            OrderState::Paid.as_str(),
+            Some(transaction_of("o-2").as_str())
+        )
     );
     assert_eq!(env.anomalies("DUPLICATE_PAYMENT").await, 1);
     assert_eq!(env.outbox_count("anomaly.detected").await, 1);

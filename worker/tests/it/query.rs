@@ -8,7 +8,7 @@ use wxpay_testkit::merchants::MERCHANT;
 use wxpay_testkit::notifications::{transaction_resource, v2_signed_message, v3_signed_message};
 use wxpay_worker::Disposition;
 
-use crate::builders::{self, v2_pay, APPID, MCH_ID, V2_KEY};
+use crate::builders::{self, transaction_of, v2_pay, APPID, MCH_ID, V2_KEY};
 use crate::helpers::{assert_duplicate, wait_for_redis, TestEnv, REDIS_URL};
 
 /// `pairs` signed with `key` (MD5), as the reconciler queues a v2 query answer.
@@ -90,8 +90,8 @@ async fn v2_order_query_applies_and_dedupes_with_the_notification() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refund_queries_apply_like_notifications() {
     let (env, worker) = TestEnv::with_worker().await;
-    env.pay_order(&worker, ("q-3", 1000), &v2_pay("q-3", "4200q3", 1000))
-        .await;
+    env.paid_order(&worker, "q-3", 1000).await;
+    let transaction_id = transaction_of("q-3");
     let v2_answer = signed_v2(
         NotifyKind::QueryRefund,
         &[
@@ -101,7 +101,7 @@ async fn refund_queries_apply_like_notifications() {
             ("mch_id", MCH_ID),
             ("nonce_str", "q3"),
             ("out_trade_no", "q-3"),
-            ("transaction_id", "4200q3"),
+            ("transaction_id", transaction_id.as_str()),
             ("refund_count", "1"),
             ("out_refund_no_0", "qr-1"),
             ("refund_id_0", "5030q1"),
@@ -121,7 +121,7 @@ async fn refund_queries_apply_like_notifications() {
     let v3_answer = v3_response(
         NotifyKind::QueryRefund,
         serde_json::json!({
-            "refund_id": "5030q2", "out_refund_no": "qr-2", "transaction_id": "4200q3",
+            "refund_id": "5030q2", "out_refund_no": "qr-2", "transaction_id": transaction_id,
             "out_trade_no": "q-3", "status": "PROCESSING",
             "amount": { "total": 1000, "refund": 600, "payer_total": 1000, "payer_refund": 600 }
         }),

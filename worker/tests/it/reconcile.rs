@@ -50,11 +50,7 @@ impl Sim {
             .output()
             .await
             .expect("wxpay-sim init runs");
-        assert!(
-            init.status.success(),
-            "wxpay-sim init failed: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+        wxpay_testkit::assert_success(&init, "wxpay-sim init");
         let example = dir.path().join("example.toml");
         let settings = Settings::load_with_env(&example, Vec::<(String, String)>::new())
             .expect("init's example.toml loads");
@@ -218,21 +214,13 @@ impl Setup {
     }
 
     async fn refund_status(&self, out_refund_no: &str) -> String {
-        #[derive(diesel::QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = Text)]
-            status: String,
-        }
-        let mut conn = self.env.conn().await;
-        let row: Row = diesel::sql_query(
-            "SELECT status FROM refunds WHERE mch_id = $1 AND out_refund_no = $2",
-        )
-        .bind::<Text, _>(MCH_ID)
-        .bind::<Text, _>(out_refund_no)
-        .get_result(&mut conn)
-        .await
-        .expect("refund exists");
-        row.status
+        self.env
+            .text_of(
+                "refund exists",
+                "SELECT status AS value FROM refunds WHERE mch_id = $1 AND out_refund_no = $2",
+                &[MCH_ID, out_refund_no],
+            )
+            .await
     }
 
     async fn applied(&self, kind: &str) -> i64 {
@@ -644,11 +632,7 @@ async fn reconcile_once_exits_zero_after_a_round_and_non_zero_when_it_cannot_run
         .output()
         .await
         .expect("wxpay-worker runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    wxpay_testkit::assert_success(&output, "wxpay-worker reconcile --once");
     let worker = s.env.spawn_worker(s.settings.clone());
     s.wait_state("cli-1", OrderState::Paid.as_str()).await;
     worker.stop().await;

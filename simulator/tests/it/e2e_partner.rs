@@ -123,6 +123,14 @@ async fn two_sub_merchants_sharing_an_out_trade_no_are_paid_and_refunded_on_thei
     );
 }
 
+/// One `wxpay-worker reconcile --once` round, successful.
+async fn reconcile_once(s: &Stack) {
+    let round = s
+        .worker_cmd(&["reconcile", "--once"], Duration::from_secs(60))
+        .await;
+    assert!(round.success, "{}\n{}", round.describe(), s.logs(40));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_asks_the_partner_endpoints_and_books_the_right_sub_merchant() {
     let mut s = partner_stack().await;
@@ -152,10 +160,7 @@ async fn the_reconciler_asks_the_partner_endpoints_and_books_the_right_sub_merch
     let sub_a_appid = s.appids[1].clone();
     insert_sub_merchant_order(&mut conn, (&s, SUB_A, &sub_a_appid), "RECON-A", 700).await;
 
-    let round = s
-        .worker_cmd(&["reconcile", "--once"], Duration::from_secs(60))
-        .await;
-    assert!(round.success, "{}\n{}", round.describe(), s.logs(40));
+    reconcile_once(&s).await;
     let paid = OrderState::Paid.as_str().to_owned();
     eventually(
         Duration::from_secs(30),
@@ -216,10 +221,7 @@ async fn the_reconciler_asks_the_partner_endpoints_and_books_the_right_sub_merch
         ))
         .await
         .expect("refund row");
-    let round = s
-        .worker_cmd(&["reconcile", "--once"], Duration::from_secs(60))
-        .await;
-    assert!(round.success, "{}\n{}", round.describe(), s.logs(40));
+    reconcile_once(&s).await;
     let partially = OrderState::PartiallyRefunded.as_str().to_owned();
     eventually(
         Duration::from_secs(30),

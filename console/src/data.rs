@@ -3,8 +3,9 @@
 //! body.
 
 use chrono::{DateTime, Duration, Utc};
+use diesel::dsl::sql;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Double, Timestamptz};
+use diesel::sql_types::{BigInt, Bool, Double, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -77,6 +78,8 @@ pub struct EventRow {
 #[derive(Debug, Clone)]
 pub struct Story {
     pub mch_id: String,
+    /// A service provider's sub-merchant; empty for a direct merchant.
+    pub sub_mch_id: String,
     pub out_trade_no: String,
     /// `None` when only a refund or a notification names an order the table does not have.
     pub order: Option<Order>,
@@ -89,18 +92,19 @@ pub struct Story {
 pub const MAX_QUERY_LEN: usize = 64;
 
 /// The stories of the orders `q` names as `out_trade_no`, `transaction_id`, `out_refund_no`
-/// or `refund_id` (several merchants may use the same number).
+/// or `refund_id` (several merchants, and a service provider's sub-merchants, may use the
+/// same number).
 pub async fn search(pool: &DbPool, q: &str) -> Result<Vec<Story>, DataError> {
     let mut conn = conn(pool).await?;
-    let mut keys: Vec<(String, String)> = orders::table
+    let mut keys: Vec<(String, String, String)> = orders::table
         .filter(orders::out_trade_no.eq(q).or(orders::transaction_id.eq(q)))
-        .select((orders::mch_id, orders::out_trade_no))
+        .select((orders::mch_id, orders::sub_mch_id, orders::out_trade_no))
         .limit(20)
         .load(&mut conn)
         .await?;
-    let by_refund: Vec<(String, String)> = refunds::table
+    let by_refund: Vec<(String, String, String)> = refunds::table
         .filter(refunds::out_refund_no.eq(q).or(refunds::refund_id.eq(q)))
-        .select((refunds::mch_id, refunds::out_trade_no))
+        .select((refunds::mch_id, refunds::sub_mch_id, refunds::out_trade_no))
         .limit(20)
         .load(&mut conn)
         .await?;
@@ -110,9 +114,9 @@ pub async fn search(pool: &DbPool, q: &str) -> Result<Vec<Story>, DataError> {
         }
     }
     let mut stories = Vec::with_capacity(keys.len());
-    for (mch_id, out_trade_no) in keys {
+    for (mch_id, sub_mch_id, out_trade_no) in keys {
         let order = orders::table
-            .find((&mch_id, &out_trade_no))
+            .find((&mch_id, &sub_mch_id, &out_trade_no))
             .select(Order::as_select())
             .first(&mut conn)
             .await
@@ -120,12 +124,15 @@ pub async fn search(pool: &DbPool, q: &str) -> Result<Vec<Story>, DataError> {
         let notifications = notifications::table
             .filter(notifications::mch_id.eq(&mch_id))
             .filter(notifications::out_trade_no.eq(&out_trade_no))
+            // Not in the diesel schema (worker/src/db/schema.rs says why).
+            .filter(sql::<Bool>("sub_mch_id = ").bind::<Text, _>(&sub_mch_id))
             .order_by((notifications::received_at.asc(), notifications::id.asc()))
             .select(NotificationRow::as_select())
             .load(&mut conn)
             .await?;
         let refunds = refunds::table
             .filter(refunds::mch_id.eq(&mch_id))
+            .filter(refunds::sub_mch_id.eq(&sub_mch_id))
             .filter(refunds::out_trade_no.eq(&out_trade_no))
             .order_by(refunds::created_at.asc())
             .select(Refund::as_select())
@@ -139,12 +146,17 @@ pub async fn search(pool: &DbPool, q: &str) -> Result<Vec<Story>, DataError> {
                     .retrieve_as_text("out_trade_no")
                     .eq(&out_trade_no),
             )
+            // Events before service providers name no sub-merchant: a direct merchant's.
+            .filter(
+                sql::<Bool>("coalesce(payload->>'sub_mch_id', '') = ").bind::<Text, _>(&sub_mch_id),
+            )
             .order_by(outbox::created_at.asc())
             .select(EventRow::as_select())
             .load(&mut conn)
             .await?;
         stories.push(Story {
             mch_id,
+            sub_mch_id,
             out_trade_no,
             order,
             notifications,

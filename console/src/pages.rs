@@ -467,9 +467,13 @@ const NOTIFICATION_HEAD: &[&str] = &[
 
 fn story(story: &Story) -> String {
     let mut out = format!(
-        "<section class=\"story\"><h2>Order {} <span class=\"muted\">merchant {}</span></h2>",
+        "<section class=\"story\"><h2>Order {} <span class=\"muted\">merchant {}{}</span></h2>",
         escape(&story.out_trade_no),
-        escape(&story.mch_id)
+        escape(&story.mch_id),
+        match story.sub_mch_id.as_str() {
+            "" => String::new(),
+            sub_mch_id => format!(", sub-merchant {}", escape(sub_mch_id)),
+        }
     );
     match &story.order {
         Some(order) => out.push_str(&format!(

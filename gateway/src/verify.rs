@@ -274,7 +274,8 @@ fn configured<'m>(merchants: &'m Merchants, mch_id: &str) -> Result<&'m Merchant
 }
 
 /// A v2 `appid` must be one of the merchant's when present (it is absent, empty, only
-/// alongside a `return_code` FAIL).
+/// alongside a `return_code` FAIL); so must a service provider's `sub_appid`
+/// (<https://pay.weixin.qq.com/wiki/doc/api/jsapi_sl.php?chapter=9_7>).
 fn check_appid(merchant: &Merchant, mch_id: &str, appid: &str) -> Result<(), Rejection> {
     if appid.is_empty() || merchant.has_appid(appid) {
         return Ok(());
@@ -311,8 +312,13 @@ pub fn verify_v2_pay(
     let notification = PayNotification::from_fields(&fields)
         .map_err(|error| xml_rejection(error).for_merchant(mch_id))?;
     // appid is required when return_code is SUCCESS (checked by from_fields); when present
-    // it must be one of the merchant's.
+    // it must be one of the merchant's, and so must a service provider's sub_appid.
     check_appid(merchant, mch_id, &notification.appid)?;
+    check_appid(
+        merchant,
+        mch_id,
+        notification.sub_appid.as_deref().unwrap_or_default(),
+    )?;
     verified_v2(incoming, Route::V2Pay, mch_id, notification.out_trade_no)
 }
 
@@ -337,6 +343,11 @@ pub fn verify_v2_refund(
     let mch_id = envelope.mch_id.as_str();
     let merchant = configured(merchants, mch_id)?;
     check_appid(merchant, mch_id, &envelope.appid)?;
+    check_appid(
+        merchant,
+        mch_id,
+        envelope.sub_appid.as_deref().unwrap_or_default(),
+    )?;
     let root = v2::decrypt_req_info(&envelope.req_info, merchant.api_v2_key.expose_secret())
         .map_err(|error| {
             Rejection::new(RejectReason::ReqInfo, error.to_string()).for_merchant(mch_id)

@@ -85,6 +85,9 @@ impl AmqpMessage for NotifyMessage {
         if let Some(reason) = &self.park_reason {
             put(header::PARK_REASON, long_string(reason));
         }
+        if let Some(sub_mch_id) = &self.sub_mch_id {
+            put(header::SUB_MCH_ID, long_string(sub_mch_id));
+        }
         if let Some(wechatpay) = &self.wechatpay {
             for (name, value) in wechatpay.pairs() {
                 if let Some((_, lowercase)) = WECHATPAY_HEADERS
@@ -171,6 +174,7 @@ impl AmqpMessage for NotifyMessage {
             wechatpay,
             attempt,
             park_reason: text(header::PARK_REASON)?,
+            sub_mch_id: text(header::SUB_MCH_ID)?,
             body,
         })
     }
@@ -248,6 +252,7 @@ mod tests {
             Some(v3_headers()),
         );
         message.attempt = 3;
+        message.sub_mch_id = Some("1900000201".into());
         let properties = message.properties();
         assert_eq!(properties.delivery_mode(), &Some(PERSISTENT));
         let headers = properties.headers().clone().expect("headers");
@@ -256,6 +261,7 @@ mod tests {
             "x-wxpay-mch-id",
             "x-wxpay-received-at-ms",
             "x-wxpay-attempt",
+            "x-wxpay-sub-mch-id",
         ] {
             assert!(headers.contains_key(name), "{name}");
         }

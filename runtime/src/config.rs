@@ -438,7 +438,13 @@ impl ConsoleSettings {
 #[serde(deny_unknown_fields)]
 pub struct MerchantSettings {
     pub mch_id: String,
+    /// Every appid its notifications may carry: a service provider lists its `sp_appid` and
+    /// its sub-merchants' `sub_appid`s.
     pub appids: Vec<String>,
+    /// The sub-merchants a service provider (服务商) serves, by `sub_mch_id`: absent or
+    /// empty for a direct merchant; `["*"]` for any (the orders table decides).
+    #[serde(default)]
+    pub sub_mch_ids: Vec<String>,
     /// API v2 key (32 ASCII chars): v2 signatures and refund `req_info`. Needed by v3
     /// merchants too: hand-made refunds are notified in v2 format.
     pub api_v2_key: SecretString,
@@ -491,11 +497,39 @@ fn whole_fen<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option
     Ok(Option::<Fen>::deserialize(deserializer)?.map(|Fen(fen)| fen))
 }
 
+/// Which sub-merchants a merchant serves ([`MerchantSettings::sub_mch_ids`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubMerchants {
+    /// A direct merchant: its notifications name no sub-merchant.
+    Direct,
+    /// A service provider for these sub-merchants only.
+    Listed(Vec<String>),
+    /// A service provider for any sub-merchant (`"*"`): its orders decide.
+    Any,
+}
+
+/// The value of `sub_mch_ids` that serves any sub-merchant.
+pub const ANY_SUB_MCH_ID: &str = "*";
+
+impl SubMerchants {
+    /// Whether a notification naming `sub_mch_id` (empty: none) may be applied for this
+    /// merchant: a direct merchant's names none, a provider's names one it serves.
+    pub fn serves(&self, sub_mch_id: &str) -> bool {
+        match self {
+            SubMerchants::Direct => sub_mch_id.is_empty(),
+            SubMerchants::Listed(ids) => ids.iter().any(|id| id == sub_mch_id),
+            SubMerchants::Any => !sub_mch_id.is_empty(),
+        }
+    }
+}
+
 /// A merchant ready for use: keys checked and parsed once.
 #[derive(Clone)]
 pub struct Merchant {
     pub mch_id: String,
     pub appids: Vec<String>,
+    /// A service provider's sub-merchants; [`SubMerchants::Direct`] for a direct merchant.
+    pub sub_merchants: SubMerchants,
     pub api_v2_key: SecretString,
     pub api_v3_key: Option<SecretString>,
     pub platform_keys: PlatformKeys,
@@ -527,6 +561,7 @@ impl std::fmt::Debug for Merchant {
         f.debug_struct("Merchant")
             .field("mch_id", &self.mch_id)
             .field("appids", &self.appids)
+            .field("sub_merchants", &self.sub_merchants)
             .field("platform_keys", &self.platform_keys)
             .field("v3", &self.api_v3_key.is_some())
             .finish_non_exhaustive()
@@ -956,14 +991,45 @@ impl Settings {
     }
 }
 
+/// Whether `id` has the shape of a WeChat Pay merchant id (digits).
+fn is_mch_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
+}
+
 impl MerchantSettings {
+    /// `sub_mch_ids` read: none (direct), `["*"]` (any), or distinct merchant ids.
+    fn sub_merchants(&self) -> Result<SubMerchants, String> {
+        let ids = &self.sub_mch_ids;
+        if ids.is_empty() {
+            return Ok(SubMerchants::Direct);
+        }
+        if ids.iter().any(|id| id == ANY_SUB_MCH_ID) {
+            return match ids.len() {
+                1 => Ok(SubMerchants::Any),
+                _ => Err(format!("\"{ANY_SUB_MCH_ID}\" must be the only value")),
+            };
+        }
+        if let Some(bad) = ids.iter().find(|id| !is_mch_id(id) || **id == self.mch_id) {
+            return Err(format!(
+                "{bad:?} is not a sub-merchant id (digits, not the provider's own)"
+            ));
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != ids.len() {
+            return Err("lists a sub-merchant twice".into());
+        }
+        Ok(SubMerchants::Listed(ids.clone()))
+    }
+
     fn validate(&self) -> Result<Merchant, ConfigError> {
         let error = |field, reason: String| ConfigError::Merchant {
             mch_id: self.mch_id.clone(),
             field,
             reason,
         };
-        if self.mch_id.is_empty() || !self.mch_id.bytes().all(|b| b.is_ascii_digit()) {
+        if !is_mch_id(&self.mch_id) {
             return Err(error(
                 "mch_id",
                 "must be the digits of a WeChat Pay merchant id".into(),
@@ -972,6 +1038,9 @@ impl MerchantSettings {
         if self.appids.is_empty() || self.appids.iter().any(String::is_empty) {
             return Err(error("appids", "needs at least one non-empty appid".into()));
         }
+        let sub_merchants = self
+            .sub_merchants()
+            .map_err(|reason| error("sub_mch_ids", reason))?;
         // https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=4_3 : the key is 32 characters.
         let v2_key = self.api_v2_key.expose_secret();
         if v2_key.len() != 32 || !v2_key.bytes().all(|b| b.is_ascii_graphic()) {
@@ -1053,6 +1122,7 @@ impl MerchantSettings {
         Ok(Merchant {
             mch_id: self.mch_id.clone(),
             appids: self.appids.clone(),
+            sub_merchants,
             api_v2_key: self.api_v2_key.clone(),
             api_v3_key: self.api_v3_key.clone(),
             platform_keys,

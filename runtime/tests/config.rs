@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use wxpay_runtime::config::{Cidr, ConfigError, ConsoleRole, Settings};
+use wxpay_runtime::config::{Cidr, ConfigError, ConsoleRole, Merchant, Settings, SubMerchants};
 
 const V2_KEY: &str = "192006250b4c09247ec02edce69f6a2d";
 const V3_KEY: &str = "Zyxwvutsrqponmlkjihgfedcba543210";
@@ -302,23 +302,28 @@ fn the_console_section_loads_users_with_roles_and_refuses_inconsistent_ones() {
     );
 }
 
+/// Merchant 10000100 with the API v2 key alone, in `wx1`, and `extra` lines.
+fn v2_merchant(extra: &str) -> String {
+    format!(
+        "[[merchants]]\nmch_id = \"10000100\"\nappids = [\"wx1\"]\napi_v2_key = \"{V2_KEY}\"\n{extra}"
+    )
+}
+
+/// Merchant 10000100 as `body` (valid) configures it.
+fn merchant_10000100(body: &str) -> std::sync::Arc<Merchant> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let merchants = load(&write(&dir, body)).expect("valid").merchants();
+    merchants
+        .expect("merchants")
+        .get("10000100")
+        .expect("merchant")
+        .clone()
+}
+
 #[test]
 fn confirm_by_query_is_off_by_default_and_takes_a_positive_amount_in_fen() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let v2_merchant = |extra: &str| {
-        format!(
-            "[[merchants]]\nmch_id = \"10000100\"\nappids = [\"wx1\"]\napi_v2_key = \"{V2_KEY}\"\n{extra}"
-        )
-    };
-    let threshold = |body: String| {
-        load(&write(&dir, &body))
-            .expect("valid")
-            .merchants()
-            .expect("merchants")
-            .get("10000100")
-            .expect("merchant")
-            .confirm_by_query_min_fen
-    };
+    let threshold = |body: String| merchant_10000100(&body).confirm_by_query_min_fen;
     assert_eq!(threshold(v2_merchant("")), None, "off unless configured");
     assert_eq!(
         threshold(v2_merchant("confirm_by_query_min_fen = 100000\n")),
@@ -399,5 +404,39 @@ fn a_downloading_merchant_needs_its_v3_credentials_and_no_file_key() {
             }
             other => panic!("{refresh}: {other:?}"),
         }
+    }
+}
+
+#[test]
+fn sub_mch_ids_make_a_service_provider_and_are_validated() {
+    let provider = v2_merchant;
+    let sub_merchants = |body: String| merchant_10000100(&body).sub_merchants.clone();
+    let direct = sub_merchants(provider(""));
+    assert_eq!(direct, SubMerchants::Direct, "absent: a direct merchant");
+    assert!(direct.serves("") && !direct.serves("1900000201"));
+    assert_eq!(
+        sub_merchants(provider("sub_mch_ids = []\n")),
+        SubMerchants::Direct
+    );
+    let listed = sub_merchants(provider("sub_mch_ids = [\"1900000201\", \"1900000202\"]\n"));
+    assert!(listed.serves("1900000202"));
+    assert!(!listed.serves("1900000299") && !listed.serves(""));
+    let any = sub_merchants(provider("sub_mch_ids = [\"*\"]\n"));
+    assert_eq!(any, SubMerchants::Any);
+    assert!(any.serves("1900000299") && !any.serves(""));
+
+    for refused in [
+        "[\"*\", \"1900000201\"]",
+        "[\"19000002x1\"]",
+        "[\"\"]",
+        "[\"10000100\"]",
+        "[\"1900000201\", \"1900000201\"]",
+    ] {
+        let (mch_id, field, _) = merchant_error(&provider(&format!("sub_mch_ids = {refused}\n")));
+        assert_eq!(
+            (mch_id.as_str(), field),
+            ("10000100", "sub_mch_ids"),
+            "{refused}"
+        );
     }
 }

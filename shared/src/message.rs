@@ -30,6 +30,9 @@ pub mod header {
         ATTEMPT => "x-wxpay-attempt",
         /// Why a message was parked (dead-lettered) by the worker.
         PARK_REASON => "x-wxpay-park-reason",
+        /// The service provider's sub-merchant a query answer was asked about (set by the
+        /// reconciler): WeChat Pay's v3 refund query answer need not name it.
+        SUB_MCH_ID => "x-wxpay-sub-mch-id",
     }
 }
 
@@ -138,6 +141,8 @@ pub struct NotifyMessage {
     pub attempt: u32,
     /// Set when the worker parks the message.
     pub park_reason: Option<String>,
+    /// A service provider's query answer: the sub-merchant asked about ([`header::SUB_MCH_ID`]).
+    pub sub_mch_id: Option<String>,
     /// The raw HTTP body, byte for byte.
     pub body: Vec<u8>,
 }
@@ -169,6 +174,7 @@ impl NotifyMessage {
             wechatpay,
             attempt: 1,
             park_reason: None,
+            sub_mch_id: None,
             body,
         }
     }

@@ -339,3 +339,41 @@ fn refund_envelope_round_trip() {
         RefundResource::parse(REFUND.as_bytes()).unwrap()
     );
 }
+
+/// A service provider's sub-merchant's payment (https://pay.weixin.qq.com/doc/v3/partner/4012085801):
+/// `sp_*` and `sub_*` instead of `appid` / `mchid`.
+#[test]
+fn partner_transaction_names_provider_sub_merchant_and_paid_appid() {
+    let partner = r#"{"sp_appid":"wx2222222222222222","sp_mchid":"1900000120","sub_appid":"wx3333333333333333","sub_mchid":"1900000201","out_trade_no":"SHARED-1","transaction_id":"4200000201","trade_state":"SUCCESS","payer":{"sp_openid":"o1","sub_openid":"o2"},"amount":{"total":2500}}"#;
+    let t = Transaction::parse(partner.as_bytes()).unwrap();
+    assert_eq!(
+        (t.merchant(), t.sub_merchant(), t.paid_appid()),
+        ("1900000120", "1900000201", "wx3333333333333333")
+    );
+    // Placed without a sub_appid: paid in the provider's appid.
+    let without_sub_appid = partner.replace(r#""sub_appid":"wx3333333333333333","#, "");
+    let t = Transaction::parse(without_sub_appid.as_bytes()).unwrap();
+    assert_eq!(t.paid_appid(), "wx2222222222222222");
+    let direct = Transaction::parse(TRANSACTION.as_bytes()).unwrap();
+    assert_eq!(
+        (direct.merchant(), direct.sub_merchant()),
+        ("1230000109", "")
+    );
+    // Neither form, or a partner form without its sub-merchant, is not a payment.
+    for broken in [
+        partner.replace(r#""sub_mchid":"1900000201","#, ""),
+        partner.replace(r#""sp_mchid":"1900000120","#, ""),
+        partner.replace(
+            r#""sp_appid":"wx2222222222222222","#,
+            r#""appid":"wx1","mchid":"1","#,
+        ),
+    ] {
+        assert!(
+            matches!(
+                Transaction::parse(broken.as_bytes()),
+                Err(ResourceError::Json(_))
+            ),
+            "{broken}"
+        );
+    }
+}

@@ -6,6 +6,12 @@
 //! - v3 pay: <https://pay.weixin.qq.com/docs/merchant/apis/jsapi-payment/payment-notice.html>
 //! - v3 refund: <https://pay.weixin.qq.com/docs/merchant/apis/jsapi-payment/refund-result-notice.html>
 //!
+//! A service provider acting for a sub-merchant ([`SimMerchant::for_sub_merchant`]) sends the
+//! partner form: v2 adds `sub_mch_id` and `sub_appid`
+//! (<https://pay.weixin.qq.com/wiki/doc/api/jsapi_sl.php?chapter=9_7>), v3 resources name
+//! `sp_appid`, `sp_mchid`, `sub_appid`, `sub_mchid` instead of `appid`, `mchid`
+//! (<https://pay.weixin.qq.com/doc/v3/partner/4012085801>).
+//!
 //! Every signature and every encryption goes through `wxpay-shared`, the same code the gateway
 //! and the worker verify with: the simulator never has its own copy of the protocol.
 
@@ -280,7 +286,45 @@ pub fn v2_pay_fields(m: &SimMerchant, p: &Payment, amount: i64) -> XmlFields {
     f.insert("total_fee", amount.to_string());
     f.insert("trade_type", "JSAPI");
     f.insert("transaction_id", p.transaction_id.as_str());
+    name_sub_merchant(&mut f, m);
     f
+}
+
+/// A provider's v2 body names the sub-merchant acted for (and its `sub_appid`, if any).
+pub fn name_sub_merchant(f: &mut XmlFields, m: &SimMerchant) {
+    if let Some(sub) = &m.sub {
+        f.insert("sub_mch_id", sub.sub_mch_id.as_str());
+        if !sub.sub_appid.is_empty() {
+            f.insert("sub_appid", sub.sub_appid.as_str());
+        }
+    }
+}
+
+/// A provider's v3 resource (payment, refund, query answer) in the partner form: `appid` and
+/// `mchid` become `sp_appid` and `sp_mchid`, beside `sub_mchid` (and `sub_appid`, if any).
+pub fn partner_form(mut resource: serde_json::Value, m: &SimMerchant) -> serde_json::Value {
+    let (Some(sub), Some(fields)) = (&m.sub, resource.as_object_mut()) else {
+        return resource;
+    };
+    for (direct, partner) in [("appid", "sp_appid"), ("mchid", "sp_mchid")] {
+        if let Some(value) = fields.remove(direct) {
+            fields.insert(partner.to_owned(), value);
+        }
+    }
+    fields.insert("sub_mchid".to_owned(), json!(sub.sub_mch_id));
+    if !sub.sub_appid.is_empty() {
+        fields.insert("sub_appid".to_owned(), json!(sub.sub_appid));
+    }
+    // The payer's openid under the provider's appid.
+    let payer = fields
+        .get_mut("payer")
+        .and_then(|payer| payer.as_object_mut());
+    if let Some(payer) = payer {
+        if let Some(openid) = payer.remove("openid") {
+            payer.insert("sp_openid".to_owned(), openid);
+        }
+    }
+    resource
 }
 
 fn sign_v2(f: &mut XmlFields, key: &str, signing: V2Signing) {
@@ -404,6 +448,7 @@ pub fn v2_refund(
     f.insert("return_code", "SUCCESS");
     f.insert("appid", m.appid.as_str());
     f.insert("mch_id", m.mch_id.as_str());
+    name_sub_merchant(&mut f, m);
     f.insert("nonce_str", random_string(32));
     f.insert("req_info", v2::encrypt_req_info(&v2_refund_root(r), &key));
     Ok(Notification::v2(
@@ -418,7 +463,7 @@ pub fn v2_refund(
 
 /// The decrypted resource of a v3 pay notification (a `transaction`).
 pub fn v3_transaction(m: &SimMerchant, p: &Payment, amount: i64) -> serde_json::Value {
-    json!({
+    let transaction = json!({
         "mchid": m.mch_id,
         "appid": m.appid,
         "out_trade_no": p.out_trade_no,
@@ -436,12 +481,13 @@ pub fn v3_transaction(m: &SimMerchant, p: &Payment, amount: i64) -> serde_json::
             "currency": "CNY",
             "payer_currency": "CNY"
         }
-    })
+    });
+    partner_form(transaction, m)
 }
 
 /// The decrypted resource of a v3 refund notification.
 pub fn v3_refund_resource(m: &SimMerchant, r: &Refund) -> serde_json::Value {
-    json!({
+    let refund = json!({
         "mchid": m.mch_id,
         "out_trade_no": r.out_trade_no,
         "transaction_id": r.transaction_id,
@@ -456,7 +502,8 @@ pub fn v3_refund_resource(m: &SimMerchant, r: &Refund) -> serde_json::Value {
             "payer_total": r.total_fee,
             "payer_refund": r.refund_fee
         }
-    })
+    });
+    partner_form(refund, m)
 }
 
 /// The words of a v3 notification's envelope that depend on what it is about.

@@ -19,7 +19,7 @@ use wxpay_shared::v3::keys::{load_private_key_pem, public_key_to_pem, KeyError, 
 
 use crate::build::random_string;
 use crate::secrets::{
-    MerchantSecrets, PlatformSecrets, SimMerchant, SimSecretsFile, DEFAULT_ORDERS_FILE,
+    MerchantSecrets, PlatformSecrets, SimMerchant, SimSecretsFile, SubMerchant, DEFAULT_ORDERS_FILE,
 };
 
 /// File name of the services' configuration.
@@ -40,7 +40,13 @@ pub struct InitOptions {
     pub api_base: String,
     /// RSA modulus size of both key pairs (2048 as WeChat Pay; tests may use less).
     pub key_bits: usize,
+    /// A service provider (服务商) with two sub-merchants ([`PARTNER_SUB_MCH_IDS`]), the first
+    /// with a `sub_appid` of its own, instead of a direct merchant.
+    pub partner: bool,
 }
+
+/// The sub-merchants of `wxpay-sim init --partner`.
+pub const PARTNER_SUB_MCH_IDS: [&str; 2] = ["1900000201", "1900000202"];
 
 impl Default for InitOptions {
     fn default() -> Self {
@@ -51,6 +57,7 @@ impl Default for InitOptions {
             appid: "wxd930ea5d5a258f4f".into(),
             api_base: DEFAULT_SERVE_URL.into(),
             key_bits: 2048,
+            partner: false,
         }
     }
 }
@@ -145,6 +152,11 @@ fn check_options(o: &InitOptions) -> Result<(), InitError> {
     if o.appid.is_empty() || !o.appid.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(InitError::Option("--appid must be alphanumeric".into()));
     }
+    if o.partner && PARTNER_SUB_MCH_IDS.contains(&o.mch_id.as_str()) {
+        return Err(InitError::Option(format!(
+            "--mch-id of a service provider must not be one of its sub-merchants {PARTNER_SUB_MCH_IDS:?}"
+        )));
+    }
     // ring, which signs and verifies in the services, takes 2048 to 4096 bits.
     if !(2048..=4096).contains(&o.key_bits) {
         return Err(InitError::Option("--key-bits must be 2048 ..= 4096".into()));
@@ -188,6 +200,22 @@ fn new_merchant(o: &InitOptions) -> Result<SimSecretsFile, InitError> {
             merchant_serial,
             merchant_public_key_pem: public_key_to_pem(&merchant.public_key()),
             merchant_private_key_pem: merchant_pem,
+            sub_merchants: if o.partner {
+                let own_appid = format!("wx{}", hex::encode(rng.gen::<[u8; 8]>()));
+                let [first, second] = PARTNER_SUB_MCH_IDS;
+                vec![
+                    SubMerchant {
+                        sub_mch_id: first.to_owned(),
+                        sub_appid: own_appid,
+                    },
+                    SubMerchant {
+                        sub_mch_id: second.to_owned(),
+                        sub_appid: String::new(),
+                    },
+                ]
+            } else {
+                Vec::new()
+            },
         },
         platform: PlatformSecrets {
             serial: platform_serial,
@@ -270,7 +298,7 @@ metrics_listen = "0.0.0.0:9092"
 
 [[merchants]]
 mch_id = {mch_id}
-appids = [{appid}]
+appids = [{appids}]{sub_mch_ids}
 api_v2_key = {v2}
 api_v3_key = {v3}
 merchant_serial = {merchant_serial}
@@ -282,7 +310,22 @@ merchant_private_key_pem = {merchant_pem}
 "#,
         api_base = q(&o.api_base),
         mch_id = q(&m.mch_id),
-        appid = q(&m.appid),
+        appids = std::iter::once(m.appid.as_str())
+            .chain(m.sub_merchants.iter().map(|sub| sub.sub_appid.as_str()))
+            .filter(|appid| !appid.is_empty())
+            .map(q)
+            .collect::<Vec<_>>()
+            .join(", "),
+        sub_mch_ids = match m.sub_merchants.as_slice() {
+            [] => String::new(),
+            subs => format!(
+                "\nsub_mch_ids = [{}]   # a service provider: its sub-merchants",
+                subs.iter()
+                    .map(|sub| q(&sub.sub_mch_id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
         v2 = q(&m.api_v2_key),
         v3 = q(&m.api_v3_key),
         merchant_serial = q(&m.merchant_serial),
@@ -331,6 +374,10 @@ pub fn validate(example: &Path, simulator: &Path) -> Result<(), InitError> {
         && m.platform_keys.get(&sim.platform_serial) == Some(&sim.platform_public_key)
         && m.signer.as_ref().is_some_and(|s| {
             s.serial == sim.merchant_serial && s.private_key == sim.merchant_private_key
+        })
+        && sim.sub_merchants.iter().all(|sub| {
+            m.sub_merchants.serves(&sub.sub_mch_id)
+                && (sub.sub_appid.is_empty() || m.has_appid(&sub.sub_appid))
         });
     if !same {
         return Err(v(format!(

@@ -66,10 +66,25 @@ struct InitArgs {
     /// RSA key size, 2048 to 4096 bits (WeChat Pay uses 2048).
     #[arg(long, default_value_t = 2048)]
     key_bits: usize,
+    /// A service provider (服务商) with two sub-merchants, 1900000201 (with a sub_appid of its
+    /// own) and 1900000202, instead of a direct merchant.
+    #[arg(long)]
+    partner: bool,
+}
+
+/// `--sub-mch-id`: act as the service provider for one of its sub-merchants.
+#[derive(Args)]
+struct SubMerchantArg {
+    /// Partner mode: the sub-merchant of the provider (`init --partner`) the order belongs
+    /// to; its orders have a book of their own.
+    #[arg(long)]
+    sub_mch_id: Option<String>,
 }
 
 #[derive(Args)]
 struct NotifyArgs {
+    #[command(flatten)]
+    sub: SubMerchantArg,
     /// The gateway's base URL, e.g. http://127.0.0.1:8080 (the route is appended).
     #[arg(long)]
     target: String,
@@ -124,6 +139,8 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct OrderArgs {
+    #[command(flatten)]
+    sub: SubMerchantArg,
     #[arg(long)]
     out_trade_no: String,
     /// Fen.
@@ -138,6 +155,8 @@ struct OrderArgs {
 
 #[derive(Args)]
 struct LoadArgs {
+    #[command(flatten)]
+    sub: SubMerchantArg,
     /// The gateway's base URL.
     #[arg(long)]
     target: String,
@@ -234,6 +253,7 @@ fn run_init(a: InitArgs) -> anyhow::Result<bool> {
         appid: a.appid,
         api_base: a.api_base,
         key_bits: a.key_bits,
+        partner: a.partner,
     };
     match init::init(&options)? {
         InitOutcome::Written {
@@ -251,6 +271,12 @@ fn run_init(a: InitArgs) -> anyhow::Result<bool> {
                 simulator.display()
             );
             println!("test merchant {mch_id}, platform key serial {platform_serial}");
+            if options.partner {
+                println!(
+                    "a service provider: sub-merchants {} (notify, order and load take --sub-mch-id)",
+                    init::PARTNER_SUB_MCH_IDS.join(", ")
+                );
+            }
         }
         InitOutcome::Kept { example, simulator } => {
             println!(
@@ -267,8 +293,19 @@ fn load_merchant(path: &Path) -> anyhow::Result<SimMerchant> {
     Ok(SimMerchant::load(path)?)
 }
 
+/// The merchant of `path`, acting for the sub-merchant `sub` names, if any.
+fn acting_merchant(path: &Path, sub: &SubMerchantArg) -> anyhow::Result<SimMerchant> {
+    let merchant = load_merchant(path)?;
+    match &sub.sub_mch_id {
+        None => Ok(merchant),
+        Some(sub_mch_id) => merchant
+            .for_sub_merchant(sub_mch_id)
+            .map_err(anyhow::Error::msg),
+    }
+}
+
 async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
-    let m = load_merchant(sim_config)?;
+    let m = acting_merchant(sim_config, &a.sub)?;
     let variant = if a.forge {
         Variant::Forge
     } else if a.tamper_amount {
@@ -426,7 +463,7 @@ async fn run_serve(sim_config: &Path, a: ServeArgs) -> anyhow::Result<bool> {
 }
 
 fn run_order(sim_config: &Path, a: OrderArgs) -> anyhow::Result<bool> {
-    let m = load_merchant(sim_config)?;
+    let m = acting_merchant(sim_config, &a.sub)?;
     let record = serve::order_record(serve::OrderRequest {
         out_trade_no: a.out_trade_no,
         amount: a.amount,
@@ -468,7 +505,7 @@ fn services(
 }
 
 async fn run_load(sim_config: &Path, config: Option<&Path>, a: LoadArgs) -> anyhow::Result<bool> {
-    let m = load_merchant(sim_config)?;
+    let m = acting_merchant(sim_config, &a.sub)?;
     let v2_share = plan::parse_mix(&a.mix)?;
     let needs_services = (!a.no_db && a.database_url.is_none())
         || (a.report.is_some() && (a.amqp_url.is_none() || a.queue.is_none()));

@@ -50,6 +50,20 @@ pub struct MerchantSecrets {
     pub merchant_public_key_pem: String,
     /// The same key as in the merchant's configuration; lets tests and demos sign queries.
     pub merchant_private_key_pem: String,
+    /// A service provider's (服务商) sub-merchants (`wxpay-sim init --partner`); empty for a
+    /// direct merchant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sub_merchants: Vec<SubMerchant>,
+}
+
+/// A sub-merchant of a service provider, and the `sub_appid` its orders are placed with
+/// (empty: the provider's appid, its `sp_appid`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubMerchant {
+    pub sub_mch_id: String,
+    #[serde(default)]
+    pub sub_appid: String,
 }
 
 /// WeChat Pay's own signing key (the "WeChat Pay public key" scheme, serial `PUB_KEY_ID_…`).
@@ -124,8 +138,13 @@ pub struct SimMerchant {
     pub platform_public_key: PublicKey,
     /// Platform certificates, oldest first; the last one signs when there are any.
     pub certificates: Vec<SimCertificate>,
-    /// Resolved path of the order book.
+    /// Resolved path of the order book (of [`Self::sub`] when acting for one).
     pub orders_path: PathBuf,
+    /// A service provider's sub-merchants.
+    pub sub_merchants: Vec<SubMerchant>,
+    /// The sub-merchant this merchant acts for ([`Self::for_sub_merchant`]): notifications
+    /// and answers are then in the partner form, its orders in a book of their own.
+    pub sub: Option<SubMerchant>,
 }
 
 impl fmt::Debug for SimMerchant {
@@ -217,6 +236,8 @@ impl SimSecretsFile {
             merchant_serial: m.merchant_serial,
             platform_serial: self.platform.serial,
             orders_path,
+            sub_merchants: m.sub_merchants,
+            sub: None,
         })
     }
 }
@@ -237,6 +258,42 @@ impl SimMerchant {
         match self.certificates.last() {
             Some(certificate) => (&certificate.private_key, &certificate.serial),
             None => (&self.platform_private_key, &self.platform_serial),
+        }
+    }
+
+    /// This service provider acting for its sub-merchant `sub_mch_id`, whose orders are in
+    /// the book `<book>.<sub_mch_id>.json` beside the provider's (two sub-merchants may use
+    /// the same `out_trade_no`); `Err` when it is not one of [`Self::sub_merchants`].
+    pub fn for_sub_merchant(&self, sub_mch_id: &str) -> Result<SimMerchant, String> {
+        let sub = self
+            .sub_merchants
+            .iter()
+            .find(|sub| sub.sub_mch_id == sub_mch_id)
+            .ok_or_else(|| {
+                format!(
+                    "{sub_mch_id} is not a sub-merchant of {} (wxpay-sim init --partner)",
+                    self.mch_id
+                )
+            })?;
+        let mut acting = self.clone();
+        acting.orders_path = self
+            .orders_path
+            .with_extension(format!("{sub_mch_id}.json"));
+        acting.sub = Some(sub.clone());
+        Ok(acting)
+    }
+
+    /// The sub-merchant acted for; empty for a direct merchant.
+    pub fn sub_mch_id(&self) -> &str {
+        self.sub.as_ref().map_or("", |sub| sub.sub_mch_id.as_str())
+    }
+
+    /// The appid the orders are placed with (`orders.appid`): the sub-merchant's `sub_appid`
+    /// when it has one, else the merchant's (the provider's `sp_appid`).
+    pub fn order_appid(&self) -> &str {
+        match &self.sub {
+            Some(sub) if !sub.sub_appid.is_empty() => &sub.sub_appid,
+            _ => &self.appid,
         }
     }
 

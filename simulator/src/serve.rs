@@ -14,6 +14,12 @@
 //! - v3 `GET /v3/certificates` (<https://pay.weixin.qq.com/doc/v3/merchant/4012551764>): every
 //!   platform certificate of the secrets file, encrypted with the APIv3 key, signed like
 //!   the other answers.
+//! - A service provider's (`init --partner`) queries about a sub-merchant: v2 with
+//!   `sub_mch_id` (<https://pay.weixin.qq.com/wiki/doc/api/jsapi_sl.php?chapter=9_2>), v3
+//!   `GET /v3/pay/partner/transactions/out-trade-no/{out_trade_no}?sp_mchid=&sub_mchid=`
+//!   (<https://pay.weixin.qq.com/docs/partner/apis/partner-jsapi-payment/query-by-out-trade-no.html>)
+//!   and `GET /v3/refund/domestic/refunds/{out_refund_no}?sub_mchid=`, answered from that
+//!   sub-merchant's book in the partner form (the refund answer names no `sub_mchid`).
 //!
 //! Admin endpoints (not WeChat Pay's): `POST /sim/orders`, `POST /sim/refunds` stage the order
 //! book ("paid but never notified"); `GET /sim/orders` shows it; `POST /sim/faults`
@@ -22,8 +28,10 @@
 //! received, by the order asked about (`{"orders":{"T1":2}}`; faulted ones too), so a test
 //! can tell whether, and how often, a service asked. `GET /healthz` answers 200.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -55,12 +63,16 @@ pub struct Faults {
     pub bad_signature: bool,
 }
 
+/// A book as last read, with the file's modification time then.
+type CachedBook = (Option<SystemTime>, Arc<OrderBook>);
+
 /// Shared state of the server.
 pub struct SimState {
     merchant: SimMerchant,
     book: OrderBookFile,
-    /// The book as last read, with the file's modification time then.
-    cache: Mutex<Option<(Option<SystemTime>, Arc<OrderBook>)>>,
+    /// Each book (the merchant's, its sub-merchants') as last read, with the file's
+    /// modification time then.
+    cache: Mutex<HashMap<PathBuf, CachedBook>>,
     faults: Mutex<Faults>,
     /// Order queries received, by `out_trade_no` (or `transaction_id`) asked about.
     order_queries: Mutex<BTreeMap<String, u64>>,
@@ -72,7 +84,7 @@ impl SimState {
         Self {
             merchant,
             book,
-            cache: Mutex::new(None),
+            cache: Mutex::new(HashMap::new()),
             faults: Mutex::new(Faults::default()),
             order_queries: Mutex::new(BTreeMap::new()),
         }
@@ -87,26 +99,41 @@ impl SimState {
         }
     }
 
-    /// The book, re-read when the file changed since the last read.
+    /// The merchant's book, re-read when the file changed since the last read.
     fn book(&self) -> Result<Arc<OrderBook>, crate::orders::OrderBookError> {
-        let modified = self.book.modified();
+        self.book_of(&self.merchant)
+    }
+
+    /// The book of `m` (the merchant, or it acting for a sub-merchant), re-read when the
+    /// file changed since the last read.
+    fn book_of(&self, m: &SimMerchant) -> Result<Arc<OrderBook>, crate::orders::OrderBookError> {
+        let file = OrderBookFile::new(m.orders_path.clone());
+        let modified = file.modified();
         if let Ok(cache) = self.cache.lock() {
-            if let Some((when, book)) = cache.as_ref() {
+            if let Some((when, book)) = cache.get(&m.orders_path) {
                 if *when == modified && modified.is_some() {
                     return Ok(book.clone());
                 }
             }
         }
-        let book = Arc::new(self.book.read()?);
+        let book = Arc::new(file.read()?);
         if let Ok(mut cache) = self.cache.lock() {
-            *cache = Some((modified, book.clone()));
+            cache.insert(m.orders_path.clone(), (modified, book.clone()));
         }
         Ok(book)
     }
 
     fn invalidate(&self) {
         if let Ok(mut cache) = self.cache.lock() {
-            *cache = None;
+            cache.clear();
+        }
+    }
+
+    /// The merchant, acting for the sub-merchant a query names (none or empty: itself).
+    fn acting(&self, sub_mch_id: Option<&str>) -> Result<Cow<'_, SimMerchant>, String> {
+        match sub_mch_id.filter(|id| !id.is_empty()) {
+            None => Ok(Cow::Borrowed(&self.merchant)),
+            Some(id) => self.merchant.for_sub_merchant(id).map(Cow::Owned),
         }
     }
 
@@ -141,6 +168,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/pay/refundquery", web::post().to(v2_refundquery))
     .route(
         "/v3/pay/transactions/out-trade-no/{out_trade_no}",
+        web::get().to(v3_query_order),
+    )
+    .route(
+        "/v3/pay/partner/transactions/out-trade-no/{out_trade_no}",
         web::get().to(v3_query_order),
     )
     .route(
@@ -237,6 +268,7 @@ fn v2_base(m: &SimMerchant, result_code: &str) -> XmlFields {
     f.insert("return_msg", "OK");
     f.insert("appid", m.appid.as_str());
     f.insert("mch_id", m.mch_id.as_str());
+    build::name_sub_merchant(&mut f, m);
     f.insert("result_code", result_code);
     f
 }
@@ -266,7 +298,7 @@ fn trade_state_desc(state: TradeState) -> &'static str {
 fn v2_query(
     state: &SimState,
     body: &[u8],
-    answer: impl FnOnce(&XmlFields, &OrderBook) -> Result<XmlFields, &'static str>,
+    answer: impl FnOnce(&SimMerchant, &XmlFields, &OrderBook) -> Result<XmlFields, &'static str>,
 ) -> HttpResponse {
     if let Some(r) = fault_response(&state.faults()) {
         return r;
@@ -275,11 +307,17 @@ fn v2_query(
         Ok(r) => r,
         Err(msg) => return v2_return_fail(msg),
     };
-    let book = match state.book() {
+    // A service provider's query about a sub-merchant: that sub-merchant's book (the
+    // simulator's own wording when it is not one of the provider's).
+    let Ok(m) = state.acting(req.get("sub_mch_id")) else {
+        let f = v2_business_fail(&state.merchant, "PARAM_ERROR", "sub_mch_id与mch_id不匹配");
+        return v2_signed(state, f, sign_type);
+    };
+    let book = match state.book_of(&m) {
         Ok(b) => b,
         Err(e) => return book_error(e),
     };
-    match answer(&req, &book) {
+    match answer(&m, &req, &book) {
         Ok(fields) => v2_signed(state, fields, sign_type),
         Err(msg) => v2_return_fail(msg),
     }
@@ -292,8 +330,7 @@ async fn v2_orderquery(state: web::Data<SimState>, body: web::Bytes) -> HttpResp
             .get("out_trade_no")
             .or_else(|| fields.get("transaction_id"))
     }));
-    v2_query(&state, &body, |req, book| {
-        let m = &state.merchant;
+    v2_query(&state, &body, |m, req, book| {
         if req.get("appid") != Some(m.appid.as_str()) {
             return Ok(v2_business_fail(
                 m,
@@ -344,9 +381,7 @@ fn v2_order(m: &SimMerchant, req: &XmlFields, book: &OrderBook) -> XmlFields {
 }
 
 async fn v2_refundquery(state: web::Data<SimState>, body: web::Bytes) -> HttpResponse {
-    v2_query(&state, &body, |req, book| {
-        v2_refunds(&state.merchant, req, book)
-    })
+    v2_query(&state, &body, v2_refunds)
 }
 
 /// The 查询退款 answer of an authenticated request; `Err` when it names no refund.
@@ -482,9 +517,13 @@ fn authenticate(state: &SimState, req: &HttpRequest, body: &[u8]) -> Result<(), 
     .map_err(|e| unauthorized(&format!("signature does not verify: {e}")))
 }
 
+/// The merchant parameters of a v3 query: `mchid` (a direct merchant), or `sp_mchid` and
+/// `sub_mchid` (a provider's partner endpoint), or `sub_mchid` alone (a provider's refund).
 #[derive(Deserialize)]
 struct MchidQuery {
     mchid: Option<String>,
+    sp_mchid: Option<String>,
+    sub_mchid: Option<String>,
 }
 
 fn v3_transaction_json(m: &SimMerchant, o: &OrderRecord) -> serde_json::Value {
@@ -510,7 +549,7 @@ fn v3_transaction_json(m: &SimMerchant, o: &OrderRecord) -> serde_json::Value {
             v["success_time"] = json!(build::v3_time(t));
         }
     }
-    v
+    build::partner_form(v, m)
 }
 
 /// 查询订单 by `out_trade_no` or by `transaction_id`: the one its route names.
@@ -529,16 +568,22 @@ async fn v3_query_order(
     if let Err(message) = authenticate(state, req, b"") {
         return v3_error(state, StatusCode::UNAUTHORIZED, "SIGN_ERROR", &message);
     }
-    let m = &state.merchant;
-    if query.mchid.as_deref() != Some(m.mch_id.as_str()) {
+    // The direct endpoints take `mchid`; the partner one `sp_mchid` and `sub_mchid`.
+    let own = Some(state.merchant.mch_id.as_str());
+    let partner_endpoint = req.path().starts_with("/v3/pay/partner/");
+    let direct = !partner_endpoint && query.mchid.as_deref() == own && query.sub_mchid.is_none();
+    let partner = partner_endpoint && query.sp_mchid.as_deref() == own && query.sub_mchid.is_some();
+    let acting = state.acting(query.sub_mchid.as_deref());
+    let (true, Ok(m)) = (direct || partner, acting) else {
         return v3_error(
             state,
             StatusCode::BAD_REQUEST,
             "PARAM_ERROR",
-            "mchid query parameter does not match",
+            "mchid, or sp_mchid and sub_mchid, do not match",
         );
-    }
-    let book = match state.book() {
+    };
+    let m = m.as_ref();
+    let book = match state.book_of(m) {
         Ok(b) => b,
         Err(e) => return book_error(e),
     };
@@ -559,6 +604,7 @@ async fn v3_refund_query(
     state: web::Data<SimState>,
     req: HttpRequest,
     path: web::Path<String>,
+    query: web::Query<MchidQuery>,
 ) -> HttpResponse {
     if let Some(r) = fault_response(&state.faults()) {
         return r;
@@ -566,7 +612,15 @@ async fn v3_refund_query(
     if let Err(message) = authenticate(&state, &req, b"") {
         return v3_error(&state, StatusCode::UNAUTHORIZED, "SIGN_ERROR", &message);
     }
-    let book = match state.book() {
+    let Ok(m) = state.acting(query.sub_mchid.as_deref()) else {
+        return v3_error(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "PARAM_ERROR",
+            "sub_mchid is not a sub-merchant of the merchant",
+        );
+    };
+    let book = match state.book_of(&m) {
         Ok(b) => b,
         Err(e) => return book_error(e),
     };

@@ -34,7 +34,7 @@ pub fn config_toml(settings: &Settings) -> String {
     console.insert("users".into(), Value::Array(users.collect()));
     let merchants = settings.merchants.iter().map(|merchant| {
         let mut entry = table!(merchant;
-            mch_id: text, appids: texts, api_v2_key: secret, api_v3_key: maybe_secret,
+            mch_id: text, appids: texts, sub_mch_ids: texts, api_v2_key: secret, api_v3_key: maybe_secret,
             merchant_private_key_pem: maybe_secret, merchant_serial: maybe,
             confirm_by_query_min_fen: maybe_int, download_platform_certificates: flag);
         let keys = merchant.platform_public_keys.iter();

@@ -23,12 +23,24 @@ pub struct OrderView {
     pub refunded_total: i64,
 }
 
-/// The order `out_trade_no` of merchant `mch_id`.
+/// The order `out_trade_no` of the direct merchant `mch_id`.
 pub async fn order(conn: &mut AsyncPgConnection, mch_id: &str, out_trade_no: &str) -> OrderView {
+    sub_merchant_order(conn, (mch_id, ""), out_trade_no).await
+}
+
+/// The order `out_trade_no` of sub-merchant `sub_mch_id` of the service provider `mch_id`
+/// (`""`: of the direct merchant `mch_id`).
+pub async fn sub_merchant_order(
+    conn: &mut AsyncPgConnection,
+    (mch_id, sub_mch_id): (&str, &str),
+    out_trade_no: &str,
+) -> OrderView {
     diesel::sql_query(
-        "SELECT state, transaction_id, refunded_total FROM orders WHERE mch_id = $1 AND out_trade_no = $2",
+        "SELECT state, transaction_id, refunded_total FROM orders \
+         WHERE mch_id = $1 AND sub_mch_id = $2 AND out_trade_no = $3",
     )
     .bind::<Text, _>(mch_id)
+    .bind::<Text, _>(sub_mch_id)
     .bind::<Text, _>(out_trade_no)
     .get_result(conn)
     .await
@@ -37,7 +49,10 @@ pub async fn order(conn: &mut AsyncPgConnection, mch_id: &str, out_trade_no: &st
 
 /// An order as the business system inserts it, in `state` (NOTPAY before the user pays).
 pub struct NewOrder<'a> {
+    /// The merchant, or the service provider of a sub-merchant.
     pub mch_id: &'a str,
+    /// The provider's sub-merchant; `""` for a direct merchant.
+    pub sub_mch_id: &'a str,
     pub appid: &'a str,
     pub out_trade_no: &'a str,
     pub amount_total: i64,
@@ -47,9 +62,11 @@ pub struct NewOrder<'a> {
 impl NewOrder<'_> {
     pub async fn insert(&self, conn: &mut AsyncPgConnection) {
         diesel::sql_query(
-            "INSERT INTO orders (mch_id, out_trade_no, appid, amount_total, state) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO orders (mch_id, sub_mch_id, out_trade_no, appid, amount_total, state) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind::<Text, _>(self.mch_id)
+        .bind::<Text, _>(self.sub_mch_id)
         .bind::<Text, _>(self.out_trade_no)
         .bind::<Text, _>(self.appid)
         .bind::<BigInt, _>(self.amount_total)

@@ -12,7 +12,7 @@ use wxpay_shared::message::NotifyMessage;
 use wxpay_shared::state::OrderState;
 
 use crate::db::{self, NewOrder, OrderView};
-use crate::merchants::MERCHANT;
+use crate::merchants::{SubMerchant, TestMerchant, MERCHANT};
 use crate::services::{AMQP_URL, PG_BASE, REDIS_URL};
 
 /// Every section at its default, [`MERCHANT`] configured and every listener on a free
@@ -120,6 +120,7 @@ impl TestEnv {
     ) {
         let order = NewOrder {
             mch_id: MERCHANT.mch_id,
+            sub_mch_id: "",
             appid,
             out_trade_no,
             amount_total,
@@ -131,6 +132,35 @@ impl TestEnv {
     /// An order of [`MERCHANT`].
     pub async fn order(&self, out_trade_no: &str) -> OrderView {
         db::order(&mut self.conn().await, MERCHANT.mch_id, out_trade_no).await
+    }
+
+    /// A NOTPAY order of `sub` of the service provider `provider`, in the appid it is
+    /// placed with ([`SubMerchant::order_appid`]).
+    pub async fn insert_sub_merchant_order(
+        &self,
+        (provider, sub): (&TestMerchant, &SubMerchant),
+        out_trade_no: &str,
+        amount_total: i64,
+    ) {
+        let order = NewOrder {
+            mch_id: provider.mch_id,
+            sub_mch_id: sub.sub_mch_id,
+            appid: sub.order_appid(provider),
+            out_trade_no,
+            amount_total,
+            state: OrderState::NotPay.as_str(),
+        };
+        order.insert(&mut self.conn().await).await;
+    }
+
+    /// An order of `sub` of the service provider `provider`.
+    pub async fn sub_merchant_order(
+        &self,
+        (provider, sub): (&TestMerchant, &SubMerchant),
+        out_trade_no: &str,
+    ) -> OrderView {
+        let of = (provider.mch_id, sub.sub_mch_id);
+        db::sub_merchant_order(&mut self.conn().await, of, out_trade_no).await
     }
 
     /// Outbox events of `event_type`.

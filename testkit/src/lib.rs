@@ -7,6 +7,8 @@
 //! - [`db`], [`amqp`]: what tests read and publish there.
 //! - [`merchants`], [`notifications`]: test merchants with their keys, and notifications
 //!   signed and encrypted through wxpay-shared exactly as WeChat Pay sends them.
+//! - [`vectors`]: a service provider's notifications made outside this workspace (Python,
+//!   OpenSSL), the independent check of the partner-mode rules.
 //! - [`config`]: a [`Settings`](wxpay_runtime::config::Settings) as the file the binaries read.
 //! - [`metrics`]: what a service's `/metrics` says.
 //! - [`proxy`]: a TCP proxy that cuts, stalls and restores a link to a service.
@@ -26,6 +28,7 @@ pub mod metrics;
 pub mod notifications;
 pub mod proxy;
 pub mod services;
+pub mod vectors;
 pub mod wait;
 
 pub use bins::{assert_success, bin_path, bin_path_async, clean_command};

@@ -38,6 +38,52 @@ pub const V3_MERCHANT: TestMerchant = TestMerchant {
     platform_serial: "PUB_KEY_ID_0119000001102025TEST",
 };
 
+/// A service provider (服务商): notified for its sub-merchants [`SUB_A`] and [`SUB_B`], with
+/// keys of its own. `appid` is its `sp_appid`.
+pub const PROVIDER: TestMerchant = TestMerchant {
+    mch_id: "1900000120",
+    appid: "wx2222222222222222",
+    api_v2_key: "Pr0v1derKey0123456789abcdefABCDE",
+    api_v3_key: "Pr0v1derV3Key0123456789abcdefABC",
+    platform_serial: "PUB_KEY_ID_0119000001202025TEST",
+};
+
+/// A sub-merchant of a service provider, and the `sub_appid` its orders are placed with
+/// (empty: placed with the provider's `sp_appid`).
+#[derive(Debug, Clone, Copy)]
+pub struct SubMerchant {
+    pub sub_mch_id: &'static str,
+    pub sub_appid: &'static str,
+}
+
+/// A sub-merchant of [`PROVIDER`] whose orders carry its own `sub_appid`.
+pub const SUB_A: SubMerchant = SubMerchant {
+    sub_mch_id: "1900000201",
+    sub_appid: "wx3333333333333333",
+};
+
+/// A sub-merchant of [`PROVIDER`] whose orders are placed with the provider's `sp_appid`.
+pub const SUB_B: SubMerchant = SubMerchant {
+    sub_mch_id: "1900000202",
+    sub_appid: "",
+};
+
+/// A sub-merchant [`PROVIDER`] does not serve.
+pub const SUB_NOT_SERVED: SubMerchant = SubMerchant {
+    sub_mch_id: "1900000299",
+    sub_appid: "wx4444444444444444",
+};
+
+impl SubMerchant {
+    /// The appid its orders carry (`orders.appid`): its `sub_appid`, else the provider's.
+    pub fn order_appid(&self, provider: &TestMerchant) -> &'static str {
+        match self.sub_appid {
+            "" => provider.appid,
+            own => own,
+        }
+    }
+}
+
 /// An app id no test merchant owns.
 pub const OTHER_APPID: &str = "wx0000000000000000";
 /// A merchant number no test configuration knows.
@@ -82,6 +128,7 @@ impl TestMerchant {
         MerchantSettings {
             mch_id: self.mch_id.to_owned(),
             appids: vec![self.appid.to_owned()],
+            sub_mch_ids: Vec::new(),
             api_v2_key: SecretString::from(self.api_v2_key),
             api_v3_key: Some(SecretString::from(self.api_v3_key)),
             platform_public_keys: BTreeMap::from([(
@@ -93,5 +140,18 @@ impl TestMerchant {
             confirm_by_query_min_fen: None,
             download_platform_certificates: false,
         }
+    }
+
+    /// The `[[merchants]]` entry of a service provider serving `subs`: its own appid first,
+    /// then the sub-merchants' `sub_appid`s.
+    pub fn provider_settings(&self, subs: &[SubMerchant]) -> MerchantSettings {
+        let mut settings = self.settings();
+        let own = subs
+            .iter()
+            .map(|sub| sub.sub_appid)
+            .filter(|id| !id.is_empty());
+        settings.appids.extend(own.map(str::to_owned));
+        settings.sub_mch_ids = subs.iter().map(|sub| sub.sub_mch_id.to_owned()).collect();
+        settings
     }
 }

@@ -12,7 +12,7 @@ use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::v2::{self, SignType, XmlFields};
 use wxpay_shared::v3::{self, PrivateKey, WechatpayHeaders};
 
-use crate::merchants::{platform_key, TestMerchant, MERCHANT};
+use crate::merchants::{platform_key, SubMerchant, TestMerchant, MERCHANT};
 
 /// The AEAD nonce of every test resource (a test may tamper with it in the body).
 pub const RESOURCE_NONCE: &str = "fdasflkja484";
@@ -127,13 +127,18 @@ pub fn refund_root(refund: &Refund, status: &str) -> XmlFields {
 /// A v2 refund notification whose `req_info` is `root` encrypted with `encrypt_key` (the
 /// merchant's API v2 key; it carries no `sign`).
 pub fn v2_refund_body(mch_id: &str, appid: &str, encrypt_key: &str, root: &XmlFields) -> String {
+    v2_refund_fields(mch_id, appid, encrypt_key, root).to_xml()
+}
+
+/// The fields of [`v2_refund_body`].
+fn v2_refund_fields(mch_id: &str, appid: &str, encrypt_key: &str, root: &XmlFields) -> XmlFields {
     let mut fields = XmlFields::new();
     fields.insert("return_code", v2::SUCCESS);
     fields.insert("appid", appid);
     fields.insert("mch_id", mch_id);
     fields.insert("nonce_str", "TeqClE3i0mvn3DrK");
     fields.insert("req_info", v2::encrypt_req_info(root, encrypt_key));
-    fields.to_xml()
+    fields
 }
 
 // ------------------------------------------------------------------------------- v3
@@ -242,9 +247,14 @@ pub fn v2_signed_message(kind: NotifyKind, fields: XmlFields, key: &str) -> Noti
 }
 
 fn xml_message(kind: NotifyKind, xml: String) -> NotifyMessage {
+    xml_message_of(MERCHANT.mch_id, kind, xml)
+}
+
+/// A v2 body of merchant `mch_id`, as the gateway queues it.
+pub fn xml_message_of(mch_id: &str, kind: NotifyKind, xml: String) -> NotifyMessage {
     NotifyMessage::new(
         kind,
-        MERCHANT.mch_id,
+        mch_id,
         xml.into_bytes(),
         Some("text/xml".into()),
         None,
@@ -254,10 +264,19 @@ fn xml_message(kind: NotifyKind, xml: String) -> NotifyMessage {
 /// `body` of [`MERCHANT`] signed now with the platform key, as the gateway queues a v3
 /// notification (or the reconciler a v3 query answer).
 pub fn v3_signed_message(kind: NotifyKind, body: Vec<u8>) -> NotifyMessage {
-    let headers = signed_headers(&body, now_unix(), platform_key(), MERCHANT.platform_serial);
+    v3_signed_message_of(&MERCHANT, kind, body)
+}
+
+/// `body` of `merchant` signed now with the platform key under its serial.
+pub fn v3_signed_message_of(
+    merchant: &TestMerchant,
+    kind: NotifyKind,
+    body: Vec<u8>,
+) -> NotifyMessage {
+    let headers = signed_headers(&body, now_unix(), platform_key(), merchant.platform_serial);
     NotifyMessage::new(
         kind,
-        MERCHANT.mch_id,
+        merchant.mch_id,
         body,
         Some("application/json".into()),
         Some(headers),
@@ -352,8 +371,117 @@ pub fn v3_refund(
 
 /// A v3 notification of [`MERCHANT`]: `resource` in its envelope, signed now.
 fn v3_message(event_type: &str, original_type: &str, resource: &Value) -> NotifyMessage {
-    let body = v3_envelope(MERCHANT.api_v3_key, event_type, original_type, resource);
-    v3_signed_message(NotifyKind::V3, body.into_bytes())
+    v3_message_of(&MERCHANT, event_type, original_type, resource)
+}
+
+/// A v3 notification of `merchant`: `resource` in its envelope, signed now.
+fn v3_message_of(
+    merchant: &TestMerchant,
+    event_type: &str,
+    original_type: &str,
+    resource: &Value,
+) -> NotifyMessage {
+    let body = v3_envelope(merchant.api_v3_key, event_type, original_type, resource);
+    v3_signed_message_of(merchant, NotifyKind::V3, body.into_bytes())
+}
+
+// ------------------------------------------------- a service provider's sub-merchants
+//
+// Partner mode (服务商): the provider's keys sign and encrypt; the body names the
+// sub-merchant. v2: <https://pay.weixin.qq.com/wiki/doc/api/jsapi_sl.php?chapter=9_7>
+// (`sub_mch_id`, `sub_appid`); v3: <https://pay.weixin.qq.com/doc/v3/partner/4012085801>
+// (`sp_appid`, `sp_mchid`, `sub_appid`, `sub_mchid`, `payer.sp_openid` / `payer.sub_openid`).
+
+/// `sub_mch_id`, and `sub_appid` when the sub-merchant has one, added to v2 `fields`.
+fn name_sub_merchant(fields: &mut XmlFields, sub: &SubMerchant) {
+    fields.insert("sub_mch_id", sub.sub_mch_id);
+    if !sub.sub_appid.is_empty() {
+        fields.insert("sub_appid", sub.sub_appid);
+    }
+}
+
+/// A v2 支付结果通知 of `sub`'s order, as `provider` receives it, MD5-signed with its key.
+pub fn partner_v2_pay(
+    (provider, sub): (&TestMerchant, &SubMerchant),
+    out_trade_no: &str,
+    transaction_id: &str,
+    total_fee: i64,
+) -> NotifyMessage {
+    let mut fields = v2_pay_fields(provider.mch_id, provider.appid, out_trade_no, total_fee);
+    fields.insert("transaction_id", transaction_id);
+    name_sub_merchant(&mut fields, sub);
+    let xml = signed_xml(fields, provider.api_v2_key, SignType::Md5, false);
+    xml_message_of(provider.mch_id, NotifyKind::V2Pay, xml)
+}
+
+/// A v2 退款结果通知 of `sub`'s order, as `provider` receives it (`req_info` under its key);
+/// `status` is the v2 wire value.
+pub fn partner_v2_refund(
+    (provider, sub): (&TestMerchant, &SubMerchant),
+    refund: &Refund,
+    status: &str,
+) -> NotifyMessage {
+    let root = refund_root(refund, status);
+    let mut fields = v2_refund_fields(provider.mch_id, provider.appid, provider.api_v2_key, &root);
+    name_sub_merchant(&mut fields, sub);
+    xml_message_of(provider.mch_id, NotifyKind::V2Refund, fields.to_xml())
+}
+
+/// The decrypted resource of a v3 TRANSACTION.SUCCESS of `sub`'s order at `provider`.
+pub fn partner_transaction_resource(
+    (provider, sub): (&TestMerchant, &SubMerchant),
+    out_trade_no: &str,
+    transaction_id: &str,
+    total: i64,
+) -> Value {
+    let mut resource = transaction_resource(provider, out_trade_no, transaction_id, total);
+    let object = resource.as_object_mut().expect("an object");
+    object.remove("appid");
+    object.remove("mchid");
+    object.insert("sp_appid".into(), json!(provider.appid));
+    object.insert("sp_mchid".into(), json!(provider.mch_id));
+    object.insert("sub_mchid".into(), json!(sub.sub_mch_id));
+    if !sub.sub_appid.is_empty() {
+        object.insert("sub_appid".into(), json!(sub.sub_appid));
+    }
+    let payer = json!({"sp_openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "sub_openid": "oXvL85rhdrWR0CpP2hzH4jnrLOpg"});
+    object.insert("payer".into(), payer);
+    resource
+}
+
+/// A v3 TRANSACTION.SUCCESS of `sub`'s order, as `provider` receives it.
+pub fn partner_v3_pay(
+    of: (&TestMerchant, &SubMerchant),
+    out_trade_no: &str,
+    transaction_id: &str,
+    total: i64,
+) -> NotifyMessage {
+    let resource = partner_transaction_resource(of, out_trade_no, transaction_id, total);
+    v3_message_of(of.0, "TRANSACTION.SUCCESS", "transaction", &resource)
+}
+
+/// The decrypted resource of a v3 REFUND.* of `sub`'s order at `provider`.
+pub fn partner_refund_resource(
+    (provider, sub): (&TestMerchant, &SubMerchant),
+    refund: &Refund,
+    status: &str,
+) -> Value {
+    let mut resource = refund_resource(provider, refund, status);
+    let object = resource.as_object_mut().expect("an object");
+    object.remove("mchid");
+    object.insert("sp_mchid".into(), json!(provider.mch_id));
+    object.insert("sub_mchid".into(), json!(sub.sub_mch_id));
+    resource
+}
+
+/// A v3 REFUND.* of `sub`'s order, as `provider` receives it; `status` is the v3 value.
+pub fn partner_v3_refund(
+    of: (&TestMerchant, &SubMerchant),
+    refund: &Refund,
+    status: &str,
+) -> NotifyMessage {
+    let resource = partner_refund_resource(of, refund, status);
+    v3_message_of(of.0, &format!("REFUND.{status}"), "refund", &resource)
 }
 
 /// A copy as WeChat Pay re-sends it: the same body, a new request (message id).

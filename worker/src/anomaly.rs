@@ -228,6 +228,8 @@ impl Stored {
             wechatpay,
             attempt: 1,
             park_reason: None,
+            // A query answer's sub-merchant: read with the row by `reapply` when needed.
+            sub_mch_id: None,
             body: self.raw_body.clone(),
         })
     }
@@ -348,14 +350,36 @@ async fn close(
     Ok(())
 }
 
+/// The sub-merchant a recorded query answer was about (`notifications.sub_mch_id`, outside
+/// the diesel schema: worker/src/db/schema.rs says why); `None` for a direct merchant's.
+async fn asked_sub_mch_id(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+) -> Result<Option<String>, diesel::result::Error> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        sub_mch_id: String,
+    }
+    let row: Row = diesel::sql_query("SELECT sub_mch_id FROM notifications WHERE id = $1")
+        .bind::<diesel::sql_types::BigInt, _>(id)
+        .get_result(conn)
+        .await?;
+    Ok(Some(row.sub_mch_id).filter(|sub| !sub.is_empty()))
+}
+
 async fn reapply(
     conn: &mut AsyncPgConnection,
     merchants: &Merchants,
     id: i64,
     stored: &Stored,
 ) -> Result<Effect, AnomalyError> {
-    let message = stored.message(id)?;
-    let decoded = decode::decode_recorded(&message, merchants)
+    let mut message = stored.message(id)?;
+    if message.kind.is_query() {
+        message.sub_mch_id = asked_sub_mch_id(conn, id).await?;
+    }
+    let (merchant, decoded) = decode::merchant_of(&message, merchants)
+        .and_then(|merchant| Ok((merchant, decode::decode_recorded(&message, merchants)?)))
         .map_err(|error| AnomalyError::Undecodable { id, error })?;
     let key = decoded.dedupe_key(&message.body);
     close(
@@ -365,7 +389,14 @@ async fn reapply(
     )
     .await?;
     // A person decided: no order query (and none may run inside this transaction).
-    let verdict = apply::apply_in(conn, &message, &decoded, &key, &Confirmation::NotRequired)
+    let applying = apply::Applying {
+        message: &message,
+        decoded: &decoded,
+        dedupe_key: &key,
+        confirmation: &Confirmation::NotRequired,
+        sub_merchants: &merchant.sub_merchants,
+    };
+    let verdict = apply::apply_in(conn, &applying)
         .await
         .map_err(|error| AnomalyError::NotApplied { id, error })?;
     let notification_id = match verdict {

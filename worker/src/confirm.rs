@@ -28,7 +28,7 @@ use wxpay_shared::state::TradeState;
 
 use crate::apply::Confirmation;
 use crate::decode::{self, DecodeError, Decoded, PayEvent};
-use crate::reconcile::query::{Found, QueryClient, QueryError};
+use crate::reconcile::query::{Found, OrderOf, QueryClient, QueryError};
 use crate::reconcile::rate::RateLimiter;
 
 /// `result` labels of `wxpay_worker_confirm_queries_total`.
@@ -116,7 +116,15 @@ impl Confirmer {
         let limiter = self.limiter(&merchant.mch_id);
         let found = self
             .client
-            .query_order(merchant, &pay.appid, &pay.out_trade_no, &limiter)
+            .query_order(
+                merchant,
+                OrderOf {
+                    appid: &pay.appid,
+                    sub_mch_id: &pay.sub_mch_id,
+                },
+                &pay.out_trade_no,
+                &limiter,
+            )
             .await?;
         let answer = match found {
             Found::NotFound => {
@@ -173,6 +181,7 @@ mod tests {
 
     fn paid(amount_total: i64, transaction_id: &str) -> PayEvent {
         PayEvent {
+            sub_mch_id: String::new(),
             mch_id: "1900000109".into(),
             appid: "wxd930ea5d5a258f4f".into(),
             out_trade_no: "big-1".into(),

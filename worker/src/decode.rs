@@ -13,6 +13,12 @@
 //!   <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_5>
 //! - v3 notifications and responses:
 //!   <https://pay.weixin.qq.com/docs/merchant/development/interface-rules/signature-verification.html>
+//! - A service provider's (服务商) notifications and answers are verified with the provider's
+//!   keys and name the sub-merchant (v2 `sub_mch_id`, `sub_appid`:
+//!   <https://pay.weixin.qq.com/wiki/doc/api/jsapi_sl.php?chapter=9_7>; v3 `sp_mchid`,
+//!   `sub_mchid`, `sub_appid`: <https://pay.weixin.qq.com/doc/v3/partner/4012085801>): the
+//!   event carries it in `sub_mch_id` (empty for a direct merchant), and `appid` is the one
+//!   the order was paid in (the `sub_appid` when there is one, else the provider's).
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 use secrecy::ExposeSecret;
@@ -29,8 +35,12 @@ use wxpay_shared::v3::{
 /// A payment result, whichever channel brought it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PayEvent {
-    /// The merchant named inside the signed body.
+    /// The merchant named inside the signed body (a service provider's own id).
     pub mch_id: String,
+    /// The service provider's sub-merchant named inside the body; empty for a direct merchant.
+    pub sub_mch_id: String,
+    /// The appid the order was paid in: `sub_appid` when the body has one, else `appid` /
+    /// `sp_appid`.
     pub appid: String,
     pub out_trade_no: String,
     /// WeChat Pay's order number; absent for unpaid states of query answers.
@@ -51,6 +61,8 @@ pub struct PayEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefundEvent {
     pub mch_id: String,
+    /// The service provider's sub-merchant; empty for a direct merchant.
+    pub sub_mch_id: String,
     pub out_trade_no: String,
     pub out_refund_no: String,
     pub refund_id: String,
@@ -94,25 +106,29 @@ pub enum Decoded {
 
 impl Decoded {
     /// The business dedupe key, identical whichever channel brought the news:
-    /// `pay:{mch_id}:{transaction_id}` for a payment,
-    /// `refund:{mch_id}:{refund_id}:{status}` for a refund. A payment that did not
+    /// `pay:{merchant}:{transaction_id}` for a payment,
+    /// `refund:{merchant}:{refund_id}:{status}` for a refund, where `{merchant}` is the
+    /// `mch_id` of a direct merchant (the keys of before service providers, unchanged) and
+    /// `{mch_id}.{sub_mch_id}` of a provider's sub-merchant. A payment that did not
     /// succeed may have no transaction id: its key holds the order, the state and the
     /// SHA-256 of the body, so WeChat's re-sends of it still dedupe.
     pub fn dedupe_key(&self, body: &[u8]) -> String {
+        let merchant = match self.sub_mch_id() {
+            "" => self.mch_id().to_owned(),
+            sub_mch_id => format!("{}.{sub_mch_id}", self.mch_id()),
+        };
         match self {
             Decoded::Pay(pay) => match (&pay.transaction_id, pay.success) {
-                (Some(transaction_id), true) => format!("pay:{}:{transaction_id}", pay.mch_id),
+                (Some(transaction_id), true) => format!("pay:{merchant}:{transaction_id}"),
                 _ => format!(
-                    "pay:{}:{}:{}:{}",
-                    pay.mch_id,
+                    "pay:{merchant}:{}:{}:{}",
                     pay.out_trade_no,
                     pay.state_text,
                     hex::encode(Sha256::digest(body))
                 ),
             },
             Decoded::Refund(refund) => format!(
-                "refund:{}:{}:{}",
-                refund.mch_id,
+                "refund:{merchant}:{}:{}",
                 refund.refund_id,
                 refund.status.as_str()
             ),
@@ -124,6 +140,14 @@ impl Decoded {
         match self {
             Decoded::Pay(pay) => &pay.mch_id,
             Decoded::Refund(refund) => &refund.mch_id,
+        }
+    }
+
+    /// The sub-merchant named in the body; empty for a direct merchant.
+    pub fn sub_mch_id(&self) -> &str {
+        match self {
+            Decoded::Pay(pay) => &pay.sub_mch_id,
+            Decoded::Refund(refund) => &refund.sub_mch_id,
         }
     }
 
@@ -173,11 +197,20 @@ fn malformed(error: impl std::fmt::Display) -> DecodeError {
     DecodeError::Malformed(error.to_string())
 }
 
+/// The configured merchant `message` is addressed to.
+pub fn merchant_of<'m>(
+    message: &NotifyMessage,
+    merchants: &'m Merchants,
+) -> Result<&'m Merchant, DecodeError> {
+    merchants
+        .get(&message.mch_id)
+        .map(AsRef::as_ref)
+        .ok_or_else(|| DecodeError::UnknownMerchant(message.mch_id.clone()))
+}
+
 /// Verifies and decodes `message` with the keys of the merchant it is addressed to.
 pub fn decode(message: &NotifyMessage, merchants: &Merchants) -> Result<Decoded, DecodeError> {
-    let merchant = merchants
-        .get(&message.mch_id)
-        .ok_or_else(|| DecodeError::UnknownMerchant(message.mch_id.clone()))?;
+    let merchant = merchant_of(message, merchants)?;
     let body = message.body.as_slice();
     match message.kind {
         NotifyKind::V2Pay => decode_v2_pay(body, merchant),
@@ -192,14 +225,36 @@ pub fn decode(message: &NotifyMessage, merchants: &Merchants) -> Result<Decoded,
         NotifyKind::QueryPay => {
             order_query_answer(message.wechatpay.as_ref(), body, merchant).map(Decoded::Pay)
         }
-        NotifyKind::QueryRefund => match &message.wechatpay {
-            Some(headers) => {
-                verify_v3_response(headers, body, merchant)?;
-                refund_from_resource(RefundResource::parse(body).map_err(malformed)?, merchant)
-            }
-            None => decode_v2_refund_query(body, merchant),
-        },
+        NotifyKind::QueryRefund => {
+            let decoded = match &message.wechatpay {
+                Some(headers) => {
+                    verify_v3_response(headers, body, merchant)?;
+                    let resource = RefundResource::parse(body).map_err(malformed)?;
+                    refund_from_resource(resource, merchant)
+                }
+                None => decode_v2_refund_query(body, merchant),
+            }?;
+            asked_sub_merchant(decoded, message.sub_mch_id.as_deref())
+        }
     }
+}
+
+/// A refund query's answer is about the sub-merchant the reconciler asked about: WeChat Pay's
+/// v3 answer need not name it (<https://pay.weixin.qq.com/docs/partner/apis/partner-jsapi-payment/query-by-out-refund-no.html>),
+/// so the one the message carries fills in; an answer naming another is not about it.
+fn asked_sub_merchant(mut decoded: Decoded, asked: Option<&str>) -> Result<Decoded, DecodeError> {
+    if let (Decoded::Refund(refund), Some(asked)) = (&mut decoded, asked) {
+        match refund.sub_mch_id.as_str() {
+            "" => refund.sub_mch_id = asked.to_owned(),
+            named if named == asked => {}
+            named => {
+                return Err(malformed(format!(
+                    "refund query answer names sub-merchant {named}, asked about {asked}"
+                )))
+            }
+        }
+    }
+    Ok(decoded)
 }
 
 /// Decodes a notification read back from the `notifications` table (`anomaly resolve
@@ -217,10 +272,7 @@ pub fn decode_recorded(
     merchants: &Merchants,
 ) -> Result<Decoded, DecodeError> {
     if message.kind == NotifyKind::V3 && message.wechatpay.is_none() {
-        let merchant = merchants
-            .get(&message.mch_id)
-            .ok_or_else(|| DecodeError::UnknownMerchant(message.mch_id.clone()))?;
-        return decrypt_v3(&message.body, merchant);
+        return decrypt_v3(&message.body, merchant_of(message, merchants)?);
     }
     decode(message, merchants)
 }
@@ -259,7 +311,8 @@ fn decode_v2_pay(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeErro
     Ok(Decoded::Pay(PayEvent {
         currency: currency_or_default(n.fee_type.as_deref()),
         mch_id: non_empty_or(n.mch_id, &merchant.mch_id),
-        appid: n.appid,
+        sub_mch_id: n.sub_mch_id.unwrap_or_default(),
+        appid: n.sub_appid.unwrap_or(n.appid),
         out_trade_no: n.out_trade_no,
         transaction_id,
         amount_total: n.total_fee,
@@ -290,7 +343,8 @@ fn failed_v2_pay(fields: &XmlFields, merchant: &Merchant) -> Decoded {
         .to_owned();
     Decoded::Pay(PayEvent {
         mch_id: non_empty_or(text("mch_id"), &merchant.mch_id),
-        appid: text("appid"),
+        sub_mch_id: text("sub_mch_id"),
+        appid: v2_paid_appid(fields),
         out_trade_no: text("out_trade_no"),
         transaction_id: fields
             .get("transaction_id")
@@ -305,6 +359,17 @@ fn failed_v2_pay(fields: &XmlFields, merchant: &Merchant) -> Decoded {
         paid_at: None,
         currency: currency_or_default(fields.get("fee_type")),
     })
+}
+
+/// The appid a v2 payment or order query names for its order: a service provider's
+/// `sub_appid` when there is one, else `appid`.
+fn v2_paid_appid(fields: &XmlFields) -> String {
+    fields
+        .get("sub_appid")
+        .filter(|id| !id.is_empty())
+        .or_else(|| fields.get("appid"))
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn non_empty_or(value: String, fallback: &str) -> String {
@@ -337,6 +402,7 @@ fn decode_v2_refund(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeE
     );
     Ok(Decoded::Refund(RefundEvent {
         mch_id: non_empty_or(envelope.mch_id, &merchant.mch_id),
+        sub_mch_id: envelope.sub_mch_id.unwrap_or_default(),
         out_trade_no: info.out_trade_no,
         out_refund_no: info.out_refund_no,
         refund_id: info.refund_id,
@@ -439,8 +505,9 @@ fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<PayEvent,
     let currency = currency_or_default(t.amount.as_ref().map(|a| a.currency.as_str()));
     Ok(PayEvent {
         currency,
-        mch_id: non_empty_or(t.mchid, &merchant.mch_id),
-        appid: t.appid,
+        mch_id: non_empty_or(t.merchant().to_owned(), &merchant.mch_id),
+        sub_mch_id: t.sub_merchant().to_owned(),
+        appid: t.paid_appid().to_owned(),
         out_trade_no: t.out_trade_no,
         transaction_id,
         amount_total,
@@ -458,7 +525,8 @@ fn refund_from_resource(r: RefundResource, merchant: &Merchant) -> Result<Decode
     let succeeded_at = r.succeeded_at();
     Ok(Decoded::Refund(RefundEvent {
         currency: currency_or_default(r.amount.currency.as_deref()),
-        mch_id: non_empty_or(r.mchid, &merchant.mch_id),
+        mch_id: non_empty_or(r.merchant().to_owned(), &merchant.mch_id),
+        sub_mch_id: r.sub_mchid,
         out_trade_no: r.out_trade_no,
         out_refund_no: r.out_refund_no,
         refund_id: r.refund_id,
@@ -524,7 +592,11 @@ fn decode_v2_order_query(body: &[u8], merchant: &Merchant) -> Result<PayEvent, D
     Ok(PayEvent {
         currency: currency_or_default(fields.get("fee_type")),
         mch_id: required(&fields, "mch_id")?.to_owned(),
-        appid: required(&fields, "appid")?.to_owned(),
+        sub_mch_id: fields.get("sub_mch_id").unwrap_or_default().to_owned(),
+        appid: {
+            required(&fields, "appid")?;
+            v2_paid_appid(&fields)
+        },
         out_trade_no: required(&fields, "out_trade_no")?.to_owned(),
         transaction_id,
         amount_total,
@@ -544,6 +616,7 @@ fn decode_v2_refund_query(body: &[u8], merchant: &Merchant) -> Result<Decoded, D
         .normalised();
     Ok(Decoded::Refund(RefundEvent {
         mch_id: required(&fields, "mch_id")?.to_owned(),
+        sub_mch_id: fields.get("sub_mch_id").unwrap_or_default().to_owned(),
         out_trade_no: required(&fields, "out_trade_no")?.to_owned(),
         out_refund_no: required(&fields, "out_refund_no_0")?.to_owned(),
         refund_id: required(&fields, "refund_id_0")?.to_owned(),
@@ -569,6 +642,7 @@ mod tests {
     fn dedupe_keys_are_business_keys() {
         let pay = PayEvent {
             mch_id: "1900000109".into(),
+            sub_mch_id: String::new(),
             appid: "wx1".into(),
             out_trade_no: "o1".into(),
             transaction_id: Some("4200".into()),
@@ -597,6 +671,7 @@ mod tests {
         assert_ne!(key_a, Decoded::Pay(failed).dedupe_key(b"b"));
         let refund = RefundEvent {
             mch_id: "1".into(),
+            sub_mch_id: String::new(),
             out_trade_no: "o".into(),
             out_refund_no: "r".into(),
             refund_id: "5030".into(),
@@ -607,8 +682,21 @@ mod tests {
             order_check: None,
         };
         assert_eq!(
-            Decoded::Refund(refund).dedupe_key(b""),
+            Decoded::Refund(refund.clone()).dedupe_key(b""),
             "refund:1:5030:CLOSED"
+        );
+        // A service provider's sub-merchant: the same news for two sub-merchants, two keys.
+        let sub = |sub_mch_id: &str| RefundEvent {
+            sub_mch_id: sub_mch_id.into(),
+            ..refund.clone()
+        };
+        assert_eq!(
+            Decoded::Refund(sub("1900000201")).dedupe_key(b""),
+            "refund:1.1900000201:5030:CLOSED"
+        );
+        assert_ne!(
+            Decoded::Refund(sub("1900000201")).dedupe_key(b""),
+            Decoded::Refund(sub("1900000202")).dedupe_key(b"")
         );
     }
 

@@ -1023,6 +1023,7 @@ mod tests {
 
     fn merchant(v3_key: Option<&str>) -> MerchantSettings {
         MerchantSettings {
+            sub_mch_ids: Vec::new(),
             mch_id: "1900000109".into(),
             appids: vec!["wx1".into()],
             api_v2_key: "192006250b4c09247ec02edce69f6a2d".to_owned().into(),

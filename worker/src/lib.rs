@@ -294,7 +294,9 @@ impl Worker {
         // One snapshot for the whole delivery: it is verified and, when its merchant wants
         // it, confirmed with the settings it began with, whatever a reload does meanwhile.
         let merchants = inner.merchants.current();
-        let decoded = match decode::decode(message, &merchants) {
+        let decoded = decode::merchant_of(message, &merchants)
+            .and_then(|merchant| Ok((merchant, decode::decode(message, &merchants)?)));
+        let (merchant, decoded) = match decoded {
             Ok(decoded) => decoded,
             Err(error) => {
                 tracing::warn!(step = step::DECODE, %request_id, mch_id, kind, reason = error.code(), %error, "poison message");
@@ -343,7 +345,14 @@ impl Worker {
             }
         };
 
-        let result = apply::apply(&inner.pool, message, &decoded, &key, &confirmation).await;
+        let applying = apply::Applying {
+            message,
+            decoded: &decoded,
+            dedupe_key: &key,
+            confirmation: &confirmation,
+            sub_merchants: &merchant.sub_merchants,
+        };
+        let result = apply::apply(&inner.pool, &applying).await;
         let outcome = match result {
             Ok(verdict) => {
                 inner.dedupe.finish(&key, claim.token()).await;
@@ -446,12 +455,15 @@ impl Worker {
         let kind = message.kind.as_str();
         let mch_id = message.mch_id.as_str();
         let out_trade_no = decoded.out_trade_no();
+        // A service provider's sub-merchant (empty for a direct merchant): two of them may
+        // share an out_trade_no.
+        let sub_mch_id = decoded.sub_mch_id();
         match verdict {
             Verdict::Anomaly { reason, detail } => {
-                tracing::warn!(step = step::APPLY, %request_id, mch_id, kind, out_trade_no, reason, detail = detail.as_str(), "anomaly recorded");
+                tracing::warn!(step = step::APPLY, %request_id, mch_id, sub_mch_id, kind, out_trade_no, reason, detail = detail.as_str(), "anomaly recorded");
             }
             other => {
-                tracing::info!(step = step::APPLY, %request_id, mch_id, kind, out_trade_no, verdict = ?other, "applied");
+                tracing::info!(step = step::APPLY, %request_id, mch_id, sub_mch_id, kind, out_trade_no, verdict = ?other, "applied");
             }
         }
     }

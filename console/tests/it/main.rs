@@ -4,4 +4,5 @@
 mod support;
 
 mod browser;
+mod partner;
 mod security;

@@ -8,16 +8,7 @@ use reqwest::StatusCode;
 use wxpay_testkit::eventually;
 use wxpay_testkit::notifications::v2_pay;
 
-use crate::support::{login, set_cookie, spawn_worker, try_login, App, OPERATOR, VIEWER};
-
-/// A page's body, fetched with a session cookie.
-async fn fetch(app: &App, path: &str, cookie: &str) -> String {
-    app.get(path, &[("cookie", cookie)])
-        .await
-        .text()
-        .await
-        .expect("body")
-}
+use crate::support::{fetch, login, set_cookie, spawn_worker, try_login, App, OPERATOR, VIEWER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_session_pages_redirect_to_login_and_actions_answer_401() {

@@ -131,6 +131,15 @@ impl App {
     }
 }
 
+/// A page's body, fetched with a session cookie.
+pub async fn fetch(app: &App, path: &str, cookie: &str) -> String {
+    app.get(path, &[("cookie", cookie)])
+        .await
+        .text()
+        .await
+        .expect("body")
+}
+
 /// A worker applying what the tests publish, until stopped.
 pub fn spawn_worker(settings: Settings) -> Background {
     let worker = Worker::new(settings).expect("worker builds");

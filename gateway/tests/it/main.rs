@@ -4,6 +4,7 @@ mod accepted;
 mod broker;
 mod edge;
 mod helpers;
+mod partner;
 mod rejected;
 mod reload;
 mod service;

@@ -1,6 +1,9 @@
 //! The typed payment result notification (支付结果通知), after its signature was verified.
 //!
-//! Fields from <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_7>. Only
+//! Fields from <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_7>; a service
+//! provider's (服务商) notification adds `sub_mch_id` and, when the order was placed with one,
+//! `sub_appid` (<https://pay.weixin.qq.com/wiki/doc/api/jsapi_sl.php?chapter=9_7>), and its
+//! `appid` / `mch_id` are the provider's. Only
 //! `return_code` is always present: when it is not `SUCCESS` the notification carries no
 //! business data (the other required fields are then left empty / zero). Amounts are
 //! integers in fen (分).
@@ -25,8 +28,12 @@ pub struct PayNotification {
     pub err_code_des: Option<String>,
     /// The app id the order was paid in (empty when `return_code` is not `SUCCESS`).
     pub appid: String,
-    /// The merchant (empty when `return_code` is not `SUCCESS`).
+    /// The merchant (empty when `return_code` is not `SUCCESS`); a service provider's own.
     pub mch_id: String,
+    /// The sub-merchant of a service provider the order belongs to (partner mode only).
+    pub sub_mch_id: Option<String>,
+    /// The sub-merchant's app id, when the order was placed with one (partner mode only).
+    pub sub_appid: Option<String>,
     /// The merchant's order number (empty when `return_code` is not `SUCCESS`).
     pub out_trade_no: String,
     /// WeChat Pay's order number (empty when `return_code` is not `SUCCESS`).
@@ -67,6 +74,8 @@ impl PayNotification {
             err_code_des: optional(fields, "err_code_des"),
             appid: text("appid")?,
             mch_id: text("mch_id")?,
+            sub_mch_id: optional(fields, "sub_mch_id"),
+            sub_appid: optional(fields, "sub_appid"),
             out_trade_no: text("out_trade_no")?,
             transaction_id: text_if(
                 fields,
@@ -104,6 +113,14 @@ impl PayNotification {
         f.insert_some("err_code_des", self.err_code_des.as_deref());
         f.insert("appid", self.appid.as_str());
         f.insert("mch_id", self.mch_id.as_str());
+        for (k, v) in [
+            ("sub_mch_id", &self.sub_mch_id),
+            ("sub_appid", &self.sub_appid),
+        ] {
+            if let Some(v) = v {
+                f.insert(k, v.as_str());
+            }
+        }
         f.insert("out_trade_no", self.out_trade_no.as_str());
         f.insert("transaction_id", self.transaction_id.as_str());
         f.insert("total_fee", self.total_fee.to_string());
@@ -149,6 +166,17 @@ mod tests {
             n.paid_at().map(|t| t.to_rfc3339()).as_deref(),
             Some("2014-09-03T05:15:40+00:00")
         );
+        assert_eq!(PayNotification::from_fields(&n.to_fields()), Ok(n));
+    }
+
+    #[test]
+    fn reads_a_service_providers_notification() {
+        let mut f = sample();
+        f.insert("sub_mch_id", "1900000201");
+        f.insert("sub_appid", "wx1111111111111111");
+        let n = PayNotification::from_fields(&f).expect("valid");
+        assert_eq!(n.sub_mch_id.as_deref(), Some("1900000201"));
+        assert_eq!(n.sub_appid.as_deref(), Some("wx1111111111111111"));
         assert_eq!(PayNotification::from_fields(&n.to_fields()), Ok(n));
     }
 

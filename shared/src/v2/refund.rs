@@ -34,8 +34,14 @@ pub struct RefundEnvelope {
     pub return_msg: Option<String>,
     /// The app id (empty when `return_code` is not `SUCCESS`).
     pub appid: String,
-    /// The merchant, which selects the API v2 key (empty when `return_code` is not `SUCCESS`).
+    /// The merchant, which selects the API v2 key (empty when `return_code` is not `SUCCESS`);
+    /// a service provider's own.
     pub mch_id: String,
+    /// The sub-merchant of a service provider whose order was refunded (partner mode only,
+    /// <https://pay.weixin.qq.com/wiki/doc/api/jsapi_sl.php?chapter=9_16&index=11>).
+    pub sub_mch_id: Option<String>,
+    /// The sub-merchant's app id, when the order was placed with one (partner mode only).
+    pub sub_appid: Option<String>,
     /// Random string.
     pub nonce_str: Option<String>,
     /// The encrypted details, see [`decrypt_req_info`] (empty when `return_code` is not
@@ -55,6 +61,8 @@ impl RefundEnvelope {
             return_msg: optional(fields, "return_msg"),
             appid: text("appid")?,
             mch_id: text("mch_id")?,
+            sub_mch_id: optional(fields, "sub_mch_id"),
+            sub_appid: optional(fields, "sub_appid"),
             nonce_str: optional(fields, "nonce_str"),
             req_info: text("req_info")?,
         })

@@ -4,6 +4,10 @@
 //!   <https://pay.weixin.qq.com/docs/merchant/apis/jsapi-payment/payment-notice.html>
 //! - Refund resource (退款结果通知):
 //!   <https://pay.weixin.qq.com/docs/merchant/apis/jsapi-payment/refund-result-notice.html>
+//! - The same for a service provider (服务商) and its sub-merchants, whose resources name
+//!   `sp_appid`, `sp_mchid`, `sub_appid`, `sub_mchid` instead of `appid`, `mchid`:
+//!   <https://pay.weixin.qq.com/doc/v3/partner/4012085801> (payment),
+//!   <https://pay.weixin.qq.com/docs/partner/apis/partner-jsapi-payment/refund-result-notice.html> (refund)
 //!
 //! Amounts are integers in fen (分) and are parsed as `i64`: a JSON number with a fraction or
 //! an exponent (`1.5`, `100.0`, `1e2`) is a parse error, never truncated or rounded.
@@ -179,6 +183,15 @@ impl NotificationEnvelope {
     }
 }
 
+/// The provider's `sp_mchid` when the resource is in the partner form, else `mchid`.
+fn provider_or<'a>(sp_mchid: &'a str, mchid: &'a str) -> &'a str {
+    if sp_mchid.is_empty() {
+        mchid
+    } else {
+        sp_mchid
+    }
+}
+
 fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s?)
         .ok()
@@ -186,13 +199,30 @@ fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
 }
 
 /// A payment (the decrypted resource of `TRANSACTION.SUCCESS`, and the body of the order query
-/// 查询订单 used by the reconciler).
+/// 查询订单 used by the reconciler), of a direct merchant (`appid`, `mchid`) or of a service
+/// provider's sub-merchant (`sp_appid`, `sp_mchid`, `sub_appid`, `sub_mchid`). [`Self::parse`]
+/// requires one of the two forms; read the merchant through [`Self::merchant`],
+/// [`Self::sub_merchant`] and [`Self::paid_appid`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transaction {
-    /// The app the order was made in; must match the merchant's configured appids.
+    /// Direct merchant: the app the order was made in (empty in the partner form).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub appid: String,
-    /// Merchant id; must match the merchant the notification was addressed to.
+    /// Direct merchant: its id (empty in the partner form).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub mchid: String,
+    /// Partner form: the service provider's appid.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sp_appid: String,
+    /// Partner form: the service provider's merchant id, whose keys sign and encrypt.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sp_mchid: String,
+    /// Partner form: the sub-merchant's appid, when the order was placed with one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_appid: String,
+    /// Partner form: the sub-merchant the order belongs to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_mchid: String,
     /// The merchant's order number.
     pub out_trade_no: String,
     /// WeChat Pay's order number (absent for unpaid orders in queries).
@@ -233,9 +263,42 @@ pub struct TransactionAmount {
 }
 
 impl Transaction {
-    /// Parses a decrypted payment resource.
+    /// Parses a decrypted payment resource: `appid` and `mchid` (a direct merchant), or
+    /// `sp_appid`, `sp_mchid` and `sub_mchid` (a sub-merchant of a service provider), never
+    /// a mixture (which merchant it names would be a guess).
     pub fn parse(json_bytes: &[u8]) -> Result<Self, ResourceError> {
-        json(json_bytes)
+        let t: Self = json(json_bytes)?;
+        let set = |field: &String| !field.is_empty();
+        let direct_fields = set(&t.appid) || set(&t.mchid);
+        let partner_fields = [&t.sp_appid, &t.sp_mchid, &t.sub_appid, &t.sub_mchid];
+        let direct = set(&t.appid) && set(&t.mchid) && !partner_fields.into_iter().any(set);
+        let partner = set(&t.sp_appid) && set(&t.sp_mchid) && set(&t.sub_mchid) && !direct_fields;
+        if !direct && !partner {
+            return Err(ResourceError::Json(
+                "a payment names either appid and mchid, or sp_appid, sp_mchid and sub_mchid"
+                    .into(),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// The merchant whose keys sign and encrypt: `mchid`, or the provider's `sp_mchid`.
+    pub fn merchant(&self) -> &str {
+        provider_or(&self.sp_mchid, &self.mchid)
+    }
+
+    /// The sub-merchant the order belongs to; empty for a direct merchant.
+    pub fn sub_merchant(&self) -> &str {
+        &self.sub_mchid
+    }
+
+    /// The appid the order was paid in: `appid`; in the partner form the `sub_appid` when
+    /// the order was placed with one, else the provider's `sp_appid`.
+    pub fn paid_appid(&self) -> &str {
+        [&self.sub_appid, &self.sp_appid, &self.appid]
+            .into_iter()
+            .find(|id| !id.is_empty())
+            .map_or("", String::as_str)
     }
 
     /// `trade_state` typed; `None` when it is none of WeChat Pay's (the field stays text so
@@ -258,12 +321,20 @@ impl Transaction {
 /// A refund (the decrypted resource of `REFUND.*` notifications).
 ///
 /// `refund_status` also accepts the name `status`, and `mchid` may be absent, so that the
-/// answer of the refund query (查询单笔退款), which uses those forms, parses too.
+/// answer of the refund query (查询单笔退款), which uses those forms, parses too. A service
+/// provider's sub-merchant's refund names `sp_mchid` and `sub_mchid` instead of `mchid`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundResource {
     /// Merchant id (empty when absent: compare it with the expected merchant).
     #[serde(default)]
     pub mchid: String,
+    /// Partner form: the service provider's merchant id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sp_mchid: String,
+    /// Partner form: the sub-merchant the refunded order belongs to (the refund query's
+    /// answer names it too).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_mchid: String,
     /// The merchant's order number.
     pub out_trade_no: String,
     /// WeChat Pay's order number.
@@ -308,6 +379,12 @@ impl RefundResource {
     /// Parses a decrypted refund resource.
     pub fn parse(json_bytes: &[u8]) -> Result<Self, ResourceError> {
         json(json_bytes)
+    }
+
+    /// The merchant whose keys sign and encrypt: `sp_mchid` of a provider, else `mchid`
+    /// (empty when the answer names neither).
+    pub fn merchant(&self) -> &str {
+        provider_or(&self.sp_mchid, &self.mchid)
     }
 
     /// `refund_status` typed; `None` when it is none of WeChat Pay's.

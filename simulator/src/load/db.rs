@@ -43,7 +43,7 @@ pub fn like(prefix: &str) -> String {
 /// Inserts the orders as the business system does before the user pays: state NOTPAY.
 pub async fn insert_orders(
     conn: &mut AsyncPgConnection,
-    mch_id: &str,
+    (mch_id, sub_mch_id): (&str, &str),
     appid: &str,
     orders: &[PlannedOrder],
 ) -> Result<(), DbError> {
@@ -51,14 +51,15 @@ pub async fn insert_orders(
         let nos: Vec<String> = chunk.iter().map(|o| o.out_trade_no.clone()).collect();
         let amounts: Vec<i64> = chunk.iter().map(|o| o.amount).collect();
         diesel::sql_query(
-            "INSERT INTO orders (mch_id, out_trade_no, appid, amount_total, state) \
-             SELECT $1, t.no, $2, t.amount, $5 FROM unnest($3::text[], $4::bigint[]) AS t(no, amount)",
+            "INSERT INTO orders (mch_id, sub_mch_id, out_trade_no, appid, amount_total, state) \
+             SELECT $1, $6, t.no, $2, t.amount, $5 FROM unnest($3::text[], $4::bigint[]) AS t(no, amount)",
         )
         .bind::<Text, _>(mch_id)
         .bind::<Text, _>(appid)
         .bind::<Array<Text>, _>(nos)
         .bind::<Array<BigInt>, _>(amounts)
         .bind::<Text, _>(OrderState::NotPay.as_str())
+        .bind::<Text, _>(sub_mch_id)
         .execute(conn)
         .await
         .map_err(query_error("inserting NOTPAY orders (did `wxpay-worker migrate` run?)"))?;

@@ -379,7 +379,8 @@ pub async fn run(
                 "inserting {} NOTPAY orders {prefix}*",
                 plan.orders.len()
             ));
-            db::insert_orders(&mut conn, &m.mch_id, &m.appid, &plan.orders).await?;
+            let merchant = (m.mch_id.as_str(), m.sub_mch_id());
+            db::insert_orders(&mut conn, merchant, m.order_appid(), &plan.orders).await?;
             Some(conn)
         }
         None => None,

@@ -29,18 +29,7 @@ struct Driver<'a> {
 
 impl Driver<'_> {
     async fn notify(&self, args: &[&str]) -> Output {
-        let target = self.stack.gateway_url();
-        let mut full = vec![
-            "notify",
-            "--target",
-            &target,
-            "--time-scale",
-            "0.001",
-            "--max-attempts",
-            "1",
-        ];
-        full.extend_from_slice(args);
-        self.stack.sim(&full).await
+        self.stack.notify_once(args).await
     }
 
     /// A genuine notification: acknowledged at the first attempt.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::e2e_support::{count, metric_names, scrape, Stack};
 
 /// The `load` arguments of these tests, at `rate` per second for `duration`.
-fn load_args(target: &str, rate: &str, duration: &str) -> Vec<String> {
+pub(crate) fn load_args(target: &str, rate: &str, duration: &str) -> Vec<String> {
     [
         "load",
         "--target",
@@ -58,6 +58,18 @@ fn check_report(stdout: &str, logs: impl Fn() -> String) -> serde_json::Value {
         "{json}"
     );
     json
+}
+
+/// Runs `load` with `args` to its end, checks its report and [`check_exactly_once`]; the run's
+/// prefix and its number of genuine orders.
+pub(crate) async fn load_verified_once(s: &Stack, args: &[String]) -> (String, i64) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = s.sim(&args).await;
+    let json = check_report(&out.stdout, || format!("{}\n{}", out.stderr, s.logs(40)));
+    let prefix = json["run_prefix"].as_str().expect("run_prefix");
+    let genuine = json["orders"]["genuine"].as_i64().expect("genuine orders");
+    check_exactly_once(s, prefix, genuine).await;
+    (prefix.to_owned(), genuine)
 }
 
 /// Checks of our own beyond the load's audit, on the whole database of the test.
@@ -152,12 +164,7 @@ async fn load_is_verified_and_every_referenced_metric_is_exported() {
     let mut s = Stack::start().await;
     s.start_reconciler().await;
     let args = load_args(&s.gateway_url(), "100", "4s");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = s.sim(&args).await;
-    let json = check_report(&out.stdout, || format!("{}\n{}", out.stderr, s.logs(40)));
-    let prefix = json["run_prefix"].as_str().expect("run_prefix");
-    let genuine = json["orders"]["genuine"].as_i64().expect("genuine orders");
-    check_exactly_once(&s, prefix, genuine).await;
+    load_verified_once(&s, &args).await;
 
     // Every metric of the rules and the dashboard, scraped from the process that owns it.
     let referenced = referenced_metrics();

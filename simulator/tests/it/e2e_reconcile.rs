@@ -7,7 +7,8 @@ use std::time::Duration;
 use wxpay_shared::state::{OrderState, TradeState};
 
 use crate::e2e_support::{
-    count, eventually, insert_order, order, scrape, wait_paid, worker_done, Stack,
+    count, eventually, insert_order, order, reconcile_at_once, scrape, wait_paid, worker_done,
+    Stack,
 };
 
 /// The transaction_id that `wxpay-sim order` printed.
@@ -21,17 +22,7 @@ fn transaction_id(stdout: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
-    let mut s = Stack::prepare(|config| {
-        let reconciler = config
-            .entry("reconciler")
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        if let Some(r) = reconciler.as_table_mut() {
-            r.insert("min_age_secs".into(), toml::Value::Integer(0));
-            r.insert("rate_per_merchant".into(), toml::Value::Integer(100));
-            r.insert("close_unpaid".into(), toml::Value::Boolean(true));
-        }
-    })
-    .await;
+    let mut s = Stack::prepare(reconcile_at_once).await;
     s.start_gateway().await;
     s.start_worker().await;
     s.start_sim_serve().await;

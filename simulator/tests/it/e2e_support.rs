@@ -197,6 +197,8 @@ pub struct Stack {
     pub sim_config: PathBuf,
     pub mch_id: String,
     pub appid: String,
+    /// Every appid of the merchant (a provider's: its own, then its sub-merchants').
+    pub appids: Vec<String>,
     pub gateway: Option<Proc>,
     pub worker: Option<Proc>,
     /// Other children (reconciler, query API, load), killed with the rest.
@@ -210,7 +212,12 @@ impl Stack {
     /// A fresh merchant (`wxpay-sim init`), a configuration of unique names, `wxpay-worker
     /// migrate`, then gateway and worker, both ready.
     pub async fn start() -> Stack {
-        let mut stack = Stack::prepare(|_| {}).await;
+        Stack::start_with(&[]).await
+    }
+
+    /// [`Stack::start`] with `init_args` added to `wxpay-sim init` (`--partner`).
+    pub async fn start_with(init_args: &[&str]) -> Stack {
+        let mut stack = Stack::prepare_with(init_args, |_| {}).await;
         stack.start_gateway().await;
         stack.start_worker().await;
         stack
@@ -219,6 +226,11 @@ impl Stack {
     /// Merchant, configuration (changed by `tune` before it is written) and migrated
     /// database; no service running yet.
     pub async fn prepare(tune: impl FnOnce(&mut toml::Table)) -> Stack {
+        Stack::prepare_with(&[], tune).await
+    }
+
+    /// [`Stack::prepare`] with `init_args` added to `wxpay-sim init` (`--partner`).
+    pub async fn prepare_with(init_args: &[&str], tune: impl FnOnce(&mut toml::Table)) -> Stack {
         let bins = Binaries::locate().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let mut settings = wxpay_testkit::default_settings();
@@ -233,7 +245,10 @@ impl Stack {
                 path_str(dir.path()),
                 "--api-base",
                 &format!("http://127.0.0.1:{}", ports.sim),
-            ],
+            ]
+            .into_iter()
+            .chain(init_args.iter().copied())
+            .collect::<Vec<_>>(),
             Duration::from_secs(60),
         )
         .await;
@@ -241,15 +256,18 @@ impl Stack {
         let example = dir.path().join("example.toml");
         let text = std::fs::read_to_string(&example).expect("example.toml written by init");
         let mut table: toml::Table = text.parse().expect("example.toml is TOML");
-        let (mch_id, appid) = {
+        let (mch_id, appids) = {
             let merchant = table["merchants"]
                 .as_array()
                 .and_then(|m| <[toml::Value]>::first(m))
                 .and_then(|m| m.as_table())
                 .expect("one merchant in example.toml");
+            let appids = merchant["appids"].as_array().expect("appids").iter();
             (
                 merchant["mch_id"].as_str().expect("mch_id").to_owned(),
-                merchant["appids"][0].as_str().expect("appid").to_owned(),
+                appids
+                    .map(|appid| appid.as_str().expect("appid").to_owned())
+                    .collect::<Vec<_>>(),
             )
         };
         configure(&mut table, &env, &ports);
@@ -264,7 +282,8 @@ impl Stack {
             ports,
             config,
             mch_id,
-            appid,
+            appid: appids[0].clone(),
+            appids,
             gateway: None,
             worker: None,
             others: Vec::new(),
@@ -381,21 +400,32 @@ impl Stack {
         run(&self.bins.sim, &full, Duration::from_secs(120)).await
     }
 
-    /// `wxpay-sim notify` of a v3 payment of `amount` fen to the gateway, one attempt.
-    pub async fn notify_v3_pay_once(&self, out_trade_no: &str, amount: &str) -> Output {
+    /// `wxpay-sim notify` to the stack's gateway, one attempt, re-sends in milliseconds, then
+    /// `args`.
+    pub async fn notify_once(&self, args: &[&str]) -> Output {
         let target = self.gateway_url();
-        self.sim(&[
+        let mut full = vec![
             "notify",
             "--target",
             &target,
+            "--time-scale",
+            "0.001",
+            "--max-attempts",
+            "1",
+        ];
+        full.extend_from_slice(args);
+        self.sim(&full).await
+    }
+
+    /// `wxpay-sim notify` of a v3 payment of `amount` fen to the gateway, one attempt.
+    pub async fn notify_v3_pay_once(&self, out_trade_no: &str, amount: &str) -> Output {
+        self.notify_once(&[
             "--kind",
             "v3-pay",
             "--out-trade-no",
             out_trade_no,
             "--amount",
             amount,
-            "--max-attempts",
-            "1",
         ])
         .await
     }
@@ -450,6 +480,19 @@ impl Drop for Stack {
                 self.logs(80)
             );
         }
+    }
+}
+
+/// For [`Stack::prepare`]: a reconciler that asks about orders at once, fast, and closes the
+/// ones WeChat Pay closed.
+pub fn reconcile_at_once(config: &mut toml::Table) {
+    let reconciler = config
+        .entry("reconciler")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let Some(r) = reconciler.as_table_mut() {
+        r.insert("min_age_secs".into(), toml::Value::Integer(0));
+        r.insert("rate_per_merchant".into(), toml::Value::Integer(100));
+        r.insert("close_unpaid".into(), toml::Value::Boolean(true));
     }
 }
 
@@ -573,9 +616,21 @@ pub async fn wait_ready(proc: &mut Proc, base: &str) {
 /// Inserts an order of the stack's merchant as the business system does before the user
 /// pays: NOTPAY.
 pub async fn insert_order(conn: &mut AsyncPgConnection, s: &Stack, no: &str, amount: i64) {
+    insert_sub_merchant_order(conn, (s, "", &s.appid), no, amount).await;
+}
+
+/// Inserts a NOTPAY order of the stack's merchant's sub-merchant `sub_mch_id` (`""`: of the
+/// merchant itself), placed in `appid`.
+pub async fn insert_sub_merchant_order(
+    conn: &mut AsyncPgConnection,
+    (s, sub_mch_id, appid): (&Stack, &str, &str),
+    no: &str,
+    amount: i64,
+) {
     let order = NewOrder {
         mch_id: &s.mch_id,
-        appid: &s.appid,
+        sub_mch_id,
+        appid,
         out_trade_no: no,
         amount_total: amount,
         state: OrderState::NotPay.as_str(),

@@ -172,12 +172,13 @@ fn assert_reported(problems: &[String], expected: &[&str]) {
 async fn database_with_the_worker_schema() -> TestEnv {
     let env = TestEnv::new("sim", wxpay_testkit::default_settings());
     env.create_database().await;
-    let schema = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../worker/migrations/2025-01-01-000000_create_tables/up.sql"
-    ))
-    .expect("the worker's migration");
-    env.conn().await.batch_execute(&schema).await.unwrap();
+    // The tables, and the sub-merchant column every insert names since service providers.
+    for schema in [
+        include_str!("../../../worker/migrations/2025-01-01-000000_create_tables/up.sql"),
+        include_str!("../../../worker/migrations/2026-12-01-000000_sub_merchants/up.sql"),
+    ] {
+        env.conn().await.batch_execute(schema).await.unwrap();
+    }
     env
 }
 
@@ -219,7 +220,7 @@ async fn audit_reads_the_worker_schema_and_finds_double_application() {
     let prefix = load::new_prefix();
     let plan = Plan::new(&prefix, 60, ratios, &mut rand::thread_rng());
     let (mch_id, appid) = (MERCHANT.mch_id, MERCHANT.appid);
-    db::insert_orders(&mut conn, mch_id, appid, &plan.orders)
+    db::insert_orders(&mut conn, (mch_id, ""), appid, &plan.orders)
         .await
         .unwrap();
     let (paid, rows) = db::progress(&mut conn, mch_id, &prefix).await.unwrap();

@@ -22,6 +22,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 use uuid::Uuid;
+use wxpay_runtime::config::SubMerchants;
 use wxpay_shared::message::NotifyMessage;
 use wxpay_shared::state::NotificationOutcome;
 
@@ -37,6 +38,9 @@ pub mod reason {
         AMOUNT_MISMATCH => "AMOUNT_MISMATCH",
         APPID_MISMATCH => "APPID_MISMATCH",
         MCH_ID_MISMATCH => "MCH_ID_MISMATCH",
+        /// A service provider's notification for a sub-merchant it does not serve
+        /// (`merchants.sub_mch_ids`), or a direct merchant's that names a sub-merchant.
+        SUB_MCH_ID_MISMATCH => "SUB_MCH_ID_MISMATCH",
         DUPLICATE_PAYMENT => "DUPLICATE_PAYMENT",
         PAID_AFTER_CLOSE => "PAID_AFTER_CLOSE",
         REFUND_EXCEEDS_PAID => "REFUND_EXCEEDS_PAID",
@@ -129,17 +133,42 @@ pub(crate) struct Context<'a> {
     pub message: &'a NotifyMessage,
     pub dedupe_key: &'a str,
     pub confirmation: &'a Confirmation,
+    /// The sub-merchants the message's merchant serves.
+    pub sub_merchants: &'a SubMerchants,
 }
 
 /// The notification row to insert.
 pub(crate) struct LogRow<'a> {
     pub mch_id: &'a str,
+    /// The sub-merchant the body names; empty for a direct merchant.
+    pub sub_mch_id: &'a str,
     pub out_trade_no: Option<&'a str>,
     pub out_refund_no: Option<&'a str>,
     pub transaction_id: Option<&'a str>,
 }
 
 impl Context<'_> {
+    /// Why a body naming merchant `mch_id` and sub-merchant `sub_mch_id` must touch no
+    /// order: verified with the keys of the merchant the message is addressed to, it names
+    /// another merchant, or a sub-merchant that merchant does not serve (a provider's
+    /// `sub_mch_ids`; a direct merchant serves none).
+    fn merchant_mismatch(&self, mch_id: &str, sub_mch_id: &str) -> Option<(&'static str, String)> {
+        if mch_id != self.message.mch_id {
+            Some((
+                reason::MCH_ID_MISMATCH,
+                format!("body names merchant {mch_id}"),
+            ))
+        } else if !self.sub_merchants.serves(sub_mch_id) {
+            let detail = match sub_mch_id {
+                "" => format!("merchant {mch_id} serves sub-merchants; the body names none"),
+                _ => format!("merchant {mch_id} does not serve sub-merchant {sub_mch_id}"),
+            };
+            Some((reason::SUB_MCH_ID_MISMATCH, detail))
+        } else {
+            None
+        }
+    }
+
     /// The notification row to insert.
     fn new_row<'r>(
         &'r self,
@@ -156,6 +185,7 @@ impl Context<'_> {
             message_id: DbUuid(self.message.message_id),
             kind: self.message.kind.as_str(),
             mch_id: row.mch_id,
+            sub_mch_id: row.sub_mch_id,
             out_trade_no: row.out_trade_no,
             out_refund_no: row.out_refund_no,
             transaction_id: row.transaction_id,
@@ -224,6 +254,7 @@ impl Context<'_> {
             "reason": reason,
             "detail": detail,
             "mch_id": row.mch_id,
+            "sub_mch_id": row.sub_mch_id,
             "out_trade_no": row.out_trade_no,
             "out_refund_no": row.out_refund_no,
             "transaction_id": row.transaction_id,
@@ -327,7 +358,7 @@ async fn bump_seq(
     order: &Order,
 ) -> Result<i64, diesel::result::Error> {
     let seq = order.event_seq + 1;
-    diesel::update(orders::table.find((&order.mch_id, &order.out_trade_no)))
+    diesel::update(orders::table.find(order.key()))
         .set(orders::event_seq.eq(seq))
         .execute(conn)
         .await?;
@@ -364,38 +395,39 @@ async fn emit(
         .map(|_| ())
 }
 
-/// Applies `decoded` in one transaction.
-pub async fn apply(
-    pool: &DbPool,
-    message: &NotifyMessage,
-    decoded: &Decoded,
-    dedupe_key: &str,
-    confirmation: &Confirmation,
-) -> Result<Verdict, ApplyError> {
+/// What is applied: the message, its decoded event and dedupe key, the order query's word,
+/// and the sub-merchants the message's merchant serves (`Merchant::sub_merchants`).
+pub struct Applying<'a> {
+    pub message: &'a NotifyMessage,
+    pub decoded: &'a Decoded,
+    pub dedupe_key: &'a str,
+    pub confirmation: &'a Confirmation,
+    pub sub_merchants: &'a SubMerchants,
+}
+
+/// Applies in one transaction.
+pub async fn apply(pool: &DbPool, applying: &Applying<'_>) -> Result<Verdict, ApplyError> {
     let mut conn = pool
         .get()
         .await
         .map_err(|error| ApplyError::Pool(pool_error_text(&error)))?;
-    conn.transaction::<_, ApplyError, _>(async |conn| {
-        apply_in(conn, message, decoded, dedupe_key, confirmation).await
-    })
-    .await
+    conn.transaction::<_, ApplyError, _>(async |conn| apply_in(conn, applying).await)
+        .await
 }
 
-/// Applies `decoded` inside the caller's transaction (an `Err` must roll it back): the
-/// one apply path, shared by the consumer and `anomaly resolve --action reapply`.
+/// Applies inside the caller's transaction (an `Err` must roll it back): the one apply
+/// path, shared by the consumer and `anomaly resolve --action reapply`.
 pub async fn apply_in(
     conn: &mut AsyncPgConnection,
-    message: &NotifyMessage,
-    decoded: &Decoded,
-    dedupe_key: &str,
-    confirmation: &Confirmation,
+    applying: &Applying<'_>,
 ) -> Result<Verdict, ApplyError> {
     let ctx = Context {
-        message,
-        dedupe_key,
-        confirmation,
+        message: applying.message,
+        dedupe_key: applying.dedupe_key,
+        confirmation: applying.confirmation,
+        sub_merchants: applying.sub_merchants,
     };
+    let decoded = applying.decoded;
     match decoded {
         Decoded::Pay(event) => pay::apply(conn, &ctx, event).await,
         Decoded::Refund(event) => refund::apply(conn, &ctx, event).await,

@@ -26,6 +26,7 @@ pub(super) async fn apply(
 ) -> Result<Verdict, ApplyError> {
     let row = LogRow {
         mch_id: &ctx.message.mch_id,
+        sub_mch_id: &pay.sub_mch_id,
         out_trade_no: Some(pay.out_trade_no.as_str()).filter(|no| !no.is_empty()),
         out_refund_no: None,
         transaction_id: pay.transaction_id.as_deref(),
@@ -36,19 +37,15 @@ pub(super) async fn apply(
             .record(conn, &row, NotificationOutcome::Recorded, Verdict::Recorded)
             .await?);
     }
-    // Verified with the keys of the merchant the message is addressed to, but naming
-    // another merchant inside: never touch either merchant's orders.
-    if pay.mch_id != ctx.message.mch_id {
-        let detail = format!("body names merchant {}", pay.mch_id);
-        return Ok(ctx
-            .anomaly(conn, &row, None, reason::MCH_ID_MISMATCH, detail)
-            .await?);
+    // Another merchant, or a sub-merchant not served: never touch anyone's orders.
+    if let Some((reason, detail)) = ctx.merchant_mismatch(&pay.mch_id, &pay.sub_mch_id) {
+        return Ok(ctx.anomaly(conn, &row, None, reason, detail).await?);
     }
     // Pipelined (futures on a shared borrow of the connection, polled together): the
     // server locks the order, then inserts the row (the unique key decides whether this is
     // a duplicate).
     let lock = orders::table
-        .find((&pay.mch_id, &pay.out_trade_no))
+        .find((&pay.mch_id, &pay.sub_mch_id, &pay.out_trade_no))
         .select(Order::as_select())
         .for_update()
         .first::<Order>(&mut &*conn);
@@ -117,6 +114,7 @@ pub(super) async fn apply(
             let payload = serde_json::json!({
                 "order_seq": order_seq,
                 "mch_id": order.mch_id,
+                "sub_mch_id": order.sub_mch_id,
                 "out_trade_no": order.out_trade_no,
                 "appid": order.appid,
                 "transaction_id": pay.transaction_id,
@@ -128,6 +126,7 @@ pub(super) async fn apply(
             });
             let update = MarkPaid {
                 mch_id: &order.mch_id,
+                sub_mch_id: &order.sub_mch_id,
                 out_trade_no: &order.out_trade_no,
                 transaction_id: pay.transaction_id.as_deref(),
                 paid_at,

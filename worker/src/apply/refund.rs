@@ -24,19 +24,17 @@ pub(super) async fn apply(
 ) -> Result<Verdict, ApplyError> {
     let row = LogRow {
         mch_id: &ctx.message.mch_id,
+        sub_mch_id: &refund.sub_mch_id,
         out_trade_no: Some(refund.out_trade_no.as_str()),
         out_refund_no: Some(refund.out_refund_no.as_str()),
         transaction_id: None,
     };
-    if refund.mch_id != ctx.message.mch_id {
-        let detail = format!("body names merchant {}", refund.mch_id);
-        return Ok(ctx
-            .anomaly(conn, &row, None, reason::MCH_ID_MISMATCH, detail)
-            .await?);
+    if let Some((reason, detail)) = ctx.merchant_mismatch(&refund.mch_id, &refund.sub_mch_id) {
+        return Ok(ctx.anomaly(conn, &row, None, reason, detail).await?);
     }
     // The order lock serialises every change to this order's money.
     let order: Option<Order> = orders::table
-        .find((&refund.mch_id, &refund.out_trade_no))
+        .find((&refund.mch_id, &refund.sub_mch_id, &refund.out_trade_no))
         .select(Order::as_select())
         .for_update()
         .first(conn)
@@ -72,7 +70,7 @@ pub(super) async fn apply(
         return Ok(ctx.anomaly(conn, &row, Some(order), reason, detail).await?);
     }
     let existing: Option<Refund> = refunds::table
-        .find((&refund.mch_id, &refund.out_refund_no))
+        .find((&refund.mch_id, &refund.sub_mch_id, &refund.out_refund_no))
         .select(Refund::as_select())
         .for_update()
         .first(conn)
@@ -111,7 +109,7 @@ pub(super) async fn apply(
             };
             // The order is locked: the next number is ours.
             let order_seq = order.event_seq + 1;
-            diesel::update(orders::table.find((&order.mch_id, &order.out_trade_no)))
+            diesel::update(orders::table.find(order.key()))
                 .set((
                     orders::state.eq(new_state.as_str()),
                     orders::refunded_total.eq(refunded_total),
@@ -123,6 +121,7 @@ pub(super) async fn apply(
             let payload = serde_json::json!({
                 "order_seq": order_seq,
                 "mch_id": order.mch_id,
+                "sub_mch_id": order.sub_mch_id,
                 "out_trade_no": order.out_trade_no,
                 "out_refund_no": refund.out_refund_no,
                 "refund_id": refund.refund_id,
@@ -175,6 +174,7 @@ pub(super) async fn apply(
             let payload = serde_json::json!({
                 "order_seq": order_seq,
                 "mch_id": refund.mch_id,
+                "sub_mch_id": refund.sub_mch_id,
                 "out_trade_no": refund.out_trade_no,
                 "out_refund_no": refund.out_refund_no,
                 "refund_id": refund.refund_id,
@@ -226,6 +226,7 @@ fn mismatch(order: &Order, refund: &RefundEvent) -> Option<(&'static str, String
 fn new_refund(refund: &RefundEvent) -> NewRefund<'_> {
     NewRefund {
         mch_id: &refund.mch_id,
+        sub_mch_id: &refund.sub_mch_id,
         out_refund_no: &refund.out_refund_no,
         out_trade_no: &refund.out_trade_no,
         refund_id: Some(refund.refund_id.as_str()).filter(|id| !id.is_empty()),
@@ -259,7 +260,7 @@ async fn upsert_refund(
 ) -> Result<(), diesel::result::Error> {
     diesel::insert_into(refunds::table)
         .values(new_refund(refund))
-        .on_conflict((refunds::mch_id, refunds::out_refund_no))
+        .on_conflict((refunds::mch_id, refunds::sub_mch_id, refunds::out_refund_no))
         .do_update()
         .set((
             refunds::status.eq(excluded(refunds::status)),

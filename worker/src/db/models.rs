@@ -12,7 +12,7 @@ use diesel::sql_types::Text;
 use uuid::Uuid;
 use wxpay_shared::state::{NotificationOutcome, OrderState, RefundState};
 
-use super::schema::{notifications, orders, outbox, refunds};
+use super::schema::{orders, outbox, refunds};
 
 /// A UUID column. diesel is built without its `uuid` feature in this workspace, so the
 /// binary wire form (16 bytes) is written here.
@@ -87,6 +87,8 @@ text_state! {
 #[diesel(table_name = orders, check_for_backend(Pg))]
 pub struct Order {
     pub mch_id: String,
+    /// The service provider's sub-merchant; empty for a direct merchant.
+    pub sub_mch_id: String,
     pub out_trade_no: String,
     pub appid: String,
     pub amount_total: i64,
@@ -100,11 +102,19 @@ pub struct Order {
     pub event_seq: i64,
 }
 
+impl Order {
+    /// The primary key `(mch_id, sub_mch_id, out_trade_no)`, for `orders::table.find`.
+    pub fn key(&self) -> (&str, &str, &str) {
+        (&self.mch_id, &self.sub_mch_id, &self.out_trade_no)
+    }
+}
+
 /// A refund row.
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = refunds, check_for_backend(Pg))]
 pub struct Refund {
     pub mch_id: String,
+    pub sub_mch_id: String,
     pub out_refund_no: String,
     pub out_trade_no: String,
     pub refund_id: Option<String>,
@@ -118,6 +128,7 @@ pub struct Refund {
 #[diesel(table_name = refunds)]
 pub struct NewRefund<'a> {
     pub mch_id: &'a str,
+    pub sub_mch_id: &'a str,
     pub out_refund_no: &'a str,
     pub out_trade_no: &'a str,
     pub refund_id: Option<&'a str>,
@@ -127,19 +138,21 @@ pub struct NewRefund<'a> {
     pub succeeded_at: Option<DateTime<Utc>>,
 }
 
-/// The log row of one notification; its `dedupe_key` is unique.
-#[derive(Debug, Insertable)]
-#[diesel(table_name = notifications)]
+/// The log row of one notification; its `dedupe_key` is unique. Written only by the fixed
+/// statement `queries::InsertNotification` (hence no `Insertable`: `sub_mch_id` is not in the
+/// diesel schema of `notifications`).
+#[derive(Debug)]
 pub struct NewNotification<'a> {
     pub dedupe_key: &'a str,
     pub message_id: DbUuid,
     pub kind: &'a str,
     pub mch_id: &'a str,
+    /// The sub-merchant the notification was for; empty for a direct merchant.
+    pub sub_mch_id: &'a str,
     pub out_trade_no: Option<&'a str>,
     pub out_refund_no: Option<&'a str>,
     pub transaction_id: Option<&'a str>,
     pub raw_body: &'a [u8],
-    #[diesel(serialize_as = DbOutcome)]
     pub outcome: NotificationOutcome,
     pub anomaly_reason: Option<&'a str>,
     pub anomaly_detail: Option<&'a str>,

@@ -30,9 +30,9 @@ impl QueryFragment<Pg> for InsertNotification<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let row = &self.0;
         out.push_sql(
-            "INSERT INTO notifications (dedupe_key, message_id, kind, mch_id, out_trade_no, \
-             out_refund_no, transaction_id, raw_body, outcome, anomaly_reason, anomaly_detail, \
-             received_at, wechatpay_headers) VALUES (",
+            "INSERT INTO notifications (dedupe_key, message_id, kind, mch_id, sub_mch_id, \
+             out_trade_no, out_refund_no, transaction_id, raw_body, outcome, anomaly_reason, \
+             anomaly_detail, received_at, wechatpay_headers) VALUES (",
         );
         out.push_bind_param::<Text, _>(&row.dedupe_key)?;
         out.push_sql(", ");
@@ -41,6 +41,8 @@ impl QueryFragment<Pg> for InsertNotification<'_> {
         out.push_bind_param::<Text, _>(&row.kind)?;
         out.push_sql(", ");
         out.push_bind_param::<Text, _>(&row.mch_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&row.sub_mch_id)?;
         out.push_sql(", ");
         out.push_bind_param::<Nullable<Text>, _>(&row.out_trade_no)?;
         out.push_sql(", ");
@@ -96,6 +98,7 @@ impl QueryFragment<Pg> for InsertOutbox<'_> {
 /// `order.paid` event.
 pub struct MarkPaid<'a> {
     pub mch_id: &'a str,
+    pub sub_mch_id: &'a str,
     pub out_trade_no: &'a str,
     pub transaction_id: Option<&'a str>,
     pub paid_at: DateTime<Utc>,
@@ -117,6 +120,8 @@ impl QueryFragment<Pg> for MarkPaid<'_> {
         out.push_bind_param::<BigInt, _>(&self.event_seq)?;
         out.push_sql(", updated_at = now() WHERE mch_id = ");
         out.push_bind_param::<Text, _>(&self.mch_id)?;
+        out.push_sql(" AND sub_mch_id = ");
+        out.push_bind_param::<Text, _>(&self.sub_mch_id)?;
         out.push_sql(" AND out_trade_no = ");
         out.push_bind_param::<Text, _>(&self.out_trade_no)?;
         Ok(())

@@ -54,7 +54,7 @@ use wxpay_shared::state::{OrderState, RefundState, RefundStatus, TradeState};
 
 use self::metrics::reason;
 use self::publish::Publisher;
-use self::query::{Answer, Api, Found, QueryClient, QueryError};
+use self::query::{Answer, Api, Found, OrderOf, QueryClient, QueryError};
 use self::rate::RateLimiter;
 use self::store::StoreError;
 use crate::broker::BrokerError;
@@ -525,11 +525,16 @@ impl<'a> MerchantWork<'a> {
     async fn check_order(&mut self, order: &store::DueOrder) -> Result<(), SweepStop> {
         let inner = &self.reconciler.inner;
         let out_trade_no = order.out_trade_no.as_str();
+        let sub_mch_id = order.sub_mch_id.as_str();
+        let of = OrderOf {
+            appid: &order.appid,
+            sub_mch_id,
+        };
         self.report.checked += 1;
         metrics::checked();
         let found = inner
             .client
-            .query_order(self.merchant, &order.appid, out_trade_no, &self.limiter)
+            .query_order(self.merchant, of, out_trade_no, &self.limiter)
             .await;
         let answer = match found {
             Err(error) => return self.query_failed(&error, out_trade_no, "order"),
@@ -553,11 +558,12 @@ impl<'a> MerchantWork<'a> {
             Some(Next::Paid) => {
                 // Read before publishing: once published, the worker may apply it at once.
                 let unpaid = self.still(
-                    store::order_state(&inner.pool, self.mch_id(), out_trade_no).await,
+                    store::order_state(&inner.pool, (self.mch_id(), sub_mch_id), out_trade_no)
+                        .await,
                     OrderState::NotPay,
                 );
                 if self
-                    .publish(NotifyKind::QueryPay, answer, out_trade_no)
+                    .publish(NotifyKind::QueryPay, answer, (out_trade_no, sub_mch_id))
                     .await
                     && unpaid
                 {
@@ -572,7 +578,9 @@ impl<'a> MerchantWork<'a> {
                 }
             }
             Some(Next::Closed) if inner.settings.close_unpaid => {
-                match store::close_unpaid(&inner.pool, self.mch_id(), out_trade_no).await {
+                match store::close_unpaid(&inner.pool, (self.mch_id(), sub_mch_id), out_trade_no)
+                    .await
+                {
                     Ok(true) => {
                         self.report.closed += 1;
                         tracing::info!(
@@ -630,11 +638,13 @@ impl<'a> MerchantWork<'a> {
             self.report.error(reason::CLIENT);
             return Ok(());
         };
+        let sub_mch_id = refund.sub_mch_id.as_str();
+        let of = OrderOf { appid, sub_mch_id };
         self.report.checked += 1;
         metrics::checked();
         let found = inner
             .client
-            .query_refund(self.merchant, appid, out_refund_no, &self.limiter)
+            .query_refund(self.merchant, of, out_refund_no, &self.limiter)
             .await;
         let answer = match found {
             Err(error) => return self.query_failed(&error, out_refund_no, "refund"),
@@ -658,12 +668,13 @@ impl<'a> MerchantWork<'a> {
         match refund_finished(&answer.state) {
             Some(true) => {
                 let processing = self.still(
-                    store::refund_status(&inner.pool, self.mch_id(), out_refund_no).await,
+                    store::refund_status(&inner.pool, (self.mch_id(), sub_mch_id), out_refund_no)
+                        .await,
                     RefundState::Processing,
                 );
                 let status = answer.state.clone();
                 if self
-                    .publish(NotifyKind::QueryRefund, answer, out_refund_no)
+                    .publish(NotifyKind::QueryRefund, answer, (out_refund_no, sub_mch_id))
                     .await
                     && processing
                 {
@@ -713,15 +724,22 @@ impl<'a> MerchantWork<'a> {
         }
     }
 
-    /// Publishes a verified answer; `true` once the broker confirmed it.
-    async fn publish(&mut self, kind: NotifyKind, answer: Answer, number: &str) -> bool {
-        let message = NotifyMessage::new(
+    /// Publishes a verified answer about `number` of the sub-merchant `sub_mch_id` (empty:
+    /// a direct merchant's); `true` once the broker confirmed it.
+    async fn publish(
+        &mut self,
+        kind: NotifyKind,
+        answer: Answer,
+        (number, sub_mch_id): (&str, &str),
+    ) -> bool {
+        let mut message = NotifyMessage::new(
             kind,
             self.mch_id(),
             answer.body,
             answer.content_type,
             answer.wechatpay,
         );
+        message.sub_mch_id = Some(sub_mch_id.to_owned()).filter(|sub| !sub.is_empty());
         match self.publisher.publish(&message).await {
             Ok(()) => {
                 self.report.published += 1;

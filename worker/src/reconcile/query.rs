@@ -9,6 +9,14 @@
 //!   <https://pay.weixin.qq.com/docs/merchant/apis/jsapi-payment/query-by-out-trade-no.html>
 //! - v3 `GET /v3/refund/domestic/refunds/{out_refund_no}`:
 //!   <https://pay.weixin.qq.com/docs/merchant/apis/jsapi-payment/query-by-out-refund-no.html>
+//! - A service provider (服务商) asks about its sub-merchant's records with `sub_mch_id`
+//!   (v2, <https://pay.weixin.qq.com/wiki/doc/api/jsapi_sl.php?chapter=9_2>,
+//!   <https://pay.weixin.qq.com/wiki/doc/api/jsapi_sl.php?chapter=9_5>) or at the partner
+//!   endpoints (v3 `GET /v3/pay/partner/transactions/out-trade-no/{out_trade_no}?sp_mchid=&sub_mchid=`,
+//!   <https://pay.weixin.qq.com/docs/partner/apis/partner-jsapi-payment/query-by-out-trade-no.html>;
+//!   `GET /v3/refund/domestic/refunds/{out_refund_no}?sub_mchid=`,
+//!   <https://pay.weixin.qq.com/docs/partner/apis/partner-jsapi-payment/query-by-out-refund-no.html>),
+//!   signed with the provider's credentials; the answer must name that sub-merchant.
 //! - v3 request signing and response verification:
 //!   <https://pay.weixin.qq.com/docs/merchant/development/interface-rules/signature-generation.html>,
 //!   <https://pay.weixin.qq.com/docs/merchant/development/interface-rules/signature-verification.html>
@@ -162,6 +170,33 @@ impl Raw {
     }
 }
 
+/// Whose order a query asks about: the appid it was placed in (the order's `appid`) and the
+/// service provider's sub-merchant (empty for a direct merchant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderOf<'a> {
+    pub appid: &'a str,
+    pub sub_mch_id: &'a str,
+}
+
+impl<'a> OrderOf<'a> {
+    /// A direct merchant's order in `appid`.
+    pub fn direct(appid: &'a str) -> OrderOf<'a> {
+        OrderOf {
+            appid,
+            sub_mch_id: "",
+        }
+    }
+}
+
+/// A v2 answer must be about the sub-merchant asked about (none for a direct merchant).
+fn v2_same_sub_merchant(fields: &XmlFields, of: OrderOf<'_>) -> Result<(), QueryError> {
+    if fields.get("sub_mch_id").unwrap_or_default() == of.sub_mch_id {
+        Ok(())
+    } else {
+        Err(QueryError::Mismatch("merchant"))
+    }
+}
+
 /// The HTTP client of the query API: timeouts from `wechatpay.request_timeout_ms`,
 /// retries with exponential back-off on 5xx, 429 and transport errors, every attempt
 /// paced by the merchant's [`RateLimiter`].
@@ -190,11 +225,11 @@ impl QueryClient {
         })
     }
 
-    /// 查询订单 by `out_trade_no`. `appid` is the order's (v2 requires it).
+    /// 查询订单 by `out_trade_no`, of the order `of`.
     pub async fn query_order(
         &self,
         merchant: &Merchant,
-        appid: &str,
+        of: OrderOf<'_>,
         out_trade_no: &str,
         limiter: &RateLimiter,
     ) -> Result<Found, QueryError> {
@@ -202,7 +237,7 @@ impl QueryClient {
             Api::V2 => {
                 let by = ("out_trade_no", out_trade_no);
                 let Some((raw, fields)) = self
-                    .query_v2("/pay/orderquery", merchant, appid, by, limiter)
+                    .query_v2("/pay/orderquery", merchant, of, by, limiter)
                     .await?
                 else {
                     return Ok(Found::NotFound);
@@ -210,21 +245,28 @@ impl QueryClient {
                 if fields.get("out_trade_no") != Some(out_trade_no) {
                     return Err(QueryError::Mismatch("order"));
                 }
+                v2_same_sub_merchant(&fields, of)?;
                 let state = v2_required(&fields, "trade_state")?;
                 Ok(Found::Answer(v2_found(raw, state)))
             }
             Api::V3 => {
-                let path = format!(
-                    "/v3/pay/transactions/out-trade-no/{}?mchid={}",
-                    encode_component(out_trade_no),
-                    encode_component(&merchant.mch_id)
-                );
+                let number = encode_component(out_trade_no);
+                let mch_id = encode_component(&merchant.mch_id);
+                let path = match of.sub_mch_id {
+                    "" => format!("/v3/pay/transactions/out-trade-no/{number}?mchid={mch_id}"),
+                    sub_mch_id => format!(
+                        "/v3/pay/partner/transactions/out-trade-no/{number}?sp_mchid={mch_id}&sub_mchid={}",
+                        encode_component(sub_mch_id)
+                    ),
+                };
                 let Some((raw, headers)) = self.query_v3(&path, merchant, limiter).await? else {
                     return Ok(Found::NotFound);
                 };
                 let transaction = Transaction::parse(&raw.body)
                     .map_err(|error| QueryError::Malformed(error.to_string()))?;
-                if transaction.mchid != merchant.mch_id {
+                if transaction.merchant() != merchant.mch_id
+                    || transaction.sub_merchant() != of.sub_mch_id
+                {
                     return Err(QueryError::Mismatch("merchant"));
                 }
                 if transaction.out_trade_no != out_trade_no {
@@ -239,11 +281,11 @@ impl QueryClient {
         }
     }
 
-    /// 查询退款 by `out_refund_no`. `appid` is the refunded order's (v2 requires it).
+    /// 查询退款 by `out_refund_no`, of a refund of the order `of`.
     pub async fn query_refund(
         &self,
         merchant: &Merchant,
-        appid: &str,
+        of: OrderOf<'_>,
         out_refund_no: &str,
         limiter: &RateLimiter,
     ) -> Result<Found, QueryError> {
@@ -251,7 +293,7 @@ impl QueryClient {
             Api::V2 => {
                 let by = ("out_refund_no", out_refund_no);
                 let Some((raw, fields)) = self
-                    .query_v2("/pay/refundquery", merchant, appid, by, limiter)
+                    .query_v2("/pay/refundquery", merchant, of, by, limiter)
                     .await?
                 else {
                     return Ok(Found::NotFound);
@@ -260,21 +302,30 @@ impl QueryClient {
                 if fields.get("out_refund_no_0") != Some(out_refund_no) {
                     return Err(QueryError::Mismatch("refund"));
                 }
+                v2_same_sub_merchant(&fields, of)?;
                 let state = v2_required(&fields, "refund_status_0")?;
                 Ok(Found::Answer(v2_found(raw, state)))
             }
             Api::V3 => {
-                let path = format!(
+                let mut path = format!(
                     "/v3/refund/domestic/refunds/{}",
                     encode_component(out_refund_no)
                 );
+                if !of.sub_mch_id.is_empty() {
+                    path.push_str(&format!("?sub_mchid={}", encode_component(of.sub_mch_id)));
+                }
                 let Some((raw, headers)) = self.query_v3(&path, merchant, limiter).await? else {
                     return Ok(Found::NotFound);
                 };
                 let refund = RefundResource::parse(&raw.body)
                     .map_err(|error| QueryError::Malformed(error.to_string()))?;
-                // The refund query's answer has no `mchid`; when present it must match.
-                if !refund.mchid.is_empty() && refund.mchid != merchant.mch_id {
+                // The refund query's answer has no `mchid` (nor, for a provider, perhaps a
+                // `sub_mchid`); when present they must be the ones asked about.
+                let named = refund.merchant();
+                let named_sub = refund.sub_mchid.as_str();
+                if (!named.is_empty() && named != merchant.mch_id)
+                    || (!named_sub.is_empty() && named_sub != of.sub_mch_id)
+                {
                     return Err(QueryError::Mismatch("merchant"));
                 }
                 if refund.out_refund_no != out_refund_no {
@@ -315,19 +366,30 @@ impl QueryClient {
         })
     }
 
-    /// A v2 query for the one record `by` names (`appid` and `mch_id` beside it): the verified
-    /// answer's fields, or `None` when WeChat Pay does not know the record.
+    /// A v2 query for the one record `by` names (`appid` and `mch_id` beside it; a service
+    /// provider's `appid` is its own, the first of its `appids`, with `sub_mch_id` and the
+    /// order's `sub_appid`): the verified answer's fields, or `None` when WeChat Pay does not
+    /// know the record.
     async fn query_v2(
         &self,
         path: &str,
         merchant: &Merchant,
-        appid: &str,
+        of: OrderOf<'_>,
         (by_field, by_value): (&str, &str),
         limiter: &RateLimiter,
     ) -> Result<Option<(Raw, XmlFields)>, QueryError> {
         let mut request = XmlFields::new();
-        request.insert("appid", appid);
         request.insert("mch_id", merchant.mch_id.as_str());
+        match (of.sub_mch_id, merchant.appids.first()) {
+            ("", _) | (_, None) => request.insert("appid", of.appid),
+            (sub_mch_id, Some(sp_appid)) => {
+                request.insert("appid", sp_appid.as_str());
+                request.insert("sub_mch_id", sub_mch_id);
+                if of.appid != sp_appid {
+                    request.insert("sub_appid", of.appid);
+                }
+            }
+        }
         request.insert(by_field, by_value);
         let raw = self.post_v2(path, merchant, request, limiter).await?;
         Ok(v2_answer(&raw, merchant)?.map(|fields| (raw, fields)))
@@ -634,7 +696,7 @@ mod tests {
 
     use secrecy::SecretString;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use wxpay_runtime::config::MerchantSigner;
+    use wxpay_runtime::config::{MerchantSigner, SubMerchants};
     use wxpay_shared::state::TradeState;
     use wxpay_shared::v3::{load_private_key_pem, sign_notification, PlatformKeys, PrivateKey};
 
@@ -644,6 +706,7 @@ mod tests {
 
     fn v2_merchant() -> Merchant {
         Merchant {
+            sub_merchants: SubMerchants::Direct,
             mch_id: MCH_ID.into(),
             appids: vec!["wxd930ea5d5a258f4f".into()],
             api_v2_key: SecretString::from(KEY),
@@ -930,7 +993,12 @@ mod tests {
         let (url, hits) = responder(vec![error.clone(), error, ok]).await;
         let limiter = RateLimiter::per_second(1_000);
         let found = client(&url, 2_000)
-            .query_order(&v2_merchant(), "wxd930ea5d5a258f4f", "o1", &limiter)
+            .query_order(
+                &v2_merchant(),
+                OrderOf::direct("wxd930ea5d5a258f4f"),
+                "o1",
+                &limiter,
+            )
             .await
             .expect("answered");
         let Found::Answer(answer) = found else {
@@ -953,7 +1021,7 @@ mod tests {
         .await;
         let limiter = RateLimiter::per_second(1_000);
         let result = client(&url, 2_000)
-            .query_order(&v2_merchant(), "wx", "o1", &limiter)
+            .query_order(&v2_merchant(), OrderOf::direct("wx"), "o1", &limiter)
             .await;
         assert!(matches!(result, Err(QueryError::Status(429))), "{result:?}");
         assert_eq!(hits.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
@@ -966,7 +1034,7 @@ mod tests {
         ))])
         .await;
         let result = client(&url, 2_000)
-            .query_order(&merchant, "wx", "o1", &limiter)
+            .query_order(&merchant, OrderOf::direct("wx"), "o1", &limiter)
             .await;
         assert!(matches!(result, Err(QueryError::Status(401))), "{result:?}");
         assert_eq!(hits.load(Ordering::SeqCst), 1);
@@ -978,7 +1046,7 @@ mod tests {
         ))])
         .await;
         let result = client(&url, 2_000)
-            .query_order(&merchant, "wx", "o1", &limiter)
+            .query_order(&merchant, OrderOf::direct("wx"), "o1", &limiter)
             .await;
         assert!(matches!(result, Ok(Found::NotFound)), "{result:?}");
     }
@@ -988,7 +1056,7 @@ mod tests {
         let (url, hits) = responder(vec![None]).await;
         let limiter = RateLimiter::per_second(1_000);
         let result = client(&url, 150)
-            .query_order(&v2_merchant(), "wx", "o1", &limiter)
+            .query_order(&v2_merchant(), OrderOf::direct("wx"), "o1", &limiter)
             .await;
         assert!(
             matches!(&result, Err(QueryError::Transport(text)) if text.starts_with("timeout")),
@@ -997,16 +1065,54 @@ mod tests {
         assert_eq!(hits.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
     }
 
+    /// The v2 merchant's order query about `o1` of `of`, answered by `answer`.
+    async fn v2_order_query(answer: Option<Canned>, of: OrderOf<'_>) -> Result<Found, QueryError> {
+        let (url, _) = responder(vec![answer]).await;
+        let limiter = RateLimiter::per_second(1_000);
+        client(&url, 2_000)
+            .query_order(&v2_merchant(), of, "o1", &limiter)
+            .await
+    }
+
     #[tokio::test]
     async fn v2_answer_about_another_order_is_rejected() {
         let ok = Some((200, vec![], v2_order_body("someone-else", "SUCCESS")));
-        let (url, _) = responder(vec![ok]).await;
-        let limiter = RateLimiter::per_second(1_000);
-        let result = client(&url, 2_000)
-            .query_order(&v2_merchant(), "wx", "o1", &limiter)
-            .await;
+        let result = v2_order_query(ok, OrderOf::direct("wx")).await;
         assert!(
             matches!(result, Err(QueryError::Mismatch("order"))),
+            "{result:?}"
+        );
+    }
+
+    /// A provider's v2 order query names its sub-merchant; the answer must be about that one.
+    #[tokio::test]
+    async fn v2_partner_answer_must_be_about_the_sub_merchant_asked_about() {
+        let answer = |sub_mch_id: Option<&str>| {
+            let mut pairs = order_answer("o1", "SUCCESS");
+            pairs.extend(sub_mch_id.map(|sub| ("sub_mch_id", sub.to_owned())));
+            let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            Some((200, vec![], signed_v2(&borrowed, KEY)))
+        };
+        let asked = OrderOf {
+            appid: "wx3333333333333333",
+            sub_mch_id: "1900000201",
+        };
+        for (named, ok) in [
+            (Some("1900000201"), true),
+            (Some("1900000202"), false),
+            (None, false),
+        ] {
+            let result = v2_order_query(answer(named), asked).await;
+            assert_eq!(
+                matches!(result, Ok(Found::Answer(_))),
+                ok,
+                "{named:?}: {result:?}"
+            );
+        }
+        // And a direct merchant's answer naming a sub-merchant is not about its order.
+        let result = v2_order_query(answer(Some("1900000201")), OrderOf::direct("wx")).await;
+        assert!(
+            matches!(result, Err(QueryError::Mismatch("merchant"))),
             "{result:?}"
         );
     }
@@ -1021,7 +1127,7 @@ mod tests {
         let (url, _) = responder(vec![Some((200, headers.clone(), body.clone()))]).await;
         let limiter = RateLimiter::per_second(1_000);
         let found = client(&url, 2_000)
-            .query_order(&merchant, "wx", "o1", &limiter)
+            .query_order(&merchant, OrderOf::direct("wx"), "o1", &limiter)
             .await
             .expect("answered");
         let Found::Answer(answer) = found else {

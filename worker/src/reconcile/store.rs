@@ -26,6 +26,8 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueOrder {
     pub out_trade_no: String,
+    /// The service provider's sub-merchant; empty for a direct merchant.
+    pub sub_mch_id: String,
     pub appid: String,
     pub created_at: DateTime<Utc>,
 }
@@ -34,30 +36,49 @@ pub struct DueOrder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueRefund {
     pub out_refund_no: String,
+    pub sub_mch_id: String,
     pub out_trade_no: String,
     /// The refunded order's appid (v2 queries need one); `None` when the order is unknown.
     pub appid: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
-/// Keyset position: rows strictly after `(created_at, number)` come next.
-pub type Cursor = (DateTime<Utc>, String);
+/// Keyset position: rows strictly after `(created_at, number, sub_mch_id)` come next (two
+/// sub-merchants of a provider may share a number).
+pub type Cursor = (DateTime<Utc>, String, String);
 
-/// A due row, paged by keyset: its position in `(created_at, number)` order.
+/// A due row, paged by keyset: its position in `(created_at, number, sub_mch_id)` order.
 pub trait Due {
     fn cursor(&self) -> Cursor;
 }
 
 impl Due for DueOrder {
     fn cursor(&self) -> Cursor {
-        (self.created_at, self.out_trade_no.clone())
+        let (number, sub_mch_id) = (self.out_trade_no.clone(), self.sub_mch_id.clone());
+        (self.created_at, number, sub_mch_id)
     }
 }
 
 impl Due for DueRefund {
     fn cursor(&self) -> Cursor {
-        (self.created_at, self.out_refund_no.clone())
+        let (number, sub_mch_id) = (self.out_refund_no.clone(), self.sub_mch_id.clone());
+        (self.created_at, number, sub_mch_id)
     }
+}
+
+/// The rows of `$table` strictly after `$cursor` in `(created_at, $number, sub_mch_id)`
+/// order (one keyset filter for orders and refunds, whose columns are distinct types).
+macro_rules! after {
+    ($table:ident, $number:ident, $cursor:expr) => {{
+        let (at, number, sub_mch_id): &Cursor = $cursor;
+        $table::created_at
+            .gt(*at)
+            .or($table::created_at.eq(*at).and(
+                $table::$number.gt(number.clone()).or($table::$number
+                    .eq(number.clone())
+                    .and($table::sub_mch_id.gt(sub_mch_id.clone()))),
+            ))
+    }};
 }
 
 async fn conn(pool: &DbPool) -> Result<crate::db::DbConn, StoreError> {
@@ -82,22 +103,28 @@ pub async fn due_orders(
         .filter(orders::state.eq(OrderState::NotPay.as_str()))
         .filter(orders::created_at.gt(newer_than))
         .filter(orders::created_at.lt(older_than))
-        .select((orders::out_trade_no, orders::appid, orders::created_at))
-        .order_by((orders::created_at.asc(), orders::out_trade_no.asc()))
+        .select((
+            orders::out_trade_no,
+            orders::sub_mch_id,
+            orders::appid,
+            orders::created_at,
+        ))
+        .order_by((
+            orders::created_at.asc(),
+            orders::out_trade_no.asc(),
+            orders::sub_mch_id.asc(),
+        ))
         .limit(limit)
         .into_boxed();
-    if let Some((at, number)) = cursor {
-        query = query.filter(
-            orders::created_at.gt(*at).or(orders::created_at
-                .eq(*at)
-                .and(orders::out_trade_no.gt(number.clone()))),
-        );
+    if let Some(cursor) = cursor {
+        query = query.filter(after!(orders, out_trade_no, cursor));
     }
-    let rows: Vec<(String, String, DateTime<Utc>)> = query.load(&mut conn).await?;
+    let rows: Vec<(String, String, String, DateTime<Utc>)> = query.load(&mut conn).await?;
     Ok(rows
         .into_iter()
-        .map(|(out_trade_no, appid, created_at)| DueOrder {
+        .map(|(out_trade_no, sub_mch_id, appid, created_at)| DueOrder {
             out_trade_no,
+            sub_mch_id,
             appid,
             created_at,
         })
@@ -119,6 +146,7 @@ pub async fn due_refunds(
         .left_join(
             orders::table.on(orders::mch_id
                 .eq(refunds::mch_id)
+                .and(orders::sub_mch_id.eq(refunds::sub_mch_id))
                 .and(orders::out_trade_no.eq(refunds::out_trade_no))),
         )
         .filter(refunds::mch_id.eq(mch_id))
@@ -126,26 +154,29 @@ pub async fn due_refunds(
         .filter(refunds::created_at.lt(older_than))
         .select((
             refunds::out_refund_no,
+            refunds::sub_mch_id,
             refunds::out_trade_no,
             orders::appid.nullable(),
             refunds::created_at,
         ))
-        .order_by((refunds::created_at.asc(), refunds::out_refund_no.asc()))
+        .order_by((
+            refunds::created_at.asc(),
+            refunds::out_refund_no.asc(),
+            refunds::sub_mch_id.asc(),
+        ))
         .limit(limit)
         .into_boxed();
-    if let Some((at, number)) = cursor {
-        query = query.filter(
-            refunds::created_at.gt(*at).or(refunds::created_at
-                .eq(*at)
-                .and(refunds::out_refund_no.gt(number.clone()))),
-        );
+    if let Some(cursor) = cursor {
+        query = query.filter(after!(refunds, out_refund_no, cursor));
     }
-    let rows: Vec<(String, String, Option<String>, DateTime<Utc>)> = query.load(&mut conn).await?;
+    type Row = (String, String, String, Option<String>, DateTime<Utc>);
+    let rows: Vec<Row> = query.load(&mut conn).await?;
     Ok(rows
         .into_iter()
         .map(
-            |(out_refund_no, out_trade_no, appid, created_at)| DueRefund {
+            |(out_refund_no, sub_mch_id, out_trade_no, appid, created_at)| DueRefund {
                 out_refund_no,
+                sub_mch_id,
                 out_trade_no,
                 appid,
                 created_at,
@@ -157,12 +188,12 @@ pub async fn due_refunds(
 /// The order's state now (`None`: no such order).
 pub async fn order_state(
     pool: &DbPool,
-    mch_id: &str,
+    (mch_id, sub_mch_id): (&str, &str),
     out_trade_no: &str,
 ) -> Result<Option<OrderState>, StoreError> {
     let mut conn = conn(pool).await?;
     let state: Option<DbOrderState> = orders::table
-        .find((mch_id, out_trade_no))
+        .find((mch_id, sub_mch_id, out_trade_no))
         .select(orders::state)
         .first(&mut conn)
         .await
@@ -173,12 +204,12 @@ pub async fn order_state(
 /// The refund's status now (`None`: no such refund).
 pub async fn refund_status(
     pool: &DbPool,
-    mch_id: &str,
+    (mch_id, sub_mch_id): (&str, &str),
     out_refund_no: &str,
 ) -> Result<Option<RefundState>, StoreError> {
     let mut conn = conn(pool).await?;
     let status: Option<DbRefundState> = refunds::table
-        .find((mch_id, out_refund_no))
+        .find((mch_id, sub_mch_id, out_refund_no))
         .select(refunds::status)
         .first(&mut conn)
         .await
@@ -191,13 +222,14 @@ pub async fn refund_status(
 /// `true` when the order was closed by this call.
 pub async fn close_unpaid(
     pool: &DbPool,
-    mch_id: &str,
+    (mch_id, sub_mch_id): (&str, &str),
     out_trade_no: &str,
 ) -> Result<bool, StoreError> {
     let mut conn = conn(pool).await?;
     let updated = diesel::update(
         orders::table
             .filter(orders::mch_id.eq(mch_id))
+            .filter(orders::sub_mch_id.eq(sub_mch_id))
             .filter(orders::out_trade_no.eq(out_trade_no))
             .filter(orders::state.eq(OrderState::NotPay.as_str())),
     )

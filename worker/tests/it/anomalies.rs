@@ -12,7 +12,7 @@ use crate::builders::{v2_pay, v3_pay};
 use crate::cli::worker as worker_cli;
 use crate::helpers::{assert_duplicate, config_file, TestEnv};
 
-fn pool(env: &TestEnv) -> db::DbPool {
+pub(crate) fn pool(env: &TestEnv) -> db::DbPool {
     db::build_pool(
         &env.db_url(),
         2,
@@ -26,7 +26,7 @@ async fn sql(env: &TestEnv, statement: &str) {
     env.sql(statement).await.expect("statement");
 }
 
-async fn only_open_anomaly(env: &TestEnv) -> anomaly::OpenAnomaly {
+pub(crate) async fn only_open_anomaly(env: &TestEnv) -> anomaly::OpenAnomaly {
     let open = anomaly::list(&pool(env)).await.expect("list");
     assert_eq!(open.len(), 1, "{open:?}");
     open.into_iter().next().expect("one")

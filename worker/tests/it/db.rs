@@ -80,6 +80,7 @@ async fn hot_path_update_is_prepared_once_per_connection() {
     for _ in 0..3 {
         let updated = MarkPaid {
             mch_id: &builders::merchant_settings().mch_id,
+            sub_mch_id: "",
             out_trade_no: "p-1",
             transaction_id: Some("4200p1"),
             paid_at: Utc::now(),

@@ -12,6 +12,7 @@ mod doctor;
 mod events;
 mod migrations;
 mod money;
+mod partner;
 mod pay;
 mod pipeline;
 mod query;

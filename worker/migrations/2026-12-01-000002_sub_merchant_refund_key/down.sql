@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS refunds_sub_mch_key;

@@ -23,11 +23,8 @@ pub(super) async fn apply(
     refund: &RefundEvent,
 ) -> Result<Verdict, ApplyError> {
     let row = LogRow {
-        mch_id: &ctx.message.mch_id,
-        sub_mch_id: &refund.sub_mch_id,
-        out_trade_no: Some(refund.out_trade_no.as_str()),
         out_refund_no: Some(refund.out_refund_no.as_str()),
-        transaction_id: None,
+        ..LogRow::of_order(ctx, &refund.sub_mch_id, Some(&refund.out_trade_no))
     };
     if let Some((reason, detail)) = ctx.merchant_mismatch(&refund.mch_id, &refund.sub_mch_id) {
         return Ok(ctx.anomaly(conn, &row, None, reason, detail).await?);

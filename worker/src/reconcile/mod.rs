@@ -54,7 +54,7 @@ use wxpay_shared::state::{OrderState, RefundState, RefundStatus, TradeState};
 
 use self::metrics::reason;
 use self::publish::Publisher;
-use self::query::{Answer, Api, Found, OrderOf, QueryClient, QueryError};
+use self::query::{Answer, Api, Found, OrderOf, QueryClient, QueryError, Record};
 use self::rate::RateLimiter;
 use self::store::StoreError;
 use crate::broker::BrokerError;
@@ -534,7 +534,13 @@ impl<'a> MerchantWork<'a> {
         metrics::checked();
         let found = inner
             .client
-            .query_order(self.merchant, of, out_trade_no, &self.limiter)
+            .query(
+                Record::Order,
+                self.merchant,
+                of,
+                out_trade_no,
+                &self.limiter,
+            )
             .await;
         let answer = match found {
             Err(error) => return self.query_failed(&error, out_trade_no, "order"),
@@ -644,7 +650,13 @@ impl<'a> MerchantWork<'a> {
         metrics::checked();
         let found = inner
             .client
-            .query_refund(self.merchant, of, out_refund_no, &self.limiter)
+            .query(
+                Record::Refund,
+                self.merchant,
+                of,
+                out_refund_no,
+                &self.limiter,
+            )
             .await;
         let answer = match found {
             Err(error) => return self.query_failed(&error, out_refund_no, "refund"),

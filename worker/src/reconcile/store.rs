@@ -9,7 +9,7 @@ use diesel_async::RunQueryDsl;
 
 use wxpay_shared::state::{OrderState, RefundState};
 
-use crate::db::models::{DbOrderState, DbRefundState};
+use super::query::Record;
 use crate::db::schema::{orders, refunds};
 use crate::db::{pool_error_text, DbPool};
 
@@ -185,36 +185,33 @@ pub async fn due_refunds(
         .collect())
 }
 
-/// The order's state now (`None`: no such order).
-pub async fn order_state(
+/// Whether the order is still `NOTPAY` / the refund still `PROCESSING` (`false` once it
+/// moved on, or when there is no such row): one read for either kind of `record`.
+pub async fn still_due(
     pool: &DbPool,
+    record: Record,
     (mch_id, sub_mch_id): (&str, &str),
-    out_trade_no: &str,
-) -> Result<Option<OrderState>, StoreError> {
+    number: &str,
+) -> Result<bool, StoreError> {
     let mut conn = conn(pool).await?;
-    let state: Option<DbOrderState> = orders::table
-        .find((mch_id, sub_mch_id, out_trade_no))
-        .select(orders::state)
-        .first(&mut conn)
-        .await
-        .optional()?;
-    Ok(state.map(OrderState::from))
-}
-
-/// The refund's status now (`None`: no such refund).
-pub async fn refund_status(
-    pool: &DbPool,
-    (mch_id, sub_mch_id): (&str, &str),
-    out_refund_no: &str,
-) -> Result<Option<RefundState>, StoreError> {
-    let mut conn = conn(pool).await?;
-    let status: Option<DbRefundState> = refunds::table
-        .find((mch_id, sub_mch_id, out_refund_no))
-        .select(refunds::status)
-        .first(&mut conn)
-        .await
-        .optional()?;
-    Ok(status.map(RefundState::from))
+    let key = (mch_id, sub_mch_id, number);
+    let (read, due) = match record {
+        Record::Order => {
+            let read = orders::table.find(key).select(orders::state);
+            (
+                read.first::<String>(&mut conn).await,
+                OrderState::NotPay.as_str(),
+            )
+        }
+        Record::Refund => {
+            let read = refunds::table.find(key).select(refunds::status);
+            (
+                read.first(&mut conn).await,
+                RefundState::Processing.as_str(),
+            )
+        }
+    };
+    Ok(read.optional()?.is_some_and(|state| state == due))
 }
 
 /// `NOTPAY → CLOSED`, guarded: an order paid meanwhile (the worker holds the row lock while

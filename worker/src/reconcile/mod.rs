@@ -454,12 +454,17 @@ impl<'a> MerchantWork<'a> {
         let batch = inner.settings.batch_size.max(1);
         let merchant = self.merchant;
         let mch_id = merchant.mch_id.as_str();
+        let page = move |cursor| store::Page {
+            mch_id,
+            cursor,
+            limit: batch,
+        };
         self.sweep_pages(
             shutdown,
             batch,
             |cursor| async move {
-                let (newer, older) = (window.newer_than, window.older_than);
-                store::due_orders(&inner.pool, mch_id, newer, older, cursor.as_ref(), batch).await
+                let window = (window.newer_than, window.older_than);
+                store::due_orders(&inner.pool, page(cursor), window).await
             },
             |work, order| Box::pin(work.check_order(order)),
         )
@@ -468,14 +473,7 @@ impl<'a> MerchantWork<'a> {
             shutdown,
             batch,
             |cursor| async move {
-                store::due_refunds(
-                    &inner.pool,
-                    mch_id,
-                    window.older_than,
-                    cursor.as_ref(),
-                    batch,
-                )
-                .await
+                store::due_refunds(&inner.pool, page(cursor), window.older_than).await
             },
             |work, refund| Box::pin(work.check_refund(refund)),
         )

@@ -158,26 +158,25 @@ pub fn bind(
     Ok((server, addr))
 }
 
+/// The v3 paths that query one order: a direct merchant's and a service provider's by
+/// `out_trade_no`, and by `transaction_id` (one handler reads whichever the path names).
+const V3_ORDER_QUERY_PATHS: [&str; 3] = [
+    "/v3/pay/transactions/out-trade-no/{out_trade_no}",
+    "/v3/pay/partner/transactions/out-trade-no/{out_trade_no}",
+    "/v3/pay/transactions/id/{transaction_id}",
+];
+
 /// The routes, for [`bind`] and for in-process tests.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    for path in V3_ORDER_QUERY_PATHS {
+        cfg.route(path, web::get().to(v3_query_order));
+    }
     cfg.route(
         "/healthz",
         web::get().to(|| async { HttpResponse::Ok().body("ok") }),
     )
     .route("/pay/orderquery", web::post().to(v2_orderquery))
     .route("/pay/refundquery", web::post().to(v2_refundquery))
-    .route(
-        "/v3/pay/transactions/out-trade-no/{out_trade_no}",
-        web::get().to(v3_query_order),
-    )
-    .route(
-        "/v3/pay/partner/transactions/out-trade-no/{out_trade_no}",
-        web::get().to(v3_query_order),
-    )
-    .route(
-        "/v3/pay/transactions/id/{transaction_id}",
-        web::get().to(v3_query_order),
-    )
     .route(
         "/v3/refund/domestic/refunds/{out_refund_no}",
         web::get().to(v3_refund_query),

@@ -28,7 +28,7 @@ use wxpay_shared::state::TradeState;
 
 use crate::apply::Confirmation;
 use crate::decode::{self, DecodeError, Decoded, PayEvent};
-use crate::reconcile::query::{Found, OrderOf, QueryClient, QueryError};
+use crate::reconcile::query::{Found, OrderOf, QueryClient, QueryError, Record};
 use crate::reconcile::rate::RateLimiter;
 
 /// `result` labels of `wxpay_worker_confirm_queries_total`.
@@ -116,7 +116,8 @@ impl Confirmer {
         let limiter = self.limiter(&merchant.mch_id);
         let found = self
             .client
-            .query_order(
+            .query(
+                Record::Order,
                 merchant,
                 OrderOf {
                     appid: &pay.appid,

@@ -64,9 +64,7 @@ async fn expiry(base: &str, mch_id: &str, serial: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloaded_certificates_reach_a_gateway_without_keys_and_forgeries_do_not() {
     let mut s = stack().await;
-    s.start_sim_serve().await;
-    s.start_gateway().await;
-    s.start_worker().await;
+    s.start_all().await;
     let mut conn = s.conn().await;
     insert_order(&mut conn, &s, "CERT-1", 100).await;
     assert!(

@@ -134,9 +134,7 @@ async fn reconcile_once(s: &Stack) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_asks_the_partner_endpoints_and_books_the_right_sub_merchant() {
     let mut s = partner_stack().await;
-    s.start_gateway().await;
-    s.start_worker().await;
-    s.start_sim_serve().await;
+    s.start_all().await;
     let mut conn = s.conn().await;
     let sp_appid = s.appids[0].clone();
     // WeChat Pay knows SUB_B's RECON paid (its notification was lost); SUB_A's is unpaid.

@@ -23,9 +23,7 @@ fn transaction_id(stdout: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
     let mut s = Stack::prepare(reconcile_at_once).await;
-    s.start_gateway().await;
-    s.start_worker().await;
-    s.start_sim_serve().await;
+    s.start_all().await;
 
     // WeChat Pay knows: one paid (its notification was lost), one closed, one not paid yet.
     let staged = [

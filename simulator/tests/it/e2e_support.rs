@@ -353,6 +353,14 @@ impl Stack {
         self.gateway = Some(proc);
     }
 
+    /// The gateway, the worker and `wxpay-sim serve`, each ready: the whole path a
+    /// notification or a reconciler's query answer takes.
+    pub async fn start_all(&mut self) {
+        self.start_gateway().await;
+        self.start_worker().await;
+        self.start_sim_serve().await;
+    }
+
     /// `wxpay-sim serve` (WeChat Pay's API) on the stack's simulator port, listening.
     pub async fn start_sim_serve(&mut self) {
         let sim = self.bins.sim.clone();

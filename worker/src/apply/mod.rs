@@ -147,6 +147,24 @@ pub(crate) struct LogRow<'a> {
     pub transaction_id: Option<&'a str>,
 }
 
+impl<'a> LogRow<'a> {
+    /// The row of a message to `ctx`'s merchant about the order `out_trade_no` of
+    /// `sub_mch_id`: what payments and refunds both record; each adds its own number.
+    fn of_order(
+        ctx: &'a Context<'_>,
+        sub_mch_id: &'a str,
+        out_trade_no: Option<&'a str>,
+    ) -> LogRow<'a> {
+        LogRow {
+            mch_id: &ctx.message.mch_id,
+            sub_mch_id,
+            out_trade_no,
+            out_refund_no: None,
+            transaction_id: None,
+        }
+    }
+}
+
 impl Context<'_> {
     /// Why a body naming merchant `mch_id` and sub-merchant `sub_mch_id` must touch no
     /// order: verified with the keys of the merchant the message is addressed to, it names

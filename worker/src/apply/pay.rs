@@ -24,12 +24,10 @@ pub(super) async fn apply(
     ctx: &Context<'_>,
     pay: &PayEvent,
 ) -> Result<Verdict, ApplyError> {
+    let out_trade_no = Some(pay.out_trade_no.as_str()).filter(|no| !no.is_empty());
     let row = LogRow {
-        mch_id: &ctx.message.mch_id,
-        sub_mch_id: &pay.sub_mch_id,
-        out_trade_no: Some(pay.out_trade_no.as_str()).filter(|no| !no.is_empty()),
-        out_refund_no: None,
         transaction_id: pay.transaction_id.as_deref(),
+        ..LogRow::of_order(ctx, &pay.sub_mch_id, out_trade_no)
     };
     // result_code / trade_state not SUCCESS: kept for the record, no transition.
     if !pay.success {

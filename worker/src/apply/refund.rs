@@ -13,7 +13,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::{bump_seq, emit, event, reason, ApplyError, Context, LogRow, Verdict};
 use wxpay_shared::state::{NotificationOutcome, OrderState, RefundState};
 
-use crate::db::models::{NewRefund, Order, Refund};
+use crate::db::models::{DbRefundState, NewRefund, Order};
 use crate::db::schema::{orders, refunds};
 use crate::decode::RefundEvent;
 
@@ -23,11 +23,8 @@ pub(super) async fn apply(
     refund: &RefundEvent,
 ) -> Result<Verdict, ApplyError> {
     let row = LogRow {
-        mch_id: &ctx.message.mch_id,
-        sub_mch_id: &refund.sub_mch_id,
-        out_trade_no: Some(refund.out_trade_no.as_str()),
         out_refund_no: Some(refund.out_refund_no.as_str()),
-        transaction_id: None,
+        ..LogRow::of_order(ctx, &refund.sub_mch_id, Some(&refund.out_trade_no))
     };
     if let Some((reason, detail)) = ctx.merchant_mismatch(&refund.mch_id, &refund.sub_mch_id) {
         return Ok(ctx.anomaly(conn, &row, None, reason, detail).await?);
@@ -69,16 +66,17 @@ pub(super) async fn apply(
     if let Some((reason, detail)) = mismatch(order, refund) {
         return Ok(ctx.anomaly(conn, &row, Some(order), reason, detail).await?);
     }
-    let existing: Option<Refund> = refunds::table
+    // Of the refund row only its status matters: whether we know the refund, and whether
+    // its money went back already. Locked all the same, as the order is.
+    let existing: Option<RefundState> = refunds::table
         .find((&refund.mch_id, &refund.sub_mch_id, &refund.out_refund_no))
-        .select(Refund::as_select())
+        .select(refunds::status)
         .for_update()
-        .first(conn)
+        .first::<DbRefundState>(conn)
         .await
-        .optional()?;
-    let already_succeeded = existing
-        .as_ref()
-        .is_some_and(|r| r.status == RefundState::Success);
+        .optional()?
+        .map(RefundState::from);
+    let already_succeeded = existing == Some(RefundState::Success);
     match refund.status {
         RefundState::Success => {
             if already_succeeded {
@@ -150,7 +148,7 @@ pub(super) async fn apply(
                 return Ok(Verdict::Duplicate);
             }
             if existing.is_none() {
-                insert_refund_if_absent(conn, refund).await?;
+                store_refund(conn, refund, IfKnown::Keep).await?;
             }
             Ok(Verdict::Recorded)
         }
@@ -250,38 +248,42 @@ async fn log_applied_and_store(
     {
         return Ok(false);
     }
-    upsert_refund(conn, refund).await?;
+    store_refund(conn, refund, IfKnown::Update).await?;
     Ok(true)
 }
 
-async fn upsert_refund(
-    conn: &mut AsyncPgConnection,
-    refund: &RefundEvent,
-) -> Result<(), diesel::result::Error> {
-    diesel::insert_into(refunds::table)
-        .values(new_refund(refund))
-        .on_conflict((refunds::mch_id, refunds::sub_mch_id, refunds::out_refund_no))
-        .do_update()
-        .set((
-            refunds::status.eq(excluded(refunds::status)),
-            refunds::refund_id.eq(excluded(refunds::refund_id)),
-            refunds::refund_fee.eq(excluded(refunds::refund_fee)),
-            refunds::succeeded_at.eq(excluded(refunds::succeeded_at)),
-            refunds::updated_at.eq(Utc::now()),
-        ))
-        .execute(conn)
-        .await
-        .map(|_| ())
+/// What writing a refund does to its row when the row exists already.
+#[derive(Clone, Copy)]
+enum IfKnown {
+    /// Take the notified status, refund id, amount and success time.
+    Update,
+    /// Leave it as it is: a `PROCESSING` notification only records a refund we did not know.
+    Keep,
 }
 
-async fn insert_refund_if_absent(
+/// Inserts the notified refund's row; a known row is updated or kept as `if_known` says.
+async fn store_refund(
     conn: &mut AsyncPgConnection,
     refund: &RefundEvent,
+    if_known: IfKnown,
 ) -> Result<(), diesel::result::Error> {
-    diesel::insert_into(refunds::table)
-        .values(new_refund(refund))
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await
-        .map(|_| ())
+    let insert = diesel::insert_into(refunds::table).values(new_refund(refund));
+    let written = match if_known {
+        IfKnown::Update => {
+            insert
+                .on_conflict((refunds::mch_id, refunds::sub_mch_id, refunds::out_refund_no))
+                .do_update()
+                .set((
+                    refunds::status.eq(excluded(refunds::status)),
+                    refunds::refund_id.eq(excluded(refunds::refund_id)),
+                    refunds::refund_fee.eq(excluded(refunds::refund_fee)),
+                    refunds::succeeded_at.eq(excluded(refunds::succeeded_at)),
+                    refunds::updated_at.eq(Utc::now()),
+                ))
+                .execute(conn)
+                .await
+        }
+        IfKnown::Keep => insert.on_conflict_do_nothing().execute(conn).await,
+    };
+    written.map(|_| ())
 }

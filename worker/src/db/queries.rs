@@ -9,10 +9,46 @@
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::serialize::ToSql;
+use diesel::sql_types::HasSqlType;
 use diesel::sql_types::{BigInt, Bytea, Jsonb, Nullable, Text, Timestamptz, Uuid};
 use diesel::QueryResult;
 
 use super::models::{NewNotification, NewOutbox};
+
+/// An `INSERT INTO … VALUES (…)` written value by value, each bound in turn with `", "`
+/// between them, so that a list of values cannot lose a separator or gain one.
+struct Values<'x, 'a, 'b> {
+    out: &'x mut AstPass<'a, 'b, Pg>,
+    first: bool,
+}
+
+impl<'x, 'a, 'b> Values<'x, 'a, 'b> {
+    /// `INSERT INTO {table_and_columns} VALUES (`: the values follow.
+    fn insert(out: &'x mut AstPass<'a, 'b, Pg>, table_and_columns: &str) -> Self {
+        out.push_sql("INSERT INTO ");
+        out.push_sql(table_and_columns);
+        out.push_sql(" VALUES (");
+        Values { out, first: true }
+    }
+
+    /// Closes the values, then `tail` (`ON CONFLICT …`, `RETURNING …`).
+    fn end(self, tail: &str) {
+        self.out.push_sql(")");
+        self.out.push_sql(tail);
+    }
+
+    fn bind<ST, U>(&mut self, value: &'b U) -> QueryResult<()>
+    where
+        Pg: HasSqlType<ST>,
+        U: ToSql<ST, Pg> + ?Sized,
+    {
+        if !std::mem::take(&mut self.first) {
+            self.out.push_sql(", ");
+        }
+        self.out.push_bind_param::<ST, U>(value)
+    }
+}
 
 /// `INSERT INTO notifications … ON CONFLICT (dedupe_key) DO NOTHING RETURNING id`.
 pub struct InsertNotification<'a>(pub NewNotification<'a>);
@@ -29,39 +65,27 @@ impl Query for InsertNotification<'_> {
 impl QueryFragment<Pg> for InsertNotification<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let row = &self.0;
-        out.push_sql(
-            "INSERT INTO notifications (dedupe_key, message_id, kind, mch_id, sub_mch_id, \
-             out_trade_no, out_refund_no, transaction_id, raw_body, outcome, anomaly_reason, \
-             anomaly_detail, received_at, wechatpay_headers) VALUES (",
+        let mut values = Values::insert(
+            &mut out,
+            "notifications (dedupe_key, message_id, kind, mch_id, sub_mch_id, out_trade_no, \
+             out_refund_no, transaction_id, raw_body, outcome, anomaly_reason, anomaly_detail, \
+             received_at, wechatpay_headers)",
         );
-        out.push_bind_param::<Text, _>(&row.dedupe_key)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Uuid, _>(&row.message_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&row.kind)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&row.mch_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&row.sub_mch_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<Text>, _>(&row.out_trade_no)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<Text>, _>(&row.out_refund_no)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<Text>, _>(&row.transaction_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Bytea, _>(&row.raw_body)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, str>(row.outcome.as_str())?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<Text>, _>(&row.anomaly_reason)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<Text>, _>(&row.anomaly_detail)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Timestamptz, _>(&row.received_at)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<Jsonb>, _>(&row.wechatpay_headers)?;
-        out.push_sql(") ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
+        values.bind::<Text, _>(&row.dedupe_key)?;
+        values.bind::<Uuid, _>(&row.message_id)?;
+        values.bind::<Text, _>(&row.kind)?;
+        values.bind::<Text, _>(&row.mch_id)?;
+        values.bind::<Text, _>(&row.sub_mch_id)?;
+        values.bind::<Nullable<Text>, _>(&row.out_trade_no)?;
+        values.bind::<Nullable<Text>, _>(&row.out_refund_no)?;
+        values.bind::<Nullable<Text>, _>(&row.transaction_id)?;
+        values.bind::<Bytea, _>(&row.raw_body)?;
+        values.bind::<Text, str>(row.outcome.as_str())?;
+        values.bind::<Nullable<Text>, _>(&row.anomaly_reason)?;
+        values.bind::<Nullable<Text>, _>(&row.anomaly_detail)?;
+        values.bind::<Timestamptz, _>(&row.received_at)?;
+        values.bind::<Nullable<Jsonb>, _>(&row.wechatpay_headers)?;
+        values.end(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
         Ok(())
     }
 }
@@ -77,19 +101,14 @@ impl QueryId for InsertOutbox<'_> {
 impl QueryFragment<Pg> for InsertOutbox<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let row = &self.0;
-        out.push_sql(
-            "INSERT INTO outbox (id, event_type, mch_id, aggregate_key, payload) VALUES (",
-        );
-        out.push_bind_param::<Uuid, _>(&row.id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&row.event_type)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&row.mch_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&row.aggregate_key)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Jsonb, _>(&row.payload)?;
-        out.push_sql(")");
+        let columns = "outbox (id, event_type, mch_id, aggregate_key, payload)";
+        let mut values = Values::insert(&mut out, columns);
+        values.bind::<Uuid, _>(&row.id)?;
+        values.bind::<Text, _>(&row.event_type)?;
+        values.bind::<Text, _>(&row.mch_id)?;
+        values.bind::<Text, _>(&row.aggregate_key)?;
+        values.bind::<Jsonb, _>(&row.payload)?;
+        values.end("");
         Ok(())
     }
 }

@@ -50,11 +50,11 @@ use wxpay_runtime::config::{Merchant, ReconcilerSettings, Settings};
 use wxpay_runtime::reload::MerchantsHandle;
 use wxpay_runtime::telemetry::{self, metric, step};
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
-use wxpay_shared::state::{OrderState, RefundState, RefundStatus, TradeState};
+use wxpay_shared::state::{RefundStatus, TradeState};
 
 use self::metrics::reason;
 use self::publish::Publisher;
-use self::query::{Answer, Api, Found, OrderOf, QueryClient, QueryError};
+use self::query::{Answer, Api, Found, OrderOf, QueryClient, QueryError, Record};
 use self::rate::RateLimiter;
 use self::store::StoreError;
 use crate::broker::BrokerError;
@@ -134,6 +134,29 @@ fn trade_state(wire: &str) -> Option<Next> {
         TradeState::Closed | TradeState::PayError | TradeState::Revoked => Next::Closed,
         TradeState::NotPay | TradeState::UserPaying => Next::Pending,
     })
+}
+
+/// What a verified answer asks of us, for an order or a refund.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Paid, or a finished refund: publish the answer.
+    Publish,
+    /// Will never be paid, and `reconciler.close_unpaid`: close the order here.
+    Close,
+    /// Not settled yet: ask again next round.
+    Wait,
+    /// A state we do not know: counted as an error.
+    Unknown,
+}
+
+/// The record a check is about: what differs between checking an order and a refund.
+struct Subject<'r> {
+    record: Record,
+    /// `out_trade_no` or `out_refund_no`.
+    number: &'r str,
+    of: OrderOf<'r>,
+    /// The order's `out_trade_no` (the refunded order's, for a refund).
+    out_trade_no: &'r str,
 }
 
 /// Whether a refund status (v2 or v3 spelling) is final: `Some(true)` finished (published),
@@ -431,12 +454,17 @@ impl<'a> MerchantWork<'a> {
         let batch = inner.settings.batch_size.max(1);
         let merchant = self.merchant;
         let mch_id = merchant.mch_id.as_str();
+        let page = move |cursor| store::Page {
+            mch_id,
+            cursor,
+            limit: batch,
+        };
         self.sweep_pages(
             shutdown,
             batch,
             |cursor| async move {
-                let (newer, older) = (window.newer_than, window.older_than);
-                store::due_orders(&inner.pool, mch_id, newer, older, cursor.as_ref(), batch).await
+                let window = (window.newer_than, window.older_than);
+                store::due_orders(&inner.pool, page(cursor), window).await
             },
             |work, order| Box::pin(work.check_order(order)),
         )
@@ -445,14 +473,7 @@ impl<'a> MerchantWork<'a> {
             shutdown,
             batch,
             |cursor| async move {
-                store::due_refunds(
-                    &inner.pool,
-                    mch_id,
-                    window.older_than,
-                    cursor.as_ref(),
-                    batch,
-                )
-                .await
+                store::due_refunds(&inner.pool, page(cursor), window.older_than).await
             },
             |work, refund| Box::pin(work.check_refund(refund)),
         )
@@ -523,106 +544,30 @@ impl<'a> MerchantWork<'a> {
     }
 
     async fn check_order(&mut self, order: &store::DueOrder) -> Result<(), SweepStop> {
-        let inner = &self.reconciler.inner;
-        let out_trade_no = order.out_trade_no.as_str();
-        let sub_mch_id = order.sub_mch_id.as_str();
         let of = OrderOf {
             appid: &order.appid,
-            sub_mch_id,
+            sub_mch_id: &order.sub_mch_id,
         };
-        self.report.checked += 1;
-        metrics::checked();
-        let found = inner
-            .client
-            .query_order(self.merchant, of, out_trade_no, &self.limiter)
-            .await;
-        let answer = match found {
-            Err(error) => return self.query_failed(&error, out_trade_no, "order"),
-            Ok(Found::NotFound) => {
-                self.unavailable_in_a_row = 0;
-                // The user never opened the payment: WeChat Pay has no such order yet.
-                tracing::debug!(
-                    step = step::RECONCILE,
-                    mch_id = self.mch_id(),
-                    out_trade_no,
-                    "order unknown to WeChat Pay"
-                );
-                return Ok(());
-            }
-            Ok(Found::Answer(answer)) => {
-                self.unavailable_in_a_row = 0;
-                answer
-            }
+        let subject = Subject {
+            record: Record::Order,
+            number: &order.out_trade_no,
+            of,
+            out_trade_no: &order.out_trade_no,
         };
-        match trade_state(&answer.state) {
-            Some(Next::Paid) => {
-                // Read before publishing: once published, the worker may apply it at once.
-                let unpaid = self.still(
-                    store::order_state(&inner.pool, (self.mch_id(), sub_mch_id), out_trade_no)
-                        .await,
-                    OrderState::NotPay,
-                );
-                if self
-                    .publish(NotifyKind::QueryPay, answer, (out_trade_no, sub_mch_id))
-                    .await
-                    && unpaid
-                {
-                    self.report.recovered_payments += 1;
-                    metrics::recovered("pay");
-                    tracing::warn!(
-                        step = step::RECONCILE,
-                        mch_id = self.mch_id(),
-                        out_trade_no,
-                        "payment found only by query: its notification was lost"
-                    );
-                }
-            }
-            Some(Next::Closed) if inner.settings.close_unpaid => {
-                match store::close_unpaid(&inner.pool, (self.mch_id(), sub_mch_id), out_trade_no)
-                    .await
-                {
-                    Ok(true) => {
-                        self.report.closed += 1;
-                        tracing::info!(
-                            step = step::RECONCILE,
-                            mch_id = self.mch_id(),
-                            out_trade_no,
-                            trade_state = answer.state.as_str(),
-                            "unpaid order closed"
-                        );
-                    }
-                    Ok(false) => {}
-                    Err(error) => {
-                        tracing::warn!(step = step::RECONCILE, mch_id = self.mch_id(), out_trade_no, %error, "cannot close the unpaid order");
-                        self.report.error(reason::DATABASE);
-                    }
-                }
-            }
-            Some(Next::Closed) | Some(Next::Pending) => {
-                tracing::debug!(
-                    step = step::RECONCILE,
-                    mch_id = self.mch_id(),
-                    out_trade_no,
-                    trade_state = answer.state.as_str(),
-                    "not paid yet"
-                );
-            }
-            None => {
-                tracing::warn!(
-                    step = step::RECONCILE,
-                    mch_id = self.mch_id(),
-                    out_trade_no,
-                    trade_state = answer.state.as_str(),
-                    "unknown trade_state"
-                );
-                self.report.error(reason::UNKNOWN_STATE);
-            }
-        }
+        let Some(answer) = self.ask(&subject).await? else {
+            return Ok(());
+        };
+        let verdict = match trade_state(&answer.state) {
+            Some(Next::Paid) => Verdict::Publish,
+            Some(Next::Closed) if self.reconciler.inner.settings.close_unpaid => Verdict::Close,
+            Some(Next::Closed) | Some(Next::Pending) => Verdict::Wait,
+            None => Verdict::Unknown,
+        };
+        self.act(&subject, answer, verdict).await;
         Ok(())
     }
 
     async fn check_refund(&mut self, refund: &store::DueRefund) -> Result<(), SweepStop> {
-        let inner = &self.reconciler.inner;
         let out_refund_no = refund.out_refund_no.as_str();
         let Some(appid) = refund
             .appid
@@ -638,90 +583,164 @@ impl<'a> MerchantWork<'a> {
             self.report.error(reason::CLIENT);
             return Ok(());
         };
-        let sub_mch_id = refund.sub_mch_id.as_str();
-        let of = OrderOf { appid, sub_mch_id };
-        self.report.checked += 1;
-        metrics::checked();
-        let found = inner
-            .client
-            .query_refund(self.merchant, of, out_refund_no, &self.limiter)
-            .await;
-        let answer = match found {
-            Err(error) => return self.query_failed(&error, out_refund_no, "refund"),
-            Ok(Found::NotFound) => {
-                self.unavailable_in_a_row = 0;
-                tracing::warn!(
-                    step = step::RECONCILE,
-                    mch_id = self.mch_id(),
-                    out_refund_no,
-                    out_trade_no = refund.out_trade_no.as_str(),
-                    "refund processing here but unknown to WeChat Pay"
-                );
-                self.report.error(reason::NOT_FOUND);
-                return Ok(());
-            }
-            Ok(Found::Answer(answer)) => {
-                self.unavailable_in_a_row = 0;
-                answer
-            }
+        let of = OrderOf {
+            appid,
+            sub_mch_id: &refund.sub_mch_id,
         };
-        match refund_finished(&answer.state) {
-            Some(true) => {
-                let processing = self.still(
-                    store::refund_status(&inner.pool, (self.mch_id(), sub_mch_id), out_refund_no)
-                        .await,
-                    RefundState::Processing,
-                );
-                let status = answer.state.clone();
-                if self
-                    .publish(NotifyKind::QueryRefund, answer, (out_refund_no, sub_mch_id))
-                    .await
-                    && processing
-                {
-                    self.report.recovered_refunds += 1;
-                    metrics::recovered("refund");
-                    tracing::warn!(
-                        step = step::RECONCILE,
-                        mch_id = self.mch_id(),
-                        out_refund_no,
-                        refund_status = status.as_str(),
-                        "refund result found only by query: its notification was lost"
-                    );
-                }
-            }
-            Some(false) => {
-                tracing::debug!(
-                    step = step::RECONCILE,
-                    mch_id = self.mch_id(),
-                    out_refund_no,
-                    "refund still processing"
-                );
-            }
-            None => {
-                tracing::warn!(
-                    step = step::RECONCILE,
-                    mch_id = self.mch_id(),
-                    out_refund_no,
-                    refund_status = answer.state.as_str(),
-                    "unknown refund status"
-                );
-                self.report.error(reason::UNKNOWN_STATE);
-            }
-        }
+        let subject = Subject {
+            record: Record::Refund,
+            number: out_refund_no,
+            of,
+            out_trade_no: &refund.out_trade_no,
+        };
+        let Some(answer) = self.ask(&subject).await? else {
+            return Ok(());
+        };
+        let verdict = match refund_finished(&answer.state) {
+            Some(true) => Verdict::Publish,
+            Some(false) => Verdict::Wait,
+            None => Verdict::Unknown,
+        };
+        self.act(&subject, answer, verdict).await;
         Ok(())
     }
 
-    /// Whether the row is still in `expected` (for the recovered count only: on a database
-    /// error the answer is still published, and counted as recovered).
-    fn still<T: PartialEq>(&mut self, current: Result<Option<T>, StoreError>, expected: T) -> bool {
-        match current {
-            Ok(current) => current == Some(expected),
+    /// Queries WeChat Pay about `subject`: its answer, or `None` when there is nothing to
+    /// act on (the query failed, or WeChat Pay does not know the record; both logged and
+    /// counted here).
+    async fn ask(&mut self, subject: &Subject<'_>) -> Result<Option<Answer>, SweepStop> {
+        self.report.checked += 1;
+        metrics::checked();
+        let found = self
+            .reconciler
+            .inner
+            .client
+            .query(
+                subject.record,
+                self.merchant,
+                subject.of,
+                subject.number,
+                &self.limiter,
+            )
+            .await;
+        let found = match found {
             Err(error) => {
-                tracing::warn!(step = step::RECONCILE, mch_id = self.mch_id(), %error, "cannot re-read the row's state");
-                self.report.error(reason::DATABASE);
-                true
+                return self
+                    .query_failed(&error, subject.number, subject.record.as_str())
+                    .map(|()| None)
+            }
+            Ok(found) => found,
+        };
+        self.unavailable_in_a_row = 0;
+        let Found::Answer(answer) = found else {
+            match subject.record {
+                // The user never opened the payment: WeChat Pay has no such order yet.
+                Record::Order => tracing::debug!(
+                    step = step::RECONCILE,
+                    mch_id = self.mch_id(),
+                    out_trade_no = subject.number,
+                    "order unknown to WeChat Pay"
+                ),
+                // We started this refund: WeChat Pay must know it.
+                Record::Refund => {
+                    tracing::warn!(
+                        step = step::RECONCILE,
+                        mch_id = self.mch_id(),
+                        out_refund_no = subject.number,
+                        out_trade_no = subject.out_trade_no,
+                        "refund processing here but unknown to WeChat Pay"
+                    );
+                    self.report.error(reason::NOT_FOUND);
+                }
+            }
+            return Ok(None);
+        };
+        Ok(Some(answer))
+    }
+
+    /// Does what the verified `answer` about `subject` asks (`verdict`).
+    async fn act(&mut self, subject: &Subject<'_>, answer: Answer, verdict: Verdict) {
+        let (what, number) = (subject.record.as_str(), subject.number);
+        let state = answer.state.clone();
+        let key = (self.mch_id(), subject.of.sub_mch_id);
+        let pool = &self.reconciler.inner.pool;
+        match verdict {
+            Verdict::Publish => {
+                // Read before publishing: once published, the worker may apply it at once.
+                let unsettled =
+                    self.still(store::still_due(pool, subject.record, key, number).await);
+                // The message kind, and the `kind` of `wxpay_reconciler_recovered_total`.
+                let (kind, label) = match subject.record {
+                    Record::Order => (NotifyKind::QueryPay, "pay"),
+                    Record::Refund => (NotifyKind::QueryRefund, "refund"),
+                };
+                let published = self
+                    .publish(kind, answer, (number, subject.of.sub_mch_id))
+                    .await;
+                if published && unsettled {
+                    match subject.record {
+                        Record::Order => self.report.recovered_payments += 1,
+                        Record::Refund => self.report.recovered_refunds += 1,
+                    }
+                    metrics::recovered(label);
+                    let lost = "found only by query: its notification was lost";
+                    self.warn_answer(subject, &state, lost);
+                }
+            }
+            Verdict::Close => match store::close_unpaid(pool, key, number).await {
+                Ok(true) => {
+                    self.report.closed += 1;
+                    tracing::info!(
+                        step = step::RECONCILE,
+                        mch_id = self.mch_id(),
+                        out_trade_no = number,
+                        trade_state = state,
+                        "unpaid order closed"
+                    );
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(step = step::RECONCILE, mch_id = self.mch_id(), out_trade_no = number, %error, "cannot close the unpaid order");
+                    self.report.error(reason::DATABASE);
+                }
+            },
+            Verdict::Wait => {
+                tracing::debug!(
+                    step = step::RECONCILE,
+                    mch_id = self.mch_id(),
+                    number,
+                    "{what} not settled yet: {state}"
+                );
+            }
+            Verdict::Unknown => {
+                self.warn_answer(subject, &state, "state unknown");
+                self.report.error(reason::UNKNOWN_STATE);
             }
         }
+    }
+
+    /// Warns about the answer on `subject` in state `state`: the one form of every warning
+    /// about an answer, so that they can be searched for by `what` and `number`.
+    fn warn_answer(&self, subject: &Subject<'_>, state: &str, message: &str) {
+        tracing::warn!(
+            step = step::RECONCILE,
+            mch_id = self.mch_id(),
+            what = subject.record.as_str(),
+            number = subject.number,
+            state,
+            "{} {message}",
+            subject.record.as_str()
+        );
+    }
+
+    /// Whether the row is still due (for the recovered count only: on a database error the
+    /// answer is still published, and counted as recovered).
+    fn still(&mut self, due: Result<bool, StoreError>) -> bool {
+        due.unwrap_or_else(|error| {
+            tracing::warn!(step = step::RECONCILE, mch_id = self.mch_id(), %error, "cannot re-read the row's state");
+            self.report.error(reason::DATABASE);
+            true
+        })
     }
 
     /// Publishes a verified answer about `number` of the sub-merchant `sub_mch_id` (empty:

@@ -85,6 +85,58 @@ impl Api {
     }
 }
 
+/// What is queried: an order or a refund.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    Order,
+    Refund,
+}
+
+/// The fields of a v2 query for one kind of record.
+struct V2Fields {
+    path: &'static str,
+    /// The request's field naming the record.
+    by: &'static str,
+    /// The answer's field that must echo that number.
+    echo: &'static str,
+    /// The answer's field holding the state.
+    state: &'static str,
+}
+
+impl Record {
+    /// `order` / `refund`: the `what` of logs and of [`QueryError::Mismatch`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Record::Order => "order",
+            Record::Refund => "refund",
+        }
+    }
+
+    fn v2_fields(self) -> V2Fields {
+        let (path, by, echo, state) = match self {
+            Record::Order => (
+                "/pay/orderquery",
+                "out_trade_no",
+                "out_trade_no",
+                "trade_state",
+            ),
+            // Queried by out_refund_no, the answer lists that one refund as `_0`.
+            Record::Refund => (
+                "/pay/refundquery",
+                "out_refund_no",
+                "out_refund_no_0",
+                "refund_status_0",
+            ),
+        };
+        V2Fields {
+            path,
+            by,
+            echo,
+            state,
+        }
+    }
+}
+
 /// A verified answer about one order or refund.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
@@ -225,113 +277,38 @@ impl QueryClient {
         })
     }
 
-    /// 查询订单 by `out_trade_no`, of the order `of`.
-    pub async fn query_order(
+    /// 查询订单 by `out_trade_no` or 查询退款 by `out_refund_no` (`number`), of the order
+    /// `of`.
+    pub async fn query(
         &self,
+        record: Record,
         merchant: &Merchant,
         of: OrderOf<'_>,
-        out_trade_no: &str,
+        number: &str,
         limiter: &RateLimiter,
     ) -> Result<Found, QueryError> {
+        let asked = Asked {
+            merchant,
+            of,
+            number,
+        };
         match Api::for_merchant(merchant) {
-            Api::V2 => {
-                let by = ("out_trade_no", out_trade_no);
-                let Some((raw, fields)) = self
-                    .query_v2("/pay/orderquery", merchant, of, by, limiter)
-                    .await?
-                else {
-                    return Ok(Found::NotFound);
-                };
-                if fields.get("out_trade_no") != Some(out_trade_no) {
-                    return Err(QueryError::Mismatch("order"));
-                }
-                v2_same_sub_merchant(&fields, of)?;
-                let state = v2_required(&fields, "trade_state")?;
-                Ok(Found::Answer(v2_found(raw, state)))
-            }
+            Api::V2 => self.query_v2(record, asked, limiter).await,
             Api::V3 => {
-                let number = encode_component(out_trade_no);
-                let mch_id = encode_component(&merchant.mch_id);
-                let path = match of.sub_mch_id {
-                    "" => format!("/v3/pay/transactions/out-trade-no/{number}?mchid={mch_id}"),
-                    sub_mch_id => format!(
-                        "/v3/pay/partner/transactions/out-trade-no/{number}?sp_mchid={mch_id}&sub_mchid={}",
-                        encode_component(sub_mch_id)
-                    ),
+                let path = match record {
+                    Record::Order => v3_order_path(asked),
+                    Record::Refund => v3_refund_path(asked),
                 };
-                let Some((raw, headers)) = self.query_v3(&path, merchant, limiter).await? else {
+                let raw = self.get_v3(&path, merchant, limiter).await?;
+                if raw.status == StatusCode::NOT_FOUND {
                     return Ok(Found::NotFound);
+                }
+                let headers = v3_verified(&raw, merchant)?;
+                let state = match record {
+                    Record::Order => v3_order_state(asked, &raw.body)?,
+                    Record::Refund => v3_refund_state(asked, &raw.body)?,
                 };
-                let transaction = Transaction::parse(&raw.body)
-                    .map_err(|error| QueryError::Malformed(error.to_string()))?;
-                if transaction.merchant() != merchant.mch_id
-                    || transaction.sub_merchant() != of.sub_mch_id
-                {
-                    return Err(QueryError::Mismatch("merchant"));
-                }
-                if transaction.out_trade_no != out_trade_no {
-                    return Err(QueryError::Mismatch("order"));
-                }
-                Ok(Found::Answer(v3_found(
-                    raw,
-                    transaction.trade_state,
-                    headers,
-                )))
-            }
-        }
-    }
-
-    /// 查询退款 by `out_refund_no`, of a refund of the order `of`.
-    pub async fn query_refund(
-        &self,
-        merchant: &Merchant,
-        of: OrderOf<'_>,
-        out_refund_no: &str,
-        limiter: &RateLimiter,
-    ) -> Result<Found, QueryError> {
-        match Api::for_merchant(merchant) {
-            Api::V2 => {
-                let by = ("out_refund_no", out_refund_no);
-                let Some((raw, fields)) = self
-                    .query_v2("/pay/refundquery", merchant, of, by, limiter)
-                    .await?
-                else {
-                    return Ok(Found::NotFound);
-                };
-                // Queried by out_refund_no, the answer lists that one refund as `_0`.
-                if fields.get("out_refund_no_0") != Some(out_refund_no) {
-                    return Err(QueryError::Mismatch("refund"));
-                }
-                v2_same_sub_merchant(&fields, of)?;
-                let state = v2_required(&fields, "refund_status_0")?;
-                Ok(Found::Answer(v2_found(raw, state)))
-            }
-            Api::V3 => {
-                let mut path = format!(
-                    "/v3/refund/domestic/refunds/{}",
-                    encode_component(out_refund_no)
-                );
-                if !of.sub_mch_id.is_empty() {
-                    path.push_str(&format!("?sub_mchid={}", encode_component(of.sub_mch_id)));
-                }
-                let Some((raw, headers)) = self.query_v3(&path, merchant, limiter).await? else {
-                    return Ok(Found::NotFound);
-                };
-                let refund = RefundResource::parse(&raw.body)
-                    .map_err(|error| QueryError::Malformed(error.to_string()))?;
-                // The refund query's answer has no `mchid` (nor, for a provider, perhaps a
-                // `sub_mchid`); when present they must be the ones asked about.
-                let named = refund.merchant();
-                let named_sub = refund.sub_mchid.as_str();
-                if (!named.is_empty() && named != merchant.mch_id)
-                    || (!named_sub.is_empty() && named_sub != of.sub_mch_id)
-                {
-                    return Err(QueryError::Mismatch("merchant"));
-                }
-                if refund.out_refund_no != out_refund_no {
-                    return Err(QueryError::Mismatch("refund"));
-                }
-                Ok(Found::Answer(v3_found(raw, refund.refund_status, headers)))
+                Ok(Found::Answer(v3_found(raw, state, headers)))
             }
         }
     }
@@ -366,18 +343,21 @@ impl QueryClient {
         })
     }
 
-    /// A v2 query for the one record `by` names (`appid` and `mch_id` beside it; a service
-    /// provider's `appid` is its own, the first of its `appids`, with `sub_mch_id` and the
-    /// order's `sub_appid`): the verified answer's fields, or `None` when WeChat Pay does not
-    /// know the record.
+    /// A v2 query for the one `record` asked about (`appid` and `mch_id` beside it; a
+    /// service provider's `appid` is its own, the first of its `appids`, with `sub_mch_id`
+    /// and the order's `sub_appid`): the verified answer, checked to be about that record of
+    /// that sub-merchant, with its state.
     async fn query_v2(
         &self,
-        path: &str,
-        merchant: &Merchant,
-        of: OrderOf<'_>,
-        (by_field, by_value): (&str, &str),
+        record: Record,
+        Asked {
+            merchant,
+            of,
+            number,
+        }: Asked<'_>,
         limiter: &RateLimiter,
-    ) -> Result<Option<(Raw, XmlFields)>, QueryError> {
+    ) -> Result<Found, QueryError> {
+        let fields = record.v2_fields();
         let mut request = XmlFields::new();
         request.insert("mch_id", merchant.mch_id.as_str());
         match (of.sub_mch_id, merchant.appids.first()) {
@@ -390,24 +370,19 @@ impl QueryClient {
                 }
             }
         }
-        request.insert(by_field, by_value);
-        let raw = self.post_v2(path, merchant, request, limiter).await?;
-        Ok(v2_answer(&raw, merchant)?.map(|fields| (raw, fields)))
-    }
-
-    /// A v3 query: the answer with its verified `Wechatpay-*` headers, or `None` on 404.
-    async fn query_v3(
-        &self,
-        path: &str,
-        merchant: &Merchant,
-        limiter: &RateLimiter,
-    ) -> Result<Option<(Raw, WechatpayHeaders)>, QueryError> {
-        let raw = self.get_v3(path, merchant, limiter).await?;
-        if raw.status == StatusCode::NOT_FOUND {
-            return Ok(None);
+        request.insert(fields.by, number);
+        let raw = self
+            .post_v2(fields.path, merchant, request, limiter)
+            .await?;
+        let Some(answer) = v2_answer(&raw, merchant)? else {
+            return Ok(Found::NotFound);
+        };
+        if answer.get(fields.echo) != Some(number) {
+            return Err(QueryError::Mismatch(record.as_str()));
         }
-        let headers = v3_verified(&raw, merchant)?;
-        Ok(Some((raw, headers)))
+        v2_same_sub_merchant(&answer, of)?;
+        let state = v2_required(&answer, fields.state)?;
+        Ok(Found::Answer(v2_found(raw, state)))
     }
 
     /// A signed v2 request: `nonce_str`, `sign_type`, `sign` added to `fields`.
@@ -652,6 +627,77 @@ fn v2_found(raw: Raw, state: String) -> Answer {
         body: raw.body,
         wechatpay: None,
     }
+}
+
+/// One record asked about: of `merchant`, of the order `of`, numbered `number`
+/// (`out_trade_no` or `out_refund_no`).
+#[derive(Clone, Copy)]
+struct Asked<'a> {
+    merchant: &'a Merchant,
+    of: OrderOf<'a>,
+    number: &'a str,
+}
+
+fn v3_order_path(asked: Asked<'_>) -> String {
+    let number = encode_component(asked.number);
+    let mch_id = encode_component(&asked.merchant.mch_id);
+    match asked.of.sub_mch_id {
+        "" => format!("/v3/pay/transactions/out-trade-no/{number}?mchid={mch_id}"),
+        sub_mch_id => format!(
+            "/v3/pay/partner/transactions/out-trade-no/{number}?sp_mchid={mch_id}&sub_mchid={}",
+            encode_component(sub_mch_id)
+        ),
+    }
+}
+
+fn v3_refund_path(asked: Asked<'_>) -> String {
+    let mut path = format!(
+        "/v3/refund/domestic/refunds/{}",
+        encode_component(asked.number)
+    );
+    if !asked.of.sub_mch_id.is_empty() {
+        path.push_str(&format!(
+            "?sub_mchid={}",
+            encode_component(asked.of.sub_mch_id)
+        ));
+    }
+    path
+}
+
+fn malformed(error: impl std::fmt::Display) -> QueryError {
+    QueryError::Malformed(error.to_string())
+}
+
+/// The `trade_state` of a v3 order answer, once it is known to be about the order asked.
+fn v3_order_state(asked: Asked<'_>, body: &[u8]) -> Result<String, QueryError> {
+    let transaction = Transaction::parse(body).map_err(malformed)?;
+    if transaction.merchant() != asked.merchant.mch_id
+        || transaction.sub_merchant() != asked.of.sub_mch_id
+    {
+        return Err(QueryError::Mismatch("merchant"));
+    }
+    if transaction.out_trade_no != asked.number {
+        return Err(QueryError::Mismatch("order"));
+    }
+    Ok(transaction.trade_state)
+}
+
+/// The `status` of a v3 refund answer, once it is known to be about the refund asked.
+fn v3_refund_state(asked: Asked<'_>, body: &[u8]) -> Result<String, QueryError> {
+    let refund = RefundResource::parse(body).map_err(malformed)?;
+    // The refund query's answer has no `mchid` (nor, for a provider, perhaps a
+    // `sub_mchid`); when present they must be the ones asked about.
+    let named = refund.merchant();
+    let named_sub = refund.sub_mchid.as_str();
+    if (!named.is_empty() && named != asked.merchant.mch_id)
+        || (!named_sub.is_empty() && named_sub != asked.of.sub_mch_id)
+    {
+        return Err(QueryError::Mismatch("merchant"));
+    }
+    if refund.out_refund_no != asked.number {
+        return Err(QueryError::Mismatch("refund"));
+    }
+    Ok(refund.refund_status)
 }
 
 /// Verifies a v3 answer's `Wechatpay-*` signature (timestamp freshness enforced: this is a
@@ -968,6 +1014,31 @@ mod tests {
         (url, hits)
     }
 
+    /// The answer of a query that must have found its record.
+    fn answered(found: Result<Found, QueryError>) -> Answer {
+        match found.expect("answered") {
+            Found::Answer(answer) => answer,
+            Found::NotFound => panic!("expected an answer"),
+        }
+    }
+
+    /// Asks about the order `o1` of appid `wx`, the one the canned answers here are about,
+    /// of a responder giving `responses` with a client timing out after `timeout_ms`: the
+    /// result and the requests it took.
+    async fn query_o1(
+        responses: Vec<Option<Canned>>,
+        merchant: &Merchant,
+        timeout_ms: u64,
+    ) -> (Result<Found, QueryError>, usize) {
+        let (url, hits) = responder(responses).await;
+        let limiter = RateLimiter::per_second(1_000);
+        let of = OrderOf::direct("wx");
+        let result = client(&url, timeout_ms)
+            .query(Record::Order, merchant, of, "o1", &limiter)
+            .await;
+        (result, hits.load(Ordering::SeqCst))
+    }
+
     fn client(url: &str, timeout_ms: u64) -> QueryClient {
         QueryClient::new(&WechatpaySettings {
             api_base: url.to_owned(),
@@ -992,18 +1063,11 @@ mod tests {
         ));
         let (url, hits) = responder(vec![error.clone(), error, ok]).await;
         let limiter = RateLimiter::per_second(1_000);
+        let of = OrderOf::direct("wxd930ea5d5a258f4f");
         let found = client(&url, 2_000)
-            .query_order(
-                &v2_merchant(),
-                OrderOf::direct("wxd930ea5d5a258f4f"),
-                "o1",
-                &limiter,
-            )
-            .await
-            .expect("answered");
-        let Found::Answer(answer) = found else {
-            panic!("expected an answer")
-        };
+            .query(Record::Order, &v2_merchant(), of, "o1", &limiter)
+            .await;
+        let answer = answered(found);
         assert_eq!(answer.state, TradeState::Success.as_str());
         assert_eq!(answer.wechatpay, None);
         assert_eq!(answer.body, v2_order_body("o1", "SUCCESS"));
@@ -1013,56 +1077,36 @@ mod tests {
 
     #[tokio::test]
     async fn gives_up_after_max_attempts_and_does_not_retry_4xx() {
-        let (url, hits) = responder(vec![Some((
-            429,
-            vec![("Retry-After", "0".to_owned())],
-            vec![],
-        ))])
+        let retry_at_once = vec![("Retry-After", "0".to_owned())];
+        let (result, hits) = query_o1(
+            vec![Some((429, retry_at_once, vec![]))],
+            &v2_merchant(),
+            2_000,
+        )
         .await;
-        let limiter = RateLimiter::per_second(1_000);
-        let result = client(&url, 2_000)
-            .query_order(&v2_merchant(), OrderOf::direct("wx"), "o1", &limiter)
-            .await;
         assert!(matches!(result, Err(QueryError::Status(429))), "{result:?}");
-        assert_eq!(hits.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
+        assert_eq!(hits, MAX_ATTEMPTS as usize);
 
         let (merchant, _) = v3_merchant();
-        let (url, hits) = responder(vec![Some((
-            401,
-            vec![],
-            br#"{"code":"SIGN_ERROR"}"#.to_vec(),
-        ))])
-        .await;
-        let result = client(&url, 2_000)
-            .query_order(&merchant, OrderOf::direct("wx"), "o1", &limiter)
-            .await;
+        let sign_error = br#"{"code":"SIGN_ERROR"}"#.to_vec();
+        let (result, hits) =
+            query_o1(vec![Some((401, vec![], sign_error))], &merchant, 2_000).await;
         assert!(matches!(result, Err(QueryError::Status(401))), "{result:?}");
-        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!(hits, 1);
 
-        let (url, _) = responder(vec![Some((
-            404,
-            vec![],
-            br#"{"code":"ORDER_NOT_EXIST"}"#.to_vec(),
-        ))])
-        .await;
-        let result = client(&url, 2_000)
-            .query_order(&merchant, OrderOf::direct("wx"), "o1", &limiter)
-            .await;
+        let not_exist = br#"{"code":"ORDER_NOT_EXIST"}"#.to_vec();
+        let (result, _) = query_o1(vec![Some((404, vec![], not_exist))], &merchant, 2_000).await;
         assert!(matches!(result, Ok(Found::NotFound)), "{result:?}");
     }
 
     #[tokio::test]
     async fn times_out_and_reports_transport_errors() {
-        let (url, hits) = responder(vec![None]).await;
-        let limiter = RateLimiter::per_second(1_000);
-        let result = client(&url, 150)
-            .query_order(&v2_merchant(), OrderOf::direct("wx"), "o1", &limiter)
-            .await;
+        let (result, hits) = query_o1(vec![None], &v2_merchant(), 150).await;
         assert!(
             matches!(&result, Err(QueryError::Transport(text)) if text.starts_with("timeout")),
             "{result:?}"
         );
-        assert_eq!(hits.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
+        assert_eq!(hits, MAX_ATTEMPTS as usize);
     }
 
     /// The v2 merchant's order query about `o1` of `of`, answered by `answer`.
@@ -1070,7 +1114,7 @@ mod tests {
         let (url, _) = responder(vec![answer]).await;
         let limiter = RateLimiter::per_second(1_000);
         client(&url, 2_000)
-            .query_order(&v2_merchant(), of, "o1", &limiter)
+            .query(Record::Order, &v2_merchant(), of, "o1", &limiter)
             .await
     }
 
@@ -1124,15 +1168,8 @@ mod tests {
             br#"{"appid":"wx","mchid":"1900000109","out_trade_no":"o1","trade_state":"NOTPAY"}"#
                 .to_vec();
         let headers = v3_headers(&platform, chrono::Utc::now().timestamp(), &body);
-        let (url, _) = responder(vec![Some((200, headers.clone(), body.clone()))]).await;
-        let limiter = RateLimiter::per_second(1_000);
-        let found = client(&url, 2_000)
-            .query_order(&merchant, OrderOf::direct("wx"), "o1", &limiter)
-            .await
-            .expect("answered");
-        let Found::Answer(answer) = found else {
-            panic!("expected an answer")
-        };
+        let answer = vec![Some((200, headers.clone(), body.clone()))];
+        let answer = answered(query_o1(answer, &merchant, 2_000).await.0);
         assert_eq!(answer.state, TradeState::NotPay.as_str());
         assert_eq!(answer.body, body);
         let wechatpay = answer.wechatpay.expect("v3 headers kept");

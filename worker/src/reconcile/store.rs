@@ -9,7 +9,7 @@ use diesel_async::RunQueryDsl;
 
 use wxpay_shared::state::{OrderState, RefundState};
 
-use crate::db::models::{DbOrderState, DbRefundState};
+use super::query::Record;
 use crate::db::schema::{orders, refunds};
 use crate::db::{pool_error_text, DbPool};
 
@@ -66,18 +66,32 @@ impl Due for DueRefund {
     }
 }
 
-/// The rows of `$table` strictly after `$cursor` in `(created_at, $number, sub_mch_id)`
-/// order (one keyset filter for orders and refunds, whose columns are distinct types).
-macro_rules! after {
-    ($table:ident, $number:ident, $cursor:expr) => {{
-        let (at, number, sub_mch_id): &Cursor = $cursor;
-        $table::created_at
-            .gt(*at)
-            .or($table::created_at.eq(*at).and(
-                $table::$number.gt(number.clone()).or($table::$number
-                    .eq(number.clone())
-                    .and($table::sub_mch_id.gt(sub_mch_id.clone()))),
+/// `$query` over `$table` as one keyset page: in `(created_at, $number, sub_mch_id)` order,
+/// the rows of `$page` (a `&Page`). One paging for orders and refunds, whose columns are
+/// distinct types.
+macro_rules! keyset_page {
+    ($query:expr, $table:ident, $number:ident, $page:expr) => {{
+        let page: &Page = $page;
+        let mut query = $query
+            .order_by((
+                $table::created_at.asc(),
+                $table::$number.asc(),
+                $table::sub_mch_id.asc(),
             ))
+            .limit(page.limit)
+            .into_boxed();
+        if let Some((at, number, sub_mch_id)) = &page.cursor {
+            query = query.filter(
+                $table::created_at
+                    .gt(*at)
+                    .or($table::created_at.eq(*at).and(
+                        $table::$number.gt(number.clone()).or($table::$number
+                            .eq(number.clone())
+                            .and($table::sub_mch_id.gt(sub_mch_id.clone()))),
+                    )),
+            );
+        }
+        query
     }};
 }
 
@@ -87,19 +101,25 @@ async fn conn(pool: &DbPool) -> Result<crate::db::DbConn, StoreError> {
         .map_err(|error| StoreError::Pool(pool_error_text(&error)))
 }
 
-/// The merchant's `NOTPAY` orders created in `(newer_than, older_than)`, oldest first,
-/// after `cursor`, at most `limit`.
+/// Which page of a merchant's due rows to read: those of `mch_id` after `cursor` (from the
+/// first when `None`), at most `limit`.
+#[derive(Debug, Clone)]
+pub struct Page<'a> {
+    pub mch_id: &'a str,
+    pub cursor: Option<Cursor>,
+    pub limit: i64,
+}
+
+/// The `page` of the merchant's `NOTPAY` orders created in `(newer_than, older_than)`,
+/// oldest first.
 pub async fn due_orders(
     pool: &DbPool,
-    mch_id: &str,
-    newer_than: DateTime<Utc>,
-    older_than: DateTime<Utc>,
-    cursor: Option<&Cursor>,
-    limit: i64,
+    page: Page<'_>,
+    (newer_than, older_than): (DateTime<Utc>, DateTime<Utc>),
 ) -> Result<Vec<DueOrder>, StoreError> {
     let mut conn = conn(pool).await?;
-    let mut query = orders::table
-        .filter(orders::mch_id.eq(mch_id))
+    let due = orders::table
+        .filter(orders::mch_id.eq(page.mch_id))
         .filter(orders::state.eq(OrderState::NotPay.as_str()))
         .filter(orders::created_at.gt(newer_than))
         .filter(orders::created_at.lt(older_than))
@@ -108,17 +128,8 @@ pub async fn due_orders(
             orders::sub_mch_id,
             orders::appid,
             orders::created_at,
-        ))
-        .order_by((
-            orders::created_at.asc(),
-            orders::out_trade_no.asc(),
-            orders::sub_mch_id.asc(),
-        ))
-        .limit(limit)
-        .into_boxed();
-    if let Some(cursor) = cursor {
-        query = query.filter(after!(orders, out_trade_no, cursor));
-    }
+        ));
+    let query = keyset_page!(due, orders, out_trade_no, &page);
     let rows: Vec<(String, String, String, DateTime<Utc>)> = query.load(&mut conn).await?;
     Ok(rows
         .into_iter()
@@ -131,25 +142,23 @@ pub async fn due_orders(
         .collect())
 }
 
-/// The merchant's `PROCESSING` refunds created before `older_than`, oldest first, after
-/// `cursor`, at most `limit`. No horizon: a refund can stay processing for days (bank
-/// cards), and one that never finishes must keep showing up in the error metrics.
+/// The `page` of the merchant's `PROCESSING` refunds created before `older_than`, oldest
+/// first. No horizon: a refund can stay processing for days (bank cards), and one that
+/// never finishes must keep showing up in the error metrics.
 pub async fn due_refunds(
     pool: &DbPool,
-    mch_id: &str,
+    page: Page<'_>,
     older_than: DateTime<Utc>,
-    cursor: Option<&Cursor>,
-    limit: i64,
 ) -> Result<Vec<DueRefund>, StoreError> {
     let mut conn = conn(pool).await?;
-    let mut query = refunds::table
+    let due = refunds::table
         .left_join(
             orders::table.on(orders::mch_id
                 .eq(refunds::mch_id)
                 .and(orders::sub_mch_id.eq(refunds::sub_mch_id))
                 .and(orders::out_trade_no.eq(refunds::out_trade_no))),
         )
-        .filter(refunds::mch_id.eq(mch_id))
+        .filter(refunds::mch_id.eq(page.mch_id))
         .filter(refunds::status.eq(RefundState::Processing.as_str()))
         .filter(refunds::created_at.lt(older_than))
         .select((
@@ -158,17 +167,8 @@ pub async fn due_refunds(
             refunds::out_trade_no,
             orders::appid.nullable(),
             refunds::created_at,
-        ))
-        .order_by((
-            refunds::created_at.asc(),
-            refunds::out_refund_no.asc(),
-            refunds::sub_mch_id.asc(),
-        ))
-        .limit(limit)
-        .into_boxed();
-    if let Some(cursor) = cursor {
-        query = query.filter(after!(refunds, out_refund_no, cursor));
-    }
+        ));
+    let query = keyset_page!(due, refunds, out_refund_no, &page);
     type Row = (String, String, String, Option<String>, DateTime<Utc>);
     let rows: Vec<Row> = query.load(&mut conn).await?;
     Ok(rows
@@ -185,36 +185,33 @@ pub async fn due_refunds(
         .collect())
 }
 
-/// The order's state now (`None`: no such order).
-pub async fn order_state(
+/// Whether the order is still `NOTPAY` / the refund still `PROCESSING` (`false` once it
+/// moved on, or when there is no such row): one read for either kind of `record`.
+pub async fn still_due(
     pool: &DbPool,
+    record: Record,
     (mch_id, sub_mch_id): (&str, &str),
-    out_trade_no: &str,
-) -> Result<Option<OrderState>, StoreError> {
+    number: &str,
+) -> Result<bool, StoreError> {
     let mut conn = conn(pool).await?;
-    let state: Option<DbOrderState> = orders::table
-        .find((mch_id, sub_mch_id, out_trade_no))
-        .select(orders::state)
-        .first(&mut conn)
-        .await
-        .optional()?;
-    Ok(state.map(OrderState::from))
-}
-
-/// The refund's status now (`None`: no such refund).
-pub async fn refund_status(
-    pool: &DbPool,
-    (mch_id, sub_mch_id): (&str, &str),
-    out_refund_no: &str,
-) -> Result<Option<RefundState>, StoreError> {
-    let mut conn = conn(pool).await?;
-    let status: Option<DbRefundState> = refunds::table
-        .find((mch_id, sub_mch_id, out_refund_no))
-        .select(refunds::status)
-        .first(&mut conn)
-        .await
-        .optional()?;
-    Ok(status.map(RefundState::from))
+    let key = (mch_id, sub_mch_id, number);
+    let (read, due) = match record {
+        Record::Order => {
+            let read = orders::table.find(key).select(orders::state);
+            (
+                read.first::<String>(&mut conn).await,
+                OrderState::NotPay.as_str(),
+            )
+        }
+        Record::Refund => {
+            let read = refunds::table.find(key).select(refunds::status);
+            (
+                read.first(&mut conn).await,
+                RefundState::Processing.as_str(),
+            )
+        }
+    };
+    Ok(read.optional()?.is_some_and(|state| state == due))
 }
 
 /// `NOTPAY → CLOSED`, guarded: an order paid meanwhile (the worker holds the row lock while

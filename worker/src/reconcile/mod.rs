@@ -720,13 +720,18 @@ impl<'a> MerchantWork<'a> {
     }
 
     /// Warns about the answer on `subject` in state `state`: the one form of every warning
-    /// about an answer, so that they can be searched for by `what` and `number`.
+    /// about an answer. The number is logged under the field every other line uses for it
+    /// (`out_trade_no` or `out_refund_no`), so an operator's search finds these too.
     fn warn_answer(&self, subject: &Subject<'_>, state: &str, message: &str) {
+        let (out_trade_no, out_refund_no) = match subject.record {
+            Record::Order => (Some(subject.number), None),
+            Record::Refund => (None, Some(subject.number)),
+        };
         tracing::warn!(
             step = step::RECONCILE,
             mch_id = self.mch_id(),
-            what = subject.record.as_str(),
-            number = subject.number,
+            out_trade_no,
+            out_refund_no,
             state,
             "{} {message}",
             subject.record.as_str()

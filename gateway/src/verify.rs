@@ -276,15 +276,24 @@ fn configured<'m>(merchants: &'m Merchants, mch_id: &str) -> Result<&'m Merchant
 /// A v2 `appid` must be one of the merchant's when present (it is absent, empty, only
 /// alongside a `return_code` FAIL); so must a service provider's `sub_appid`
 /// (<https://pay.weixin.qq.com/wiki/doc/api/jsapi_sl.php?chapter=9_7>).
-fn check_appid(merchant: &Merchant, mch_id: &str, appid: &str) -> Result<(), Rejection> {
-    if appid.is_empty() || merchant.has_appid(appid) {
-        return Ok(());
+fn check_appids(
+    merchant: &Merchant,
+    mch_id: &str,
+    appid: &str,
+    sub_appid: Option<&str>,
+) -> Result<(), Rejection> {
+    match [Some(appid), sub_appid]
+        .into_iter()
+        .flatten()
+        .find(|id| !id.is_empty() && !merchant.has_appid(id))
+    {
+        None => Ok(()),
+        Some(unknown) => Err(Rejection::new(
+            RejectReason::WrongAppid,
+            format!("appid {unknown} is not configured for this merchant"),
+        )
+        .for_merchant(mch_id)),
     }
-    Err(Rejection::new(
-        RejectReason::WrongAppid,
-        format!("appid {appid} is not configured for this merchant"),
-    )
-    .for_merchant(mch_id))
 }
 
 /// v2 支付结果通知: parse, find the merchant by `mch_id`, verify the signature (method from
@@ -313,11 +322,11 @@ pub fn verify_v2_pay(
         .map_err(|error| xml_rejection(error).for_merchant(mch_id))?;
     // appid is required when return_code is SUCCESS (checked by from_fields); when present
     // it must be one of the merchant's, and so must a service provider's sub_appid.
-    check_appid(merchant, mch_id, &notification.appid)?;
-    check_appid(
+    check_appids(
         merchant,
         mch_id,
-        notification.sub_appid.as_deref().unwrap_or_default(),
+        &notification.appid,
+        notification.sub_appid.as_deref(),
     )?;
     verified_v2(incoming, Route::V2Pay, mch_id, notification.out_trade_no)
 }
@@ -342,11 +351,11 @@ pub fn verify_v2_refund(
     }
     let mch_id = envelope.mch_id.as_str();
     let merchant = configured(merchants, mch_id)?;
-    check_appid(merchant, mch_id, &envelope.appid)?;
-    check_appid(
+    check_appids(
         merchant,
         mch_id,
-        envelope.sub_appid.as_deref().unwrap_or_default(),
+        &envelope.appid,
+        envelope.sub_appid.as_deref(),
     )?;
     let root = v2::decrypt_req_info(&envelope.req_info, merchant.api_v2_key.expose_secret())
         .map_err(|error| {

@@ -110,6 +110,10 @@ pub const PLATFORM_CERTIFICATES: [(&str, &str, &str); 2] = [
     ),
 ];
 
+/// A certificate nobody downloads (fixtures/README.md): what a forger would put on the
+/// platform keys stream.
+pub const FORGER_CERT_PEM: &str = include_str!("../fixtures/forger_cert.pem");
+
 /// The platform key WeChat Pay signs v3 notifications and API answers with.
 pub fn platform_key() -> &'static PrivateKey {
     static KEY: OnceLock<PrivateKey> = OnceLock::new();

@@ -113,7 +113,7 @@ async fn downloaded_certificates_reach_a_gateway_without_keys_and_forgeries_do_n
         data: vec![EncryptedCertificate::encrypt(
             b"0123456789abcdef0123456789ABCDEF",
             "f0f0f0f0f0f0",
-            OTHER_CERT,
+            wxpay_testkit::merchants::FORGER_CERT_PEM,
         )
         .expect("encrypts")],
     };
@@ -147,6 +147,4 @@ async fn downloaded_certificates_reach_a_gateway_without_keys_and_forgeries_do_n
     wait_paid(&mut conn, &s, "CERT-2").await;
 }
 
-/// A certificate nobody downloads: the forger's (shared/tests fixture, `openssl req -x509`).
-const OTHER_CERT: &str = include_str!("../../../shared/tests/fixtures/v3/platform_b_cert.pem");
 const FORGED_SERIAL: &str = "5157F09EFDC096DE15EBE81A47057A7232F9F8D0";

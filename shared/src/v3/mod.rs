@@ -7,6 +7,8 @@
 //! - [`verify`]: verification of notifications (probe, type, serial, timestamp, signature).
 //! - [`aead`]: AEAD_AES_256_GCM decryption of the `resource`.
 //! - [`resource`]: the notification envelope, payment and refund resources.
+//! - [`combine`]: the combine payment (合单支付) resource and query answer, and how to tell it
+//!   from a plain payment.
 //! - [`authorization`]: the `Authorization` header of API calls, and response verification.
 //! - [`certificates`]: platform certificates downloaded from `GET /v3/certificates`.
 //!
@@ -15,6 +17,7 @@
 pub mod aead;
 pub mod authorization;
 pub mod certificates;
+pub mod combine;
 pub mod error;
 pub mod headers;
 pub mod keys;
@@ -30,6 +33,7 @@ pub use certificates::{
     decrypt_each, verify_download, CertificateError, CertificatesAnswer, DownloadError, Downloaded,
     EncryptedCertificate, PlatformCertificate,
 };
+pub use combine::{CombineTransaction, SubOrder, SubOrderAmount};
 pub use headers::{
     HeaderError, WechatpayHeaders, HEADER_NONCE, HEADER_SERIAL, HEADER_SIGNATURE,
     HEADER_SIGNATURE_TYPE, HEADER_TIMESTAMP, SIGNATURE_TYPE_RSA,

@@ -44,7 +44,7 @@ pub enum ResourceError {
     Utf8,
 }
 
-fn json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ResourceError> {
+pub(crate) fn json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ResourceError> {
     serde_json::from_slice(bytes).map_err(|e| ResourceError::Json(e.to_string()))
 }
 
@@ -192,7 +192,7 @@ fn provider_or<'a>(sp_mchid: &'a str, mchid: &'a str) -> &'a str {
     }
 }
 
-fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s?)
         .ok()
         .map(|t| t.with_timezone(&Utc))

@@ -20,7 +20,7 @@ use crate::apply::{self, ApplyError, Confirmation, Verdict};
 use crate::db::models::{DbOutcome, DbUuid};
 use crate::db::schema::{anomaly_resolutions, notifications};
 use crate::db::{pool_error_text, DbPool};
-use crate::decode::{self, DecodeError};
+use crate::decode::{self, DecodeError, Decoded};
 
 /// What a person decided about an anomaly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,7 +381,16 @@ async fn reapply(
     let (merchant, decoded) = decode::merchant_of(&message, merchants)
         .and_then(|merchant| Ok((merchant, decode::decode_recorded(&message, merchants)?)))
         .map_err(|error| AnomalyError::Undecodable { id, error })?;
-    let key = decoded.dedupe_key(&message.body);
+    // A combine payment's sub order is resolved alone, under its own payment key (the
+    // anomaly's); an anomaly of the combine message itself re-applies the whole.
+    let sub_order = match &decoded {
+        Decoded::Combine(combine) => combine.sub_order_keyed(&stored.dedupe_key, &message.body),
+        _ => None,
+    };
+    let key = match sub_order {
+        Some(_) => stored.dedupe_key.clone(),
+        None => decoded.dedupe_key(&message.body),
+    };
     close(
         conn,
         id,
@@ -395,10 +404,13 @@ async fn reapply(
         dedupe_key: &key,
         confirmation: &Confirmation::NotRequired,
         sub_merchants: &merchant.sub_merchants,
+        merchants,
     };
-    let verdict = apply::apply_in(conn, &applying)
-        .await
-        .map_err(|error| AnomalyError::NotApplied { id, error })?;
+    let applied = match sub_order {
+        Some(sub_order) => apply::apply_sub_order_in(conn, &applying, sub_order).await,
+        None => apply::apply_in(conn, &applying).await,
+    };
+    let verdict = applied.map_err(|error| AnomalyError::NotApplied { id, error })?;
     let notification_id = match verdict {
         Verdict::Duplicate => None,
         _ => notifications::table

@@ -19,6 +19,11 @@
 //!   `sub_mchid`, `sub_appid`: <https://pay.weixin.qq.com/doc/v3/partner/4012085801>): the
 //!   event carries it in `sub_mch_id` (empty for a direct merchant), and `appid` is the one
 //!   the order was paid in (the `sub_appid` when there is one, else the provider's).
+//! - A combine payment (合单支付) arrives as a plain payment does (`TRANSACTION.SUCCESS`,
+//!   `original_type` `transaction`; its query answer as `query.pay`) and is told apart by its
+//!   shape (`wxpay_shared::v3::combine::is_combine`): it becomes one [`Decoded::Combine`] whose
+//!   sub orders are payments of their own merchants:
+//!   <https://pay.weixin.qq.com/docs/merchant/apis/combine-payment/orders/combine-payment-notice.html>
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 use secrecy::ExposeSecret;
@@ -27,6 +32,7 @@ use wxpay_runtime::config::{Merchant, Merchants};
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::state::{RefundState, RefundStatus, TradeState};
 use wxpay_shared::v2::{self, PayNotification, RefundEnvelope, RefundInfo, XmlFields};
+use wxpay_shared::v3::combine::{self, CombineTransaction, SubOrder};
 use wxpay_shared::v3::{
     verify_notification, verify_response, EventType, NotificationEnvelope, RefundResource,
     TimestampCheck, Transaction, WechatpayHeaders,
@@ -55,6 +61,79 @@ pub struct PayEvent {
     /// ISO 4217 currency of `amount_total` (`fee_type`, `amount.currency`); WeChat Pay's
     /// default `CNY` when the message names none.
     pub currency: String,
+}
+
+impl PayEvent {
+    /// The business key of this payment: `pay:{merchant}:{transaction_id}`, where
+    /// `{merchant}` is the `mch_id` of a direct merchant (the keys of before service providers,
+    /// unchanged) and `{mch_id}.{sub_mch_id}` of a provider's sub-merchant. A payment that did
+    /// not succeed may have no transaction id: its key holds the order, the state and the
+    /// SHA-256 of the body, so WeChat's re-sends of it still dedupe. A combine payment's sub
+    /// order has this key too, so it is the same payment whichever channel brings it.
+    pub fn dedupe_key(&self, body: &[u8]) -> String {
+        let merchant = merchant_key(&self.mch_id, &self.sub_mch_id);
+        match (&self.transaction_id, self.success) {
+            (Some(transaction_id), true) => format!("pay:{merchant}:{transaction_id}"),
+            _ => format!(
+                "pay:{merchant}:{}:{}:{}",
+                self.out_trade_no,
+                self.state_text,
+                hex::encode(Sha256::digest(body))
+            ),
+        }
+    }
+}
+
+/// `{mch_id}` of a direct merchant, `{mch_id}.{sub_mch_id}` of a provider's sub-merchant.
+fn merchant_key(mch_id: &str, sub_mch_id: &str) -> String {
+    match sub_mch_id {
+        "" => mch_id.to_owned(),
+        sub_mch_id => format!("{mch_id}.{sub_mch_id}"),
+    }
+}
+
+/// A combine payment (合单支付): several orders, each of its own merchant, paid at once, as
+/// its notification or the combine query's answer tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CombineEvent {
+    /// The merchant that started the combine payment (`combine_mchid`): the message is
+    /// addressed to it.
+    pub combine_mch_id: String,
+    /// Its number for the whole combine payment (not an order's number).
+    pub combine_out_trade_no: String,
+    /// One payment per sub order, each naming its own merchant (`mchid`, `sub_mchid`).
+    pub sub_orders: Vec<PayEvent>,
+}
+
+impl CombineEvent {
+    /// The key of the combine message itself: `combine:{combine_mchid}:{combine_out_trade_no}:
+    /// {sha256}`, the SHA-256 (hex) over each sub order's merchant, sub-merchant, order,
+    /// state and transaction, in the message's order. A re-send says the same and dedupes; a
+    /// later query answer in which more sub orders are paid says something new and is
+    /// applied, its sub orders already booked being duplicates under their own keys.
+    pub fn dedupe_key(&self) -> String {
+        let mut states = Sha256::new();
+        for sub in &self.sub_orders {
+            let transaction_id = sub.transaction_id.as_deref().unwrap_or_default();
+            states.update(format!(
+                "{}|{}|{}|{}|{transaction_id}\n",
+                sub.mch_id, sub.sub_mch_id, sub.out_trade_no, sub.state_text
+            ));
+        }
+        format!(
+            "combine:{}:{}:{}",
+            self.combine_mch_id,
+            self.combine_out_trade_no,
+            hex::encode(states.finalize())
+        )
+    }
+
+    /// The sub order whose own payment key ([`PayEvent::dedupe_key`]) is `key`.
+    pub fn sub_order_keyed(&self, key: &str, body: &[u8]) -> Option<&PayEvent> {
+        self.sub_orders
+            .iter()
+            .find(|sub| sub.dedupe_key(body) == key)
+    }
 }
 
 /// A refund result, whichever channel brought it.
@@ -102,36 +181,24 @@ fn currency_or_default(currency: Option<&str>) -> String {
 pub enum Decoded {
     Pay(PayEvent),
     Refund(RefundEvent),
+    Combine(CombineEvent),
 }
 
 impl Decoded {
     /// The business dedupe key, identical whichever channel brought the news:
-    /// `pay:{merchant}:{transaction_id}` for a payment,
-    /// `refund:{merchant}:{refund_id}:{status}` for a refund, where `{merchant}` is the
-    /// `mch_id` of a direct merchant (the keys of before service providers, unchanged) and
-    /// `{mch_id}.{sub_mch_id}` of a provider's sub-merchant. A payment that did not
-    /// succeed may have no transaction id: its key holds the order, the state and the
-    /// SHA-256 of the body, so WeChat's re-sends of it still dedupe.
+    /// [`PayEvent::dedupe_key`] for a payment, `refund:{merchant}:{refund_id}:{status}` for a
+    /// refund (`{merchant}` as for a payment), [`CombineEvent::dedupe_key`] for the message
+    /// of a combine payment (each of its sub orders is booked under its own payment key).
     pub fn dedupe_key(&self, body: &[u8]) -> String {
-        let merchant = match self.sub_mch_id() {
-            "" => self.mch_id().to_owned(),
-            sub_mch_id => format!("{}.{sub_mch_id}", self.mch_id()),
-        };
         match self {
-            Decoded::Pay(pay) => match (&pay.transaction_id, pay.success) {
-                (Some(transaction_id), true) => format!("pay:{merchant}:{transaction_id}"),
-                _ => format!(
-                    "pay:{merchant}:{}:{}:{}",
-                    pay.out_trade_no,
-                    pay.state_text,
-                    hex::encode(Sha256::digest(body))
-                ),
-            },
+            Decoded::Pay(pay) => pay.dedupe_key(body),
             Decoded::Refund(refund) => format!(
-                "refund:{merchant}:{}:{}",
+                "refund:{}:{}:{}",
+                merchant_key(&refund.mch_id, &refund.sub_mch_id),
                 refund.refund_id,
                 refund.status.as_str()
             ),
+            Decoded::Combine(combine) => combine.dedupe_key(),
         }
     }
 
@@ -140,21 +207,26 @@ impl Decoded {
         match self {
             Decoded::Pay(pay) => &pay.mch_id,
             Decoded::Refund(refund) => &refund.mch_id,
+            Decoded::Combine(combine) => &combine.combine_mch_id,
         }
     }
 
-    /// The sub-merchant named in the body; empty for a direct merchant.
+    /// The sub-merchant named in the body; empty for a direct merchant and for a combine
+    /// payment (its sub orders name theirs).
     pub fn sub_mch_id(&self) -> &str {
         match self {
             Decoded::Pay(pay) => &pay.sub_mch_id,
             Decoded::Refund(refund) => &refund.sub_mch_id,
+            Decoded::Combine(_) => "",
         }
     }
 
+    /// The order's number; a combine payment's own number (`combine_out_trade_no`).
     pub fn out_trade_no(&self) -> &str {
         match self {
             Decoded::Pay(pay) => &pay.out_trade_no,
             Decoded::Refund(refund) => &refund.out_trade_no,
+            Decoded::Combine(combine) => &combine.combine_out_trade_no,
         }
     }
 }
@@ -222,9 +294,14 @@ pub fn decode(message: &NotifyMessage, merchants: &Merchants) -> Result<Decoded,
                 .ok_or_else(|| malformed("v3 message without wechatpay headers"))?;
             decode_v3(headers, body, merchant)
         }
-        NotifyKind::QueryPay => {
-            order_query_answer(message.wechatpay.as_ref(), body, merchant).map(Decoded::Pay)
-        }
+        NotifyKind::QueryPay => match message.wechatpay.as_ref() {
+            // The combine query (v3 only) answers in the combine's shape.
+            Some(headers) if combine::is_combine(body) => {
+                verify_v3_response(headers, body, merchant)?;
+                combine_from(body)
+            }
+            headers => order_query_answer(headers, body, merchant).map(Decoded::Pay),
+        },
         NotifyKind::QueryRefund => {
             let decoded = match &message.wechatpay {
                 Some(headers) => {
@@ -453,6 +530,8 @@ fn decrypt_v3(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeError> 
             RefundResource::parse(&plaintext).map_err(malformed)?,
             merchant,
         )
+    } else if combine::is_combine(&plaintext) {
+        combine_from(&plaintext)
     } else {
         pay_from_transaction(Transaction::parse(&plaintext).map_err(malformed)?, merchant)
             .map(Decoded::Pay)
@@ -490,30 +569,91 @@ fn is_paid_state(trade_state: &str) -> bool {
     TradeState::parse(trade_state).is_some_and(TradeState::is_paid)
 }
 
-fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<PayEvent, DecodeError> {
-    let success = is_paid_state(&t.trade_state);
-    let transaction_id = Some(t.transaction_id.clone()).filter(|id| !id.is_empty());
+/// What a v3 payment says, a plain one or a combine payment's sub order, in the words
+/// [`PayEvent`] keeps.
+struct V3Payment<'a> {
+    mch_id: String,
+    sub_mch_id: String,
+    appid: String,
+    out_trade_no: String,
+    trade_state: String,
+    transaction_id: &'a str,
+    /// `total` (plain) or `total_amount` (sub order), and its currency.
+    amount: Option<(i64, &'a str)>,
+    paid_at: Option<DateTime<Utc>>,
+}
+
+/// The one [`PayEvent`] of a v3 payment: paid only with a transaction id and an amount.
+fn pay_from_v3(p: V3Payment<'_>) -> Result<PayEvent, DecodeError> {
+    let success = is_paid_state(&p.trade_state);
+    let transaction_id = Some(p.transaction_id.to_owned()).filter(|id| !id.is_empty());
     if success && transaction_id.is_none() {
         return Err(malformed("paid transaction without transaction_id"));
     }
-    let amount_total = match (&t.amount, success) {
-        (Some(amount), _) => amount.total,
+    let amount_total = match (p.amount, success) {
+        (Some((total, _)), _) => total,
         (None, false) => 0,
         (None, true) => return Err(malformed("paid transaction without amount")),
     };
-    let paid_at = t.paid_at();
-    let currency = currency_or_default(t.amount.as_ref().map(|a| a.currency.as_str()));
     Ok(PayEvent {
-        currency,
-        mch_id: non_empty_or(t.merchant().to_owned(), &merchant.mch_id),
-        sub_mch_id: t.sub_merchant().to_owned(),
-        appid: t.paid_appid().to_owned(),
-        out_trade_no: t.out_trade_no,
+        currency: currency_or_default(p.amount.map(|(_, currency)| currency)),
+        mch_id: p.mch_id,
+        sub_mch_id: p.sub_mch_id,
+        appid: p.appid,
+        out_trade_no: p.out_trade_no,
         transaction_id,
         amount_total,
         success,
-        state_text: pay_state_text(success, t.trade_state),
-        paid_at,
+        state_text: pay_state_text(success, p.trade_state),
+        paid_at: p.paid_at,
+    })
+}
+
+fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<PayEvent, DecodeError> {
+    pay_from_v3(V3Payment {
+        mch_id: non_empty_or(t.merchant().to_owned(), &merchant.mch_id),
+        sub_mch_id: t.sub_merchant().to_owned(),
+        appid: t.paid_appid().to_owned(),
+        paid_at: t.paid_at(),
+        transaction_id: &t.transaction_id,
+        amount: t.amount.as_ref().map(|a| (a.total, a.currency.as_str())),
+        out_trade_no: t.out_trade_no.clone(),
+        trade_state: t.trade_state.clone(),
+    })
+}
+
+/// A combine payment's resource or query answer (verified, or decrypted, by the caller).
+fn combine_from(body: &[u8]) -> Result<Decoded, DecodeError> {
+    let combine = CombineTransaction::parse(body).map_err(malformed)?;
+    let sub_orders = combine
+        .sub_orders
+        .iter()
+        .map(|sub| pay_from_sub_order(&combine, sub))
+        .collect::<Result<_, _>>()?;
+    Ok(Decoded::Combine(CombineEvent {
+        combine_mch_id: combine.combine_mchid,
+        combine_out_trade_no: combine.combine_out_trade_no,
+        sub_orders,
+    }))
+}
+
+/// A sub order as a payment of its own merchant, in the app it was paid in.
+fn pay_from_sub_order(
+    combine: &CombineTransaction,
+    sub: &SubOrder,
+) -> Result<PayEvent, DecodeError> {
+    pay_from_v3(V3Payment {
+        mch_id: sub.mchid.clone(),
+        sub_mch_id: sub.sub_mchid.clone(),
+        appid: sub.paid_appid(&combine.combine_appid).to_owned(),
+        out_trade_no: sub.out_trade_no.clone(),
+        trade_state: sub.trade_state.clone(),
+        transaction_id: &sub.transaction_id,
+        amount: sub
+            .amount
+            .as_ref()
+            .map(|a| (a.total_amount, a.currency.as_str())),
+        paid_at: sub.paid_at(),
     })
 }
 
@@ -698,6 +838,48 @@ mod tests {
             Decoded::Refund(sub("1900000201")).dedupe_key(b""),
             Decoded::Refund(sub("1900000202")).dedupe_key(b"")
         );
+    }
+
+    #[test]
+    fn a_combine_message_and_its_sub_orders_have_keys_of_their_own() {
+        let sub = |out_trade_no: &str, transaction_id: &str| PayEvent {
+            mch_id: "1900000109".into(),
+            sub_mch_id: String::new(),
+            appid: "wx1".into(),
+            out_trade_no: out_trade_no.into(),
+            transaction_id: Some(transaction_id.into()),
+            amount_total: 100,
+            success: true,
+            state_text: TradeState::Success.as_str().into(),
+            paid_at: None,
+            currency: DEFAULT_CURRENCY.into(),
+        };
+        let paid = CombineEvent {
+            combine_mch_id: "1900000109".into(),
+            combine_out_trade_no: "c1".into(),
+            sub_orders: vec![sub("o1", "4201"), sub("o2", "4202")],
+        };
+        let key = Decoded::Combine(paid.clone()).dedupe_key(b"any body");
+        assert!(key.starts_with("combine:1900000109:c1:"), "{key}");
+        assert_eq!(key, paid.dedupe_key());
+        // Another sub order's state is another message (a later query answer).
+        let mut one_unpaid = paid.clone();
+        one_unpaid.sub_orders[1] = PayEvent {
+            success: false,
+            transaction_id: None,
+            state_text: TradeState::NotPay.as_str().into(),
+            ..sub("o2", "")
+        };
+        assert_ne!(one_unpaid.dedupe_key(), key);
+        // Each sub order is found by its own payment key, the one a plain payment has.
+        let own_key = Decoded::Pay(sub("o2", "4202")).dedupe_key(b"other body");
+        assert_eq!(own_key, "pay:1900000109:4202");
+        assert_eq!(
+            paid.sub_order_keyed(&own_key, b"body")
+                .map(|s| s.out_trade_no.as_str()),
+            Some("o2")
+        );
+        assert_eq!(paid.sub_order_keyed("pay:1900000109:9999", b"body"), None);
     }
 
     #[test]

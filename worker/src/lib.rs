@@ -351,6 +351,7 @@ impl Worker {
             dedupe_key: &key,
             confirmation: &confirmation,
             sub_merchants: &merchant.sub_merchants,
+            merchants: &merchants,
         };
         let result = apply::apply(&inner.pool, &applying).await;
         let outcome = match result {

@@ -14,6 +14,7 @@
 //! Every event of an order carries `order_seq`, the order's `event_seq` bumped under its row
 //! lock in the same transaction, so consumers can put an order's events in order.
 
+mod combine;
 mod pay;
 mod refund;
 
@@ -22,7 +23,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 use uuid::Uuid;
-use wxpay_runtime::config::SubMerchants;
+use wxpay_runtime::config::{Merchants, SubMerchants};
 use wxpay_shared::message::NotifyMessage;
 use wxpay_shared::state::NotificationOutcome;
 
@@ -30,7 +31,7 @@ use crate::db::models::{DbOutcome, DbUuid, NewNotification, NewOutbox, Order};
 use crate::db::queries::{InsertNotification, InsertOutbox};
 use crate::db::schema::{notifications, orders};
 use crate::db::{pool_error_text, DbPool};
-use crate::decode::Decoded;
+use crate::decode::{Decoded, PayEvent};
 
 /// Anomaly reasons (`notifications.anomaly_reason`, label of `wxpay_worker_anomalies_total`).
 pub mod reason {
@@ -129,11 +130,15 @@ impl ApplyError {
 pub const UNKNOWN_ORDER_REASON: &str = "unknown_order";
 
 /// The notification being applied.
+#[derive(Clone, Copy)]
 pub(crate) struct Context<'a> {
     pub message: &'a NotifyMessage,
+    /// The merchant whose orders it may touch: the one the message is addressed to, or the
+    /// configured merchant a combine payment's sub order belongs to.
+    pub mch_id: &'a str,
     pub dedupe_key: &'a str,
     pub confirmation: &'a Confirmation,
-    /// The sub-merchants the message's merchant serves.
+    /// The sub-merchants that merchant serves.
     pub sub_merchants: &'a SubMerchants,
 }
 
@@ -156,7 +161,7 @@ impl<'a> LogRow<'a> {
         out_trade_no: Option<&'a str>,
     ) -> LogRow<'a> {
         LogRow {
-            mch_id: &ctx.message.mch_id,
+            mch_id: ctx.mch_id,
             sub_mch_id,
             out_trade_no,
             out_refund_no: None,
@@ -168,10 +173,10 @@ impl<'a> LogRow<'a> {
 impl Context<'_> {
     /// Why a body naming merchant `mch_id` and sub-merchant `sub_mch_id` must touch no
     /// order: verified with the keys of the merchant the message is addressed to, it names
-    /// another merchant, or a sub-merchant that merchant does not serve (a provider's
-    /// `sub_mch_ids`; a direct merchant serves none).
+    /// another merchant (than [`Self::mch_id`]), or a sub-merchant that merchant does not
+    /// serve (a provider's `sub_mch_ids`; a direct merchant serves none).
     fn merchant_mismatch(&self, mch_id: &str, sub_mch_id: &str) -> Option<(&'static str, String)> {
-        if mch_id != self.message.mch_id {
+        if mch_id != self.mch_id {
             Some((
                 reason::MCH_ID_MISMATCH,
                 format!("body names merchant {mch_id}"),
@@ -414,13 +419,28 @@ async fn emit(
 }
 
 /// What is applied: the message, its decoded event and dedupe key, the order query's word,
-/// and the sub-merchants the message's merchant serves (`Merchant::sub_merchants`).
+/// the sub-merchants the message's merchant serves (`Merchant::sub_merchants`), and every
+/// configured merchant (a combine payment's sub orders may belong to any of them).
 pub struct Applying<'a> {
     pub message: &'a NotifyMessage,
     pub decoded: &'a Decoded,
     pub dedupe_key: &'a str,
     pub confirmation: &'a Confirmation,
     pub sub_merchants: &'a SubMerchants,
+    pub merchants: &'a Merchants,
+}
+
+impl<'a> Applying<'a> {
+    /// The context of the message's own merchant.
+    fn context(&self) -> Context<'a> {
+        Context {
+            message: self.message,
+            mch_id: &self.message.mch_id,
+            dedupe_key: self.dedupe_key,
+            confirmation: self.confirmation,
+            sub_merchants: self.sub_merchants,
+        }
+    }
 }
 
 /// Applies in one transaction.
@@ -439,15 +459,22 @@ pub async fn apply_in(
     conn: &mut AsyncPgConnection,
     applying: &Applying<'_>,
 ) -> Result<Verdict, ApplyError> {
-    let ctx = Context {
-        message: applying.message,
-        dedupe_key: applying.dedupe_key,
-        confirmation: applying.confirmation,
-        sub_merchants: applying.sub_merchants,
-    };
-    let decoded = applying.decoded;
-    match decoded {
+    let ctx = applying.context();
+    match applying.decoded {
         Decoded::Pay(event) => pay::apply(conn, &ctx, event).await,
         Decoded::Refund(event) => refund::apply(conn, &ctx, event).await,
+        Decoded::Combine(event) => combine::apply(conn, &ctx, applying.merchants, event).await,
     }
+}
+
+/// Applies `sub_order`, one sub order of the combine payment `applying` decoded, alone and
+/// under `applying.dedupe_key` (its own payment key), inside the caller's transaction:
+/// `anomaly resolve --action reapply` of that sub order's anomaly.
+pub async fn apply_sub_order_in(
+    conn: &mut AsyncPgConnection,
+    applying: &Applying<'_>,
+    sub_order: &PayEvent,
+) -> Result<Verdict, ApplyError> {
+    let ctx = combine::sub_order_context(&applying.context(), applying.merchants, sub_order);
+    pay::apply(conn, &ctx, sub_order).await
 }

@@ -100,6 +100,9 @@ pub struct Order {
     pub currency: String,
     /// Sequence number of the order's last event (`order_seq` of the events).
     pub event_seq: i64,
+    /// The combine payment (合单支付) the order is a sub order of, as the business system
+    /// placed it; `None` for a plain order.
+    pub combine_out_trade_no: Option<String>,
 }
 
 impl Order {

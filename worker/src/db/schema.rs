@@ -16,6 +16,7 @@ diesel::table! {
         currency -> Text,
         event_seq -> Int8,
         sub_mch_id -> Text,
+        combine_out_trade_no -> Nullable<Text>,
     }
 }
 

@@ -39,6 +39,7 @@ pub mod query;
 pub mod rate;
 pub mod store;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +52,7 @@ use wxpay_runtime::reload::MerchantsHandle;
 use wxpay_runtime::telemetry::{self, metric, step};
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::state::{RefundStatus, TradeState};
+use wxpay_shared::v3::CombineTransaction;
 
 use self::metrics::reason;
 use self::publish::Publisher;
@@ -373,6 +375,7 @@ impl Reconciler {
             limiter: RateLimiter::per_second(self.inner.settings.rate_per_merchant),
             report: RoundReport::default(),
             unavailable_in_a_row: 0,
+            combines_asked: HashSet::new(),
         };
         let result = work.sweep(window, shutdown).await;
         if let Err(error) = &result {
@@ -437,6 +440,8 @@ struct MerchantWork<'a> {
     limiter: RateLimiter,
     report: RoundReport,
     unavailable_in_a_row: u32,
+    /// The combine payments asked about this round: one answer covers all their sub orders.
+    combines_asked: HashSet<String>,
 }
 
 impl<'a> MerchantWork<'a> {
@@ -544,6 +549,9 @@ impl<'a> MerchantWork<'a> {
     }
 
     async fn check_order(&mut self, order: &store::DueOrder) -> Result<(), SweepStop> {
+        if let Some(combine_out_trade_no) = &order.combine_out_trade_no {
+            return self.check_combine(order, combine_out_trade_no).await;
+        }
         let of = OrderOf {
             appid: &order.appid,
             sub_mch_id: &order.sub_mch_id,
@@ -605,12 +613,91 @@ impl<'a> MerchantWork<'a> {
         Ok(())
     }
 
+    /// A sub order of a combine payment (合单支付): WeChat Pay answers for the whole combine
+    /// payment only, so the combine query is asked once per combine payment and round, and
+    /// its answer is published when any sub order is paid (the worker books each sub order
+    /// under its own payment key). Sub orders of this merchant that WeChat Pay closed are
+    /// closed as plain orders are.
+    async fn check_combine(
+        &mut self,
+        order: &store::DueOrder,
+        combine_out_trade_no: &str,
+    ) -> Result<(), SweepStop> {
+        if !self.combines_asked.insert(combine_out_trade_no.to_owned()) {
+            return Ok(());
+        }
+        let order_subject = Subject {
+            record: Record::Order,
+            number: &order.out_trade_no,
+            of: OrderOf {
+                appid: &order.appid,
+                sub_mch_id: &order.sub_mch_id,
+            },
+            out_trade_no: &order.out_trade_no,
+        };
+        let found = self
+            .reconciler
+            .inner
+            .client
+            .query_combine(self.merchant, combine_out_trade_no, &self.limiter)
+            .await;
+        let combine_subject = Subject {
+            number: combine_out_trade_no,
+            ..order_subject
+        };
+        let Some(answer) = self.answered(&combine_subject, found)? else {
+            return Ok(());
+        };
+        // Verified and parsed by the query already.
+        let Ok(combine) = CombineTransaction::parse(&answer.body) else {
+            self.report.error(reason::MALFORMED);
+            return Ok(());
+        };
+        let nexts: Vec<Option<Next>> = combine
+            .sub_orders
+            .iter()
+            .map(|sub| trade_state(&sub.trade_state))
+            .collect();
+        let close = self.reconciler.inner.settings.close_unpaid;
+        let closed: Vec<_> = combine
+            .sub_orders
+            .iter()
+            .zip(&nexts)
+            .filter(|(sub, next)| {
+                close && **next == Some(Next::Closed) && sub.mchid == self.merchant.mch_id
+            })
+            .map(|(sub, _)| sub)
+            .collect();
+        let paid = nexts.contains(&Some(Next::Paid));
+        for sub in &closed {
+            let subject = Subject {
+                number: &sub.out_trade_no,
+                of: OrderOf {
+                    appid: sub.paid_appid(&combine.combine_appid),
+                    sub_mch_id: &sub.sub_mchid,
+                },
+                out_trade_no: &sub.out_trade_no,
+                ..order_subject
+            };
+            self.act(&subject, answer.clone(), Verdict::Close).await;
+        }
+        let verdict = if paid {
+            Verdict::Publish
+        } else if nexts.contains(&None) {
+            Verdict::Unknown
+        } else if closed.is_empty() {
+            Verdict::Wait
+        } else {
+            return Ok(());
+        };
+        self.act(&order_subject, answer, verdict).await;
+        Ok(())
+    }
+
     /// Queries WeChat Pay about `subject`: its answer, or `None` when there is nothing to
     /// act on (the query failed, or WeChat Pay does not know the record; both logged and
     /// counted here).
     async fn ask(&mut self, subject: &Subject<'_>) -> Result<Option<Answer>, SweepStop> {
-        self.report.checked += 1;
-        metrics::checked();
         let found = self
             .reconciler
             .inner
@@ -623,6 +710,18 @@ impl<'a> MerchantWork<'a> {
                 &self.limiter,
             )
             .await;
+        self.answered(subject, found)
+    }
+
+    /// What WeChat Pay `found` about `subject`: counted as checked; its answer, or `None`
+    /// when there is nothing to act on (as [`Self::ask`]).
+    fn answered(
+        &mut self,
+        subject: &Subject<'_>,
+        found: Result<Found, QueryError>,
+    ) -> Result<Option<Answer>, SweepStop> {
+        self.report.checked += 1;
+        metrics::checked();
         let found = match found {
             Err(error) => {
                 return self

@@ -36,6 +36,7 @@ use secrecy::ExposeSecret;
 use wxpay_runtime::config::{Merchant, WechatpaySettings};
 use wxpay_shared::v2::{self, SignType, XmlFields};
 use wxpay_shared::v3::certificates::CERTIFICATES_PATH;
+use wxpay_shared::v3::combine::{self, CombineTransaction};
 use wxpay_shared::v3::{
     authorization_header, verify_download, verify_response, DownloadError, Downloaded,
     RefundResource, TimestampCheck, Transaction, WechatpayHeaders,
@@ -299,18 +300,68 @@ impl QueryClient {
                     Record::Order => v3_order_path(asked),
                     Record::Refund => v3_refund_path(asked),
                 };
-                let raw = self.get_v3(&path, merchant, limiter).await?;
-                if raw.status == StatusCode::NOT_FOUND {
-                    return Ok(Found::NotFound);
-                }
-                let headers = v3_verified(&raw, merchant)?;
-                let state = match record {
-                    Record::Order => v3_order_state(asked, &raw.body)?,
-                    Record::Refund => v3_refund_state(asked, &raw.body)?,
-                };
-                Ok(Found::Answer(v3_found(raw, state, headers)))
+                self.v3_query(&path, merchant, limiter, |body| match record {
+                    Record::Order => v3_order_state(asked, body),
+                    Record::Refund => v3_refund_state(asked, body),
+                })
+                .await
             }
         }
+    }
+
+    /// 合单查询订单 (combine payments, API v3 only):
+    /// `GET /v3/combine-transactions/out-trade-no/{combine_out_trade_no}`, the same for a
+    /// service provider (<https://pay.weixin.qq.com/doc/v3/merchant/4012557006>,
+    /// <https://pay.weixin.qq.com/doc/v3/partner/4015973142>). The verified answer about that
+    /// combine payment of `merchant`; its `state` is the sub orders' `trade_state`s, in order,
+    /// joined by commas (for the logs: [`CombineTransaction::parse`] of the body says more).
+    pub async fn query_combine(
+        &self,
+        merchant: &Merchant,
+        combine_out_trade_no: &str,
+        limiter: &RateLimiter,
+    ) -> Result<Found, QueryError> {
+        if Api::for_merchant(merchant) != Api::V3 {
+            return Err(lacks(
+                merchant,
+                "API v3 credentials, which the combine query needs",
+            ));
+        }
+        let path = combine::query_path(&encode_component(combine_out_trade_no));
+        self.v3_query(&path, merchant, limiter, |body| {
+            let answer = CombineTransaction::parse(body).map_err(malformed)?;
+            if answer.combine_mchid != merchant.mch_id {
+                return Err(QueryError::Mismatch("merchant"));
+            }
+            if answer.combine_out_trade_no != combine_out_trade_no {
+                return Err(QueryError::Mismatch("order"));
+            }
+            let states: Vec<&str> = answer
+                .sub_orders
+                .iter()
+                .map(|sub| sub.trade_state.as_str())
+                .collect();
+            Ok(states.join(","))
+        })
+        .await
+    }
+
+    /// A v3 query at `path`: not found (404), or the answer verified, with the state
+    /// `state_of` reads from its body once it is known to be about what was asked.
+    async fn v3_query(
+        &self,
+        path: &str,
+        merchant: &Merchant,
+        limiter: &RateLimiter,
+        state_of: impl FnOnce(&[u8]) -> Result<String, QueryError>,
+    ) -> Result<Found, QueryError> {
+        let raw = self.get_v3(path, merchant, limiter).await?;
+        if raw.status == StatusCode::NOT_FOUND {
+            return Ok(Found::NotFound);
+        }
+        let headers = v3_verified(&raw, merchant)?;
+        let state = state_of(&raw.body)?;
+        Ok(Found::Answer(v3_found(raw, state, headers)))
     }
 
     /// `GET /v3/certificates` (<https://pay.weixin.qq.com/doc/v3/merchant/4012551764>): the

@@ -29,6 +29,9 @@ pub struct DueOrder {
     /// The service provider's sub-merchant; empty for a direct merchant.
     pub sub_mch_id: String,
     pub appid: String,
+    /// The combine payment (合单支付) the order is a sub order of: asked about through the
+    /// combine query instead of the order's own.
+    pub combine_out_trade_no: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -127,18 +130,23 @@ pub async fn due_orders(
             orders::out_trade_no,
             orders::sub_mch_id,
             orders::appid,
+            orders::combine_out_trade_no,
             orders::created_at,
         ));
     let query = keyset_page!(due, orders, out_trade_no, &page);
-    let rows: Vec<(String, String, String, DateTime<Utc>)> = query.load(&mut conn).await?;
+    type Row = (String, String, String, Option<String>, DateTime<Utc>);
+    let rows: Vec<Row> = query.load(&mut conn).await?;
     Ok(rows
         .into_iter()
-        .map(|(out_trade_no, sub_mch_id, appid, created_at)| DueOrder {
-            out_trade_no,
-            sub_mch_id,
-            appid,
-            created_at,
-        })
+        .map(
+            |(out_trade_no, sub_mch_id, appid, combine_out_trade_no, created_at)| DueOrder {
+                out_trade_no,
+                sub_mch_id,
+                appid,
+                combine_out_trade_no,
+                created_at,
+            },
+        )
         .collect())
 }
 

@@ -1,0 +1,1 @@
+ALTER TABLE orders DROP COLUMN combine_out_trade_no;

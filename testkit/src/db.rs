@@ -77,6 +77,27 @@ impl NewOrder<'_> {
     }
 }
 
+/// Marks the order `out_trade_no` of `(mch_id, sub_mch_id)` as a sub order of the combine
+/// payment `combine_out_trade_no`, as the business system does when it places one.
+pub async fn join_combine(
+    conn: &mut AsyncPgConnection,
+    (mch_id, sub_mch_id): (&str, &str),
+    out_trade_no: &str,
+    combine_out_trade_no: &str,
+) {
+    diesel::sql_query(
+        "UPDATE orders SET combine_out_trade_no = $4 \
+         WHERE mch_id = $1 AND sub_mch_id = $2 AND out_trade_no = $3",
+    )
+    .bind::<Text, _>(mch_id)
+    .bind::<Text, _>(sub_mch_id)
+    .bind::<Text, _>(out_trade_no)
+    .bind::<Text, _>(combine_out_trade_no)
+    .execute(conn)
+    .await
+    .unwrap_or_else(|error| panic!("order {out_trade_no} joins {combine_out_trade_no}: {error}"));
+}
+
 /// `SELECT count(*) <tail>`: `tail` is the query from its `FROM` on.
 pub async fn count(conn: &mut AsyncPgConnection, tail: &str) -> i64 {
     #[derive(QueryableByName)]

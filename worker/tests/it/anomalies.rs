@@ -26,6 +26,24 @@ async fn sql(env: &TestEnv, statement: &str) {
     env.sql(statement).await.expect("statement");
 }
 
+/// Resolves the open anomaly `id` by `reapply` (as `ops`, with `note`) and asserts that the
+/// notification applied.
+pub(crate) async fn reapply_applies(env: &TestEnv, merchants: &Merchants, id: i64, note: &str) {
+    let resolution = anomaly::resolve(&pool(env), merchants, id, Action::Reapply, "ops", note)
+        .await
+        .expect("reapplied");
+    assert!(
+        matches!(
+            resolution.effect,
+            Resolved::Reapplied {
+                verdict: Verdict::Applied,
+                ..
+            }
+        ),
+        "{resolution:?}"
+    );
+}
+
 pub(crate) async fn only_open_anomaly(env: &TestEnv) -> anomaly::OpenAnomaly {
     let open = anomaly::list(&pool(env)).await.expect("list");
     assert_eq!(open.len(), 1, "{open:?}");
@@ -218,19 +236,7 @@ async fn a_refused_reapply_changes_nothing() {
 
     // A row written before the headers were stored: the AEAD resource alone decides.
     sql(&env, "UPDATE notifications SET wechatpay_headers = NULL").await;
-    let resolution = anomaly::resolve(&pool, &merchants, open.id, Action::Reapply, "c", "x")
-        .await
-        .expect("reapplied");
-    assert!(
-        matches!(
-            resolution.effect,
-            Resolved::Reapplied {
-                verdict: Verdict::Applied,
-                ..
-            }
-        ),
-        "{resolution:?}"
-    );
+    reapply_applies(&env, &merchants, open.id, "x").await;
     assert_eq!(env.order("a-3").await.state, OrderState::Paid.as_str());
     assert_eq!(
         env.count("FROM notifications WHERE dedupe_key LIKE '%#released:%'")

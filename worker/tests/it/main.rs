@@ -6,6 +6,7 @@ mod cli;
 mod helpers;
 
 mod anomalies;
+mod combine;
 mod confirm_by_query;
 mod db;
 mod doctor;

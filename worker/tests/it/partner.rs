@@ -15,11 +15,9 @@ use wxpay_testkit::vectors::{
     self, SHARED_OUT_TRADE_NO, V2_PAY_SUB_B, V2_PAY_SUB_B_TRANSACTION, V2_REFUND_SUB_B,
     V3_PAY_NOT_SERVED, V3_PAY_SUB_A, V3_PAY_SUB_A_TRANSACTION, V3_REFUND_SUB_A,
 };
-use wxpay_worker::anomaly::{self, Action, Effect};
-use wxpay_worker::apply::Verdict;
 use wxpay_worker::{Disposition, Worker};
 
-use crate::anomalies::{only_open_anomaly, pool};
+use crate::anomalies::{only_open_anomaly, reapply_applies};
 use crate::builders::{APPID, MCH_ID, V2_KEY};
 use crate::helpers::{anomaly, assert_duplicate, TestEnv};
 
@@ -276,26 +274,7 @@ async fn a_sub_merchant_signed_on_later_is_reapplied_once() {
     settings.merchants.push(signed_on);
     let merchants = settings.merchants().expect("merchants");
     let note = "sub-merchant signed on";
-    let resolution = anomaly::resolve(
-        &pool(&env),
-        &merchants,
-        open.id,
-        Action::Reapply,
-        "ops",
-        note,
-    )
-    .await
-    .expect("reapplied");
-    assert!(
-        matches!(
-            resolution.effect,
-            Effect::Reapplied {
-                verdict: Verdict::Applied,
-                ..
-            }
-        ),
-        "{resolution:?}"
-    );
+    reapply_applies(&env, &merchants, open.id, note).await;
     assert_eq!(
         state_of(&env, &SUB_NOT_SERVED, SHARED_OUT_TRADE_NO).await,
         (OrderState::Paid.as_str().to_owned(), 0)

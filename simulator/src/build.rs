@@ -23,6 +23,7 @@ use wxpay_shared::state::{RefundStatus, TradeState};
 use wxpay_shared::v2::{self, SignType, XmlFields};
 use wxpay_shared::v3::{self, AeadError};
 
+use crate::combine::CombinePayment;
 use crate::secrets::SimMerchant;
 
 /// Content type of v2 notifications (WeChat Pay posts XML).
@@ -39,16 +40,19 @@ pub enum Kind {
     V2Refund,
     V3Pay,
     V3Refund,
+    /// A combine payment (合单支付): [`crate::combine`].
+    V3Combine,
 }
 
 impl Kind {
-    /// Parses the CLI spelling: `v2-pay`, `v2-refund`, `v3-pay`, `v3-refund`.
+    /// Parses the CLI spelling: `v2-pay`, `v2-refund`, `v3-pay`, `v3-refund`, `v3-combine`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "v2-pay" => Some(Self::V2Pay),
             "v2-refund" => Some(Self::V2Refund),
             "v3-pay" => Some(Self::V3Pay),
             "v3-refund" => Some(Self::V3Refund),
+            "v3-combine" => Some(Self::V3Combine),
             _ => None,
         }
     }
@@ -60,6 +64,7 @@ impl Kind {
             Self::V2Refund => "v2-refund",
             Self::V3Pay => "v3-pay",
             Self::V3Refund => "v3-refund",
+            Self::V3Combine => "v3-combine",
         }
     }
 
@@ -73,7 +78,7 @@ impl Kind {
         match self {
             Self::V2Pay => "/notify/v2/pay".to_owned(),
             Self::V2Refund => "/notify/v2/refund".to_owned(),
-            Self::V3Pay | Self::V3Refund => format!("/notify/v3/{mch_id}"),
+            Self::V3Pay | Self::V3Refund | Self::V3Combine => format!("/notify/v3/{mch_id}"),
         }
     }
 }
@@ -571,6 +576,7 @@ fn set_header(headers: &mut [(&'static str, String)], name: &str, value: String)
 enum V3Subject<'a> {
     Pay(&'a Payment),
     Refund(&'a Refund),
+    Combine(&'a CombinePayment),
 }
 
 impl V3Subject<'_> {
@@ -588,6 +594,13 @@ impl V3Subject<'_> {
                 summary: "退款成功",
                 original_type: "refund",
             },
+            // The event and type of a plain payment: the worker tells it by its shape.
+            V3Subject::Combine(_) => V3Event {
+                kind: Kind::V3Combine,
+                event_type: "TRANSACTION.SUCCESS",
+                summary: "支付成功",
+                original_type: "transaction",
+            },
         }
     }
 
@@ -596,12 +609,14 @@ impl V3Subject<'_> {
         match self {
             V3Subject::Pay(p) => p.amount,
             V3Subject::Refund(r) => r.refund_fee,
+            V3Subject::Combine(c) => c.first_amount(),
         }
     }
 
     /// The decrypted resource, carrying `amount` (which a tampered notification changes).
     fn resource(&self, m: &SimMerchant, amount: i64) -> Vec<u8> {
         match self {
+            V3Subject::Combine(c) => json!(c.transaction(m, amount)),
             V3Subject::Pay(p) => v3_transaction(m, p, amount),
             V3Subject::Refund(r) => v3_refund_resource(
                 m,
@@ -666,6 +681,7 @@ fn v3_notification(
     let (out_trade_no, out_refund_no) = match subject {
         V3Subject::Pay(p) => (p.out_trade_no.clone(), None),
         V3Subject::Refund(r) => (r.out_trade_no.clone(), Some(r.out_refund_no.clone())),
+        V3Subject::Combine(c) => (c.combine_out_trade_no.clone(), None),
     };
     Ok(Notification {
         kind: event.kind,
@@ -699,4 +715,18 @@ pub fn v3_refund(
 ) -> Result<Notification, BuildError> {
     check_refund(r)?;
     v3_notification(m, V3Subject::Refund(r), variant, now)
+}
+
+/// The v3 combine payment notification (TRANSACTION.SUCCESS, [`crate::combine`]), signed as
+/// WeChat Pay at `now`; `--tamper-amount` changes the first sub order's amount.
+pub fn v3_combine(
+    m: &SimMerchant,
+    c: &CombinePayment,
+    variant: Variant,
+    now: DateTime<Utc>,
+) -> Result<Notification, BuildError> {
+    for sub in &c.sub_orders {
+        check_amount(sub.amount)?;
+    }
+    v3_notification(m, V3Subject::Combine(c), variant, now)
 }

@@ -5,6 +5,8 @@
 //! - [`build`]: the notifications WeChat Pay sends (v2 pay / refund XML, v3 JSON), genuine
 //!   and bad (forged, tampered, probe, stale), signed and encrypted only through
 //!   `wxpay-shared`.
+//! - [`combine`]: combine payments (合单支付): their notification's resource and the book's
+//!   record that `serve` answers the combine query from.
 //! - [`notify`]: sends one notification with WeChat Pay's re-send schedule and judges each
 //!   answer as WeChat Pay does.
 //! - [`serve`]: the order / refund query API (v2 and v3), with fault injection.
@@ -14,6 +16,7 @@
 //! - [`secrets`]: the simulator's secrets file.
 
 pub mod build;
+pub mod combine;
 pub mod init;
 pub mod load;
 pub mod notify;

@@ -11,7 +11,8 @@ use secrecy::ExposeSecret as _;
 use wxpay_shared::state::{RefundStatus, TradeState};
 use wxpay_shared::v2::SignType;
 
-use wxpay_simulator::build::{self, Kind, Payment, Refund, V2Signing, Variant};
+use wxpay_simulator::build::{self, Kind, Notification, Payment, Refund, V2Signing, Variant};
+use wxpay_simulator::combine::{CombinePayment, SubOrderArg};
 use wxpay_simulator::init::{self, InitOptions, InitOutcome};
 use wxpay_simulator::load::{self, plan, LoadOptions};
 use wxpay_simulator::notify::{self, DeliveryOptions};
@@ -88,14 +89,20 @@ struct NotifyArgs {
     /// The gateway's base URL, e.g. http://127.0.0.1:8080 (the route is appended).
     #[arg(long)]
     target: String,
-    /// v2-pay | v2-refund | v3-pay | v3-refund
+    /// v2-pay | v2-refund | v3-pay | v3-refund | v3-combine
     #[arg(long, value_parser = parse_kind)]
     kind: Kind,
+    /// The order's number; for v3-combine the combine payment's (combine_out_trade_no).
     #[arg(long)]
     out_trade_no: String,
-    /// The order's amount in fen.
-    #[arg(long)]
-    amount: i64,
+    /// The order's amount in fen (not for v3-combine: each --sub-order has its own).
+    #[arg(long, required_unless_present = "sub_orders")]
+    amount: Option<i64>,
+    /// v3-combine, once per sub order: OUT_TRADE_NO:AMOUNT[:MCHID], the order's number, its
+    /// amount in fen and the merchant it belongs to (default: the simulator's merchant, which
+    /// starts the combine payment). E.g. --sub-order A-1:1200 --sub-order B-1:800.
+    #[arg(long = "sub-order", value_parser = SubOrderArg::parse)]
+    sub_orders: Vec<SubOrderArg>,
     /// v2 signature method: MD5 | HMAC-SHA256.
     #[arg(long, value_parser = parse_sign_type, default_value = "MD5")]
     sign_type: SignType,
@@ -210,7 +217,8 @@ struct LoadArgs {
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
-    Kind::parse(s).ok_or_else(|| "expected v2-pay, v2-refund, v3-pay or v3-refund".to_owned())
+    Kind::parse(s)
+        .ok_or_else(|| "expected v2-pay, v2-refund, v3-pay, v3-refund or v3-combine".to_owned())
 }
 
 fn parse_sign_type(s: &str) -> Result<SignType, String> {
@@ -305,24 +313,12 @@ fn acting_merchant(path: &Path, sub: &SubMerchantArg) -> anyhow::Result<SimMerch
 }
 
 async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
+    if a.kind == Kind::V3Combine {
+        return notify_combine(sim_config, &a).await;
+    }
+    let amount = a.amount.context("--amount is required")?;
     let m = acting_merchant(sim_config, &a.sub)?;
-    let variant = if a.forge {
-        Variant::Forge
-    } else if a.tamper_amount {
-        Variant::TamperAmount
-    } else if a.probe {
-        Variant::Probe
-    } else if a.stale {
-        Variant::Stale
-    } else {
-        Variant::Genuine
-    };
-    let options = DeliveryOptions {
-        time_scale: a.time_scale,
-        max_attempts: a.max_attempts,
-        ..DeliveryOptions::default()
-    };
-    options.validate()?;
+    let (variant, options) = notify_options(&a)?;
     let book = OrderBookFile::new(&m.orders_path);
     let known = book.read()?.orders.get(&a.out_trade_no).cloned();
     let transaction_id = a
@@ -334,7 +330,7 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
     let payment = Payment {
         out_trade_no: a.out_trade_no.clone(),
         transaction_id: transaction_id.clone(),
-        amount: a.amount,
+        amount,
         openid: "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o".into(),
         paid_at: known.as_ref().and_then(|o| o.paid_at).unwrap_or(now),
     };
@@ -346,8 +342,8 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
             .clone()
             .unwrap_or_else(|| format!("R{}", a.out_trade_no)),
         refund_id: build::new_refund_id(),
-        total_fee: a.amount,
-        refund_fee: a.refund_fee.unwrap_or(a.amount),
+        total_fee: amount,
+        refund_fee: a.refund_fee.unwrap_or(amount),
         succeeded_at: now,
     };
     let signing = V2Signing {
@@ -359,6 +355,7 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
         Kind::V3Pay => build::v3_pay(&m, &payment, variant, now)?,
         Kind::V2Refund => build::v2_refund(&m, &refund(), variant)?,
         Kind::V3Refund => build::v3_refund(&m, &refund(), variant, now)?,
+        Kind::V3Combine => unreachable!("a combine payment is sent by notify_combine"),
     };
     // WeChat Pay knows about a payment (or refund) before it notifies: record it, genuine only.
     if variant == Variant::Genuine {
@@ -373,6 +370,7 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
                     openid: Some(payment.openid.clone()),
                 })
             })?,
+            Kind::V3Combine => unreachable!("a combine payment is recorded by notify_combine"),
             Kind::V2Refund | Kind::V3Refund => {
                 let r = refund();
                 book.update(|b| {
@@ -414,8 +412,40 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
         a.target.trim_end_matches('/'),
         notification.route
     );
+    deliver(&a.target, &notification, &options).await
+}
+
+/// The variant and delivery options `a` asks for.
+fn notify_options(a: &NotifyArgs) -> anyhow::Result<(Variant, DeliveryOptions)> {
+    let variant = if a.forge {
+        Variant::Forge
+    } else if a.tamper_amount {
+        Variant::TamperAmount
+    } else if a.probe {
+        Variant::Probe
+    } else if a.stale {
+        Variant::Stale
+    } else {
+        Variant::Genuine
+    };
+    let options = DeliveryOptions {
+        time_scale: a.time_scale,
+        max_attempts: a.max_attempts,
+        ..DeliveryOptions::default()
+    };
+    options.validate()?;
+    Ok((variant, options))
+}
+
+/// Delivers `notification` to `target` on WeChat Pay's schedule, printing each attempt;
+/// `true` once acknowledged.
+async fn deliver(
+    target: &str,
+    notification: &Notification,
+    options: &DeliveryOptions,
+) -> anyhow::Result<bool> {
     let client = reqwest::Client::new();
-    let delivery = notify::deliver(&client, &a.target, &notification, &options, |attempt| {
+    let delivery = notify::deliver(&client, target, notification, options, |attempt| {
         println!(
             "attempt {}: {} in {} ms -> {}",
             attempt.number,
@@ -446,6 +476,43 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
         );
     }
     Ok(delivery.acknowledged)
+}
+
+/// `notify --kind v3-combine`: the combine payment `--out-trade-no` of the `--sub-order`s,
+/// recorded in the book (genuine only, as WeChat Pay knows it before it notifies) so that
+/// `serve` answers its combine query, then delivered.
+async fn notify_combine(sim_config: &Path, a: &NotifyArgs) -> anyhow::Result<bool> {
+    if a.sub.sub_mch_id.is_some() {
+        bail!("v3-combine is sent for the merchant itself: leave out --sub-mch-id");
+    }
+    if a.sub_orders.is_empty() {
+        bail!("v3-combine needs at least one --sub-order OUT_TRADE_NO:AMOUNT[:MCHID]");
+    }
+    let m = load_merchant(sim_config)?;
+    let (variant, options) = notify_options(a)?;
+    let book = OrderBookFile::new(&m.orders_path);
+    let known = book.read()?.combines.get(&a.out_trade_no).cloned();
+    let now = Utc::now();
+    let combine = CombinePayment::paid(&a.out_trade_no, &a.sub_orders, known.as_ref(), now);
+    let notification = build::v3_combine(&m, &combine, variant, now)?;
+    if variant == Variant::Genuine {
+        book.update(|b| b.upsert_combine(combine.clone()))?;
+    }
+    let sub_orders: Vec<String> = combine
+        .sub_orders
+        .iter()
+        .map(|sub| format!("{}={}", sub.out_trade_no, sub.transaction_id))
+        .collect();
+    println!(
+        "{} {} combine_out_trade_no={} sub_orders={} -> {}{}",
+        notification.kind.as_str(),
+        variant.as_str(),
+        combine.combine_out_trade_no,
+        sub_orders.join(","),
+        a.target.trim_end_matches('/'),
+        notification.route
+    );
+    deliver(&a.target, &notification, &options).await
 }
 
 async fn run_serve(sim_config: &Path, a: ServeArgs) -> anyhow::Result<bool> {

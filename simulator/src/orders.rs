@@ -15,6 +15,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use wxpay_shared::state::{RefundStatus, TradeState};
 
+use crate::combine::CombinePayment;
+
 /// How long a writer waits for the lock before giving up.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// A lock file older than this was left by a crashed writer and is broken.
@@ -69,11 +71,20 @@ pub struct OrderBook {
     pub orders: BTreeMap<String, OrderRecord>,
     #[serde(default)]
     pub refunds: BTreeMap<String, RefundRecord>,
+    /// Combine payments by `combine_out_trade_no`; their sub orders are not in `orders`
+    /// (WeChat Pay answers them through the combine query only).
+    #[serde(default)]
+    pub combines: BTreeMap<String, CombinePayment>,
 }
 
 impl OrderBook {
     pub fn upsert_order(&mut self, order: OrderRecord) {
         self.orders.insert(order.out_trade_no.clone(), order);
+    }
+
+    pub fn upsert_combine(&mut self, combine: CombinePayment) {
+        self.combines
+            .insert(combine.combine_out_trade_no.clone(), combine);
     }
 
     /// Records a refund and moves its order to `REFUND` when it succeeded.

@@ -182,6 +182,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::get().to(v3_refund_query),
     )
     .route(
+        "/v3/combine-transactions/out-trade-no/{combine_out_trade_no}",
+        web::get().to(v3_combine_query),
+    )
+    .route(
         v3::certificates::CERTIFICATES_PATH,
         web::get().to(v3_certificates),
     )
@@ -591,6 +595,40 @@ async fn v3_query_order(
             v3_signed(state, StatusCode::OK, v3_transaction_json(m, o).to_string())
         }
         _ => v3_error(
+            state,
+            StatusCode::NOT_FOUND,
+            "ORDER_NOT_EXIST",
+            "订单不存在",
+        ),
+    }
+}
+
+/// 合单查询订单 (<https://pay.weixin.qq.com/doc/v3/merchant/4012557006>): the combine
+/// payment as the book has it, signed; no query parameters (the `Authorization` names the
+/// merchant).
+async fn v3_combine_query(
+    state: web::Data<SimState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let (state, combine_out_trade_no) = (&**state, path.into_inner());
+    state.count_order_query(Some(&combine_out_trade_no));
+    if let Some(r) = fault_response(&state.faults()) {
+        return r;
+    }
+    if let Err(message) = authenticate(state, &req, b"") {
+        return v3_error(state, StatusCode::UNAUTHORIZED, "SIGN_ERROR", &message);
+    }
+    let book = match state.book() {
+        Ok(b) => b,
+        Err(e) => return book_error(e),
+    };
+    match book.combines.get(&combine_out_trade_no) {
+        Some(combine) => {
+            let answer = combine.transaction(&state.merchant, combine.first_amount());
+            v3_signed(state, StatusCode::OK, json!(answer).to_string())
+        }
+        None => v3_error(
             state,
             StatusCode::NOT_FOUND,
             "ORDER_NOT_EXIST",

@@ -6,10 +6,7 @@ use std::time::Duration;
 
 use wxpay_shared::state::{OrderState, TradeState};
 
-use crate::e2e_support::{
-    count, eventually, insert_order, order, reconcile_at_once, scrape, wait_paid, worker_done,
-    Stack,
-};
+use crate::e2e_support::{count, insert_order, order, reconcile_at_once, wait_paid, Stack};
 
 /// The transaction_id that `wxpay-sim order` printed.
 fn transaction_id(stdout: &str) -> String {
@@ -85,20 +82,15 @@ async fn reconciler_recovers_a_lost_payment_once_and_closes_an_unpaid_order() {
     );
 
     // The notification arrives late after all: a duplicate, nothing applied twice.
-    let before = worker_done(&scrape(&s.worker_url()).await);
+    let before = s.worker_done().await;
     let late = s.notify_v3_pay_once("RECON-PAID", "1200").await;
     assert!(
         late.success,
         "late notification refused\n{}",
         late.describe()
     );
-    let worker_url = s.worker_url();
-    eventually(
-        Duration::from_secs(30),
-        "the worker finishing the late notification",
-        async || worker_done(&scrape(&worker_url).await) > before,
-    )
-    .await;
+    s.until_worker_done_beyond(before, "the worker finishing the late notification")
+        .await;
     assert_eq!(
         count(
             &mut conn,

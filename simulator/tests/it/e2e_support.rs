@@ -445,6 +445,20 @@ impl Stack {
         run(&self.bins.worker, &full, limit).await
     }
 
+    /// The messages the worker has finished with so far ([`worker_done`]).
+    pub async fn worker_done(&self) -> f64 {
+        worker_done(&scrape(&self.worker_url()).await)
+    }
+
+    /// Waits (30 s at most) until the worker has finished with more than `before` messages:
+    /// `what` was handled.
+    pub async fn until_worker_done_beyond(&self, before: f64, what: &str) {
+        eventually(Duration::from_secs(30), what, async || {
+            self.worker_done().await > before
+        })
+        .await;
+    }
+
     pub async fn conn(&self) -> AsyncPgConnection {
         self.env.conn().await
     }

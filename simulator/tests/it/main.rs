@@ -2,6 +2,7 @@
 
 mod build;
 mod e2e_certificates;
+mod e2e_combine;
 mod e2e_flows;
 mod e2e_load;
 mod e2e_partner;

@@ -19,6 +19,7 @@ pub mod authorization;
 pub mod certificates;
 pub mod combine;
 pub mod error;
+pub mod forwarded;
 pub mod headers;
 pub mod keys;
 pub mod resource;
@@ -44,7 +45,7 @@ pub use keys::{
     PublicKey,
 };
 pub use resource::{
-    EncryptedResource, EventType, NotificationEnvelope, RefundAmount, RefundResource,
+    EncryptedResource, EventType, NotificationEnvelope, Payer, RefundAmount, RefundResource,
     ResourceError, Transaction, TransactionAmount,
 };
 pub use verify::{

@@ -89,7 +89,8 @@ fn whole(verdicts: Vec<Verdict>) -> Verdict {
     let rank = |verdict: &Verdict| match verdict {
         Verdict::Applied => 4,
         Verdict::Anomaly { .. } => 3,
-        Verdict::Recorded => 2,
+        // A sub order is a payment: never forwarded; ranked as what it would be, a record.
+        Verdict::Recorded | Verdict::Forwarded => 2,
         Verdict::Noop => 1,
         Verdict::Duplicate => 0,
     };
@@ -109,7 +110,9 @@ fn outcome_of(verdict: &Verdict) -> NotificationOutcome {
     match verdict {
         Verdict::Applied => NotificationOutcome::Applied,
         Verdict::Noop | Verdict::Duplicate => NotificationOutcome::Noop,
-        Verdict::Recorded | Verdict::Anomaly { .. } => NotificationOutcome::Recorded,
+        Verdict::Recorded | Verdict::Forwarded | Verdict::Anomaly { .. } => {
+            NotificationOutcome::Recorded
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 //! lock in the same transaction, so consumers can put an order's events in order.
 
 mod combine;
+mod forward;
 mod pay;
 mod refund;
 
@@ -83,6 +84,8 @@ pub enum Verdict {
     },
     /// The dedupe key was already there: nothing was written.
     Duplicate,
+    /// Logged `FORWARDED` with its `wechatpay.<event_type>` event.
+    Forwarded,
 }
 
 /// What WeChat Pay's order query said of a payment before it is applied
@@ -140,6 +143,8 @@ pub(crate) struct Context<'a> {
     pub confirmation: &'a Confirmation,
     /// The sub-merchants that merchant serves.
     pub sub_merchants: &'a SubMerchants,
+    /// The decrypted resource, stored with the notification row.
+    pub resource: Option<&'a Value>,
 }
 
 /// The notification row to insert.
@@ -217,6 +222,7 @@ impl Context<'_> {
             anomaly_reason: anomaly.map(|(reason, _)| reason),
             anomaly_detail: anomaly.map(|(_, detail)| detail),
             received_at,
+            resource: self.resource,
             wechatpay_headers: self.message.wechatpay.as_ref().map(|headers| {
                 Value::Object(
                     headers
@@ -388,6 +394,17 @@ async fn bump_seq(
     Ok(seq)
 }
 
+/// `payload` with the fields of `details` ([`crate::decode::PayDetails`],
+/// [`crate::decode::RefundDetails`]): what the message said beyond the money.
+fn with_details(mut payload: Value, details: &impl serde::Serialize) -> Value {
+    if let (Value::Object(fields), Ok(Value::Object(extra))) =
+        (&mut payload, serde_json::to_value(details))
+    {
+        fields.extend(extra);
+    }
+    payload
+}
+
 /// An outbox row with a fresh stable id.
 fn new_event<'a>(
     event_type: &'a str,
@@ -439,6 +456,7 @@ impl<'a> Applying<'a> {
             dedupe_key: self.dedupe_key,
             confirmation: self.confirmation,
             sub_merchants: self.sub_merchants,
+            resource: self.decoded.resource(),
         }
     }
 }
@@ -464,6 +482,7 @@ pub async fn apply_in(
         Decoded::Pay(event) => pay::apply(conn, &ctx, event).await,
         Decoded::Refund(event) => refund::apply(conn, &ctx, event).await,
         Decoded::Combine(event) => combine::apply(conn, &ctx, applying.merchants, event).await,
+        Decoded::Forward(event) => forward::apply(conn, &ctx, event).await,
     }
 }
 

@@ -75,6 +75,17 @@ async fn a_combine_payment_pays_each_order_once_whatever_else_brings_it() {
         );
     }
     assert_eq!(env.outbox_count("order.paid").await, 2);
+    // Each order.paid carries its sub order's details and the combine payment's payer; every
+    // row keeps the decrypted combine resource.
+    let details =
+        "FROM outbox WHERE event_type = 'order.paid' AND payload->>'out_trade_no' = 'COMBINE-B' \
+         AND payload->>'payer_total' = '800' AND payload->>'bank_type' = 'CMC' \
+         AND payload->>'payer_openid' = 'oUpF8uMuAJO_M2pxb1Q9zNjWeS6o'";
+    assert_eq!(env.count(details).await, 1);
+    let resource = format!(
+        "FROM notifications WHERE resource->>'combine_out_trade_no' = '{COMBINE_OUT_TRADE_NO}'"
+    );
+    assert_eq!(env.count(&resource).await, 3);
     // WeChat Pay's re-send, and a later order query about a sub order: duplicates.
     assert_duplicate(&worker.process_one(&resend(&combine)).await);
     assert_duplicate(&worker.process_one(&order_query_answer(1)).await);

@@ -116,29 +116,13 @@ pub(super) async fn apply(
                 ))
                 .execute(conn)
                 .await?;
-            let payload = serde_json::json!({
-                "order_seq": order_seq,
-                "mch_id": order.mch_id,
-                "sub_mch_id": order.sub_mch_id,
-                "out_trade_no": order.out_trade_no,
-                "out_refund_no": refund.out_refund_no,
-                "refund_id": refund.refund_id,
-                "refund_fee": refund.refund_fee,
+            let specific = serde_json::json!({
                 "refunded_total": refunded_total,
                 "amount_total": order.amount_total,
                 "state": new_state.as_str(),
-                "succeeded_at": refund.succeeded_at.map(|t| t.to_rfc3339()),
-                "currency": refund.currency,
             });
-            let payload = with_details(payload, &refund.details);
-            emit(
-                conn,
-                event::ORDER_REFUNDED,
-                &order.mch_id,
-                &order.out_trade_no,
-                payload,
-            )
-            .await?;
+            let of_order = (event::ORDER_REFUNDED, refund.out_trade_no.as_str());
+            emit_refund_event(conn, of_order, order_seq, refund, specific).await?;
             Ok(Verdict::Applied)
         }
         RefundState::Processing => {
@@ -171,27 +155,9 @@ pub(super) async fn apply(
                 return Ok(Verdict::Duplicate);
             }
             let order_seq = bump_seq(conn, order).await?;
-            let payload = serde_json::json!({
-                "order_seq": order_seq,
-                "mch_id": refund.mch_id,
-                "sub_mch_id": refund.sub_mch_id,
-                "out_trade_no": refund.out_trade_no,
-                "out_refund_no": refund.out_refund_no,
-                "refund_id": refund.refund_id,
-                "refund_fee": refund.refund_fee,
-                "status": refund.status.as_str(),
-                "succeeded_at": refund.succeeded_at.map(|t| t.to_rfc3339()),
-                "currency": refund.currency,
-            });
-            let payload = with_details(payload, &refund.details);
-            emit(
-                conn,
-                event::REFUND_UPDATED,
-                &refund.mch_id,
-                &refund.out_refund_no,
-                payload,
-            )
-            .await?;
+            let specific = serde_json::json!({ "status": refund.status.as_str() });
+            let of_refund = (event::REFUND_UPDATED, refund.out_refund_no.as_str());
+            emit_refund_event(conn, of_refund, order_seq, refund, specific).await?;
             Ok(Verdict::Applied)
         }
     }
@@ -291,4 +257,29 @@ async fn store_refund(
         IfKnown::Keep => insert.on_conflict_do_nothing().execute(conn).await,
     };
     written.map(|_| ())
+}
+
+/// An `order.refunded` or `refund.updated` event of `refund`, numbered `order_seq` in its
+/// order's sequence: the fields both carry, then `specific` (the order's new totals and
+/// state, or the refund's status).
+async fn emit_refund_event(
+    conn: &mut AsyncPgConnection,
+    (event_type, aggregate_key): (&str, &str),
+    order_seq: i64,
+    refund: &RefundEvent,
+    specific: serde_json::Value,
+) -> Result<(), diesel::result::Error> {
+    let common = serde_json::json!({
+        "order_seq": order_seq,
+        "mch_id": refund.mch_id,
+        "sub_mch_id": refund.sub_mch_id,
+        "out_trade_no": refund.out_trade_no,
+        "out_refund_no": refund.out_refund_no,
+        "refund_id": refund.refund_id,
+        "refund_fee": refund.refund_fee,
+        "succeeded_at": refund.succeeded_at.map(|t| t.to_rfc3339()),
+        "currency": refund.currency,
+    });
+    let payload = with_details(with_details(common, &specific), &refund.details);
+    emit(conn, event_type, &refund.mch_id, aggregate_key, payload).await
 }

@@ -480,14 +480,17 @@ fn story(story: &Story) -> String {
             "<table class=\"order\"><tr><th>State</th><td class=\"state\" id=\"state-{}\">{}</td></tr>\
              <tr><th>Amount</th><td>{}</td></tr><tr><th>Refunded</th><td>{}</td></tr>\
              <tr><th>transaction_id</th><td>{}</td></tr><tr><th>appid</th><td>{}</td></tr>\
-             <tr><th>Paid at</th><td>{}</td></tr></table>",
+             <tr><th>Paid at</th><td>{}</td></tr>\
+             <tr><th>combine_out_trade_no</th><td>{}</td></tr></table>",
             escape(&order.out_trade_no),
             escape(order.state.as_str()),
             html::fen(order.amount_total),
             html::fen(order.refunded_total),
             opt(&order.transaction_id),
             escape(&order.appid),
-            opt_time(&order.paid_at)
+            opt_time(&order.paid_at),
+            // The combine payment (合单支付) the order was paid in, if any.
+            opt(&order.combine_out_trade_no)
         )),
         None => out.push_str("<p class=\"warn\">No such order in the orders table.</p>"),
     }

@@ -1227,6 +1227,50 @@ mod tests {
         assert_eq!(wechatpay.signature, headers[2].1);
     }
 
+    /// The combine query answers about the combine payment asked, of the merchant asking;
+    /// API v2 has no combine query.
+    #[tokio::test]
+    async fn combine_answers_are_verified_and_about_the_combine_payment_asked() {
+        let (merchant, platform) = v3_merchant();
+        let answer = |combine_mchid: &str, number: &str| {
+            let body = serde_json::json!({
+                "combine_appid": "wx", "combine_mchid": combine_mchid,
+                "combine_out_trade_no": number,
+                "sub_orders": [
+                    {"mchid": MCH_ID, "out_trade_no": "a", "trade_state": "SUCCESS",
+                     "transaction_id": "4200a", "amount": {"total_amount": 1, "currency": "CNY"}},
+                    {"mchid": MCH_ID, "out_trade_no": "b", "trade_state": "NOTPAY"}
+                ]
+            })
+            .to_string()
+            .into_bytes();
+            let headers = v3_headers(&platform, chrono::Utc::now().timestamp(), &body);
+            Some((200, headers, body))
+        };
+        let ask = async |merchant: &Merchant, canned| {
+            let (url, _) = responder(vec![canned]).await;
+            let limiter = RateLimiter::per_second(1_000);
+            client(&url, 2_000)
+                .query_combine(merchant, "c1", &limiter)
+                .await
+        };
+        let found = answered(ask(&merchant, answer(MCH_ID, "c1")).await);
+        assert_eq!(found.state, "SUCCESS,NOTPAY");
+        assert!(found.wechatpay.is_some());
+        let other_merchant = ask(&merchant, answer("1900000999", "c1")).await;
+        assert!(
+            matches!(other_merchant, Err(QueryError::Mismatch("merchant"))),
+            "{other_merchant:?}"
+        );
+        let other_number = ask(&merchant, answer(MCH_ID, "c2")).await;
+        assert!(
+            matches!(other_number, Err(QueryError::Mismatch("order"))),
+            "{other_number:?}"
+        );
+        let v2 = ask(&v2_merchant(), answer(MCH_ID, "c1")).await;
+        assert!(matches!(v2, Err(QueryError::Client(_))), "{v2:?}");
+    }
+
     #[test]
     fn encodes_path_components() {
         assert_eq!(

@@ -4,6 +4,7 @@ mod build;
 mod build_kinds;
 mod e2e_certificates;
 mod e2e_flows;
+mod e2e_kinds;
 mod e2e_load;
 mod e2e_partner;
 mod e2e_reconcile;

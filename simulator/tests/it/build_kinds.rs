@@ -5,7 +5,8 @@ use chrono::Utc;
 use serde_json::Value;
 use wxpay_shared::v3::{NotificationEnvelope, VerifyError};
 use wxpay_simulator::build::{BuildError, Kind, Variant};
-use wxpay_simulator::build_kinds::{OtherKind, OtherNotice, PROFIT_SHARING_RECEIVER};
+use wxpay_simulator::build_kinds::OtherKind::{self, PayScore, ProfitSharing, TransferBatch};
+use wxpay_simulator::build_kinds::{OtherNotice, PROFIT_SHARING_RECEIVER};
 use wxpay_simulator::init::{init, InitOptions};
 use wxpay_simulator::secrets::SimMerchant;
 
@@ -41,11 +42,14 @@ fn notice(kind: OtherKind, out_no: &str, amount: i64) -> OtherNotice {
     OtherNotice::new(kind, out_no, amount, Utc::now())
 }
 
-/// [`notice`] of the family's `event_type`.
-fn of_event(kind: OtherKind, out_no: &str, amount: i64, event_type: &str) -> OtherNotice {
+/// The amount of [`of_event`]'s notices, in fen.
+const EVENT_AMOUNT: i64 = 900;
+
+/// [`notice`] of [`EVENT_AMOUNT`] and the family's `event_type`.
+fn of_event(kind: OtherKind, out_no: &str, event_type: &str) -> OtherNotice {
     OtherNotice {
         event_type: Some(event_type.into()),
-        ..notice(kind, out_no, amount)
+        ..notice(kind, out_no, EVENT_AMOUNT)
     }
 }
 
@@ -110,23 +114,13 @@ fn a_transfer_batch_finishes_or_closes() {
         (&Value::from(900), &Value::from(900))
     );
 
-    let closed = of_event(
-        OtherKind::TransferBatch,
-        "BATCH-2",
-        900,
-        "MCHTRANSFER.BATCH.CLOSED",
-    );
+    let closed = of_event(TransferBatch, "BATCH-2", "MCHTRANSFER.BATCH.CLOSED");
     let (_, resource) = open(m, &closed, ("MCHTRANSFER.BATCH.CLOSED", "mch_payment"));
     assert_eq!(resource["batch_status"], "CLOSED");
     assert_eq!(resource["success_amount"], 0);
     assert!(resource["close_reason"].is_string());
 
-    let not_a_batch_event = of_event(
-        OtherKind::TransferBatch,
-        "BATCH-3",
-        900,
-        "MCHTRANSFER.BILL.FINISHED",
-    );
+    let not_a_batch_event = of_event(TransferBatch, "BATCH-3", "MCHTRANSFER.BILL.FINISHED");
     assert!(matches!(
         refused(m, &not_a_batch_event),
         BuildError::NotInFamily {
@@ -161,12 +155,7 @@ fn a_profit_sharing_decrypts_to_the_documented_fields_also_as_a_transaction() {
     let (_, resource) = open(m, &as_transaction, ("TRANSACTION.SUCCESS", "profitsharing"));
     assert_eq!(resource["out_order_no"], "PS-2");
 
-    let returned = of_event(
-        OtherKind::ProfitSharing,
-        "PS-3",
-        300,
-        "PROFITSHARING.RETURN",
-    );
+    let returned = of_event(ProfitSharing, "PS-3", "PROFITSHARING.RETURN");
     open(m, &returned, ("PROFITSHARING.RETURN", "profitsharing"));
 
     let transfer_as_transaction = OtherNotice {
@@ -227,28 +216,18 @@ fn pay_score_notifications_have_an_empty_associated_data_and_their_documented_fi
         assert!(resource[field].is_string(), "{field}: {resource}");
     }
 
-    let paid = of_event(
-        OtherKind::PayScore,
-        "PAYSCORE-2",
-        4000,
-        "PAYSCORE.USER_PAID",
-    );
+    let paid = of_event(PayScore, "PAYSCORE-2", "PAYSCORE.USER_PAID");
     let (envelope, resource) = open(m, &paid, ("PAYSCORE.USER_PAID", "payscore"));
     assert_eq!(envelope.resource.associated_data, "");
     assert_eq!(resource["state"], "DONE");
     assert_eq!(resource["collection"]["state"], "USER_PAID");
-    assert_eq!(resource["collection"]["paid_amount"], 4000);
+    assert_eq!(resource["collection"]["paid_amount"], EVENT_AMOUNT);
     assert_eq!(
         resource["collection"]["details"][0]["transaction_id"],
         paid.transaction_id.as_str()
     );
 
-    let opened = of_event(
-        OtherKind::PayScore,
-        "AUTH-1",
-        1,
-        "PAYSCORE.USER_OPEN_SERVICE",
-    );
+    let opened = of_event(PayScore, "AUTH-1", "PAYSCORE.USER_OPEN_SERVICE");
     let (_, resource) = open(m, &opened, ("PAYSCORE.USER_OPEN_SERVICE", "payscore"));
     assert_eq!(resource["user_service_status"], "USER_OPEN_SERVICE");
     assert_eq!(resource["out_request_no"], "AUTH-1");

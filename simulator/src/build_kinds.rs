@@ -223,7 +223,9 @@ impl OtherNotice {
             "PAYSCORE.USER_PAID" => "支付成功",
             "PAYSCORE.USER_OPEN_SERVICE" => "授权成功",
             "PAYSCORE.USER_CLOSE_SERVICE" => "解除授权成功",
-            _ => "确认订单",
+            "PAYSCORE.USER_CONFIRM" => "确认订单",
+            // Every event type of a family is above; a new one is summarised by its name.
+            other => other,
         };
         // Pay score notifications carry an empty associated_data (confirm-notification.html).
         let associated_data = match self.kind {
@@ -344,6 +346,7 @@ impl OtherNotice {
                     }],
                 });
             }
+            // PAYSCORE.USER_CONFIRM: the user confirmed the order, still in service.
             _ => {
                 order["out_order_no"] = json!(self.out_no);
                 order["order_id"] = json!(format!("1000{}", digits_of(&self.out_no, 16)));

@@ -244,24 +244,38 @@ fn parse_kind(s: &str) -> Result<Kind, String> {
     })
 }
 
-/// What `notify --kind <other>` sends: the number of its option (else a new one) and the
-/// options of the other kinds.
-fn other_notice(kind: OtherKind, a: &NotifyArgs, transaction_id: &str) -> OtherNotice {
-    let out_no = match kind {
-        OtherKind::Transfer => &a.out_bill_no,
-        OtherKind::TransferBatch => &a.out_batch_no,
-        OtherKind::ProfitSharing | OtherKind::PayScore => &a.out_order_no,
-    };
-    let out_no = out_no
-        .clone()
-        .unwrap_or_else(|| format!("SIM{}", build::random_string(12)));
-    OtherNotice {
+/// What `notify --kind <other>` sends: the number its own option gives (else a new one);
+/// another kind's number is refused rather than ignored.
+fn other_notice(
+    kind: OtherKind,
+    a: &NotifyArgs,
+    transaction_id: &str,
+) -> anyhow::Result<OtherNotice> {
+    let given = [
+        ("out_bill_no", &a.out_bill_no),
+        ("out_batch_no", &a.out_batch_no),
+        ("out_order_no", &a.out_order_no),
+    ];
+    let mut out_no = None;
+    for (field, value) in given {
+        match value {
+            Some(no) if field == kind.out_no_field() => out_no = Some(no.clone()),
+            Some(_) => bail!(
+                "--{} does not apply to {}",
+                field.replace('_', "-"),
+                kind.as_str()
+            ),
+            None => {}
+        }
+    }
+    let out_no = out_no.unwrap_or_else(|| format!("SIM{}", build::random_string(12)));
+    Ok(OtherNotice {
         event_type: a.event_type.clone(),
         state: a.state.clone(),
         transaction_id: transaction_id.to_owned(),
         profitsharing_as_transaction: a.profitsharing_as_transaction,
         ..OtherNotice::new(kind, out_no, a.amount, Utc::now())
-    }
+    })
 }
 
 fn parse_sign_type(s: &str) -> Result<SignType, String> {
@@ -416,7 +430,7 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
         Kind::V2Refund => build::v2_refund(&m, &refund(), variant)?,
         Kind::V3Refund => build::v3_refund(&m, &refund(), variant, now)?,
         Kind::V3Other(kind) => {
-            let notice = other_notice(kind, &a, &transaction_id);
+            let notice = other_notice(kind, &a, &transaction_id)?;
             let notification = notice.notification(&m, variant, now)?;
             println!(
                 "{} {} {}={} -> {}{}",

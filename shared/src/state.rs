@@ -196,6 +196,10 @@ spelled! {
         Recorded => "RECORDED",
         /// Contradicts what we know: logged and alerted, never a state change.
         Anomaly => "ANOMALY",
+        /// A verified notification of a kind that moves no order here (merchant transfers,
+        /// profit sharing, pay score, any future kind): logged with its decrypted resource and
+        /// published as a `wechatpay.<event_type>` event for the business system.
+        Forwarded => "FORWARDED",
     }
 }
 

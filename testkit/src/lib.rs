@@ -9,6 +9,7 @@
 //!   signed and encrypted through wxpay-shared exactly as WeChat Pay sends them.
 //! - [`vectors`]: a service provider's notifications made outside this workspace (Python,
 //!   OpenSSL), the independent check of the partner-mode rules.
+//! - [`event_schemas`]: the JSON Schemas of the published events, to check every event seen.
 //! - [`config`]: a [`Settings`](wxpay_runtime::config::Settings) as the file the binaries read.
 //! - [`metrics`]: what a service's `/metrics` says.
 //! - [`proxy`]: a TCP proxy that cuts, stalls and restores a link to a service.
@@ -23,6 +24,7 @@ pub mod bins;
 pub mod config;
 pub mod db;
 pub mod env;
+pub mod event_schemas;
 pub mod merchants;
 pub mod metrics;
 pub mod notifications;

@@ -154,7 +154,7 @@ pub fn transaction_resource(
         "appid": merchant.appid, "mchid": merchant.mch_id, "out_trade_no": out_trade_no,
         "transaction_id": transaction_id, "trade_type": "JSAPI",
         "trade_state": "SUCCESS", "trade_state_desc": "支付成功", "bank_type": "CMC",
-        "success_time": "2024-01-02T03:04:05+08:00",
+        "success_time": "2024-01-02T03:04:05+08:00", "attach": "gift-wrap",
         "payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
         "amount": {"total": total, "payer_total": total, "currency": "CNY", "payer_currency": "CNY"}
     })
@@ -375,7 +375,7 @@ fn v3_message(event_type: &str, original_type: &str, resource: &Value) -> Notify
 }
 
 /// A v3 notification of `merchant`: `resource` in its envelope, signed now.
-fn v3_message_of(
+pub fn v3_message_of(
     merchant: &TestMerchant,
     event_type: &str,
     original_type: &str,

@@ -180,6 +180,7 @@ fn verdict_text(verdict: &Verdict) -> String {
         Verdict::Noop => "NOOP".to_owned(),
         Verdict::Recorded => "RECORDED".to_owned(),
         Verdict::Duplicate => "DUPLICATE".to_owned(),
+        Verdict::Forwarded => "FORWARDED".to_owned(),
         Verdict::Anomaly { reason, .. } => format!("ANOMALY {reason}"),
     }
 }

@@ -192,6 +192,7 @@ mod tests {
             state_text: TradeState::Success.as_str().into(),
             paid_at: None,
             currency: decode::DEFAULT_CURRENCY.into(),
+            details: decode::PayDetails::default(),
         }
     }
 

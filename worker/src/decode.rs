@@ -22,11 +22,14 @@
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 use secrecy::ExposeSecret;
+use serde::Serialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use wxpay_runtime::config::{Merchant, Merchants};
 use wxpay_shared::message::{NotifyKind, NotifyMessage};
 use wxpay_shared::state::{RefundState, RefundStatus, TradeState};
 use wxpay_shared::v2::{self, PayNotification, RefundEnvelope, RefundInfo, XmlFields};
+use wxpay_shared::v3::forwarded::{self, ForwardedFamily};
 use wxpay_shared::v3::{
     verify_notification, verify_response, EventType, NotificationEnvelope, RefundResource,
     TimestampCheck, Transaction, WechatpayHeaders,
@@ -55,7 +58,94 @@ pub struct PayEvent {
     /// ISO 4217 currency of `amount_total` (`fee_type`, `amount.currency`); WeChat Pay's
     /// default `CNY` when the message names none.
     pub currency: String,
+    /// Everything else the message says, for the business system.
+    pub details: PayDetails,
 }
+
+/// What a payment result says beyond what moves money: passed on in `order.paid` for the
+/// business system (shipping, accounting, loyalty); nothing here is checked or applied.
+/// Fields absent from the message are `None` (`null` in the event: every event of a type
+/// has the same keys); serialised, it is those fields of the event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PayDetails {
+    /// The merchant's `attach`, echoed back as the order was created with it.
+    pub attach: Option<String>,
+    /// The payer's openid under the appid the order was paid in (v2 `sub_openid` / `openid`,
+    /// v3 `payer.sub_openid` / `payer.openid` / `payer.sp_openid`).
+    pub payer_openid: Option<String>,
+    /// What the payer paid in fen, after discounts (v2 `cash_fee`, v3 `amount.payer_total`).
+    pub payer_total: Option<i64>,
+    /// Currency of `payer_total` (v2 `cash_fee_type`, v3 `amount.payer_currency`).
+    pub payer_currency: Option<String>,
+    /// `JSAPI`, `NATIVE`, `APP`, `MWEB`, …
+    pub trade_type: Option<String>,
+    /// The payer's bank, e.g. `CMC`.
+    pub bank_type: Option<String>,
+    /// Coupons and discounts: v3 `promotion_detail` as WeChat Pay wrote it; v2's numbered
+    /// `coupon_id_$n` / `coupon_type_$n` / `coupon_fee_$n` as a list of
+    /// `{coupon_id, type, amount}`.
+    pub promotion_detail: Option<Value>,
+    /// The decrypted resource of a v3 notification as WeChat Pay wrote it, stored with the
+    /// notification for audit (its raw body is ciphertext); `None` where the raw body is
+    /// already clear text. Not an event field.
+    #[serde(skip)]
+    pub resource: Option<Value>,
+}
+
+/// What a refund result says beyond what moves money: passed on in `order.refunded` and
+/// `refund.updated`, as [`PayDetails`] in `order.paid`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RefundDetails {
+    /// What goes back to the payer in fen (v3 `amount.payer_refund`; v2
+    /// `settlement_refund_fee`, the refund net of non-cash coupons).
+    pub payer_refund: Option<i64>,
+    /// What the payer paid for the order in fen (v3 `amount.payer_total`; v2
+    /// `settlement_total_fee`).
+    pub payer_total: Option<i64>,
+    /// Where the money went back, e.g. `招商银行信用卡0403` (v2 `refund_recv_accout`).
+    pub user_received_account: Option<String>,
+    /// Which of the merchant's funds paid it (v3 query `funds_account`, v2 `refund_account`).
+    pub funds_account: Option<String>,
+    /// The decrypted resource (v3) or `req_info` (v2, as an object of its fields), kept
+    /// as [`PayDetails::resource`]; `None` for query answers (clear text already).
+    #[serde(skip)]
+    pub resource: Option<Value>,
+}
+
+/// A verified notification of a kind that moves no order here (merchant transfers, profit
+/// sharing, pay score, any kind WeChat Pay adds): recorded `FORWARDED` and published as a
+/// `wechatpay.<event_type>` event ([`wxpay_shared::v3::forwarded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardEvent {
+    /// The merchant whose keys verified and decrypted it.
+    pub mch_id: String,
+    /// The resource's `sub_mchid`; empty when it names none.
+    pub sub_mch_id: String,
+    /// The merchant the resource itself names (`mchid`, `mch_id`, `sp_mchid`); empty when
+    /// it names none or the kind is not read typed.
+    pub named_mch_id: String,
+    pub family: ForwardedFamily,
+    /// The envelope's `id`.
+    pub notification_id: String,
+    pub event_type: String,
+    pub original_type: String,
+    pub create_time: String,
+    pub summary: String,
+    /// The decrypted resource, as WeChat Pay wrote it.
+    pub resource: Value,
+    /// What identifies the news whichever notification id carries it (the dedupe key's tail).
+    pub business_id: String,
+}
+
+impl ForwardEvent {
+    /// The routing key of its event on the events exchange.
+    pub fn routing_key(&self) -> String {
+        format!("{FORWARDED_EVENT_PREFIX}{}", self.event_type)
+    }
+}
+
+/// Routing keys of forwarded notifications begin with this.
+pub const FORWARDED_EVENT_PREFIX: &str = "wechatpay.";
 
 /// A refund result, whichever channel brought it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +164,8 @@ pub struct RefundEvent {
     pub succeeded_at: Option<DateTime<Utc>>,
     /// Currency of the refund; `CNY` when the message names none.
     pub currency: String,
+    /// Everything else the message says, for the business system.
+    pub details: RefundDetails,
     /// What a v2 refund notification says of its order. Its `req_info` is AES-256-ECB
     /// without integrity of its own, so these must agree with the order before money moves.
     pub order_check: Option<RefundOrderCheck>,
@@ -102,6 +194,7 @@ fn currency_or_default(currency: Option<&str>) -> String {
 pub enum Decoded {
     Pay(PayEvent),
     Refund(RefundEvent),
+    Forward(ForwardEvent),
 }
 
 impl Decoded {
@@ -111,7 +204,10 @@ impl Decoded {
     /// `mch_id` of a direct merchant (the keys of before service providers, unchanged) and
     /// `{mch_id}.{sub_mch_id}` of a provider's sub-merchant. A payment that did not
     /// succeed may have no transaction id: its key holds the order, the state and the
-    /// SHA-256 of the body, so WeChat's re-sends of it still dedupe.
+    /// SHA-256 of the body, so WeChat's re-sends of it still dedupe. A forwarded
+    /// notification's key is `{family}:{merchant}:{business id}` (e.g.
+    /// `transfer:{merchant}:{out_bill_no}:{state}`; `notification:{merchant}:{id}` for a kind
+    /// not read typed).
     pub fn dedupe_key(&self, body: &[u8]) -> String {
         let merchant = match self.sub_mch_id() {
             "" => self.mch_id().to_owned(),
@@ -132,6 +228,20 @@ impl Decoded {
                 refund.refund_id,
                 refund.status.as_str()
             ),
+            Decoded::Forward(forward) => format!(
+                "{}:{merchant}:{}",
+                forward.family.as_str(),
+                forward.business_id
+            ),
+        }
+    }
+
+    /// The decrypted resource to store with the notification, when there is one.
+    pub fn resource(&self) -> Option<&Value> {
+        match self {
+            Decoded::Pay(pay) => pay.details.resource.as_ref(),
+            Decoded::Refund(refund) => refund.details.resource.as_ref(),
+            Decoded::Forward(forward) => Some(&forward.resource),
         }
     }
 
@@ -140,6 +250,7 @@ impl Decoded {
         match self {
             Decoded::Pay(pay) => &pay.mch_id,
             Decoded::Refund(refund) => &refund.mch_id,
+            Decoded::Forward(forward) => &forward.mch_id,
         }
     }
 
@@ -148,13 +259,16 @@ impl Decoded {
         match self {
             Decoded::Pay(pay) => &pay.sub_mch_id,
             Decoded::Refund(refund) => &refund.sub_mch_id,
+            Decoded::Forward(forward) => &forward.sub_mch_id,
         }
     }
 
+    /// The order the news is about; empty for a forwarded notification.
     pub fn out_trade_no(&self) -> &str {
         match self {
             Decoded::Pay(pay) => &pay.out_trade_no,
             Decoded::Refund(refund) => &refund.out_trade_no,
+            Decoded::Forward(_) => "",
         }
     }
 }
@@ -172,8 +286,6 @@ pub enum DecodeError {
     Decrypt(String),
     #[error("merchant {0} has no APIv3 key")]
     NoV3Key(String),
-    #[error("unsupported: {0}")]
-    Unsupported(String),
     #[error("query answer is not SUCCESS: {0}")]
     QueryFailed(String),
 }
@@ -187,7 +299,6 @@ impl DecodeError {
             DecodeError::BadSignature(_) => "bad_signature",
             DecodeError::Decrypt(_) => "decrypt_failed",
             DecodeError::NoV3Key(_) => "no_v3_key",
-            DecodeError::Unsupported(_) => "unsupported",
             DecodeError::QueryFailed(_) => "query_failed",
         }
     }
@@ -230,7 +341,7 @@ pub fn decode(message: &NotifyMessage, merchants: &Merchants) -> Result<Decoded,
                 Some(headers) => {
                     verify_v3_response(headers, body, merchant)?;
                     let resource = RefundResource::parse(body).map_err(malformed)?;
-                    refund_from_resource(resource, merchant)
+                    refund_from_resource(resource, None, merchant)
                 }
                 None => decode_v2_refund_query(body, merchant),
             }?;
@@ -309,6 +420,7 @@ fn decode_v2_pay(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeErro
     );
     let paid_at = n.paid_at();
     Ok(Decoded::Pay(PayEvent {
+        details: v2_pay_details(&fields),
         currency: currency_or_default(n.fee_type.as_deref()),
         mch_id: non_empty_or(n.mch_id, &merchant.mch_id),
         sub_mch_id: n.sub_mch_id.unwrap_or_default(),
@@ -358,7 +470,63 @@ fn failed_v2_pay(fields: &XmlFields, merchant: &Merchant) -> Decoded {
         state_text,
         paid_at: None,
         currency: currency_or_default(fields.get("fee_type")),
+        details: v2_pay_details(fields),
     })
+}
+
+/// [`PayDetails`] of a v2 payment notification or order query answer
+/// (<https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_7>): a service provider's
+/// names the payer under the `sub_appid` as `sub_openid`.
+fn v2_pay_details(fields: &XmlFields) -> PayDetails {
+    let text = |name: &str| {
+        fields
+            .get(name)
+            .filter(|value| !value.is_empty())
+            .map(str::to_owned)
+    };
+    let coupons: Vec<Value> = (0..fields
+        .get("coupon_count")
+        .and_then(|count| count.parse::<usize>().ok())
+        .unwrap_or(0))
+        .filter_map(|n| {
+            Some(serde_json::json!({
+                "coupon_id": text(&format!("coupon_id_{n}"))?,
+                "type": text(&format!("coupon_type_{n}")),
+                "amount": fields.get(&format!("coupon_fee_{n}")).and_then(|fee| fen("coupon_fee", fee).ok()),
+            }))
+        })
+        .collect();
+    PayDetails {
+        attach: text("attach"),
+        payer_openid: text("sub_openid").or_else(|| text("openid")),
+        payer_total: fields
+            .get("cash_fee")
+            .and_then(|fee| fen("cash_fee", fee).ok()),
+        payer_currency: text("cash_fee_type"),
+        trade_type: text("trade_type"),
+        bank_type: text("bank_type"),
+        promotion_detail: (!coupons.is_empty()).then_some(Value::Array(coupons)),
+        resource: None,
+    }
+}
+
+/// [`PayDetails`] of a v3 payment or order query answer; `resource` is the decrypted
+/// resource of a notification.
+fn v3_pay_details(t: &Transaction, resource: Option<Value>) -> PayDetails {
+    let text = |value: &str| Some(value.to_owned()).filter(|value| !value.is_empty());
+    PayDetails {
+        attach: text(&t.attach),
+        payer_openid: t.payer.as_ref().and_then(|payer| text(payer.paid_openid())),
+        payer_total: t.amount.as_ref().and_then(|amount| amount.payer_total),
+        payer_currency: t
+            .amount
+            .as_ref()
+            .and_then(|amount| text(&amount.payer_currency)),
+        trade_type: text(&t.trade_type),
+        bank_type: text(&t.bank_type),
+        promotion_detail: t.promotion_detail.clone(),
+        resource,
+    }
 }
 
 /// The appid a v2 payment or order query names for its order: a service provider's
@@ -400,7 +568,26 @@ fn decode_v2_refund(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeE
             .filter(|c| !c.is_empty())
             .or_else(|| root.get("fee_type")),
     );
+    let text = |name: &str| {
+        root.get(name)
+            .filter(|value| !value.is_empty())
+            .map(str::to_owned)
+    };
+    let details = RefundDetails {
+        payer_refund: info.settlement_refund_fee,
+        payer_total: root
+            .get("settlement_total_fee")
+            .and_then(|fee| fen("settlement_total_fee", fee).ok()),
+        user_received_account: info.refund_recv_accout.clone(),
+        funds_account: text("refund_account"),
+        resource: Some(Value::Object(
+            root.iter()
+                .map(|(name, value)| (name.to_owned(), Value::from(value)))
+                .collect(),
+        )),
+    };
     Ok(Decoded::Refund(RefundEvent {
+        details,
         mch_id: non_empty_or(envelope.mch_id, &merchant.mch_id),
         sub_mch_id: envelope.sub_mch_id.unwrap_or_default(),
         out_trade_no: info.out_trade_no,
@@ -439,24 +626,79 @@ fn decrypt_v3(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeError> 
         .decrypt(key.expose_secret().as_bytes())
         .map_err(|e| DecodeError::Decrypt(e.to_string()))?;
     let event = envelope.event();
-    let is_refund = match &event {
-        EventType::TransactionSuccess => false,
-        e if e.is_refund() => true,
-        _ => match envelope.resource.original_type.as_str() {
-            "transaction" => false,
-            "refund" => true,
-            other => return Err(DecodeError::Unsupported(format!("original_type {other}"))),
-        },
-    };
-    if is_refund {
-        refund_from_resource(
-            RefundResource::parse(&plaintext).map_err(malformed)?,
-            merchant,
-        )
-    } else {
-        pay_from_transaction(Transaction::parse(&plaintext).map_err(malformed)?, merchant)
+    let original_type = envelope.resource.original_type.as_str();
+    // Told by original_type and shape, not by the event type alone: a direct merchant's
+    // profit sharing arrives as TRANSACTION.SUCCESS with original_type `profitsharing`
+    // (<https://pay.weixin.qq.com/wiki/doc/apiv3/apis/chapter8_1_10.shtml>).
+    let family = ForwardedFamily::of(envelope.event_type.as_str(), original_type);
+    if event.is_refund() || original_type == "refund" {
+        let resource = RefundResource::parse(&plaintext).map_err(malformed)?;
+        refund_from_resource(resource, Some(clear_resource(&plaintext)?), merchant)
+    } else if family == ForwardedFamily::Other
+        && (event == EventType::TransactionSuccess || original_type == "transaction")
+    {
+        let transaction = Transaction::parse(&plaintext).map_err(malformed)?;
+        pay_from_transaction(transaction, Some(clear_resource(&plaintext)?), merchant)
             .map(Decoded::Pay)
+    } else {
+        forward(&envelope, family, &plaintext, merchant)
     }
+}
+
+/// The decrypted resource as JSON, to be stored and forwarded: any JSON WeChat Pay wrote;
+/// a resource that is not JSON is kept as its text.
+fn clear_resource(plaintext: &[u8]) -> Result<Value, DecodeError> {
+    match serde_json::from_slice(plaintext) {
+        Ok(value) => Ok(value),
+        Err(_) => std::str::from_utf8(plaintext)
+            .map(|text| Value::String(text.to_owned()))
+            .map_err(|_| malformed("decrypted resource is neither JSON nor UTF-8 text")),
+    }
+}
+
+/// At most this long, and of letters, digits, `.`, `_` and `-` only: it becomes an AMQP
+/// routing key (a short string of at most 255 bytes) and a Prometheus-safe log field.
+const MAX_EVENT_TYPE_LEN: usize = 64;
+
+/// A verified notification of any other kind, to be forwarded as it is.
+fn forward(
+    envelope: &NotificationEnvelope,
+    family: ForwardedFamily,
+    plaintext: &[u8],
+    merchant: &Merchant,
+) -> Result<Decoded, DecodeError> {
+    let event_type = envelope.event_type.as_str();
+    if event_type.is_empty()
+        || event_type.len() > MAX_EVENT_TYPE_LEN
+        || !event_type
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(malformed(format!(
+            "event_type is not 1 to {MAX_EVENT_TYPE_LEN} letters, digits, '.', '_' or '-'"
+        )));
+    }
+    let identity = forwarded::identify(
+        event_type,
+        &envelope.resource.original_type,
+        &envelope.id,
+        plaintext,
+    )
+    .map_err(malformed)?;
+    debug_assert_eq!(identity.family, family);
+    Ok(Decoded::Forward(ForwardEvent {
+        mch_id: merchant.mch_id.clone(),
+        sub_mch_id: identity.sub_merchant,
+        named_mch_id: identity.merchant,
+        family,
+        notification_id: envelope.id.clone(),
+        event_type: event_type.to_owned(),
+        original_type: envelope.resource.original_type.clone(),
+        create_time: envelope.create_time.clone(),
+        summary: envelope.summary.clone(),
+        resource: clear_resource(plaintext)?,
+        business_id: identity.business_id,
+    }))
 }
 
 /// An order query's answer (查询订单): API v3 JSON signed in `headers`, or API v2 XML signed
@@ -469,7 +711,7 @@ pub fn order_query_answer(
     match headers {
         Some(headers) => {
             verify_v3_response(headers, body, merchant)?;
-            pay_from_transaction(Transaction::parse(body).map_err(malformed)?, merchant)
+            pay_from_transaction(Transaction::parse(body).map_err(malformed)?, None, merchant)
         }
         None => decode_v2_order_query(body, merchant),
     }
@@ -490,7 +732,11 @@ fn is_paid_state(trade_state: &str) -> bool {
     TradeState::parse(trade_state).is_some_and(TradeState::is_paid)
 }
 
-fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<PayEvent, DecodeError> {
+fn pay_from_transaction(
+    t: Transaction,
+    resource: Option<Value>,
+    merchant: &Merchant,
+) -> Result<PayEvent, DecodeError> {
     let success = is_paid_state(&t.trade_state);
     let transaction_id = Some(t.transaction_id.clone()).filter(|id| !id.is_empty());
     if success && transaction_id.is_none() {
@@ -504,6 +750,7 @@ fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<PayEvent,
     let paid_at = t.paid_at();
     let currency = currency_or_default(t.amount.as_ref().map(|a| a.currency.as_str()));
     Ok(PayEvent {
+        details: v3_pay_details(&t, resource),
         currency,
         mch_id: non_empty_or(t.merchant().to_owned(), &merchant.mch_id),
         sub_mch_id: t.sub_merchant().to_owned(),
@@ -517,13 +764,27 @@ fn pay_from_transaction(t: Transaction, merchant: &Merchant) -> Result<PayEvent,
     })
 }
 
-fn refund_from_resource(r: RefundResource, merchant: &Merchant) -> Result<Decoded, DecodeError> {
+/// A v3 refund notification's resource (`resource`: it decrypted) or refund query answer.
+fn refund_from_resource(
+    r: RefundResource,
+    resource: Option<Value>,
+    merchant: &Merchant,
+) -> Result<Decoded, DecodeError> {
     let status = r
         .status()
         .ok_or_else(|| malformed(format!("unknown refund_status {:?}", r.refund_status)))?
         .normalised();
     let succeeded_at = r.succeeded_at();
+    let text = |value: &str| Some(value.to_owned()).filter(|value| !value.is_empty());
+    let details = RefundDetails {
+        payer_refund: r.amount.payer_refund,
+        payer_total: r.amount.payer_total,
+        user_received_account: text(&r.user_received_account),
+        funds_account: text(&r.funds_account),
+        resource,
+    };
     Ok(Decoded::Refund(RefundEvent {
+        details,
         currency: currency_or_default(r.amount.currency.as_deref()),
         mch_id: non_empty_or(r.merchant().to_owned(), &merchant.mch_id),
         sub_mch_id: r.sub_mchid,
@@ -603,6 +864,7 @@ fn decode_v2_order_query(body: &[u8], merchant: &Merchant) -> Result<PayEvent, D
         success,
         state_text: pay_state_text(success, trade_state),
         paid_at: beijing_time(fields.get("time_end"), "%Y%m%d%H%M%S"),
+        details: v2_pay_details(&fields),
     })
 }
 
@@ -631,6 +893,23 @@ fn decode_v2_refund_query(body: &[u8], merchant: &Merchant) -> Result<Decoded, D
         ),
         // A signed answer: nothing to cross-check.
         order_check: None,
+        details: RefundDetails {
+            payer_refund: fields
+                .get("settlement_refund_fee_0")
+                .and_then(|fee| fen("settlement_refund_fee_0", fee).ok()),
+            payer_total: fields
+                .get("settlement_total_fee")
+                .and_then(|fee| fen("settlement_total_fee", fee).ok()),
+            user_received_account: fields
+                .get("refund_recv_accout_0")
+                .filter(|account| !account.is_empty())
+                .map(str::to_owned),
+            funds_account: fields
+                .get("refund_account_0")
+                .filter(|account| !account.is_empty())
+                .map(str::to_owned),
+            resource: None,
+        },
     }))
 }
 
@@ -651,6 +930,7 @@ mod tests {
             state_text: TradeState::Success.as_str().into(),
             paid_at: None,
             currency: DEFAULT_CURRENCY.into(),
+            details: PayDetails::default(),
         };
         assert_eq!(
             Decoded::Pay(pay.clone()).dedupe_key(b"a"),
@@ -679,6 +959,7 @@ mod tests {
             status: RefundState::Closed,
             succeeded_at: None,
             currency: DEFAULT_CURRENCY.into(),
+            details: RefundDetails::default(),
             order_check: None,
         };
         assert_eq!(

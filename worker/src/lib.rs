@@ -73,6 +73,8 @@ pub enum Disposition {
     Duplicate { layer: DedupeLayer },
     /// Committed a log row without state change.
     Recorded,
+    /// Committed a `FORWARDED` log row and its `wechatpay.<event_type>` event.
+    Forwarded,
     /// Committed an anomaly (row + event); the order is unchanged.
     Anomaly { reason: String },
     /// Nothing committed; try again later (retry tier).
@@ -88,6 +90,7 @@ impl Disposition {
             Disposition::Applied => "applied",
             Disposition::Duplicate { .. } => "duplicate",
             Disposition::Recorded => "recorded",
+            Disposition::Forwarded => "forwarded",
             Disposition::Anomaly { .. } => "anomaly",
             Disposition::Retry { .. } => "retried",
             Disposition::Park { .. } => "parked",
@@ -108,6 +111,7 @@ pub struct Stats {
     pub applied: AtomicU64,
     pub duplicate: AtomicU64,
     pub recorded: AtomicU64,
+    pub forwarded: AtomicU64,
     pub anomaly: AtomicU64,
     pub retried: AtomicU64,
     /// Parked at once (poison) or after the last retry tier.
@@ -121,6 +125,7 @@ impl Stats {
             Disposition::Applied => &self.applied,
             Disposition::Duplicate { .. } => &self.duplicate,
             Disposition::Recorded => &self.recorded,
+            Disposition::Forwarded => &self.forwarded,
             Disposition::Anomaly { .. } => &self.anomaly,
             Disposition::Retry { .. } => &self.retried,
             Disposition::Park { .. } => &self.parked,
@@ -138,6 +143,7 @@ impl Stats {
             "applied" => &self.applied,
             "duplicate" => &self.duplicate,
             "recorded" => &self.recorded,
+            "forwarded" => &self.forwarded,
             "anomaly" => &self.anomaly,
             "retried" => &self.retried,
             "parked" => &self.parked,
@@ -363,6 +369,10 @@ impl Worker {
                         Disposition::Applied
                     }
                     Verdict::Noop | Verdict::Recorded => Disposition::Recorded,
+                    Verdict::Forwarded => {
+                        inner.outbox_wakeup.notify_one();
+                        Disposition::Forwarded
+                    }
                     Verdict::Anomaly { reason, .. } => {
                         inner.outbox_wakeup.notify_one();
                         metrics::counter!(metric::WORKER_ANOMALIES_TOTAL, "reason" => reason)
@@ -461,6 +471,13 @@ impl Worker {
         match verdict {
             Verdict::Anomaly { reason, detail } => {
                 tracing::warn!(step = step::APPLY, %request_id, mch_id, sub_mch_id, kind, out_trade_no, reason, detail = detail.as_str(), "anomaly recorded");
+            }
+            Verdict::Forwarded => {
+                if let Decoded::Forward(forward) = decoded {
+                    let event_type = forward.event_type.as_str();
+                    let notification_id = forward.notification_id.as_str();
+                    tracing::info!(step = step::APPLY, %request_id, mch_id, sub_mch_id, kind, event_type, notification_id, "forwarded");
+                }
             }
             other => {
                 tracing::info!(step = step::APPLY, %request_id, mch_id, sub_mch_id, kind, out_trade_no, verdict = ?other, "applied");

@@ -13,22 +13,22 @@ use crate::confirm;
 /// Claims found held by another worker (the work then falls through to PostgreSQL).
 pub const CLAIM_CONTENDED_TOTAL: &str = "wxpay_worker_claim_contended_total";
 
-const OUTCOMES: [&str; 6] = [
+const OUTCOMES: [&str; 7] = [
     "applied",
     "duplicate",
     "recorded",
+    "forwarded",
     "anomaly",
     "retried",
     "parked",
 ];
-const PARK_REASONS: [&str; 10] = [
+const PARK_REASONS: [&str; 9] = [
     "undecodable",
     "unknown_merchant",
     "malformed",
     "bad_signature",
     "decrypt_failed",
     "no_v3_key",
-    "unsupported",
     "retries_exhausted",
     "unknown_order",
     "query_failed",

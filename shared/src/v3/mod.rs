@@ -16,6 +16,7 @@ pub mod aead;
 pub mod authorization;
 pub mod certificates;
 pub mod error;
+pub mod forwarded;
 pub mod headers;
 pub mod keys;
 pub mod resource;
@@ -40,7 +41,7 @@ pub use keys::{
     PublicKey,
 };
 pub use resource::{
-    EncryptedResource, EventType, NotificationEnvelope, RefundAmount, RefundResource,
+    EncryptedResource, EventType, NotificationEnvelope, Payer, RefundAmount, RefundResource,
     ResourceError, Transaction, TransactionAmount,
 };
 pub use verify::{

@@ -244,6 +244,39 @@ pub struct Transaction {
     pub attach: String,
     /// Amounts; absent in some query answers for unpaid orders.
     pub amount: Option<TransactionAmount>,
+    /// Who paid (absent in query answers for unpaid orders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer: Option<Payer>,
+    /// The payer's bank, e.g. `CMC` (招商银行信用卡) or `OTHERS`.
+    #[serde(default)]
+    pub bank_type: String,
+    /// Coupons and discounts applied (优惠功能), passed on as WeChat Pay wrote them: their
+    /// shape varies by promotion and nothing here is computed from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion_detail: Option<serde_json::Value>,
+}
+
+/// The payer of a payment: `openid` for a direct merchant; a service provider's payment names
+/// `sp_openid` (under the provider's appid) and `sub_openid` (under the `sub_appid`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payer {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub openid: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sp_openid: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_openid: String,
+}
+
+impl Payer {
+    /// The openid under the appid the order was paid in ([`Transaction::paid_appid`]):
+    /// `sub_openid` when there is one, else `openid` / `sp_openid`.
+    pub fn paid_openid(&self) -> &str {
+        [&self.sub_openid, &self.openid, &self.sp_openid]
+            .into_iter()
+            .find(|id| !id.is_empty())
+            .map_or("", String::as_str)
+    }
 }
 
 /// Amounts of a payment, in fen.
@@ -352,6 +385,10 @@ pub struct RefundResource {
     /// Where the money went back, e.g. `招商银行信用卡0403`.
     #[serde(default)]
     pub user_received_account: String,
+    /// Which of the merchant's funds paid the refund (`UNSETTLED`, `AVAILABLE`, …): in the
+    /// refund query's answer, not in the notification.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub funds_account: String,
     /// Amounts in fen.
     pub amount: RefundAmount,
 }

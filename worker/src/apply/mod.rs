@@ -14,6 +14,7 @@
 //! Every event of an order carries `order_seq`, the order's `event_seq` bumped under its row
 //! lock in the same transaction, so consumers can put an order's events in order.
 
+mod forward;
 mod pay;
 mod refund;
 
@@ -82,6 +83,8 @@ pub enum Verdict {
     },
     /// The dedupe key was already there: nothing was written.
     Duplicate,
+    /// Logged `FORWARDED` with its `wechatpay.<event_type>` event.
+    Forwarded,
 }
 
 /// What WeChat Pay's order query said of a payment before it is applied
@@ -135,6 +138,8 @@ pub(crate) struct Context<'a> {
     pub confirmation: &'a Confirmation,
     /// The sub-merchants the message's merchant serves.
     pub sub_merchants: &'a SubMerchants,
+    /// The decrypted resource, stored with the notification row.
+    pub resource: Option<&'a Value>,
 }
 
 /// The notification row to insert.
@@ -212,6 +217,7 @@ impl Context<'_> {
             anomaly_reason: anomaly.map(|(reason, _)| reason),
             anomaly_detail: anomaly.map(|(_, detail)| detail),
             received_at,
+            resource: self.resource,
             wechatpay_headers: self.message.wechatpay.as_ref().map(|headers| {
                 Value::Object(
                     headers
@@ -383,6 +389,17 @@ async fn bump_seq(
     Ok(seq)
 }
 
+/// `payload` with the fields of `details` ([`crate::decode::PayDetails`],
+/// [`crate::decode::RefundDetails`]): what the message said beyond the money.
+fn with_details(mut payload: Value, details: &impl serde::Serialize) -> Value {
+    if let (Value::Object(fields), Ok(Value::Object(extra))) =
+        (&mut payload, serde_json::to_value(details))
+    {
+        fields.extend(extra);
+    }
+    payload
+}
+
 /// An outbox row with a fresh stable id.
 fn new_event<'a>(
     event_type: &'a str,
@@ -444,10 +461,12 @@ pub async fn apply_in(
         dedupe_key: applying.dedupe_key,
         confirmation: applying.confirmation,
         sub_merchants: applying.sub_merchants,
+        resource: applying.decoded.resource(),
     };
     let decoded = applying.decoded;
     match decoded {
         Decoded::Pay(event) => pay::apply(conn, &ctx, event).await,
         Decoded::Refund(event) => refund::apply(conn, &ctx, event).await,
+        Decoded::Forward(event) => forward::apply(conn, &ctx, event).await,
     }
 }

@@ -11,7 +11,9 @@ use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::{event, new_event, reason, ApplyError, Confirmation, Context, LogRow, Verdict};
+use super::{
+    event, new_event, reason, with_details, ApplyError, Confirmation, Context, LogRow, Verdict,
+};
 use wxpay_shared::state::{NotificationOutcome, OrderState};
 
 use crate::db::models::Order;
@@ -122,6 +124,7 @@ pub(super) async fn apply(
                 // Shipping may wait for this on large payments (confirm_by_query_min_fen).
                 "confirmed_by_query": *ctx.confirmation == Confirmation::Confirmed,
             });
+            let payload = with_details(payload, &pay.details);
             let update = MarkPaid {
                 mch_id: &order.mch_id,
                 sub_mch_id: &order.sub_mch_id,

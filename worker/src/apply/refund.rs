@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel::upsert::excluded;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::{bump_seq, emit, event, reason, ApplyError, Context, LogRow, Verdict};
+use super::{bump_seq, emit, event, reason, with_details, ApplyError, Context, LogRow, Verdict};
 use wxpay_shared::state::{NotificationOutcome, OrderState, RefundState};
 
 use crate::db::models::{DbRefundState, NewRefund, Order};
@@ -128,7 +128,9 @@ pub(super) async fn apply(
                 "amount_total": order.amount_total,
                 "state": new_state.as_str(),
                 "succeeded_at": refund.succeeded_at.map(|t| t.to_rfc3339()),
+                "currency": refund.currency,
             });
+            let payload = with_details(payload, &refund.details);
             emit(
                 conn,
                 event::ORDER_REFUNDED,
@@ -178,7 +180,10 @@ pub(super) async fn apply(
                 "refund_id": refund.refund_id,
                 "refund_fee": refund.refund_fee,
                 "status": refund.status.as_str(),
+                "succeeded_at": refund.succeeded_at.map(|t| t.to_rfc3339()),
+                "currency": refund.currency,
             });
+            let payload = with_details(payload, &refund.details);
             emit(
                 conn,
                 event::REFUND_UPDATED,

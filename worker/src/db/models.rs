@@ -159,6 +159,8 @@ pub struct NewNotification<'a> {
     pub received_at: DateTime<Utc>,
     /// The v3 signature headers, so that a reapply re-verifies what was received.
     pub wechatpay_headers: Option<serde_json::Value>,
+    /// The decrypted resource, for audit (`notifications.resource`).
+    pub resource: Option<&'a serde_json::Value>,
 }
 
 #[derive(Debug, Insertable)]
@@ -189,21 +191,32 @@ mod tests {
 
     use super::*;
 
-    const MIGRATION: &str = include_str!("../../migrations/2025-01-01-000000_create_tables/up.sql");
-
-    /// The quoted values of `CHECK (column IN ('A', 'B', …))` in the migration.
-    fn check_values(column: &str) -> BTreeSet<&'static str> {
+    /// The quoted values of the latest `CHECK (column IN ('A', 'B', …))` among the migrations
+    /// (a later migration widens a constraint by replacing it).
+    fn check_values(column: &str) -> BTreeSet<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut migrations: Vec<_> = std::fs::read_dir(dir)
+            .expect("migrations")
+            .map(|entry| entry.expect("migration").path().join("up.sql"))
+            .collect();
+        migrations.sort();
         let start = format!("CHECK ({column} IN (");
-        let from = MIGRATION.find(&start).expect("CHECK constraint") + start.len();
-        let list = &MIGRATION[from..];
+        let sql = migrations
+            .iter()
+            .rev()
+            .map(|path| std::fs::read_to_string(path).expect("up.sql"))
+            .find(|sql| sql.contains(&start))
+            .expect("CHECK constraint");
+        let from = sql.find(&start).expect("CHECK constraint") + start.len();
+        let list = &sql[from..];
         let list = &list[..list.find(')').expect("closing parenthesis")];
         list.split(',')
-            .map(|value| value.trim().trim_matches('\''))
+            .map(|value| value.trim().trim_matches('\'').to_owned())
             .collect()
     }
 
-    fn spellings<T: Copy>(all: &[T], as_str: fn(T) -> &'static str) -> BTreeSet<&'static str> {
-        all.iter().map(|&state| as_str(state)).collect()
+    fn spellings<T: Copy>(all: &[T], as_str: fn(T) -> &'static str) -> BTreeSet<String> {
+        all.iter().map(|&state| as_str(state).to_owned()).collect()
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl QueryFragment<Pg> for InsertNotification<'_> {
             &mut out,
             "notifications (dedupe_key, message_id, kind, mch_id, sub_mch_id, out_trade_no, \
              out_refund_no, transaction_id, raw_body, outcome, anomaly_reason, anomaly_detail, \
-             received_at, wechatpay_headers)",
+             received_at, wechatpay_headers, resource)",
         );
         values.bind::<Text, _>(&row.dedupe_key)?;
         values.bind::<Uuid, _>(&row.message_id)?;
@@ -85,6 +85,7 @@ impl QueryFragment<Pg> for InsertNotification<'_> {
         values.bind::<Nullable<Text>, _>(&row.anomaly_detail)?;
         values.bind::<Timestamptz, _>(&row.received_at)?;
         values.bind::<Nullable<Jsonb>, _>(&row.wechatpay_headers)?;
+        values.bind::<Nullable<Jsonb>, _>(&row.resource)?;
         values.end(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
         Ok(())
     }

@@ -22,6 +22,7 @@ use wxpay_runtime::amqp::message_id_text;
 use wxpay_runtime::config::Settings;
 use wxpay_shared::message::NotifyMessage;
 use wxpay_shared::state::OrderState;
+use wxpay_testkit::event_schemas::assert_valid_event;
 use wxpay_testkit::notifications::{transaction_of, v2_pay};
 use wxpay_worker::{broker, migrate, Disposition, Worker};
 
@@ -161,21 +162,25 @@ impl TestEnv {
             .basic_consume(queue.as_str().into(), "tap".into(), no_ack, no_arguments())
             .await
             .expect("consume");
-        let ids = Arc::new(Mutex::new(Vec::new()));
-        let sink = ids.clone();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
         let task = tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
-                let id = message_id_text(&delivery.properties)
-                    .unwrap_or_default()
-                    .to_owned();
-                if let Ok(mut ids) = sink.lock() {
-                    ids.push(id);
+                let event = TappedEvent {
+                    id: message_id_text(&delivery.properties)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    routing_key: delivery.routing_key.to_string(),
+                    body: serde_json::from_slice(&delivery.data).unwrap_or_default(),
+                };
+                if let Ok(mut events) = sink.lock() {
+                    events.push(event);
                 }
             }
             drop(channel);
             drop(connection);
         });
-        EventTap { ids, task }
+        EventTap { events, task }
     }
 
     /// Starts a worker on its own task.
@@ -223,14 +228,39 @@ pub async fn wait_for_redis(worker: &Worker) {
     .await;
 }
 
+/// One event as a subscriber received it.
+#[derive(Debug, Clone)]
+pub struct TappedEvent {
+    /// The AMQP message id (the outbox id).
+    pub id: String,
+    pub routing_key: String,
+    /// The JSON body (`null` when it was not JSON: the schema check then fails).
+    pub body: serde_json::Value,
+}
+
 pub struct EventTap {
-    pub ids: Arc<Mutex<Vec<String>>>,
+    events: Arc<Mutex<Vec<TappedEvent>>>,
     task: JoinHandle<()>,
 }
 
 impl EventTap {
+    /// The events received so far, each held to its JSON Schema in `docs/events` (a test
+    /// that taps events checks the published contract too).
+    pub fn events(&self) -> Vec<TappedEvent> {
+        let events = self
+            .events
+            .lock()
+            .map(|events| events.clone())
+            .unwrap_or_default();
+        for event in &events {
+            assert_valid_event(&event.routing_key, &event.body);
+        }
+        events
+    }
+
+    /// The message ids of [`Self::events`].
     pub fn ids(&self) -> Vec<String> {
-        self.ids.lock().map(|ids| ids.clone()).unwrap_or_default()
+        self.events().into_iter().map(|event| event.id).collect()
     }
 }
 

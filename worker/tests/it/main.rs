@@ -10,6 +10,7 @@ mod confirm_by_query;
 mod db;
 mod doctor;
 mod events;
+mod forward;
 mod migrations;
 mod money;
 mod partner;

@@ -12,6 +12,9 @@
 //! `sp_appid`, `sp_mchid`, `sub_appid`, `sub_mchid` instead of `appid`, `mchid`
 //! (<https://pay.weixin.qq.com/doc/v3/partner/4012085801>).
 //!
+//! The other kinds (merchant transfer, profit sharing, pay score) are built in
+//! [`crate::build_kinds`] with the same envelope and signature.
+//!
 //! Every signature and every encryption goes through `wxpay-shared`, the same code the gateway
 //! and the worker verify with: the simulator never has its own copy of the protocol.
 
@@ -23,6 +26,7 @@ use wxpay_shared::state::{RefundStatus, TradeState};
 use wxpay_shared::v2::{self, SignType, XmlFields};
 use wxpay_shared::v3::{self, AeadError};
 
+use crate::build_kinds::OtherKind;
 use crate::secrets::SimMerchant;
 
 /// Content type of v2 notifications (WeChat Pay posts XML).
@@ -39,17 +43,20 @@ pub enum Kind {
     V2Refund,
     V3Pay,
     V3Refund,
+    /// A v3 notification that is neither a payment nor a refund.
+    V3Other(OtherKind),
 }
 
 impl Kind {
-    /// Parses the CLI spelling: `v2-pay`, `v2-refund`, `v3-pay`, `v3-refund`.
+    /// Parses the CLI spelling: `v2-pay`, `v2-refund`, `v3-pay`, `v3-refund`, and those of
+    /// [`OtherKind`].
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "v2-pay" => Some(Self::V2Pay),
             "v2-refund" => Some(Self::V2Refund),
             "v3-pay" => Some(Self::V3Pay),
             "v3-refund" => Some(Self::V3Refund),
-            _ => None,
+            other => OtherKind::parse(other).map(Self::V3Other),
         }
     }
 
@@ -60,6 +67,7 @@ impl Kind {
             Self::V2Refund => "v2-refund",
             Self::V3Pay => "v3-pay",
             Self::V3Refund => "v3-refund",
+            Self::V3Other(other) => other.as_str(),
         }
     }
 
@@ -73,7 +81,7 @@ impl Kind {
         match self {
             Self::V2Pay => "/notify/v2/pay".to_owned(),
             Self::V2Refund => "/notify/v2/refund".to_owned(),
-            Self::V3Pay | Self::V3Refund => format!("/notify/v3/{mch_id}"),
+            Self::V3Pay | Self::V3Refund | Self::V3Other(_) => format!("/notify/v3/{mch_id}"),
         }
     }
 }
@@ -120,6 +128,18 @@ pub enum BuildError {
     RefundFee { refund_fee: i64, total: i64 },
     #[error("encryption failed: {0}")]
     Aead(#[from] AeadError),
+    #[error("{kind} has no {what} {value:?}; expected one of {expected}")]
+    NotInFamily {
+        kind: &'static str,
+        what: &'static str,
+        value: String,
+        expected: String,
+    },
+    #[error("{option} does not apply to {kind}")]
+    OptionNotApplicable {
+        option: &'static str,
+        kind: &'static str,
+    },
 }
 
 /// One payment, as WeChat Pay reports it.
@@ -261,7 +281,7 @@ pub fn v3_time(t: DateTime<Utc>) -> String {
     beijing(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
 }
 
-fn check_amount(amount: i64) -> Result<(), BuildError> {
+pub(crate) fn check_amount(amount: i64) -> Result<(), BuildError> {
     if amount <= 0 {
         return Err(BuildError::Amount(amount));
     }
@@ -380,7 +400,7 @@ pub fn v2_pay(
     ))
 }
 
-fn not_applicable(variant: Variant, kind: Kind, why: &'static str) -> BuildError {
+pub(crate) fn not_applicable(variant: Variant, kind: Kind, why: &'static str) -> BuildError {
     BuildError::VariantNotApplicable {
         variant: variant.as_str(),
         kind: kind.as_str(),
@@ -507,12 +527,15 @@ pub fn v3_refund_resource(m: &SimMerchant, r: &Refund) -> serde_json::Value {
 }
 
 /// The words of a v3 notification's envelope that depend on what it is about.
-struct V3Event {
-    kind: Kind,
-    event_type: &'static str,
-    summary: &'static str,
-    /// `resource.original_type`, also the AEAD associated data.
-    original_type: &'static str,
+pub(crate) struct V3Event {
+    pub(crate) kind: Kind,
+    pub(crate) event_type: &'static str,
+    pub(crate) summary: &'static str,
+    /// `resource.original_type`.
+    pub(crate) original_type: &'static str,
+    /// The AEAD associated data: the original_type for payments and refunds, empty for some
+    /// kinds (pay score).
+    pub(crate) associated_data: &'static str,
 }
 
 /// The v3 envelope of `event` around `plaintext`, encrypted with `api_v3_key`.
@@ -524,7 +547,8 @@ fn v3_envelope(
 ) -> Result<Vec<u8>, BuildError> {
     let nonce = random_string(12);
     let original_type = event.original_type;
-    let ciphertext = v3::aead::encrypt(api_v3_key.as_bytes(), &nonce, original_type, plaintext)?;
+    let associated_data = event.associated_data;
+    let ciphertext = v3::aead::encrypt(api_v3_key.as_bytes(), &nonce, associated_data, plaintext)?;
     let envelope = json!({
         "id": uuid::Uuid::new_v4().to_string(),
         "create_time": v3_time(created),
@@ -535,7 +559,7 @@ fn v3_envelope(
             "original_type": original_type,
             "algorithm": "AEAD_AES_256_GCM",
             "ciphertext": ciphertext,
-            "associated_data": original_type,
+            "associated_data": associated_data,
             "nonce": nonce
         }
     });
@@ -581,12 +605,14 @@ impl V3Subject<'_> {
                 event_type: "TRANSACTION.SUCCESS",
                 summary: "支付成功",
                 original_type: "transaction",
+                associated_data: "transaction",
             },
             V3Subject::Refund(_) => V3Event {
                 kind: Kind::V3Refund,
                 event_type: "REFUND.SUCCESS",
                 summary: "退款成功",
                 original_type: "refund",
+                associated_data: "refund",
             },
         }
     }
@@ -623,15 +649,37 @@ fn v3_notification(
     now: DateTime<Utc>,
 ) -> Result<Notification, BuildError> {
     let event = subject.event();
-    let real_amount = subject.amount();
+    let (out_trade_no, out_refund_no) = match subject {
+        V3Subject::Pay(p) => (p.out_trade_no.clone(), None),
+        V3Subject::Refund(r) => (r.out_trade_no.clone(), Some(r.out_refund_no.clone())),
+    };
+    let resource = |amount| subject.resource(m, amount);
+    let notification = v3_signed(m, &event, subject.amount(), &resource, variant, now)?;
+    Ok(Notification {
+        out_trade_no,
+        out_refund_no,
+        ..notification
+    })
+}
+
+/// The notification of `event` about `resource(amount)` (the decrypted resource carrying
+/// that amount, which a tampered notification changes), as WeChat Pay signs it at `now`, or
+/// as `variant` spoils it; about no order until the caller says which.
+pub(crate) fn v3_signed(
+    m: &SimMerchant,
+    event: &V3Event,
+    real_amount: i64,
+    resource: &dyn Fn(i64) -> Vec<u8>,
+    variant: Variant,
+    now: DateTime<Utc>,
+) -> Result<Notification, BuildError> {
     let signed_amount = if real_amount == 1 { 2 } else { 1 };
     let timestamp = match variant {
         Variant::Stale => now.timestamp() - STALE_SECS,
         _ => now.timestamp(),
     };
-    let seal = |api_v3_key: &str, amount: i64| {
-        v3_envelope(api_v3_key, &event, &subject.resource(m, amount), now)
-    };
+    let seal =
+        |api_v3_key: &str, amount: i64| v3_envelope(api_v3_key, event, &resource(amount), now);
     // WeChat Pay's key (the last platform certificate, if any), or another under its serial.
     let (platform_key, serial) = m.v3_signer();
     let sign = |key: &v3::PrivateKey, body: &[u8]| v3_headers(key, serial, timestamp, body);
@@ -663,10 +711,6 @@ fn v3_notification(
             (seal(&m.api_v3_key, real_amount)?, headers)
         }
     };
-    let (out_trade_no, out_refund_no) = match subject {
-        V3Subject::Pay(p) => (p.out_trade_no.clone(), None),
-        V3Subject::Refund(r) => (r.out_trade_no.clone(), Some(r.out_refund_no.clone())),
-    };
     Ok(Notification {
         kind: event.kind,
         variant,
@@ -674,8 +718,8 @@ fn v3_notification(
         content_type: V3_CONTENT_TYPE,
         headers,
         body,
-        out_trade_no,
-        out_refund_no,
+        out_trade_no: String::new(),
+        out_refund_no: None,
     })
 }
 

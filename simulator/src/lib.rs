@@ -5,6 +5,8 @@
 //! - [`build`]: the notifications WeChat Pay sends (v2 pay / refund XML, v3 JSON), genuine
 //!   and bad (forged, tampered, probe, stale), signed and encrypted only through
 //!   `wxpay-shared`.
+//! - [`build_kinds`]: the other v3 notifications (merchant transfer, profit sharing, pay
+//!   score), in the same envelope.
 //! - [`notify`]: sends one notification with WeChat Pay's re-send schedule and judges each
 //!   answer as WeChat Pay does.
 //! - [`serve`]: the order / refund query API (v2 and v3), with fault injection.
@@ -14,6 +16,7 @@
 //! - [`secrets`]: the simulator's secrets file.
 
 pub mod build;
+pub mod build_kinds;
 pub mod init;
 pub mod load;
 pub mod notify;

@@ -12,6 +12,7 @@ use wxpay_shared::state::{RefundStatus, TradeState};
 use wxpay_shared::v2::SignType;
 
 use wxpay_simulator::build::{self, Kind, Payment, Refund, V2Signing, Variant};
+use wxpay_simulator::build_kinds::{OtherKind, OtherNotice};
 use wxpay_simulator::init::{self, InitOptions, InitOutcome};
 use wxpay_simulator::load::{self, plan, LoadOptions};
 use wxpay_simulator::notify::{self, DeliveryOptions};
@@ -88,14 +89,38 @@ struct NotifyArgs {
     /// The gateway's base URL, e.g. http://127.0.0.1:8080 (the route is appended).
     #[arg(long)]
     target: String,
-    /// v2-pay | v2-refund | v3-pay | v3-refund
+    /// v2-pay | v2-refund | v3-pay | v3-refund | v3-transfer | v3-transfer-batch |
+    /// v3-profitsharing | v3-payscore
     #[arg(long, value_parser = parse_kind)]
     kind: Kind,
+    /// Payment and refund kinds (required there).
     #[arg(long)]
-    out_trade_no: String,
-    /// The order's amount in fen.
+    out_trade_no: Option<String>,
+    /// The order's amount in fen (other kinds: transferred, shared, or the pay score
+    /// order's total).
     #[arg(long)]
     amount: i64,
+    /// v3-transfer: the bill's out_bill_no (default: a new one).
+    #[arg(long)]
+    out_bill_no: Option<String>,
+    /// v3-transfer-batch: the batch's out_batch_no (default: a new one).
+    #[arg(long)]
+    out_batch_no: Option<String>,
+    /// v3-profitsharing, v3-payscore: out_order_no (default: a new one).
+    #[arg(long)]
+    out_order_no: Option<String>,
+    /// v3-transfer: the bill's state, ACCEPTED | PROCESSING | WAIT_USER_CONFIRM | TRANSFERING |
+    /// SUCCESS | FAIL | CANCELING | CANCELLED (default SUCCESS).
+    #[arg(long)]
+    state: Option<String>,
+    /// Other kinds: the event type within the kind's family (default: its first), e.g.
+    /// MCHTRANSFER.BATCH.CLOSED, PROFITSHARING.RETURN, PAYSCORE.USER_PAID.
+    #[arg(long)]
+    event_type: Option<String>,
+    /// v3-profitsharing: as some direct merchants receive it, event_type TRANSACTION.SUCCESS
+    /// with original_type profitsharing.
+    #[arg(long)]
+    profitsharing_as_transaction: bool,
     /// v2 signature method: MD5 | HMAC-SHA256.
     #[arg(long, value_parser = parse_sign_type, default_value = "MD5")]
     sign_type: SignType,
@@ -210,7 +235,47 @@ struct LoadArgs {
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
-    Kind::parse(s).ok_or_else(|| "expected v2-pay, v2-refund, v3-pay or v3-refund".to_owned())
+    Kind::parse(s).ok_or_else(|| {
+        let others: Vec<&str> = OtherKind::ALL.iter().map(|k| k.as_str()).collect();
+        format!(
+            "expected v2-pay, v2-refund, v3-pay, v3-refund, {}",
+            others.join(", ")
+        )
+    })
+}
+
+/// What `notify --kind <other>` sends: the number its own option gives (else a new one);
+/// another kind's number is refused rather than ignored.
+fn other_notice(
+    kind: OtherKind,
+    a: &NotifyArgs,
+    transaction_id: &str,
+) -> anyhow::Result<OtherNotice> {
+    let given = [
+        ("out_bill_no", &a.out_bill_no),
+        ("out_batch_no", &a.out_batch_no),
+        ("out_order_no", &a.out_order_no),
+    ];
+    let mut out_no = None;
+    for (field, value) in given {
+        match value {
+            Some(no) if field == kind.out_no_field() => out_no = Some(no.clone()),
+            Some(_) => bail!(
+                "--{} does not apply to {}",
+                field.replace('_', "-"),
+                kind.as_str()
+            ),
+            None => {}
+        }
+    }
+    let out_no = out_no.unwrap_or_else(|| format!("SIM{}", build::random_string(12)));
+    Ok(OtherNotice {
+        event_type: a.event_type.clone(),
+        state: a.state.clone(),
+        transaction_id: transaction_id.to_owned(),
+        profitsharing_as_transaction: a.profitsharing_as_transaction,
+        ..OtherNotice::new(kind, out_no, a.amount, Utc::now())
+    })
 }
 
 fn parse_sign_type(s: &str) -> Result<SignType, String> {
@@ -323,8 +388,13 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
         ..DeliveryOptions::default()
     };
     options.validate()?;
+    let out_trade_no = match (a.kind, &a.out_trade_no) {
+        (Kind::V3Other(_), _) => String::new(),
+        (_, Some(no)) => no.clone(),
+        (kind, None) => bail!("--out-trade-no is required for {}", kind.as_str()),
+    };
     let book = OrderBookFile::new(&m.orders_path);
-    let known = book.read()?.orders.get(&a.out_trade_no).cloned();
+    let known = book.read()?.orders.get(&out_trade_no).cloned();
     let transaction_id = a
         .transaction_id
         .clone()
@@ -332,19 +402,19 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
         .unwrap_or_else(build::new_transaction_id);
     let now = Utc::now();
     let payment = Payment {
-        out_trade_no: a.out_trade_no.clone(),
+        out_trade_no: out_trade_no.clone(),
         transaction_id: transaction_id.clone(),
         amount: a.amount,
         openid: "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o".into(),
         paid_at: known.as_ref().and_then(|o| o.paid_at).unwrap_or(now),
     };
     let refund = || Refund {
-        out_trade_no: a.out_trade_no.clone(),
+        out_trade_no: out_trade_no.clone(),
         transaction_id: transaction_id.clone(),
         out_refund_no: a
             .out_refund_no
             .clone()
-            .unwrap_or_else(|| format!("R{}", a.out_trade_no)),
+            .unwrap_or_else(|| format!("R{out_trade_no}")),
         refund_id: build::new_refund_id(),
         total_fee: a.amount,
         refund_fee: a.refund_fee.unwrap_or(a.amount),
@@ -359,6 +429,20 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
         Kind::V3Pay => build::v3_pay(&m, &payment, variant, now)?,
         Kind::V2Refund => build::v2_refund(&m, &refund(), variant)?,
         Kind::V3Refund => build::v3_refund(&m, &refund(), variant, now)?,
+        Kind::V3Other(kind) => {
+            let notice = other_notice(kind, &a, &transaction_id)?;
+            let notification = notice.notification(&m, variant, now)?;
+            println!(
+                "{} {} {}={} -> {}{}",
+                kind.as_str(),
+                variant.as_str(),
+                kind.out_no_field(),
+                notice.out_no,
+                a.target.trim_end_matches('/'),
+                notification.route,
+            );
+            notification
+        }
     };
     // WeChat Pay knows about a payment (or refund) before it notifies: record it, genuine only.
     if variant == Variant::Genuine {
@@ -373,6 +457,8 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
                     openid: Some(payment.openid.clone()),
                 })
             })?,
+            // About no order: nothing for the order book.
+            Kind::V3Other(_) => {}
             Kind::V2Refund | Kind::V3Refund => {
                 let r = refund();
                 book.update(|b| {
@@ -400,20 +486,23 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
             }
         }
     }
-    println!(
-        "{} {} out_trade_no={}{} transaction_id={} -> {}{}",
-        notification.kind.as_str(),
-        variant.as_str(),
-        notification.out_trade_no,
-        notification
-            .out_refund_no
-            .as_deref()
-            .map(|r| format!(" out_refund_no={r}"))
-            .unwrap_or_default(),
-        transaction_id,
-        a.target.trim_end_matches('/'),
-        notification.route
-    );
+    // The other kinds said what they are about above.
+    if !matches!(a.kind, Kind::V3Other(_)) {
+        println!(
+            "{} {} out_trade_no={}{} transaction_id={} -> {}{}",
+            notification.kind.as_str(),
+            variant.as_str(),
+            notification.out_trade_no,
+            notification
+                .out_refund_no
+                .as_deref()
+                .map(|r| format!(" out_refund_no={r}"))
+                .unwrap_or_default(),
+            transaction_id,
+            a.target.trim_end_matches('/'),
+            notification.route
+        );
+    }
     let client = reqwest::Client::new();
     let delivery = notify::deliver(&client, &a.target, &notification, &options, |attempt| {
         println!(

@@ -12,6 +12,9 @@
 //! `sp_appid`, `sp_mchid`, `sub_appid`, `sub_mchid` instead of `appid`, `mchid`
 //! (<https://pay.weixin.qq.com/doc/v3/partner/4012085801>).
 //!
+//! The other kinds (merchant transfer, profit sharing, pay score) are built in
+//! [`crate::build_kinds`] with the same envelope and signature.
+//!
 //! Every signature and every encryption goes through `wxpay-shared`, the same code the gateway
 //! and the worker verify with: the simulator never has its own copy of the protocol.
 
@@ -23,7 +26,7 @@ use wxpay_shared::state::{RefundStatus, TradeState};
 use wxpay_shared::v2::{self, SignType, XmlFields};
 use wxpay_shared::v3::{self, AeadError};
 
-use crate::combine::CombinePayment;
+use crate::build_kinds::OtherKind;
 use crate::secrets::SimMerchant;
 
 /// Content type of v2 notifications (WeChat Pay posts XML).
@@ -42,10 +45,13 @@ pub enum Kind {
     V3Refund,
     /// A combine payment (合单支付): [`crate::combine`].
     V3Combine,
+    /// A v3 notification that is neither a payment nor a refund.
+    V3Other(OtherKind),
 }
 
 impl Kind {
-    /// Parses the CLI spelling: `v2-pay`, `v2-refund`, `v3-pay`, `v3-refund`, `v3-combine`.
+    /// Parses the CLI spelling: `v2-pay`, `v2-refund`, `v3-pay`, `v3-refund`, `v3-combine`,
+    /// and those of [`OtherKind`].
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "v2-pay" => Some(Self::V2Pay),
@@ -53,7 +59,7 @@ impl Kind {
             "v3-pay" => Some(Self::V3Pay),
             "v3-refund" => Some(Self::V3Refund),
             "v3-combine" => Some(Self::V3Combine),
-            _ => None,
+            other => OtherKind::parse(other).map(Self::V3Other),
         }
     }
 
@@ -65,6 +71,7 @@ impl Kind {
             Self::V3Pay => "v3-pay",
             Self::V3Refund => "v3-refund",
             Self::V3Combine => "v3-combine",
+            Self::V3Other(other) => other.as_str(),
         }
     }
 
@@ -78,7 +85,9 @@ impl Kind {
         match self {
             Self::V2Pay => "/notify/v2/pay".to_owned(),
             Self::V2Refund => "/notify/v2/refund".to_owned(),
-            Self::V3Pay | Self::V3Refund | Self::V3Combine => format!("/notify/v3/{mch_id}"),
+            Self::V3Pay | Self::V3Refund | Self::V3Combine | Self::V3Other(_) => {
+                format!("/notify/v3/{mch_id}")
+            }
         }
     }
 }
@@ -125,6 +134,18 @@ pub enum BuildError {
     RefundFee { refund_fee: i64, total: i64 },
     #[error("encryption failed: {0}")]
     Aead(#[from] AeadError),
+    #[error("{kind} has no {what} {value:?}; expected one of {expected}")]
+    NotInFamily {
+        kind: &'static str,
+        what: &'static str,
+        value: String,
+        expected: String,
+    },
+    #[error("{option} does not apply to {kind}")]
+    OptionNotApplicable {
+        option: &'static str,
+        kind: &'static str,
+    },
 }
 
 /// One payment, as WeChat Pay reports it.
@@ -266,7 +287,7 @@ pub fn v3_time(t: DateTime<Utc>) -> String {
     beijing(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
 }
 
-fn check_amount(amount: i64) -> Result<(), BuildError> {
+pub(crate) fn check_amount(amount: i64) -> Result<(), BuildError> {
     if amount <= 0 {
         return Err(BuildError::Amount(amount));
     }
@@ -385,7 +406,7 @@ pub fn v2_pay(
     ))
 }
 
-fn not_applicable(variant: Variant, kind: Kind, why: &'static str) -> BuildError {
+pub(crate) fn not_applicable(variant: Variant, kind: Kind, why: &'static str) -> BuildError {
     BuildError::VariantNotApplicable {
         variant: variant.as_str(),
         kind: kind.as_str(),
@@ -512,12 +533,15 @@ pub fn v3_refund_resource(m: &SimMerchant, r: &Refund) -> serde_json::Value {
 }
 
 /// The words of a v3 notification's envelope that depend on what it is about.
-struct V3Event {
-    kind: Kind,
-    event_type: &'static str,
-    summary: &'static str,
-    /// `resource.original_type`, also the AEAD associated data.
-    original_type: &'static str,
+pub(crate) struct V3Event {
+    pub(crate) kind: Kind,
+    pub(crate) event_type: &'static str,
+    pub(crate) summary: &'static str,
+    /// `resource.original_type`.
+    pub(crate) original_type: &'static str,
+    /// The AEAD associated data: the original_type for payments and refunds, empty for some
+    /// kinds (pay score).
+    pub(crate) associated_data: &'static str,
 }
 
 /// The v3 envelope of `event` around `plaintext`, encrypted with `api_v3_key`.
@@ -529,7 +553,8 @@ fn v3_envelope(
 ) -> Result<Vec<u8>, BuildError> {
     let nonce = random_string(12);
     let original_type = event.original_type;
-    let ciphertext = v3::aead::encrypt(api_v3_key.as_bytes(), &nonce, original_type, plaintext)?;
+    let associated_data = event.associated_data;
+    let ciphertext = v3::aead::encrypt(api_v3_key.as_bytes(), &nonce, associated_data, plaintext)?;
     let envelope = json!({
         "id": uuid::Uuid::new_v4().to_string(),
         "create_time": v3_time(created),
@@ -540,7 +565,7 @@ fn v3_envelope(
             "original_type": original_type,
             "algorithm": "AEAD_AES_256_GCM",
             "ciphertext": ciphertext,
-            "associated_data": original_type,
+            "associated_data": associated_data,
             "nonce": nonce
         }
     });
@@ -576,7 +601,6 @@ fn set_header(headers: &mut [(&'static str, String)], name: &str, value: String)
 enum V3Subject<'a> {
     Pay(&'a Payment),
     Refund(&'a Refund),
-    Combine(&'a CombinePayment),
 }
 
 impl V3Subject<'_> {
@@ -587,19 +611,14 @@ impl V3Subject<'_> {
                 event_type: "TRANSACTION.SUCCESS",
                 summary: "支付成功",
                 original_type: "transaction",
+                associated_data: "transaction",
             },
             V3Subject::Refund(_) => V3Event {
                 kind: Kind::V3Refund,
                 event_type: "REFUND.SUCCESS",
                 summary: "退款成功",
                 original_type: "refund",
-            },
-            // The event and type of a plain payment: the worker tells it by its shape.
-            V3Subject::Combine(_) => V3Event {
-                kind: Kind::V3Combine,
-                event_type: "TRANSACTION.SUCCESS",
-                summary: "支付成功",
-                original_type: "transaction",
+                associated_data: "refund",
             },
         }
     }
@@ -609,14 +628,12 @@ impl V3Subject<'_> {
         match self {
             V3Subject::Pay(p) => p.amount,
             V3Subject::Refund(r) => r.refund_fee,
-            V3Subject::Combine(c) => c.first_amount(),
         }
     }
 
     /// The decrypted resource, carrying `amount` (which a tampered notification changes).
     fn resource(&self, m: &SimMerchant, amount: i64) -> Vec<u8> {
         match self {
-            V3Subject::Combine(c) => json!(c.transaction(m, amount)),
             V3Subject::Pay(p) => v3_transaction(m, p, amount),
             V3Subject::Refund(r) => v3_refund_resource(
                 m,
@@ -638,15 +655,37 @@ fn v3_notification(
     now: DateTime<Utc>,
 ) -> Result<Notification, BuildError> {
     let event = subject.event();
-    let real_amount = subject.amount();
+    let (out_trade_no, out_refund_no) = match subject {
+        V3Subject::Pay(p) => (p.out_trade_no.clone(), None),
+        V3Subject::Refund(r) => (r.out_trade_no.clone(), Some(r.out_refund_no.clone())),
+    };
+    let resource = |amount| subject.resource(m, amount);
+    let notification = v3_signed(m, &event, subject.amount(), &resource, variant, now)?;
+    Ok(Notification {
+        out_trade_no,
+        out_refund_no,
+        ..notification
+    })
+}
+
+/// The notification of `event` about `resource(amount)` (the decrypted resource carrying
+/// that amount, which a tampered notification changes), as WeChat Pay signs it at `now`, or
+/// as `variant` spoils it; about no order until the caller says which.
+pub(crate) fn v3_signed(
+    m: &SimMerchant,
+    event: &V3Event,
+    real_amount: i64,
+    resource: &dyn Fn(i64) -> Vec<u8>,
+    variant: Variant,
+    now: DateTime<Utc>,
+) -> Result<Notification, BuildError> {
     let signed_amount = if real_amount == 1 { 2 } else { 1 };
     let timestamp = match variant {
         Variant::Stale => now.timestamp() - STALE_SECS,
         _ => now.timestamp(),
     };
-    let seal = |api_v3_key: &str, amount: i64| {
-        v3_envelope(api_v3_key, &event, &subject.resource(m, amount), now)
-    };
+    let seal =
+        |api_v3_key: &str, amount: i64| v3_envelope(api_v3_key, event, &resource(amount), now);
     // WeChat Pay's key (the last platform certificate, if any), or another under its serial.
     let (platform_key, serial) = m.v3_signer();
     let sign = |key: &v3::PrivateKey, body: &[u8]| v3_headers(key, serial, timestamp, body);
@@ -678,11 +717,6 @@ fn v3_notification(
             (seal(&m.api_v3_key, real_amount)?, headers)
         }
     };
-    let (out_trade_no, out_refund_no) = match subject {
-        V3Subject::Pay(p) => (p.out_trade_no.clone(), None),
-        V3Subject::Refund(r) => (r.out_trade_no.clone(), Some(r.out_refund_no.clone())),
-        V3Subject::Combine(c) => (c.combine_out_trade_no.clone(), None),
-    };
     Ok(Notification {
         kind: event.kind,
         variant,
@@ -690,8 +724,8 @@ fn v3_notification(
         content_type: V3_CONTENT_TYPE,
         headers,
         body,
-        out_trade_no,
-        out_refund_no,
+        out_trade_no: String::new(),
+        out_refund_no: None,
     })
 }
 
@@ -715,18 +749,4 @@ pub fn v3_refund(
 ) -> Result<Notification, BuildError> {
     check_refund(r)?;
     v3_notification(m, V3Subject::Refund(r), variant, now)
-}
-
-/// The v3 combine payment notification (TRANSACTION.SUCCESS, [`crate::combine`]), signed as
-/// WeChat Pay at `now`; `--tamper-amount` changes the first sub order's amount.
-pub fn v3_combine(
-    m: &SimMerchant,
-    c: &CombinePayment,
-    variant: Variant,
-    now: DateTime<Utc>,
-) -> Result<Notification, BuildError> {
-    for sub in &c.sub_orders {
-        check_amount(sub.amount)?;
-    }
-    v3_notification(m, V3Subject::Combine(c), variant, now)
 }

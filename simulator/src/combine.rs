@@ -16,7 +16,7 @@ use wxpay_shared::state::TradeState;
 use wxpay_shared::v3::combine::{CombinePayer, CombineTransaction, SceneInfo, SubOrder};
 use wxpay_shared::v3::SubOrderAmount;
 
-use crate::build::{self, v3_time};
+use crate::build::{self, v3_time, BuildError, Kind, Notification, V3Event, Variant};
 use crate::secrets::SimMerchant;
 
 /// One sub order, as WeChat Pay knows it.
@@ -161,6 +161,34 @@ impl CombinePayment {
             }),
         }
     }
+}
+
+/// The v3 combine payment notification of `c` (TRANSACTION.SUCCESS, original_type
+/// `transaction`: the worker tells it by its shape), signed as WeChat Pay at `now` or spoilt
+/// as `variant` says; `--tamper-amount` changes the first sub order's amount.
+pub fn v3_combine(
+    m: &SimMerchant,
+    c: &CombinePayment,
+    variant: Variant,
+    now: DateTime<Utc>,
+) -> Result<Notification, BuildError> {
+    if let Some(sub) = c.sub_orders.iter().find(|sub| sub.amount <= 0) {
+        return Err(BuildError::Amount(sub.amount));
+    }
+    let event = V3Event {
+        kind: Kind::V3Combine,
+        event_type: "TRANSACTION.SUCCESS",
+        summary: "支付成功",
+        original_type: "transaction",
+        associated_data: "transaction",
+    };
+    let resource =
+        |first_amount| serde_json::to_vec(&c.transaction(m, first_amount)).unwrap_or_default();
+    let notification = build::v3_signed(m, &event, c.first_amount(), &resource, variant, now)?;
+    Ok(Notification {
+        out_trade_no: c.combine_out_trade_no.clone(),
+        ..notification
+    })
 }
 
 #[cfg(test)]

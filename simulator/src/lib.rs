@@ -5,6 +5,8 @@
 //! - [`build`]: the notifications WeChat Pay sends (v2 pay / refund XML, v3 JSON), genuine
 //!   and bad (forged, tampered, probe, stale), signed and encrypted only through
 //!   `wxpay-shared`.
+//! - [`build_kinds`]: the other v3 notifications (merchant transfer, profit sharing, pay
+//!   score), in the same envelope.
 //! - [`combine`]: combine payments (合单支付): their notification's resource and the book's
 //!   record that `serve` answers the combine query from.
 //! - [`notify`]: sends one notification with WeChat Pay's re-send schedule and judges each
@@ -16,6 +18,7 @@
 //! - [`secrets`]: the simulator's secrets file.
 
 pub mod build;
+pub mod build_kinds;
 pub mod combine;
 pub mod init;
 pub mod load;

@@ -11,8 +11,9 @@ use secrecy::ExposeSecret as _;
 use wxpay_shared::state::{RefundStatus, TradeState};
 use wxpay_shared::v2::SignType;
 
-use wxpay_simulator::build::{self, Kind, Notification, Payment, Refund, V2Signing, Variant};
-use wxpay_simulator::combine::{CombinePayment, SubOrderArg};
+use wxpay_simulator::build::{self, Kind, Payment, Refund, V2Signing, Variant};
+use wxpay_simulator::build_kinds::{OtherKind, OtherNotice};
+use wxpay_simulator::combine::{self, CombinePayment, SubOrderArg};
 use wxpay_simulator::init::{self, InitOptions, InitOutcome};
 use wxpay_simulator::load::{self, plan, LoadOptions};
 use wxpay_simulator::notify::{self, DeliveryOptions};
@@ -89,20 +90,45 @@ struct NotifyArgs {
     /// The gateway's base URL, e.g. http://127.0.0.1:8080 (the route is appended).
     #[arg(long)]
     target: String,
-    /// v2-pay | v2-refund | v3-pay | v3-refund | v3-combine
+    /// v2-pay | v2-refund | v3-pay | v3-refund | v3-combine | v3-transfer | v3-transfer-batch
+    /// | v3-profitsharing | v3-payscore
     #[arg(long, value_parser = parse_kind)]
     kind: Kind,
-    /// The order's number; for v3-combine the combine payment's (combine_out_trade_no).
+    /// Payment and refund kinds (required there); v3-combine: the combine payment's number
+    /// (combine_out_trade_no).
     #[arg(long)]
-    out_trade_no: String,
-    /// The order's amount in fen (not for v3-combine: each --sub-order has its own).
-    #[arg(long, required_unless_present = "sub_orders")]
-    amount: Option<i64>,
+    out_trade_no: Option<String>,
+    /// The order's amount in fen (v3-combine: the sum of its --sub-order amounts, checked;
+    /// other kinds: transferred, shared, or the pay score order's total).
+    #[arg(long)]
+    amount: i64,
     /// v3-combine, once per sub order: OUT_TRADE_NO:AMOUNT[:MCHID], the order's number, its
     /// amount in fen and the merchant it belongs to (default: the simulator's merchant, which
-    /// starts the combine payment). E.g. --sub-order A-1:1200 --sub-order B-1:800.
+    /// starts the combine payment). E.g. --out-trade-no C-1 --amount 2000 --sub-order A-1:1200
+    /// --sub-order B-1:800.
     #[arg(long = "sub-order", value_parser = SubOrderArg::parse)]
     sub_orders: Vec<SubOrderArg>,
+    /// v3-transfer: the bill's out_bill_no (default: a new one).
+    #[arg(long)]
+    out_bill_no: Option<String>,
+    /// v3-transfer-batch: the batch's out_batch_no (default: a new one).
+    #[arg(long)]
+    out_batch_no: Option<String>,
+    /// v3-profitsharing, v3-payscore: out_order_no (default: a new one).
+    #[arg(long)]
+    out_order_no: Option<String>,
+    /// v3-transfer: the bill's state, ACCEPTED | PROCESSING | WAIT_USER_CONFIRM | TRANSFERING |
+    /// SUCCESS | FAIL | CANCELING | CANCELLED (default SUCCESS).
+    #[arg(long)]
+    state: Option<String>,
+    /// Other kinds: the event type within the kind's family (default: its first), e.g.
+    /// MCHTRANSFER.BATCH.CLOSED, PROFITSHARING.RETURN, PAYSCORE.USER_PAID.
+    #[arg(long)]
+    event_type: Option<String>,
+    /// v3-profitsharing: as some direct merchants receive it, event_type TRANSACTION.SUCCESS
+    /// with original_type profitsharing.
+    #[arg(long)]
+    profitsharing_as_transaction: bool,
     /// v2 signature method: MD5 | HMAC-SHA256.
     #[arg(long, value_parser = parse_sign_type, default_value = "MD5")]
     sign_type: SignType,
@@ -217,8 +243,78 @@ struct LoadArgs {
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
-    Kind::parse(s)
-        .ok_or_else(|| "expected v2-pay, v2-refund, v3-pay, v3-refund or v3-combine".to_owned())
+    Kind::parse(s).ok_or_else(|| {
+        let others: Vec<&str> = OtherKind::ALL.iter().map(|k| k.as_str()).collect();
+        format!(
+            "expected v2-pay, v2-refund, v3-pay, v3-refund, v3-combine, {}",
+            others.join(", ")
+        )
+    })
+}
+
+/// What `notify --kind <other>` sends: the number its own option gives (else a new one);
+/// another kind's number is refused rather than ignored.
+fn other_notice(
+    kind: OtherKind,
+    a: &NotifyArgs,
+    transaction_id: &str,
+) -> anyhow::Result<OtherNotice> {
+    let given = [
+        ("out_bill_no", &a.out_bill_no),
+        ("out_batch_no", &a.out_batch_no),
+        ("out_order_no", &a.out_order_no),
+    ];
+    let mut out_no = None;
+    for (field, value) in given {
+        match value {
+            Some(no) if field == kind.out_no_field() => out_no = Some(no.clone()),
+            Some(_) => bail!(
+                "--{} does not apply to {}",
+                field.replace('_', "-"),
+                kind.as_str()
+            ),
+            None => {}
+        }
+    }
+    let out_no = out_no.unwrap_or_else(|| format!("SIM{}", build::random_string(12)));
+    Ok(OtherNotice {
+        event_type: a.event_type.clone(),
+        state: a.state.clone(),
+        transaction_id: transaction_id.to_owned(),
+        profitsharing_as_transaction: a.profitsharing_as_transaction,
+        ..OtherNotice::new(kind, out_no, a.amount, Utc::now())
+    })
+}
+
+/// The combine payment `notify --kind v3-combine` sends: `--sub-order`s that add up to
+/// `--amount`, for the merchant itself; the book's copy of the same combine payment keeps its
+/// transactions (a re-send).
+fn combine_payment(
+    a: &NotifyArgs,
+    combine_out_trade_no: &str,
+    book: &OrderBookFile,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<CombinePayment> {
+    if a.sub.sub_mch_id.is_some() {
+        bail!("v3-combine is sent for the merchant itself: leave out --sub-mch-id");
+    }
+    if a.sub_orders.is_empty() {
+        bail!("v3-combine needs at least one --sub-order OUT_TRADE_NO:AMOUNT[:MCHID]");
+    }
+    let total: i64 = a.sub_orders.iter().map(|sub| sub.amount).sum();
+    if total != a.amount {
+        bail!(
+            "the --sub-order amounts add up to {total} fen, --amount says {}",
+            a.amount
+        );
+    }
+    let known = book.read()?.combines.get(combine_out_trade_no).cloned();
+    Ok(CombinePayment::paid(
+        combine_out_trade_no,
+        &a.sub_orders,
+        known.as_ref(),
+        now,
+    ))
 }
 
 fn parse_sign_type(s: &str) -> Result<SignType, String> {
@@ -313,14 +409,31 @@ fn acting_merchant(path: &Path, sub: &SubMerchantArg) -> anyhow::Result<SimMerch
 }
 
 async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
-    if a.kind == Kind::V3Combine {
-        return notify_combine(sim_config, &a).await;
-    }
-    let amount = a.amount.context("--amount is required")?;
     let m = acting_merchant(sim_config, &a.sub)?;
-    let (variant, options) = notify_options(&a)?;
+    let variant = if a.forge {
+        Variant::Forge
+    } else if a.tamper_amount {
+        Variant::TamperAmount
+    } else if a.probe {
+        Variant::Probe
+    } else if a.stale {
+        Variant::Stale
+    } else {
+        Variant::Genuine
+    };
+    let options = DeliveryOptions {
+        time_scale: a.time_scale,
+        max_attempts: a.max_attempts,
+        ..DeliveryOptions::default()
+    };
+    options.validate()?;
+    let out_trade_no = match (a.kind, &a.out_trade_no) {
+        (Kind::V3Other(_), _) => String::new(),
+        (_, Some(no)) => no.clone(),
+        (kind, None) => bail!("--out-trade-no is required for {}", kind.as_str()),
+    };
     let book = OrderBookFile::new(&m.orders_path);
-    let known = book.read()?.orders.get(&a.out_trade_no).cloned();
+    let known = book.read()?.orders.get(&out_trade_no).cloned();
     let transaction_id = a
         .transaction_id
         .clone()
@@ -328,22 +441,22 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
         .unwrap_or_else(build::new_transaction_id);
     let now = Utc::now();
     let payment = Payment {
-        out_trade_no: a.out_trade_no.clone(),
+        out_trade_no: out_trade_no.clone(),
         transaction_id: transaction_id.clone(),
-        amount,
+        amount: a.amount,
         openid: "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o".into(),
         paid_at: known.as_ref().and_then(|o| o.paid_at).unwrap_or(now),
     };
     let refund = || Refund {
-        out_trade_no: a.out_trade_no.clone(),
+        out_trade_no: out_trade_no.clone(),
         transaction_id: transaction_id.clone(),
         out_refund_no: a
             .out_refund_no
             .clone()
-            .unwrap_or_else(|| format!("R{}", a.out_trade_no)),
+            .unwrap_or_else(|| format!("R{out_trade_no}")),
         refund_id: build::new_refund_id(),
-        total_fee: amount,
-        refund_fee: a.refund_fee.unwrap_or(amount),
+        total_fee: a.amount,
+        refund_fee: a.refund_fee.unwrap_or(a.amount),
         succeeded_at: now,
     };
     let signing = V2Signing {
@@ -355,7 +468,42 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
         Kind::V3Pay => build::v3_pay(&m, &payment, variant, now)?,
         Kind::V2Refund => build::v2_refund(&m, &refund(), variant)?,
         Kind::V3Refund => build::v3_refund(&m, &refund(), variant, now)?,
-        Kind::V3Combine => unreachable!("a combine payment is sent by notify_combine"),
+        Kind::V3Combine => {
+            let combine = combine_payment(&a, &out_trade_no, &book, now)?;
+            let notification = combine::v3_combine(&m, &combine, variant, now)?;
+            // WeChat Pay knows about a payment before it notifies: genuine only.
+            if variant == Variant::Genuine {
+                book.update(|b| b.upsert_combine(combine.clone()))?;
+            }
+            let sub_orders: Vec<String> = combine
+                .sub_orders
+                .iter()
+                .map(|sub| format!("{}={}", sub.out_trade_no, sub.transaction_id))
+                .collect();
+            println!(
+                "{} {} combine_out_trade_no={out_trade_no} sub_orders={} -> {}{}",
+                Kind::V3Combine.as_str(),
+                variant.as_str(),
+                sub_orders.join(","),
+                a.target.trim_end_matches('/'),
+                notification.route,
+            );
+            notification
+        }
+        Kind::V3Other(kind) => {
+            let notice = other_notice(kind, &a, &transaction_id)?;
+            let notification = notice.notification(&m, variant, now)?;
+            println!(
+                "{} {} {}={} -> {}{}",
+                kind.as_str(),
+                variant.as_str(),
+                kind.out_no_field(),
+                notice.out_no,
+                a.target.trim_end_matches('/'),
+                notification.route,
+            );
+            notification
+        }
     };
     // WeChat Pay knows about a payment (or refund) before it notifies: record it, genuine only.
     if variant == Variant::Genuine {
@@ -370,7 +518,10 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
                     openid: Some(payment.openid.clone()),
                 })
             })?,
-            Kind::V3Combine => unreachable!("a combine payment is recorded by notify_combine"),
+            // About no order: nothing for the order book.
+            Kind::V3Other(_) => {}
+            // Recorded with its notification above.
+            Kind::V3Combine => {}
             Kind::V2Refund | Kind::V3Refund => {
                 let r = refund();
                 book.update(|b| {
@@ -398,54 +549,25 @@ async fn run_notify(sim_config: &Path, a: NotifyArgs) -> anyhow::Result<bool> {
             }
         }
     }
-    println!(
-        "{} {} out_trade_no={}{} transaction_id={} -> {}{}",
-        notification.kind.as_str(),
-        variant.as_str(),
-        notification.out_trade_no,
-        notification
-            .out_refund_no
-            .as_deref()
-            .map(|r| format!(" out_refund_no={r}"))
-            .unwrap_or_default(),
-        transaction_id,
-        a.target.trim_end_matches('/'),
-        notification.route
-    );
-    deliver(&a.target, &notification, &options).await
-}
-
-/// The variant and delivery options `a` asks for.
-fn notify_options(a: &NotifyArgs) -> anyhow::Result<(Variant, DeliveryOptions)> {
-    let variant = if a.forge {
-        Variant::Forge
-    } else if a.tamper_amount {
-        Variant::TamperAmount
-    } else if a.probe {
-        Variant::Probe
-    } else if a.stale {
-        Variant::Stale
-    } else {
-        Variant::Genuine
-    };
-    let options = DeliveryOptions {
-        time_scale: a.time_scale,
-        max_attempts: a.max_attempts,
-        ..DeliveryOptions::default()
-    };
-    options.validate()?;
-    Ok((variant, options))
-}
-
-/// Delivers `notification` to `target` on WeChat Pay's schedule, printing each attempt;
-/// `true` once acknowledged.
-async fn deliver(
-    target: &str,
-    notification: &Notification,
-    options: &DeliveryOptions,
-) -> anyhow::Result<bool> {
+    // The other kinds and combine payments said what they are about above.
+    if !matches!(a.kind, Kind::V3Other(_) | Kind::V3Combine) {
+        println!(
+            "{} {} out_trade_no={}{} transaction_id={} -> {}{}",
+            notification.kind.as_str(),
+            variant.as_str(),
+            notification.out_trade_no,
+            notification
+                .out_refund_no
+                .as_deref()
+                .map(|r| format!(" out_refund_no={r}"))
+                .unwrap_or_default(),
+            transaction_id,
+            a.target.trim_end_matches('/'),
+            notification.route
+        );
+    }
     let client = reqwest::Client::new();
-    let delivery = notify::deliver(&client, target, notification, options, |attempt| {
+    let delivery = notify::deliver(&client, &a.target, &notification, &options, |attempt| {
         println!(
             "attempt {}: {} in {} ms -> {}",
             attempt.number,
@@ -476,43 +598,6 @@ async fn deliver(
         );
     }
     Ok(delivery.acknowledged)
-}
-
-/// `notify --kind v3-combine`: the combine payment `--out-trade-no` of the `--sub-order`s,
-/// recorded in the book (genuine only, as WeChat Pay knows it before it notifies) so that
-/// `serve` answers its combine query, then delivered.
-async fn notify_combine(sim_config: &Path, a: &NotifyArgs) -> anyhow::Result<bool> {
-    if a.sub.sub_mch_id.is_some() {
-        bail!("v3-combine is sent for the merchant itself: leave out --sub-mch-id");
-    }
-    if a.sub_orders.is_empty() {
-        bail!("v3-combine needs at least one --sub-order OUT_TRADE_NO:AMOUNT[:MCHID]");
-    }
-    let m = load_merchant(sim_config)?;
-    let (variant, options) = notify_options(a)?;
-    let book = OrderBookFile::new(&m.orders_path);
-    let known = book.read()?.combines.get(&a.out_trade_no).cloned();
-    let now = Utc::now();
-    let combine = CombinePayment::paid(&a.out_trade_no, &a.sub_orders, known.as_ref(), now);
-    let notification = build::v3_combine(&m, &combine, variant, now)?;
-    if variant == Variant::Genuine {
-        book.update(|b| b.upsert_combine(combine.clone()))?;
-    }
-    let sub_orders: Vec<String> = combine
-        .sub_orders
-        .iter()
-        .map(|sub| format!("{}={}", sub.out_trade_no, sub.transaction_id))
-        .collect();
-    println!(
-        "{} {} combine_out_trade_no={} sub_orders={} -> {}{}",
-        notification.kind.as_str(),
-        variant.as_str(),
-        combine.combine_out_trade_no,
-        sub_orders.join(","),
-        a.target.trim_end_matches('/'),
-        notification.route
-    );
-    deliver(&a.target, &notification, &options).await
 }
 
 async fn run_serve(sim_config: &Path, a: ServeArgs) -> anyhow::Result<bool> {

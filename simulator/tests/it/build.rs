@@ -31,7 +31,7 @@ fn refund() -> Refund {
     }
 }
 
-fn headers(n: &Notification) -> WechatpayHeaders {
+pub(crate) fn headers(n: &Notification) -> WechatpayHeaders {
     WechatpayHeaders::from_lookup(|name| {
         n.headers
             .iter()
@@ -41,7 +41,7 @@ fn headers(n: &Notification) -> WechatpayHeaders {
     .expect("all Wechatpay headers present")
 }
 
-fn verify_v3(m: &SimMerchant, n: &Notification) -> Result<(), VerifyError> {
+pub(crate) fn verify_v3(m: &SimMerchant, n: &Notification) -> Result<(), VerifyError> {
     verify_notification(
         &headers(n),
         &n.body,

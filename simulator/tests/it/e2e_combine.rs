@@ -28,6 +28,12 @@ fn combine_args(combine_out_trade_no: &str) -> Vec<String> {
         "v3-combine".to_owned(),
         "--out-trade-no".to_owned(),
         combine_out_trade_no.to_owned(),
+        "--amount".to_owned(),
+        SUB_ORDERS
+            .iter()
+            .map(|(_, fen)| fen)
+            .sum::<i64>()
+            .to_string(),
     ];
     for (no, amount) in SUB_ORDERS {
         args.extend(["--sub-order".to_owned(), format!("{no}:{amount}")]);

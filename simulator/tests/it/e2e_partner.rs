@@ -12,9 +12,7 @@ use wxpay_shared::state::OrderState;
 use wxpay_testkit::db::sub_merchant_order;
 
 use crate::e2e_load::{load_args, load_verified_once};
-use crate::e2e_support::{
-    count, eventually, insert_sub_merchant_order, reconcile_at_once, Output, Stack,
-};
+use crate::e2e_support::{count, eventually, insert_sub_merchant_order, reconcile_at_once, Stack};
 
 const SUB_A: &str = "1900000201";
 const SUB_B: &str = "1900000202";
@@ -38,13 +36,7 @@ async fn notify(s: &Stack, sub: &str, kind: &str, (no, amount): (&str, &str), ex
         amount,
     ];
     args.extend_from_slice(extra);
-    let out: Output = s.notify_once(&args).await;
-    assert!(
-        out.success && out.stdout.contains("acknowledged after 1 attempt(s)"),
-        "{args:?}\n{}\n{}",
-        out.describe(),
-        s.logs(30)
-    );
+    s.notify_acknowledged(&args).await;
 }
 
 /// The order of sub-merchant `sub`: state and refunded fen.

@@ -425,6 +425,17 @@ impl Stack {
         self.sim(&full).await
     }
 
+    /// [`Stack::notify_once`], which must be acknowledged at that attempt.
+    pub async fn notify_acknowledged(&self, args: &[&str]) {
+        let out = self.notify_once(args).await;
+        assert!(
+            out.success && out.stdout.contains("acknowledged after 1 attempt(s)"),
+            "notification {args:?} not acknowledged\n{}\n{}",
+            out.describe(),
+            self.logs(30)
+        );
+    }
+
     /// `wxpay-sim notify` of a v3 payment of `amount` fen to the gateway, one attempt.
     pub async fn notify_v3_pay_once(&self, out_trade_no: &str, amount: &str) -> Output {
         self.notify_once(&[
@@ -693,4 +704,70 @@ pub async fn scrape(base: &str) -> String {
         response.status()
     );
     response.text().await.expect("metrics body")
+}
+
+/// A private queue bound to the stack's events exchange (declared by the worker: start it
+/// first) for one routing key pattern; the events it caught, parsed, oldest first. Deleted
+/// with its connection.
+pub struct EventsTap {
+    connection: lapin::Connection,
+    channel: lapin::Channel,
+    queue: String,
+    /// Every event caught so far.
+    pub events: Vec<serde_json::Value>,
+}
+
+impl EventsTap {
+    pub async fn bind(s: &Stack, routing_key: &str) -> EventsTap {
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+        let rabbitmq = &s.env.settings.rabbitmq;
+        let connection = wxpay_testkit::amqp::connect().await;
+        let channel = connection.create_channel().await.expect("channel");
+        let queue = format!("{}.tap", rabbitmq.queue);
+        let private = QueueDeclareOptions {
+            exclusive: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(queue.as_str().into(), private, FieldTable::default())
+            .await
+            .expect("tap queue");
+        let exchange = rabbitmq.events_exchange.as_str();
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("tap bound to the events exchange");
+        EventsTap {
+            connection,
+            channel,
+            queue,
+            events: Vec::new(),
+        }
+    }
+
+    /// Takes what arrived since the last call into [`EventsTap::events`].
+    pub async fn collect(&mut self) -> &[serde_json::Value] {
+        use lapin::options::BasicGetOptions;
+        while let Some(message) = self
+            .channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            let event = serde_json::from_slice(&message.delivery.data).expect("a JSON event");
+            self.events.push(event);
+        }
+        &self.events
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "tap done".into()).await;
+    }
 }

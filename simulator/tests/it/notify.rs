@@ -257,3 +257,54 @@ async fn cli_notify_prints_attempts_records_the_order_and_exits_by_outcome() {
     gw.stop().await;
     gw2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_notify_sends_the_other_kinds_by_their_own_numbers_and_books_no_order() {
+    let gw = FakeGateway::start(vec![(204, "")]);
+    let f = Fixture::new();
+    let args = "--kind v3-transfer --out-bill-no CLI-BILL-1 --state FAIL --amount 100 \
+                --max-attempts 1";
+    let out = cli_notify(&f, &gw.url, args).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("v3-transfer genuine out_bill_no=CLI-BILL-1")
+            && stdout.contains("acknowledged after 1 attempt(s)"),
+        "{stdout}"
+    );
+    let path = gw.seen.lock().unwrap().paths[0].clone();
+    assert_eq!(path, format!("/notify/v3/{}", f.merchant.mch_id));
+    assert!(f.order_book().orders.is_empty());
+
+    let refused = [
+        // Another kind's number, an event type of another family, a state of a kind that
+        // has none, and a payment without its order.
+        (
+            "--kind v3-payscore --out-bill-no X --amount 1",
+            "--out-bill-no does not apply",
+        ),
+        (
+            "--kind v3-transfer-batch --event-type PAYSCORE.USER_PAID --amount 1",
+            "has no event type",
+        ),
+        (
+            "--kind v3-profitsharing --state SUCCESS --amount 1",
+            "--state does not apply",
+        ),
+        ("--kind v3-pay --amount 1", "--out-trade-no is required"),
+    ];
+    for (args, why) in refused {
+        let out = cli_notify(&f, &gw.url, &format!("{args} --max-attempts 1")).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(why),
+            "{args}: {stderr}"
+        );
+    }
+    assert_eq!(
+        gw.hits.load(Ordering::SeqCst),
+        1,
+        "nothing refused was sent"
+    );
+    gw.stop().await;
+}

@@ -55,7 +55,7 @@ async fn states(env: &TestEnv) -> Vec<String> {
 async fn combine_orders_and(vector: V3Vector) -> (TestEnv, Worker, NotifyMessage) {
     let (env, worker) = TestEnv::with_worker().await;
     insert_combine_orders(&env).await;
-    let combine = vector.message_to(&MERCHANT);
+    let combine = vector.message_of(&MERCHANT);
     assert_eq!(worker.process_one(&combine).await, Disposition::Applied);
     (env, worker, combine)
 }
@@ -116,7 +116,7 @@ async fn a_sub_order_booked_by_its_order_query_first_is_a_duplicate_inside_the_c
         worker.process_one(&order_query_answer(0)).await,
         Disposition::Applied
     );
-    let combine = V3_COMBINE_TWO_ORDERS.message_to(&MERCHANT);
+    let combine = V3_COMBINE_TWO_ORDERS.message_of(&MERCHANT);
     assert_eq!(worker.process_one(&combine).await, Disposition::Applied);
     assert_eq!(states(&env).await, [PAID, PAID]);
     assert_eq!(env.outbox_count("order.paid").await, 2);
@@ -160,7 +160,7 @@ async fn an_unknown_sub_order_leaves_every_order_unpaid_until_it_exists() {
     let (env, worker) = TestEnv::with_worker().await;
     let (out_trade_no, amount) = COMBINE_ORDERS[0];
     insert_combine_order(&env, out_trade_no, amount).await;
-    let combine = V3_COMBINE_TWO_ORDERS.message_to(&MERCHANT);
+    let combine = V3_COMBINE_TWO_ORDERS.message_of(&MERCHANT);
     let outcome = worker.process_one(&combine).await;
     assert!(
         matches!(&outcome, Disposition::Retry { reason } if reason.starts_with("unknown_order")),
@@ -192,7 +192,7 @@ async fn a_sub_order_of_another_configured_merchant_is_its_own_and_an_unknown_on
         state: NOTPAY,
     };
     order.insert(&mut env.conn().await).await;
-    let combine = V3_COMBINE_OTHER_MERCHANTS.message_to(&MERCHANT);
+    let combine = V3_COMBINE_OTHER_MERCHANTS.message_of(&MERCHANT);
     assert_eq!(worker.process_one(&combine).await, Disposition::Applied);
     let conn = &mut env.conn().await;
     assert_eq!(
@@ -204,7 +204,7 @@ async fn a_sub_order_of_another_configured_merchant_is_its_own_and_an_unknown_on
     assert_eq!(env.anomalies("MCH_ID_MISMATCH").await, 1);
     // Without a booking, the strongest of the rest is the whole's verdict.
     let (env, worker) = TestEnv::with_worker().await;
-    let combine = V3_COMBINE_OTHER_MERCHANTS.message_to(&MERCHANT);
+    let combine = V3_COMBINE_OTHER_MERCHANTS.message_of(&MERCHANT);
     assert_eq!(
         worker.process_one(&combine).await,
         anomaly("MCH_ID_MISMATCH")

@@ -74,13 +74,19 @@ pub struct EventRow {
     pub published_at: Option<DateTime<Utc>>,
 }
 
+/// Which order: the key of `orders` (a service provider's sub-merchant in `sub_mch_id`,
+/// empty for a direct merchant; several merchants may use the same `out_trade_no`).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct OrderKey {
+    pub mch_id: String,
+    pub sub_mch_id: String,
+    pub out_trade_no: String,
+}
+
 /// An order and everything that happened to it.
 #[derive(Debug, Clone)]
 pub struct Story {
-    pub mch_id: String,
-    /// A service provider's sub-merchant; empty for a direct merchant.
-    pub sub_mch_id: String,
-    pub out_trade_no: String,
+    pub key: OrderKey,
     /// `None` when only a refund or a notification names an order the table does not have.
     pub order: Option<Order>,
     pub notifications: Vec<NotificationRow>,
@@ -96,13 +102,13 @@ pub const MAX_QUERY_LEN: usize = 64;
 /// same number).
 pub async fn search(pool: &DbPool, q: &str) -> Result<Vec<Story>, DataError> {
     let mut conn = conn(pool).await?;
-    let mut keys: Vec<(String, String, String)> = orders::table
+    let mut keys: Vec<OrderKey> = orders::table
         .filter(orders::out_trade_no.eq(q).or(orders::transaction_id.eq(q)))
         .select((orders::mch_id, orders::sub_mch_id, orders::out_trade_no))
         .limit(20)
         .load(&mut conn)
         .await?;
-    let by_refund: Vec<(String, String, String)> = refunds::table
+    let by_refund: Vec<OrderKey> = refunds::table
         .filter(refunds::out_refund_no.eq(q).or(refunds::refund_id.eq(q)))
         .select((refunds::mch_id, refunds::sub_mch_id, refunds::out_trade_no))
         .limit(20)
@@ -114,50 +120,53 @@ pub async fn search(pool: &DbPool, q: &str) -> Result<Vec<Story>, DataError> {
         }
     }
     let mut stories = Vec::with_capacity(keys.len());
-    for (mch_id, sub_mch_id, out_trade_no) in keys {
+    for key in keys {
+        let OrderKey {
+            mch_id,
+            sub_mch_id,
+            out_trade_no,
+        } = &key;
         let order = orders::table
-            .find((&mch_id, &sub_mch_id, &out_trade_no))
+            .find((mch_id, sub_mch_id, out_trade_no))
             .select(Order::as_select())
             .first(&mut conn)
             .await
             .optional()?;
         let notifications = notifications::table
-            .filter(notifications::mch_id.eq(&mch_id))
-            .filter(notifications::out_trade_no.eq(&out_trade_no))
+            .filter(notifications::mch_id.eq(mch_id))
+            .filter(notifications::out_trade_no.eq(out_trade_no))
             // Not in the diesel schema (worker/src/db/schema.rs says why).
-            .filter(sql::<Bool>("sub_mch_id = ").bind::<Text, _>(&sub_mch_id))
+            .filter(sql::<Bool>("sub_mch_id = ").bind::<Text, _>(sub_mch_id))
             .order_by((notifications::received_at.asc(), notifications::id.asc()))
             .select(NotificationRow::as_select())
             .load(&mut conn)
             .await?;
         let refunds = refunds::table
-            .filter(refunds::mch_id.eq(&mch_id))
-            .filter(refunds::sub_mch_id.eq(&sub_mch_id))
-            .filter(refunds::out_trade_no.eq(&out_trade_no))
+            .filter(refunds::mch_id.eq(mch_id))
+            .filter(refunds::sub_mch_id.eq(sub_mch_id))
+            .filter(refunds::out_trade_no.eq(out_trade_no))
             .order_by(refunds::created_at.asc())
             .select(Refund::as_select())
             .load(&mut conn)
             .await?;
         // Every event payload names its order (order.*, refund.updated, anomaly.detected).
         let events = outbox::table
-            .filter(outbox::mch_id.eq(&mch_id))
+            .filter(outbox::mch_id.eq(mch_id))
             .filter(
                 outbox::payload
                     .retrieve_as_text("out_trade_no")
-                    .eq(&out_trade_no),
+                    .eq(out_trade_no),
             )
             // Events before service providers name no sub-merchant: a direct merchant's.
             .filter(
-                sql::<Bool>("coalesce(payload->>'sub_mch_id', '') = ").bind::<Text, _>(&sub_mch_id),
+                sql::<Bool>("coalesce(payload->>'sub_mch_id', '') = ").bind::<Text, _>(sub_mch_id),
             )
             .order_by(outbox::created_at.asc())
             .select(EventRow::as_select())
             .load(&mut conn)
             .await?;
         stories.push(Story {
-            mch_id,
-            sub_mch_id,
-            out_trade_no,
+            key,
             order,
             notifications,
             refunds,

@@ -468,9 +468,9 @@ const NOTIFICATION_HEAD: &[&str] = &[
 fn story(story: &Story) -> String {
     let mut out = format!(
         "<section class=\"story\"><h2>Order {} <span class=\"muted\">merchant {}{}</span></h2>",
-        escape(&story.out_trade_no),
-        escape(&story.mch_id),
-        match story.sub_mch_id.as_str() {
+        escape(&story.key.out_trade_no),
+        escape(&story.key.mch_id),
+        match story.key.sub_mch_id.as_str() {
             "" => String::new(),
             sub_mch_id => format!(", sub-merchant {}", escape(sub_mch_id)),
         }

@@ -9,6 +9,11 @@ use serde_json::{json, Value};
 use wxpay_shared::message::NotifyMessage;
 use wxpay_testkit::merchants::MERCHANT;
 use wxpay_testkit::notifications::{v3_message_of, v3_refund};
+use wxpay_testkit::vectors::{
+    TRANSFER_AMOUNT_FEN, TRANSFER_OUT_BILL_NO, V3_FUTURE_SOMETHING, V3_PAYSCORE_USER_CONFIRM,
+    V3_PROFITSHARING_AS_TRANSACTION, V3_PROFITSHARING_SUCCESS, V3_TRANSFER_BILL_RESENT,
+    V3_TRANSFER_BILL_SUCCESS,
+};
 use wxpay_worker::Disposition;
 
 use crate::builders::{resend, v2_pay, v3_pay, MCH_ID};
@@ -85,6 +90,35 @@ async fn a_transfer_result_is_forwarded_once_per_bill_and_state() {
         serde_json::from_str(&row_text(&env, "resource", &key).await).expect("resource");
     assert_eq!(stored["out_bill_no"], "plfk2020042013");
     assert_eq!(stored["transfer_amount"], 2000);
+}
+
+/// The other kinds as made outside this workspace (Python `cryptography` and OpenSSL:
+/// `testkit/fixtures/kinds/make.py`), not by our signer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_made_outside_are_each_forwarded_once() {
+    let (env, worker) = TestEnv::with_worker().await;
+    for vector in [
+        V3_TRANSFER_BILL_SUCCESS,
+        V3_PROFITSHARING_SUCCESS,
+        V3_PROFITSHARING_AS_TRANSACTION,
+        V3_PAYSCORE_USER_CONFIRM,
+        V3_FUTURE_SOMETHING,
+    ] {
+        let message = vector.message_of(&MERCHANT);
+        assert_eq!(worker.process_one(&message).await, Disposition::Forwarded);
+        assert_duplicate(&worker.process_one(&resend(&message)).await);
+    }
+    // The same bill and state under another notification id: the same business fact.
+    assert_duplicate(
+        &worker
+            .process_one(&V3_TRANSFER_BILL_RESENT.message_of(&MERCHANT))
+            .await,
+    );
+    assert_eq!(forwarded_rows(&env).await, 5);
+    let transfer = payload_of(&env, "wechatpay.MCHTRANSFER.BILL.FINISHED").await;
+    assert_eq!(transfer["resource"]["out_bill_no"], TRANSFER_OUT_BILL_NO);
+    assert_eq!(transfer["resource"]["transfer_amount"], TRANSFER_AMOUNT_FEN);
+    assert_eq!(env.count("FROM orders").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

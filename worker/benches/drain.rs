@@ -216,6 +216,7 @@ async fn inline_handler(
                 dedupe_key: &decoded.dedupe_key(&message.body),
                 confirmation: &Confirmation::NotRequired,
                 sub_merchants: &merchant.sub_merchants,
+                merchants: &merchants,
             };
             if apply::apply(&pool, &applying).await? == Verdict::Applied {
                 applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -58,9 +58,9 @@ pub(super) async fn apply(
         let sub_ctx = sub_order_context(&sub_ctx, merchants, sub_order);
         verdicts.push(pay::apply(conn, &sub_ctx, sub_order).await?);
     }
-    let verdict = whole(verdicts);
-    ctx.amend(conn, id, outcome_of(&verdict), None).await?;
-    Ok(verdict)
+    let outcome = outcome_of(&verdicts);
+    ctx.amend(conn, id, outcome, None).await?;
+    Ok(whole(verdicts))
 }
 
 /// The context of `sub_order` under `ctx` (whose `dedupe_key` stays): the merchant it
@@ -81,14 +81,16 @@ pub(super) fn sub_order_context<'a>(
     }
 }
 
-/// The verdict of a whole combine payment: `Applied` when any sub order was, else the
-/// strongest of the rest: an `Anomaly` (the first; a person must look) over `Recorded` (a
-/// sub order not paid yet) over `Noop` (already paid by this transaction) over `Duplicate`
-/// (every sub order was booked before).
+/// The verdict of a whole combine payment, the strongest of its sub orders': an `Anomaly`
+/// (the first; a person must look, so the message counts in `wxpay_worker_anomalies_total`
+/// and its alert fires even when another sub order was booked beside it) over `Applied` over
+/// `Recorded` (a sub order not paid yet) over `Noop` (already paid by this transaction) over
+/// `Duplicate` (every sub order was booked before). The events of what was booked are
+/// committed either way.
 fn whole(verdicts: Vec<Verdict>) -> Verdict {
     let rank = |verdict: &Verdict| match verdict {
-        Verdict::Applied => 4,
-        Verdict::Anomaly { .. } => 3,
+        Verdict::Anomaly { .. } => 4,
+        Verdict::Applied => 3,
         // A sub order is a payment: never forwarded; ranked as what it would be, a record.
         Verdict::Recorded | Verdict::Forwarded => 2,
         Verdict::Noop => 1,
@@ -106,13 +108,16 @@ fn whole(verdicts: Vec<Verdict>) -> Verdict {
 /// The combine row's outcome: `APPLIED` when a sub order was, `NOOP` when every one was
 /// already booked, else `RECORDED`. Never `ANOMALY`: an anomaly is its sub order's own row,
 /// the one a person resolves.
-fn outcome_of(verdict: &Verdict) -> NotificationOutcome {
-    match verdict {
-        Verdict::Applied => NotificationOutcome::Applied,
-        Verdict::Noop | Verdict::Duplicate => NotificationOutcome::Noop,
-        Verdict::Recorded | Verdict::Forwarded | Verdict::Anomaly { .. } => {
-            NotificationOutcome::Recorded
-        }
+fn outcome_of(verdicts: &[Verdict]) -> NotificationOutcome {
+    if verdicts.contains(&Verdict::Applied) {
+        NotificationOutcome::Applied
+    } else if verdicts
+        .iter()
+        .all(|verdict| matches!(verdict, Verdict::Noop | Verdict::Duplicate))
+    {
+        NotificationOutcome::Noop
+    } else {
+        NotificationOutcome::Recorded
     }
 }
 
@@ -128,33 +133,35 @@ mod tests {
     }
 
     #[test]
-    fn any_booking_makes_the_whole_applied_else_the_strongest_of_the_rest() {
+    fn an_anomaly_outranks_a_booking_and_a_booking_the_rest() {
         let amount = anomaly(reason::AMOUNT_MISMATCH);
+        let booked_beside_an_anomaly = vec![amount.clone(), Verdict::Applied, Verdict::Duplicate];
         assert_eq!(
-            whole(vec![amount.clone(), Verdict::Applied, Verdict::Duplicate]),
+            outcome_of(&booked_beside_an_anomaly),
+            NotificationOutcome::Applied
+        );
+        assert_eq!(whole(booked_beside_an_anomaly), amount);
+        assert_eq!(
+            whole(vec![Verdict::Recorded, Verdict::Applied]),
             Verdict::Applied
         );
-        assert_eq!(
-            whole(vec![
-                Verdict::Recorded,
-                amount.clone(),
-                anomaly(reason::APPID_MISMATCH)
-            ]),
-            amount
-        );
+        let two = vec![
+            Verdict::Recorded,
+            amount.clone(),
+            anomaly(reason::APPID_MISMATCH),
+        ];
+        assert_eq!(outcome_of(&two), NotificationOutcome::Recorded);
+        assert_eq!(whole(two), amount);
         assert_eq!(
             whole(vec![Verdict::Noop, Verdict::Recorded]),
             Verdict::Recorded
         );
-        assert_eq!(
-            whole(vec![Verdict::Duplicate, Verdict::Noop]),
-            Verdict::Noop
-        );
+        let booked_before = vec![Verdict::Duplicate, Verdict::Noop];
+        assert_eq!(outcome_of(&booked_before), NotificationOutcome::Noop);
+        assert_eq!(whole(booked_before), Verdict::Noop);
         assert_eq!(
             whole(vec![Verdict::Duplicate, Verdict::Duplicate]),
             Verdict::Duplicate
         );
-        assert_eq!(outcome_of(&amount), NotificationOutcome::Recorded);
-        assert_eq!(outcome_of(&Verdict::Duplicate), NotificationOutcome::Noop);
     }
 }

@@ -210,27 +210,24 @@ const TRANSACTION: &str = r#"{
   "scene_info":{"device_id":"013467007045764"}
 }"#;
 
-/// `parsed`, serialised back, has each of `fields` as the official `example` has it.
-fn assert_fields_of_example(example: &str, parsed: &impl serde::Serialize, fields: &[&str]) {
+/// Every field `parsed` serialises back to is as the official `example` has it (those the
+/// example lacks, defaulted by the parser, aside).
+fn assert_as_in_example(example: &str, parsed: &impl serde::Serialize) {
     let example: serde_json::Value = serde_json::from_str(example).unwrap();
-    let parsed = serde_json::to_value(parsed).unwrap();
-    for field in fields {
-        assert_eq!(parsed[field], example[field], "{field}");
+    let serde_json::Value::Object(parsed) = serde_json::to_value(parsed).unwrap() else {
+        panic!("a resource serialises to an object");
+    };
+    for (field, value) in &parsed {
+        if let Some(expected) = example.get(field) {
+            assert_eq!(value, expected, "{field}");
+        }
     }
 }
 
 #[test]
 fn transaction_parses_official_example() {
     let t = Transaction::parse(TRANSACTION.as_bytes()).unwrap();
-    let fields = [
-        "appid",
-        "mchid",
-        "out_trade_no",
-        "trade_type",
-        "attach",
-        "amount",
-    ];
-    assert_fields_of_example(TRANSACTION, &t, &fields);
+    assert_as_in_example(TRANSACTION, &t);
     assert!(t.is_success());
     let paid = t.paid_at().unwrap();
     assert_eq!(paid.to_rfc3339(), "2018-06-08T02:34:56+00:00");
@@ -296,14 +293,7 @@ const REFUND: &str = r#"{
 #[test]
 fn refund_parses_official_example() {
     let r = RefundResource::parse(REFUND.as_bytes()).unwrap();
-    let fields = [
-        "mchid",
-        "out_refund_no",
-        "refund_status",
-        "user_received_account",
-        "amount",
-    ];
-    assert_fields_of_example(REFUND, &r, &fields);
+    assert_as_in_example(REFUND, &r);
     assert_eq!(
         r.succeeded_at().unwrap().to_rfc3339(),
         "2018-06-08T02:34:56+00:00"

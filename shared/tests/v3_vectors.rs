@@ -210,18 +210,25 @@ const TRANSACTION: &str = r#"{
   "scene_info":{"device_id":"013467007045764"}
 }"#;
 
+/// Every field `parsed` serialises back to is as the official `example` has it (those the
+/// example lacks, defaulted by the parser, aside).
+fn assert_as_in_example(example: &str, parsed: &impl serde::Serialize) {
+    let example: serde_json::Value = serde_json::from_str(example).unwrap();
+    let serde_json::Value::Object(parsed) = serde_json::to_value(parsed).unwrap() else {
+        panic!("a resource serialises to an object");
+    };
+    for (field, value) in &parsed {
+        if let Some(expected) = example.get(field) {
+            assert_eq!(value, expected, "{field}");
+        }
+    }
+}
+
 #[test]
 fn transaction_parses_official_example() {
     let t = Transaction::parse(TRANSACTION.as_bytes()).unwrap();
-    assert_eq!(t.appid, "wxd678efh567hg6787");
-    assert_eq!(t.mchid, "1230000109");
-    assert_eq!(t.out_trade_no, "1217752501201407033233368018");
-    assert_eq!(t.trade_type, "MICROPAY");
-    assert_eq!(t.attach, "自定义数据");
+    assert_as_in_example(TRANSACTION, &t);
     assert!(t.is_success());
-    let amount = t.amount.clone().unwrap();
-    assert_eq!((amount.total, amount.payer_total), (100, Some(100)));
-    assert_eq!(amount.currency, "CNY");
     let paid = t.paid_at().unwrap();
     assert_eq!(paid.to_rfc3339(), "2018-06-08T02:34:56+00:00");
     // Serialising and parsing again gives the same value (the worker may store it as JSON).
@@ -286,11 +293,7 @@ const REFUND: &str = r#"{
 #[test]
 fn refund_parses_official_example() {
     let r = RefundResource::parse(REFUND.as_bytes()).unwrap();
-    assert_eq!(r.mchid, "1900000100");
-    assert_eq!(r.out_refund_no, "7752501201407033233368018");
-    assert_eq!(r.refund_status, "SUCCESS");
-    assert_eq!(r.amount.refund, 999);
-    assert_eq!(r.user_received_account, "招商银行信用卡0403");
+    assert_as_in_example(REFUND, &r);
     assert_eq!(
         r.succeeded_at().unwrap().to_rfc3339(),
         "2018-06-08T02:34:56+00:00"

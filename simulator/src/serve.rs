@@ -590,11 +590,17 @@ async fn v3_query_order(
         Ok(b) => b,
         Err(e) => return book_error(e),
     };
-    match book.find_order(out_trade_no, transaction_id) {
-        Some(o) if transaction_id.is_none() || o.transaction_id.as_deref() == transaction_id => {
-            v3_signed(state, StatusCode::OK, v3_transaction_json(m, o).to_string())
-        }
-        _ => v3_error(
+    let found = book
+        .find_order(out_trade_no, transaction_id)
+        .filter(|o| transaction_id.is_none() || o.transaction_id.as_deref() == transaction_id);
+    v3_order_answer(state, found.map(|o| v3_transaction_json(m, o)))
+}
+
+/// The order a v3 query found, signed; `ORDER_NOT_EXIST` (404) when it found none.
+fn v3_order_answer(state: &SimState, found: Option<serde_json::Value>) -> HttpResponse {
+    match found {
+        Some(answer) => v3_signed(state, StatusCode::OK, answer.to_string()),
+        None => v3_error(
             state,
             StatusCode::NOT_FOUND,
             "ORDER_NOT_EXIST",
@@ -623,18 +629,11 @@ async fn v3_combine_query(
         Ok(b) => b,
         Err(e) => return book_error(e),
     };
-    match book.combines.get(&combine_out_trade_no) {
-        Some(combine) => {
-            let answer = combine.transaction(&state.merchant, combine.first_amount());
-            v3_signed(state, StatusCode::OK, json!(answer).to_string())
-        }
-        None => v3_error(
-            state,
-            StatusCode::NOT_FOUND,
-            "ORDER_NOT_EXIST",
-            "订单不存在",
-        ),
-    }
+    let found = book
+        .combines
+        .get(&combine_out_trade_no)
+        .map(|combine| json!(combine.transaction(&state.merchant, combine.first_amount())));
+    v3_order_answer(state, found)
 }
 
 async fn v3_refund_query(

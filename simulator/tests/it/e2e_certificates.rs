@@ -134,7 +134,7 @@ async fn downloaded_certificates_reach_a_gateway_without_keys_and_forgeries_do_n
 
     // A gateway started now learns what the stream retains (read from its first message,
     // before the gateway serves): its first notification verifies.
-    if let Some(mut gateway) = s.gateway.take() {
+    if let Some(mut gateway) = s.children.gateway.take() {
         gateway.kill();
     }
     s.start_gateway().await;

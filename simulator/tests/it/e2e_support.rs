@@ -199,13 +199,29 @@ pub struct Stack {
     pub appid: String,
     /// Every appid of the merchant (a provider's: its own, then its sub-merchants').
     pub appids: Vec<String>,
-    pub gateway: Option<Proc>,
-    pub worker: Option<Proc>,
-    /// Other children (reconciler, query API, load), killed with the rest.
-    pub others: Vec<Proc>,
+    pub children: Children,
+    /// How many children were spawned: numbers their logs.
     spawned: usize,
     // Last: removed after the children are gone.
     pub dir: TempDir,
+}
+
+/// The stack's running binaries, all killed when the stack is dropped.
+#[derive(Default)]
+pub struct Children {
+    pub gateway: Option<Proc>,
+    pub worker: Option<Proc>,
+    /// Other children (reconciler, query API, load).
+    pub others: Vec<Proc>,
+}
+
+impl Children {
+    fn kill_all(&mut self) {
+        let procs = self.gateway.iter_mut().chain(&mut self.worker);
+        for proc in procs.chain(&mut self.others) {
+            proc.kill();
+        }
+    }
 }
 
 impl Stack {
@@ -284,9 +300,7 @@ impl Stack {
             mch_id,
             appid: appids[0].clone(),
             appids,
-            gateway: None,
-            worker: None,
-            others: Vec::new(),
+            children: Children::default(),
             spawned: 0,
             dir,
         };
@@ -350,7 +364,7 @@ impl Stack {
         let gateway = self.bins.gateway.clone();
         let mut proc = self.spawn("gateway", &gateway, &[]);
         wait_ready(&mut proc, &self.gateway_url()).await;
-        self.gateway = Some(proc);
+        self.children.gateway = Some(proc);
     }
 
     /// The gateway, the worker and `wxpay-sim serve`, each ready: the whole path a
@@ -371,7 +385,7 @@ impl Stack {
             tokio::net::TcpStream::connect(&listen).await.is_ok()
         })
         .await;
-        self.others.push(serve);
+        self.children.others.push(serve);
     }
 
     /// `wxpay-worker reconcile` (rounds every reconciler.interval_secs), ready.
@@ -379,19 +393,19 @@ impl Stack {
         let worker = self.bins.worker.clone();
         let mut proc = self.spawn("reconciler", &worker, &["reconcile"]);
         wait_ready(&mut proc, &self.reconciler_url()).await;
-        self.others.push(proc);
+        self.children.others.push(proc);
     }
 
     pub async fn start_worker(&mut self) {
         let worker = self.bins.worker.clone();
         let mut proc = self.spawn("worker", &worker, &["run"]);
         wait_ready(&mut proc, &self.worker_url()).await;
-        self.worker = Some(proc);
+        self.children.worker = Some(proc);
     }
 
     /// SIGKILL, no drain: what the OOM killer or a lost node does.
     pub fn kill_worker(&mut self) {
-        if let Some(mut worker) = self.worker.take() {
+        if let Some(mut worker) = self.children.worker.take() {
             worker.kill();
         }
     }
@@ -497,15 +511,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for proc in [self.gateway.as_mut(), self.worker.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            proc.kill();
-        }
-        for proc in &mut self.others {
-            proc.kill();
-        }
+        self.children.kill_all();
         if std::thread::panicking() {
             eprintln!(
                 "===== e2e {}: logs of the child processes\n{}",

@@ -22,8 +22,8 @@ pub enum StoreError {
     Query(#[from] diesel::result::Error),
 }
 
-/// An order to ask WeChat Pay about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An order to ask WeChat Pay about (fields in the order [`due_orders`] selects them).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
 pub struct DueOrder {
     pub out_trade_no: String,
     /// The service provider's sub-merchant; empty for a direct merchant.
@@ -35,8 +35,8 @@ pub struct DueOrder {
     pub created_at: DateTime<Utc>,
 }
 
-/// A refund to ask WeChat Pay about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A refund to ask WeChat Pay about (fields in the order [`due_refunds`] selects them).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
 pub struct DueRefund {
     pub out_refund_no: String,
     pub sub_mch_id: String,
@@ -134,20 +134,7 @@ pub async fn due_orders(
             orders::created_at,
         ));
     let query = keyset_page!(due, orders, out_trade_no, &page);
-    type Row = (String, String, String, Option<String>, DateTime<Utc>);
-    let rows: Vec<Row> = query.load(&mut conn).await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(out_trade_no, sub_mch_id, appid, combine_out_trade_no, created_at)| DueOrder {
-                out_trade_no,
-                sub_mch_id,
-                appid,
-                combine_out_trade_no,
-                created_at,
-            },
-        )
-        .collect())
+    Ok(query.load::<DueOrder>(&mut conn).await?)
 }
 
 /// The `page` of the merchant's `PROCESSING` refunds created before `older_than`, oldest
@@ -177,20 +164,7 @@ pub async fn due_refunds(
             refunds::created_at,
         ));
     let query = keyset_page!(due, refunds, out_refund_no, &page);
-    type Row = (String, String, String, Option<String>, DateTime<Utc>);
-    let rows: Vec<Row> = query.load(&mut conn).await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(out_refund_no, sub_mch_id, out_trade_no, appid, created_at)| DueRefund {
-                out_refund_no,
-                sub_mch_id,
-                out_trade_no,
-                appid,
-                created_at,
-            },
-        )
-        .collect())
+    Ok(query.load::<DueRefund>(&mut conn).await?)
 }
 
 /// Whether the order is still `NOTPAY` / the refund still `PROCESSING` (`false` once it

@@ -193,6 +193,7 @@ mod tests {
             paid_at: None,
             currency: decode::DEFAULT_CURRENCY.into(),
             details: decode::PayDetails::default(),
+            resource: None,
         }
     }
 

@@ -66,6 +66,10 @@ pub struct PayEvent {
     pub currency: String,
     /// Everything else the message says, for the business system.
     pub details: PayDetails,
+    /// The decrypted resource of a v3 notification as WeChat Pay wrote it, stored with the
+    /// notification for audit (its raw body is ciphertext); `None` where the raw body is
+    /// already clear text.
+    pub resource: Option<Value>,
 }
 
 impl PayEvent {
@@ -167,11 +171,6 @@ pub struct PayDetails {
     /// `coupon_id_$n` / `coupon_type_$n` / `coupon_fee_$n` as a list of
     /// `{coupon_id, type, amount}`.
     pub promotion_detail: Option<Value>,
-    /// The decrypted resource of a v3 notification as WeChat Pay wrote it, stored with the
-    /// notification for audit (its raw body is ciphertext); `None` where the raw body is
-    /// already clear text. Not an event field.
-    #[serde(skip)]
-    pub resource: Option<Value>,
 }
 
 /// What a refund result says beyond what moves money: passed on in `order.refunded` and
@@ -188,10 +187,6 @@ pub struct RefundDetails {
     pub user_received_account: Option<String>,
     /// Which of the merchant's funds paid it (v3 query `funds_account`, v2 `refund_account`).
     pub funds_account: Option<String>,
-    /// The decrypted resource (v3) or `req_info` (v2, as an object of its fields), kept
-    /// as [`PayDetails::resource`]; `None` for query answers (clear text already).
-    #[serde(skip)]
-    pub resource: Option<Value>,
 }
 
 /// A verified notification of a kind that moves no order here (merchant transfers, profit
@@ -248,6 +243,9 @@ pub struct RefundEvent {
     pub currency: String,
     /// Everything else the message says, for the business system.
     pub details: RefundDetails,
+    /// The decrypted resource (v3) or `req_info` (v2, as an object of its fields), kept as
+    /// [`PayEvent::resource`]; `None` for query answers (clear text already).
+    pub resource: Option<Value>,
     /// What a v2 refund notification says of its order. Its `req_info` is AES-256-ECB
     /// without integrity of its own, so these must agree with the order before money moves.
     pub order_check: Option<RefundOrderCheck>,
@@ -310,8 +308,8 @@ impl Decoded {
     /// The decrypted resource to store with the notification, when there is one.
     pub fn resource(&self) -> Option<&Value> {
         match self {
-            Decoded::Pay(pay) => pay.details.resource.as_ref(),
-            Decoded::Refund(refund) => refund.details.resource.as_ref(),
+            Decoded::Pay(pay) => pay.resource.as_ref(),
+            Decoded::Refund(refund) => refund.resource.as_ref(),
             Decoded::Forward(forward) => Some(&forward.resource),
             Decoded::Combine(combine) => combine.resource.as_ref(),
         }
@@ -502,6 +500,7 @@ fn decode_v2_pay(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeErro
     );
     let paid_at = n.paid_at();
     Ok(Decoded::Pay(PayEvent {
+        resource: None,
         details: v2_pay_details(&fields),
         currency: currency_or_default(n.fee_type.as_deref()),
         mch_id: non_empty_or(n.mch_id, &merchant.mch_id),
@@ -536,6 +535,7 @@ fn failed_v2_pay(fields: &XmlFields, merchant: &Merchant) -> Decoded {
         .unwrap_or("FAIL")
         .to_owned();
     Decoded::Pay(PayEvent {
+        resource: None,
         mch_id: non_empty_or(text("mch_id"), &merchant.mch_id),
         sub_mch_id: text("sub_mch_id"),
         appid: v2_paid_appid(fields),
@@ -588,25 +588,22 @@ fn v2_pay_details(fields: &XmlFields) -> PayDetails {
         trade_type: text("trade_type"),
         bank_type: text("bank_type"),
         promotion_detail: (!coupons.is_empty()).then_some(Value::Array(coupons)),
-        resource: None,
     }
 }
 
-/// [`PayDetails`] of a v3 payment or order query answer; `resource` is the decrypted
-/// resource of a notification.
 /// `value`, unless it is empty (a field WeChat Pay left out or blank).
 fn text(value: &str) -> Option<String> {
     Some(value.to_owned()).filter(|value| !value.is_empty())
 }
 
-fn v3_pay_details(t: &Transaction, resource: Option<Value>) -> PayDetails {
+/// [`PayDetails`] of a v3 payment or order query answer.
+fn v3_pay_details(t: &Transaction) -> PayDetails {
     let amount = t.amount.as_ref();
     PayDetails {
         payer_openid: t.payer.as_ref().and_then(|payer| text(payer.paid_openid())),
         payer_total: amount.and_then(|amount| amount.payer_total),
         payer_currency: amount.and_then(|amount| text(&amount.payer_currency)),
         promotion_detail: t.promotion_detail.clone(),
-        resource,
         ..order_texts(&t.attach, &t.trade_type, &t.bank_type)
     }
 }
@@ -672,14 +669,14 @@ fn decode_v2_refund(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeE
             .and_then(|fee| fen("settlement_total_fee", fee).ok()),
         user_received_account: info.refund_recv_accout.clone(),
         funds_account: text("refund_account"),
+    };
+    Ok(Decoded::Refund(RefundEvent {
+        details,
         resource: Some(Value::Object(
             root.iter()
                 .map(|(name, value)| (name.to_owned(), Value::from(value)))
                 .collect(),
         )),
-    };
-    Ok(Decoded::Refund(RefundEvent {
-        details,
         mch_id: non_empty_or(envelope.mch_id, &merchant.mch_id),
         sub_mch_id: envelope.sub_mch_id.unwrap_or_default(),
         out_trade_no: info.out_trade_no,
@@ -856,6 +853,7 @@ fn pay_from_v3(p: V3Payment<'_>) -> Result<PayEvent, DecodeError> {
     };
     Ok(PayEvent {
         details: p.details,
+        resource: None,
         currency: currency_or_default(p.amount.map(|(_, currency)| currency)),
         mch_id: p.mch_id,
         sub_mch_id: p.sub_mch_id,
@@ -874,8 +872,8 @@ fn pay_from_transaction(
     resource: Option<Value>,
     merchant: &Merchant,
 ) -> Result<PayEvent, DecodeError> {
-    pay_from_v3(V3Payment {
-        details: v3_pay_details(&t, resource),
+    let pay = pay_from_v3(V3Payment {
+        details: v3_pay_details(&t),
         mch_id: non_empty_or(t.merchant().to_owned(), &merchant.mch_id),
         sub_mch_id: t.sub_merchant().to_owned(),
         appid: t.paid_appid().to_owned(),
@@ -884,7 +882,8 @@ fn pay_from_transaction(
         amount: t.amount.as_ref().map(|a| (a.total, a.currency.as_str())),
         out_trade_no: t.out_trade_no.clone(),
         trade_state: t.trade_state.clone(),
-    })
+    })?;
+    Ok(PayEvent { resource, ..pay })
 }
 
 /// A combine payment's resource (decrypted by the caller, kept as `resource`) or query
@@ -955,9 +954,9 @@ fn refund_from_resource(
         payer_total: r.amount.payer_total,
         user_received_account: text(&r.user_received_account),
         funds_account: text(&r.funds_account),
-        resource,
     };
     Ok(Decoded::Refund(RefundEvent {
+        resource,
         details,
         currency: currency_or_default(r.amount.currency.as_deref()),
         mch_id: non_empty_or(r.merchant().to_owned(), &merchant.mch_id),
@@ -1025,6 +1024,7 @@ fn decode_v2_order_query(body: &[u8], merchant: &Merchant) -> Result<PayEvent, D
         None => 0,
     };
     Ok(PayEvent {
+        resource: None,
         currency: currency_or_default(fields.get("fee_type")),
         mch_id: required(&fields, "mch_id")?.to_owned(),
         sub_mch_id: fields.get("sub_mch_id").unwrap_or_default().to_owned(),
@@ -1051,6 +1051,7 @@ fn decode_v2_refund_query(body: &[u8], merchant: &Merchant) -> Result<Decoded, D
         .ok_or_else(|| malformed(format!("unknown refund_status_0 {status_text:?}")))?
         .normalised();
     Ok(Decoded::Refund(RefundEvent {
+        resource: None,
         mch_id: required(&fields, "mch_id")?.to_owned(),
         sub_mch_id: fields.get("sub_mch_id").unwrap_or_default().to_owned(),
         out_trade_no: required(&fields, "out_trade_no")?.to_owned(),
@@ -1082,7 +1083,6 @@ fn decode_v2_refund_query(body: &[u8], merchant: &Merchant) -> Result<Decoded, D
                 .get("refund_account_0")
                 .filter(|account| !account.is_empty())
                 .map(str::to_owned),
-            resource: None,
         },
     }))
 }
@@ -1105,6 +1105,7 @@ mod tests {
             paid_at: None,
             currency: DEFAULT_CURRENCY.into(),
             details: PayDetails::default(),
+            resource: None,
         }
     }
 
@@ -1139,6 +1140,7 @@ mod tests {
             succeeded_at: None,
             currency: DEFAULT_CURRENCY.into(),
             details: RefundDetails::default(),
+            resource: None,
             order_check: None,
         };
         assert_eq!(

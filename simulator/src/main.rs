@@ -102,7 +102,7 @@ struct NotifyArgs {
     /// other kinds: transferred, shared, or the pay score order's total).
     #[arg(long)]
     amount: i64,
-    /// v3-combine, once per sub order: OUT_TRADE_NO:AMOUNT[:MCHID], the order's number, its
+    /// v3-combine, once per sub order: `OUT_TRADE_NO:AMOUNT[:MCHID]`, the order's number, its
     /// amount in fen and the merchant it belongs to (default: the simulator's merchant, which
     /// starts the combine payment). E.g. --out-trade-no C-1 --amount 2000 --sub-order A-1:1200
     /// --sub-order B-1:800.

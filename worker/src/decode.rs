@@ -113,7 +113,7 @@ pub struct CombineEvent {
     /// One payment per sub order, each naming its own merchant (`mchid`, `sub_mchid`).
     pub sub_orders: Vec<PayEvent>,
     /// The decrypted resource of the notification, stored with its rows (as
-    /// [`PayDetails::resource`]); `None` for the combine query's answer.
+    /// [`PayEvent::resource`]); `None` for the combine query's answer.
     pub resource: Option<Value>,
 }
 

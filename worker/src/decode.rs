@@ -720,20 +720,21 @@ fn decrypt_v3(body: &[u8], merchant: &Merchant) -> Result<Decoded, DecodeError> 
     // profit sharing arrives as TRANSACTION.SUCCESS with original_type `profitsharing`
     // (<https://pay.weixin.qq.com/wiki/doc/apiv3/apis/chapter8_1_10.shtml>).
     let family = ForwardedFamily::of(envelope.event_type.as_str(), original_type);
+    // Read once as JSON: stored with the rows, forwarded, and what tells a combine payment.
+    let resource = clear_resource(&plaintext)?;
     if event.is_refund() || original_type == "refund" {
-        let resource = RefundResource::parse(&plaintext).map_err(malformed)?;
-        refund_from_resource(resource, Some(clear_resource(&plaintext)?), merchant)
+        let refund = RefundResource::parse(&plaintext).map_err(malformed)?;
+        refund_from_resource(refund, Some(resource), merchant)
     } else if family == ForwardedFamily::Other
         && (event == EventType::TransactionSuccess || original_type == "transaction")
     {
-        if combine::is_combine(&plaintext) {
-            return combine_from(&plaintext, Some(clear_resource(&plaintext)?));
+        if combine::is_combine_value(&resource) {
+            return combine_from(&plaintext, Some(resource));
         }
         let transaction = Transaction::parse(&plaintext).map_err(malformed)?;
-        pay_from_transaction(transaction, Some(clear_resource(&plaintext)?), merchant)
-            .map(Decoded::Pay)
+        pay_from_transaction(transaction, Some(resource), merchant).map(Decoded::Pay)
     } else {
-        forward(&envelope, family, &plaintext, merchant)
+        forward(&envelope, family, &plaintext, resource, merchant)
     }
 }
 
@@ -757,6 +758,7 @@ fn forward(
     envelope: &NotificationEnvelope,
     family: ForwardedFamily,
     plaintext: &[u8],
+    resource: Value,
     merchant: &Merchant,
 ) -> Result<Decoded, DecodeError> {
     let event_type = envelope.event_type.as_str();
@@ -788,7 +790,7 @@ fn forward(
         original_type: envelope.resource.original_type.clone(),
         create_time: envelope.create_time.clone(),
         summary: envelope.summary.clone(),
-        resource: clear_resource(plaintext)?,
+        resource,
         business_id: identity.business_id,
     }))
 }

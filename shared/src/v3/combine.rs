@@ -119,10 +119,20 @@ pub struct SubOrderAmount {
 /// it names `combine_out_trade_no` or has `sub_orders`, which a plain payment never has.
 /// Anything that is not a JSON object is not.
 pub fn is_combine(json_bytes: &[u8]) -> bool {
-    serde_json::from_slice::<std::collections::HashMap<String, IgnoredAny>>(json_bytes).is_ok_and(
-        |fields| fields.contains_key("combine_out_trade_no") || fields.contains_key("sub_orders"),
-    )
+    serde_json::from_slice::<std::collections::HashMap<String, IgnoredAny>>(json_bytes)
+        .is_ok_and(|fields| COMBINE_FIELDS.iter().any(|name| fields.contains_key(*name)))
 }
+
+/// [`is_combine`] of a resource already read as JSON (the worker keeps the decrypted resource
+/// as JSON anyway: one parse instead of two).
+pub fn is_combine_value(resource: &serde_json::Value) -> bool {
+    COMBINE_FIELDS
+        .iter()
+        .any(|name| resource.get(*name).is_some())
+}
+
+/// The fields only a combine payment has.
+const COMBINE_FIELDS: [&str; 2] = ["combine_out_trade_no", "sub_orders"];
 
 impl CombineTransaction {
     /// Parses a combine payment; it must name its merchant and number and have at least one
@@ -266,6 +276,12 @@ mod tests {
         assert!(!is_combine(plain));
         assert!(!is_combine(b"not json"));
         assert!(!is_combine(b"[1, 2]"));
+        let value = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+        assert!(is_combine_value(&value(NOTICE)));
+        assert!(!is_combine_value(&value(
+            std::str::from_utf8(plain).unwrap()
+        )));
+        assert!(!is_combine_value(&value("[1, 2]")));
     }
 
     #[test]
